@@ -1,0 +1,267 @@
+"""The rooted exception tree shared by host and worker, and its one mapping to the wire.
+
+Every error that crosses the channel is a JSON-RPC error object ``{code, message, data}``.
+``data`` always carries ``"type"`` (the class name) plus the exception's own fields, so a typed
+exception raised on one side arrives as the same typed exception, with the same fields, on the
+other. :func:`error_to_wire` and :func:`error_from_wire` are the only two places that know this.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+__all__ = [
+    "CallCancelled",
+    "CallTimeout",
+    "CordonError",
+    "ErrorObject",
+    "FrameTooLarge",
+    "IncompatibleProtocol",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "MethodNotFound",
+    "ParseError",
+    "PermissionDenied",
+    "PluginError",
+    "PluginUnavailable",
+    "ProtocolError",
+    "QuotaExceeded",
+    "RemoteError",
+    "WorkerCrashed",
+    "error_from_wire",
+    "error_to_wire",
+]
+
+
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    """A JSON-RPC 2.0 error object."""
+
+    code: int
+    message: str
+    data: Any = None
+
+
+class CordonError(Exception):
+    """Root of every error cordon raises on purpose.
+
+    Subclasses name their structured fields in ``_fields``; those fields are keyword arguments,
+    attributes, and the keys of the wire ``data`` object.
+    """
+
+    code: ClassVar[int] = -32603
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        unknown = set(fields) - set(self._fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown fields {sorted(unknown)}")
+        for name in self._fields:
+            setattr(self, name, fields.get(name))
+        self.message = message or self._default_message()
+        super().__init__(self.message)
+
+    def _default_message(self) -> str:
+        return type(self).__name__
+
+    def fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._fields}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.fields()))
+
+
+def _rebuild(cls: type[CordonError], message: str, fields: dict[str, Any]) -> CordonError:
+    return cls(message, **fields)
+
+
+# -- JSON-RPC 2.0's own errors ----------------------------------------------------------------
+
+
+class ProtocolError(CordonError):
+    """The peer broke the wire protocol (framing, JSON, or JSON-RPC shape)."""
+
+    code = -32600
+
+
+class ParseError(ProtocolError):
+    code = -32700
+
+
+class InvalidRequest(ProtocolError):
+    code = -32600
+
+
+class MethodNotFound(CordonError):
+    code = -32601
+    _fields = ("method",)
+
+
+class InvalidParams(CordonError):
+    """Parameters did not match the callee's signature; ``field`` names the offending path."""
+
+    code = -32602
+    _fields = ("field",)
+
+
+class InternalError(CordonError):
+    code = -32603
+
+
+# -- cordon's own errors (-32000..-32099) -----------------------------------------------------
+
+
+class PluginError(CordonError):
+    """The plugin's own code raised. ``exc_type``/``exc_message`` are the original's; the
+    traceback is data for a human, never re-raised or parsed."""
+
+    code = -32000
+    _fields = ("exc_type", "exc_message", "traceback", "plugin")
+
+    def _default_message(self) -> str:
+        return f"{self.exc_type}: {self.exc_message}"
+
+
+class PermissionDenied(CordonError):
+    code = -32001
+    _fields = ("permission", "plugin")
+
+    def _default_message(self) -> str:
+        return f"plugin {self.plugin!r} lacks permission {self.permission!r}"
+
+
+class QuotaExceeded(CordonError):
+    """A resource limit was hit. ``kind`` is one of memory, cpu, storage, files, file-size,
+    processes, message-size, log-rate."""
+
+    code = -32002
+    _fields = ("kind", "limit", "plugin")
+
+    def _default_message(self) -> str:
+        return f"plugin {self.plugin!r} exceeded its {self.kind} quota ({self.limit})"
+
+
+class CallTimeout(CordonError):
+    code = -32003
+    _fields = ("timeout", "method", "plugin")
+
+    def _default_message(self) -> str:
+        return f"call {self.method!r} to plugin {self.plugin!r} timed out after {self.timeout} s"
+
+
+class CallCancelled(CordonError):
+    code = -32004
+    _fields = ("method",)
+
+
+class WorkerCrashed(CordonError):
+    """The worker process ended (or was ended) while calls were in flight.
+
+    ``reason`` is the classified exit reason (``exited``, ``signal``, ``protocol-violation``,
+    ``memory``, ``cpu``, ``timeout``, ``unresponsive``, ``shutdown``); ``returncode`` is the
+    process's exit status (negative for a signal); ``stderr_tail`` is the last lines it wrote.
+    """
+
+    code = -32005
+    _fields = ("plugin", "reason", "returncode", "signal", "stderr_tail", "detail")
+
+    def _default_message(self) -> str:
+        how = f"signal {self.signal}" if self.signal else f"exit code {self.returncode}"
+        extra = f": {self.detail}" if self.detail else ""
+        return f"worker for plugin {self.plugin!r} died ({self.reason}, {how}){extra}"
+
+
+class PluginUnavailable(CordonError):
+    """The plugin cannot take calls (circuit breaker open, disabled, failed to start)."""
+
+    code = -32006
+    _fields = ("plugin", "reason", "last_exit_reasons", "retry_after")
+
+
+class IncompatibleProtocol(ProtocolError):
+    code = -32007
+    _fields = ("ours", "theirs")
+
+    def _default_message(self) -> str:
+        return f"no common protocol version: host speaks {self.ours}, worker speaks {self.theirs}"
+
+
+class FrameTooLarge(ProtocolError):
+    code = -32008
+    _fields = ("limit", "size")
+
+    def _default_message(self) -> str:
+        return f"frame of {self.size} bytes exceeds the {self.limit}-byte limit"
+
+
+class RemoteError(CordonError):
+    """An error object whose code this version of cordon does not know; kept verbatim."""
+
+    _fields = ("remote_code", "remote_data")
+
+
+_BY_CODE: dict[int, type[CordonError]] = {
+    cls.code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        PluginError,
+        PermissionDenied,
+        QuotaExceeded,
+        CallTimeout,
+        CallCancelled,
+        WorkerCrashed,
+        PluginUnavailable,
+        IncompatibleProtocol,
+        FrameTooLarge,
+    )
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def error_to_wire(exc: BaseException) -> ErrorObject:
+    """Map any exception to a JSON-RPC error object.
+
+    A :class:`CordonError` keeps its code and fields; anything else becomes an internal error
+    (the caller wraps plugin exceptions in :class:`PluginError` first, so only cordon's own bugs
+    land here).
+    """
+    if isinstance(exc, RemoteError):
+        return ErrorObject(
+            code=int(exc.remote_code or InternalError.code),
+            message=exc.message,
+            data=exc.remote_data,
+        )
+    if isinstance(exc, CordonError):
+        data = {"type": type(exc).__name__}
+        data.update({k: _jsonable(v) for k, v in exc.fields().items() if v is not None})
+        return ErrorObject(code=exc.code, message=exc.message, data=data)
+    return ErrorObject(
+        code=InternalError.code,
+        message=f"internal error: {type(exc).__name__}: {exc}",
+        data={"type": "InternalError"},
+    )
+
+
+def error_from_wire(error: ErrorObject) -> CordonError:
+    """Map a JSON-RPC error object back to the typed exception it stands for."""
+    cls = _BY_CODE.get(error.code)
+    data = error.data if isinstance(error.data, dict) else {}
+    if cls is None:
+        return RemoteError(error.message, remote_code=error.code, remote_data=error.data)
+    fields = {k: data[k] for k in cls._fields if k in data}
+    return cls(error.message, **fields)

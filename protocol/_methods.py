@@ -1,0 +1,114 @@
+"""Method names and payload shapes of cordon's JSON-RPC dialogue.
+
+Host → worker: ``initialize``, ``activate``, ``deactivate``, ``invoke``, ``$/ping``, and the
+``$/cancel`` notification. Worker → host: the ``$/hello`` notification first, ``$/progress``
+notifications during a call, and ``host/...`` requests for the host APIs (log, storage, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+import msgspec
+
+__all__ = [
+    "ACTIVATE",
+    "CANCEL",
+    "DEACTIVATE",
+    "HELLO",
+    "INITIALIZE",
+    "INVOKE",
+    "PING",
+    "PROGRESS",
+    "CancelParams",
+    "Contribution",
+    "ContributionKind",
+    "Hello",
+    "InitializeParams",
+    "InitializeResult",
+    "InvokeParams",
+    "Limits",
+    "ProgressParams",
+    "SandboxPolicy",
+]
+
+HELLO: Final = "$/hello"
+INITIALIZE: Final = "initialize"
+ACTIVATE: Final = "activate"
+DEACTIVATE: Final = "deactivate"
+INVOKE: Final = "invoke"
+PING: Final = "$/ping"
+CANCEL: Final = "$/cancel"
+PROGRESS: Final = "$/progress"
+
+ContributionKind = Literal["tool", "command", "provider", "middleware", "event_handler"]
+
+
+class Hello(msgspec.Struct):
+    """The worker's first frame: what it speaks, announced before it trusts anything."""
+
+    protocols: list[int]
+    pid: int
+    cordon: str
+
+
+class Limits(msgspec.Struct, omit_defaults=True):
+    """Kernel resource limits the worker applies to itself before importing plugin code.
+    ``None`` leaves a limit as inherited."""
+
+    memory: int | None = None  # RLIMIT_AS, bytes
+    cpu_seconds: int | None = None  # RLIMIT_CPU soft; hard is soft + 1
+    open_files: int | None = None  # RLIMIT_NOFILE
+    file_size: int | None = None  # RLIMIT_FSIZE, bytes
+    processes: int | None = None  # RLIMIT_NPROC (0 also closes fork in seccomp)
+    core: int = 0  # RLIMIT_CORE: never dump plugin memory to disk
+
+
+class SandboxPolicy(msgspec.Struct, omit_defaults=True):
+    mode: Literal["strict", "best-effort", "off"] = "strict"
+    fs_read: list[str] = []
+    fs_write: list[str] = []
+
+
+class InitializeParams(msgspec.Struct, omit_defaults=True):
+    protocol: int
+    plugin_id: str
+    plugin_dir: str
+    entry: str
+    scratch_dir: str
+    limits: Limits = msgspec.field(default_factory=Limits)
+    sandbox: SandboxPolicy = msgspec.field(default_factory=SandboxPolicy)
+    max_frame: int = 16 * 1024 * 1024
+    host_pid: int = 0
+
+
+class Contribution(msgspec.Struct, omit_defaults=True):
+    kind: ContributionKind
+    name: str
+    description: str = ""
+    params_schema: dict[str, Any] = {}
+    result_schema: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+
+
+class InitializeResult(msgspec.Struct, omit_defaults=True):
+    contributions: list[Contribution]
+    sandbox: dict[str, str] = {}  # layer -> "applied" | "unavailable: why" | "off"
+    activate_hooks: int = 0
+
+
+class InvokeParams(msgspec.Struct, omit_defaults=True):
+    name: str
+    kind: ContributionKind = "tool"
+    arguments: msgspec.Raw = msgspec.Raw()
+
+
+class CancelParams(msgspec.Struct):
+    id: int | str | None
+
+
+class ProgressParams(msgspec.Struct, omit_defaults=True):
+    id: int | str | None
+    progress: float
+    total: float | None = None
+    message: str | None = None

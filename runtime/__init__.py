@@ -1,0 +1,1 @@
+"""cordon host runtime."""
