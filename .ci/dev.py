@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,14 +25,21 @@ STAMP = VENV / ".cordon-install-stamp"
 
 
 def _source_fingerprint() -> str:
-    # Strict editable mode links files at install time, so a new module under runtime/,
-    # worker/ or protocol/ needs a reinstall; fingerprint the file list and pyproject.
-    h = hashlib.sha256((ROOT / "pyproject.toml").read_bytes())
-    for folder in ("runtime", "worker", "protocol"):
-        for path in sorted((ROOT / folder).rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                h.update(str(path.relative_to(ROOT)).encode())
-    return h.hexdigest()
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def _link_whole_folders() -> None:
+    # Strict editable mode links each *file* at install time, so a module added later would
+    # be invisible until a reinstall. Linking each package folder as a whole keeps the
+    # property we want (a real `cordon/` tree on sys.path that mypy follows) without that.
+    for tree in (ROOT / "build").glob("__editable__.cordon-*"):
+        for folder in ("runtime", "worker", "protocol"):
+            link = tree / "cordon" / folder
+            if link.is_symlink():
+                continue
+            if link.exists():
+                shutil.rmtree(link)
+            link.symlink_to(ROOT / folder, target_is_directory=True)
 
 
 def ensure_env() -> None:
@@ -49,6 +57,7 @@ def ensure_env() -> None:
         check=True,
         cwd=ROOT,
     )
+    _link_whole_folders()
     STAMP.write_text(fingerprint)
 
 
