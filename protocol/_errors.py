@@ -30,6 +30,7 @@ __all__ = [
     "ProtocolError",
     "QuotaExceeded",
     "RemoteError",
+    "SandboxUnavailable",
     "WorkerCrashed",
     "error_from_wire",
     "error_to_wire",
@@ -196,6 +197,20 @@ class FrameTooLarge(ProtocolError):
         return f"frame of {self.size} bytes exceeds the {self.limit}-byte limit"
 
 
+class SandboxUnavailable(CordonError):
+    """``sandbox = "strict"`` and a layer cannot be applied on this machine; ``missing`` names
+    each layer with the reason."""
+
+    code = -32009
+    _fields = ("plugin", "missing")
+
+    def _default_message(self) -> str:
+        return (
+            f"strict sandbox refused to start plugin {self.plugin!r}: "
+            f"unavailable layer(s): {', '.join(self.missing or [])}"
+        )
+
+
 class RemoteError(CordonError):
     """An error object whose code this version of cordon does not know; kept verbatim."""
 
@@ -219,6 +234,7 @@ _BY_CODE: dict[int, type[CordonError]] = {
         PluginUnavailable,
         IncompatibleProtocol,
         FrameTooLarge,
+        SandboxUnavailable,
     )
 }
 

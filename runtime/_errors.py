@@ -7,7 +7,7 @@ from typing import Any
 
 from cordon.protocol import CordonError
 
-__all__ = ["ConfigError", "ManifestError", "Problem", "SandboxUnavailable"]
+__all__ = ["ConfigError", "ManifestError", "Problem"]
 
 
 class Problem(dict[str, Any]):
@@ -56,16 +56,3 @@ class ManifestError(ConfigError):
         fields["problems"] = problems
         super().__init__(message or _listing("the manifest", fields.get("source"), problems),
                          **fields)
-
-
-class SandboxUnavailable(CordonError):
-    """``sandbox = "strict"`` and a layer cannot be applied on this machine."""
-
-    code = -32012
-    _fields = ("plugin", "missing")
-
-    def _default_message(self) -> str:
-        return (
-            f"strict sandbox refused to start plugin {self.plugin!r}: "
-            f"unavailable layer(s): {', '.join(self.missing or [])}"
-        )
