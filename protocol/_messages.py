@@ -40,7 +40,7 @@ class Message(msgspec.Struct, omit_defaults=True):
     """Any JSON-RPC 2.0 object; which members are present says what it is."""
 
     jsonrpc: Literal["2.0"]
-    id: int | str | None | UnsetType = UNSET
+    id: int | str | UnsetType | None = UNSET
     method: str | UnsetType = UNSET
     params: msgspec.Raw = msgspec.Raw()
     result: msgspec.Raw = msgspec.Raw()

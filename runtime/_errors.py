@@ -39,8 +39,9 @@ class ConfigError(CordonError):
             for p in fields.get("problems") or []
         ]
         fields["problems"] = problems
-        super().__init__(message or _listing("the configuration", fields.get("source"), problems),
-                         **fields)
+        super().__init__(
+            message or _listing("the configuration", fields.get("source"), problems), **fields
+        )
 
 
 class ManifestError(ConfigError):
@@ -54,5 +55,6 @@ class ManifestError(ConfigError):
             for p in fields.get("problems") or []
         ]
         fields["problems"] = problems
-        super().__init__(message or _listing("the manifest", fields.get("source"), problems),
-                         **fields)
+        super().__init__(
+            message or _listing("the manifest", fields.get("source"), problems), **fields
+        )

@@ -1,1 +1,29 @@
-"""cordon worker."""
+"""cordon's worker side: the authoring API plugins use.
+
+This package runs inside the sandboxed worker process. It imports nothing from
+``cordon.runtime`` and keeps its import cost small: the worker starts once per plugin.
+"""
+
+from cordon.protocol import (
+    CallCancelled,
+    CordonError,
+    InvalidParams,
+    PermissionDenied,
+    PluginError,
+    QuotaExceeded,
+)
+
+from ._context import Context
+from ._plugin import Plugin, PluginDefinitionError
+
+__all__ = [
+    "CallCancelled",
+    "Context",
+    "CordonError",
+    "InvalidParams",
+    "PermissionDenied",
+    "Plugin",
+    "PluginDefinitionError",
+    "PluginError",
+    "QuotaExceeded",
+]

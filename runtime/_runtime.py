@@ -1,0 +1,533 @@
+"""The host runtime: owns every worker, supervises them, routes calls.
+
+``async with Runtime(config) as rt`` is the only way workers exist: leaving the block — normally,
+by exception or by cancellation — stops every one of them with the escalating, shielded stop
+of :meth:`WorkerProcess.stop`, so nothing outlives the runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import psutil
+import structlog
+from cordon.protocol import (
+    ACTIVATE,
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    CordonError,
+    InitializeParams,
+    InvalidParams,
+    Limits,
+    PluginUnavailable,
+    ProgressParams,
+    QuotaExceeded,
+    SandboxPolicy,
+    WorkerCrashed,
+    decode_params,
+)
+
+from ._config import Config, PluginSettings, find_config, parse_config
+from ._manifest import Manifest, check_cordon_compat, load_manifest
+from ._stats import CallStats, PluginStats
+from ._worker import ExitInfo, WorkerProcess
+
+__all__ = ["PluginHandle", "Runtime"]
+
+log = structlog.get_logger("cordon")
+
+#: on_activate hooks get this long; bounded so a hanging hook cannot wedge the first call.
+ACTIVATE_TIMEOUT: Final = 30.0
+#: Exit reasons remembered per plugin for PluginUnavailable and stats.
+EXIT_HISTORY: Final = 10
+
+
+def _running_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cordon")
+    except PackageNotFoundError:  # pragma: no cover - only in a broken install
+        return "0.0.0"
+
+
+class PluginHandle:
+    """A loaded plugin, seen from the host. Its worker starts on first use."""
+
+    def __init__(self, runtime: Runtime, manifest: Manifest, settings: PluginSettings) -> None:
+        self.runtime = runtime
+        self.manifest = manifest
+        self.settings = settings
+        self.id = manifest.id
+        self.state = "stopped"
+        self.sandbox: dict[str, str] = {}
+        self.contributions: list[Any] = []
+        self._worker: WorkerProcess | None = None
+        self._start_lock = anyio.Lock()
+        self._crash_times: deque[float] = deque()
+        self._exits: deque[ExitInfo] = deque(maxlen=EXIT_HISTORY)
+        self._breaker_until: float | None = None
+        self._backoff_until = 0.0
+        self._failures = 0
+        self.restarts = 0
+        self._starts = 0
+        self._stats = CallStats()
+
+    # -- calling --------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.settings.call_timeout
+        if not (timeout > 0) or math.isinf(timeout):
+            raise InvalidParams(
+                f"timeout must be a positive number, got {timeout}", field="timeout"
+            )
+        if timeout > self.settings.max_call_timeout:
+            raise InvalidParams(
+                f"timeout {timeout} s exceeds plugin {self.id!r}'s max-call-timeout "
+                f"({self.settings.max_call_timeout} s)",
+                field="timeout",
+            )
+        return timeout
+
+    async def call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | list[Any] | None = None,
+        *,
+        kind: str = "tool",
+        timeout: float | None = None,
+        on_progress: Callable[[ProgressParams], Any] | None = None,
+    ) -> Any:
+        """Invoke one of the plugin's contributions and return its decoded result.
+
+        Raises the typed error the call met: :class:`PluginError` (the plugin raised),
+        :class:`InvalidParams`, :class:`CallTimeout`, :class:`WorkerCrashed`,
+        :class:`QuotaExceeded`, :class:`PluginUnavailable`, ...
+        """
+        limit = self._timeout(timeout)
+        worker = await self._ensure_worker()
+        started = time.perf_counter()
+        try:
+            raw = await worker.invoke(
+                name,
+                arguments if arguments is not None else {},
+                kind=kind,
+                timeout=limit,
+                on_progress=on_progress,
+            )
+        except CordonError as exc:
+            self._stats.record(time.perf_counter() - started, exc)
+            if isinstance(exc, QuotaExceeded) and exc.kind == "memory":
+                # It caught MemoryError and limped on: its heap is suspect; recycle it.
+                worker.kill_nowait("memory", "plugin hit its memory limit")
+            raise
+        self._stats.record(time.perf_counter() - started, None)
+        self._failures = 0
+        return decode_params(raw)
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def _check_breaker(self) -> None:
+        if self._breaker_until is None:
+            return
+        now = time.monotonic()
+        if now >= self._breaker_until:
+            log.info("breaker.closed", plugin=self.id, why="window passed")
+            self._breaker_until = None
+            self._crash_times.clear()
+            return
+        raise PluginUnavailable(
+            f"plugin {self.id!r} is unavailable: circuit breaker open after "
+            f"{len(self._crash_times)} restarts within {self.settings.restart.within} s "
+            f"(last exits: {', '.join(e.reason for e in self._exits)})",
+            plugin=self.id,
+            reason="circuit-breaker-open",
+            last_exit_reasons=[e.reason for e in self._exits],
+            retry_after=round(self._breaker_until - now, 3),
+        )
+
+    async def _ensure_worker(self) -> WorkerProcess:
+        worker = self._worker
+        if worker is not None and worker.alive:
+            return worker
+        async with self._start_lock:
+            worker = self._worker
+            if worker is not None and worker.alive:
+                return worker
+            if not self.settings.enabled:
+                raise PluginUnavailable(
+                    f"plugin {self.id!r} is disabled", plugin=self.id, reason="disabled"
+                )
+            self._check_breaker()
+            delay = self._backoff_until - time.monotonic()
+            if delay > 0:
+                # Calls queued behind a crash wait out the backoff and are then served by
+                # the restarted worker: not dropped, not run twice.
+                self.state = "backoff"
+                await anyio.sleep(delay)
+            return await self._start()
+
+    async def _start(self) -> WorkerProcess:
+        self.state = "starting"
+        worker = self.runtime._new_worker(self)
+        try:
+            await self.runtime._tg_start(worker.run)
+            with anyio.fail_after(ACTIVATE_TIMEOUT):
+                await worker.request(ACTIVATE, None, timeout=None)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await worker.stop(deactivate=False)
+            if isinstance(exc, CordonError | TimeoutError):
+                self.state = "failed"
+                self._record_failure(worker)
+            if isinstance(exc, TimeoutError):
+                raise WorkerCrashed(
+                    plugin=self.id,
+                    reason="unresponsive",
+                    detail=f"activate took over {ACTIVATE_TIMEOUT} s",
+                ) from None
+            raise
+        assert worker.init_result is not None
+        self.sandbox = dict(worker.init_result.sandbox)
+        self.contributions = list(worker.init_result.contributions)
+        if self._starts:
+            self.restarts += 1
+        self._starts += 1
+        self._worker = worker
+        self.state = "active"
+        missing = [k for k, v in self.sandbox.items() if v.startswith("unavailable")]
+        log.info("worker.ready", plugin=self.id, pid=worker.pid, sandbox_missing=missing or None)
+        if missing and self.settings.sandbox == "best-effort":
+            log.warning(
+                "sandbox.incomplete", plugin=self.id, missing={k: self.sandbox[k] for k in missing}
+            )
+        self.runtime._tg_soon(self._watch, worker)
+        return worker
+
+    def _record_failure(self, worker: WorkerProcess) -> None:
+        info = worker.exit
+        if info is not None:
+            self._exits.append(info)
+        now = time.monotonic()
+        policy = self.settings.restart
+        self._crash_times.append(now)
+        while self._crash_times and now - self._crash_times[0] > policy.within:
+            self._crash_times.popleft()
+        self._failures += 1
+        base = min(policy.max_backoff, policy.backoff * (2 ** (self._failures - 1)))
+        # "Equal jitter": half fixed, half random, so restarts of many plugins spread out.
+        self._backoff_until = now + base / 2 + random.uniform(0, base / 2)
+        if len(self._crash_times) > policy.max:
+            self._breaker_until = now + policy.within
+            self.state = "broken"
+            log.error(
+                "breaker.open",
+                plugin=self.id,
+                restarts=len(self._crash_times),
+                within=policy.within,
+                last_exits=[e.reason for e in self._exits],
+            )
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        """Health pings while idle and the RSS watchdog, until the worker ends."""
+        interval = self.settings.health_interval
+        proc: psutil.Process | None = None
+        try:
+            proc = psutil.Process(worker.pid) if worker.pid else None
+        except psutil.Error:
+            proc = None
+        while True:
+            with anyio.move_on_after(interval):
+                await worker.exited.wait()
+            if worker.exit is not None:
+                break
+            if not worker.alive:
+                await worker.exited.wait()
+                break
+            self._check_rss(worker, proc)
+            idle = worker.in_flight == 0 and time.monotonic() - worker.last_activity >= interval
+            if idle and not await worker.ping(self.settings.health_timeout):
+                if worker.exit is None:
+                    worker.kill_nowait(
+                        "unresponsive", f"no answer to ping within {self.settings.health_timeout} s"
+                    )
+        await self._on_exit(worker)
+
+    def _check_rss(self, worker: WorkerProcess, proc: psutil.Process | None) -> None:
+        limit = self.settings.memory
+        if proc is None or not limit:
+            return
+        try:
+            rss = proc.memory_info().rss
+        except psutil.Error:
+            return
+        if rss > limit:
+            worker.kill_nowait("memory", f"RSS {rss} bytes over the {limit}-byte limit")
+
+    async def _on_exit(self, worker: WorkerProcess) -> None:
+        info = worker.exit
+        if self._worker is worker:
+            self._worker = None
+        if info is None or info.reason == "shutdown":
+            if self.state == "active":
+                self.state = "stopped"
+            return
+        self.state = "crashed"
+        log.warning(
+            "worker.crashed",
+            plugin=self.id,
+            pid=worker.pid,
+            reason=info.reason,
+            returncode=info.returncode,
+            signal=info.signal,
+            detail=info.detail,
+        )
+        self._record_failure(worker)
+
+    async def stop(self) -> None:
+        """Stop the worker (it restarts on the next call)."""
+        worker = self._worker
+        if worker is not None:
+            await worker.stop()
+        self.state = "stopped"
+
+    def reset(self) -> None:
+        """Close the circuit breaker and forget past crashes."""
+        self._breaker_until = None
+        self._crash_times.clear()
+        self._failures = 0
+        self._backoff_until = 0.0
+        if self.state == "broken":
+            self.state = "stopped"
+        log.info("breaker.reset", plugin=self.id)
+
+    @property
+    def worker(self) -> WorkerProcess | None:
+        """The live worker, if any (for fault injection and diagnostics)."""
+        return self._worker
+
+    def stats(self) -> PluginStats:
+        worker = self._worker
+        cpu = rss = None
+        if worker is not None and worker.pid and worker.exit is None:
+            try:
+                proc = psutil.Process(worker.pid)
+                times = proc.cpu_times()
+                cpu = times.user + times.system
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                pass
+        last = self._exits[-1] if self._exits else None
+        return PluginStats(
+            plugin=self.id,
+            state=self.state,
+            pid=worker.pid if worker is not None and worker.exit is None else None,
+            restarts=self.restarts,
+            calls=self._stats.calls,
+            errors=dict(self._stats.errors),
+            latency_p50_ms=self._stats.percentile(0.50),
+            latency_p99_ms=self._stats.percentile(0.99),
+            cpu_seconds=cpu,
+            rss_bytes=rss,
+            last_exit_reason=last.reason if last else None,
+            last_exit=(
+                {
+                    "reason": last.reason,
+                    "returncode": last.returncode,
+                    "signal": last.signal,
+                    "detail": last.detail,
+                }
+                if last
+                else None
+            ),
+            breaker_open=self._breaker_until is not None and time.monotonic() < self._breaker_until,
+            sandbox=dict(self.sandbox),
+            in_flight=worker.in_flight if worker is not None else 0,
+        )
+
+
+def _coerce_config(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None) -> Config:
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config, source="<code>", base_dir=Path.cwd())
+    return find_config(config)
+
+
+class Runtime:
+    """Owns and supervises every plugin worker.
+
+    >>> async with Runtime() as rt:                          # doctest: +SKIP
+    ...     hello = await rt.load("examples/plugins/hello")
+    ...     await hello.call("greet", {"name": "Ada"})
+    'Hello Ada'
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.config = _coerce_config(config)
+        self._explicit_state_dir = Path(state_dir) if state_dir is not None else None
+        self._python = python
+        self._plugins: dict[str, PluginHandle] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._temp_state: str | None = None
+        self.state_dir: Path | None = None
+
+    # -- context management ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        self.state_dir = self._resolve_state_dir()
+        (self.state_dir / "scratch").mkdir(parents=True, exist_ok=True, mode=0o700)
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        tg = self._tg
+        assert tg is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            result = await tg.__aexit__(*exc_info)
+            if self._temp_state is not None:
+                shutil.rmtree(self._temp_state, ignore_errors=True)
+                self._temp_state = None
+        return result
+
+    async def aclose(self) -> None:
+        """Stop every worker (shielded, escalating, concurrently)."""
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for handle in self._plugins.values():
+                    tg.start_soon(handle.stop)
+
+    def _resolve_state_dir(self) -> Path:
+        if self._explicit_state_dir is not None:
+            return self._explicit_state_dir.resolve()
+        if self.config.source is not None:
+            return Path(self.config.runtime.state_dir).resolve()
+        # Built-in defaults: no file named a place, so keep nothing beyond this runtime.
+        self._temp_state = tempfile.mkdtemp(prefix="cordon-")
+        return Path(self._temp_state)
+
+    def _tg_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._tg is None:
+            raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
+        self._tg.start_soon(fn, *args)
+
+    async def _tg_start(self, fn: Callable[..., Any]) -> Any:
+        if self._tg is None:
+            raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
+        return await self._tg.start(fn)
+
+    # -- plugins --------------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> Mapping[str, PluginHandle]:
+        return dict(self._plugins)
+
+    def get(self, plugin_id: str) -> PluginHandle:
+        try:
+            return self._plugins[plugin_id]
+        except KeyError:
+            raise PluginUnavailable(
+                f"no plugin {plugin_id!r} is loaded", plugin=plugin_id, reason="not-loaded"
+            ) from None
+
+    async def load(self, path: str | os.PathLike[str]) -> PluginHandle:
+        """Read a plugin's manifest (importing nothing from it) and register it.
+
+        Its worker starts on first use, or now when the plugin asks for eager activation.
+        """
+        if self._tg is None:
+            raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
+        manifest = load_manifest(path)
+        check_cordon_compat(manifest, _running_version())
+        if manifest.id in self._plugins:
+            other = self._plugins[manifest.id].manifest.directory
+            raise PluginUnavailable(
+                f"plugin id {manifest.id!r} is already loaded from {other}",
+                plugin=manifest.id,
+                reason="duplicate-id",
+            )
+        handle = PluginHandle(self, manifest, self.config.for_plugin(manifest.id))
+        self._plugins[manifest.id] = handle
+        if handle.settings.activate == "eager" or manifest.activate == "eager":
+            await handle._ensure_worker()
+        return handle
+
+    async def unload(self, plugin_id: str) -> None:
+        handle = self.get(plugin_id)
+        await handle.stop()
+        del self._plugins[plugin_id]
+
+    async def call(self, plugin_id: str, name: str, arguments: Any = None, **kw: Any) -> Any:
+        return await self.get(plugin_id).call(name, arguments, **kw)
+
+    def reset(self, plugin_id: str) -> None:
+        """Close a plugin's circuit breaker (an operator decision)."""
+        self.get(plugin_id).reset()
+
+    def stats(self) -> dict[str, PluginStats]:
+        return {pid: handle.stats() for pid, handle in self._plugins.items()}
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _scratch_dir(self, plugin_id: str) -> Path:
+        assert self.state_dir is not None
+        path = self.state_dir / "scratch" / plugin_id
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def _new_worker(self, handle: PluginHandle) -> WorkerProcess:
+        s = handle.settings
+        m = handle.manifest
+        params = InitializeParams(
+            protocol=PROTOCOL_VERSION,
+            plugin_id=m.id,
+            plugin_dir=str(Path(m.directory).resolve()),
+            entry=f"{m.entry_module}:{m.entry_attr}",
+            scratch_dir=str(self._scratch_dir(m.id)),
+            limits=Limits(
+                memory=s.memory,
+                cpu_seconds=math.ceil(s.cpu_time) if s.cpu_time else None,
+                open_files=s.open_files,
+                file_size=s.file_size,
+                processes=s.processes,
+            ),
+            sandbox=SandboxPolicy(
+                mode=s.sandbox, fs_read=list(s.fs_read), fs_write=list(s.fs_write)
+            ),
+            max_frame=s.max_message or DEFAULT_MAX_FRAME,
+            host_pid=os.getpid(),
+        )
+        return WorkerProcess(
+            plugin_id=m.id,
+            params=params,
+            on_host_request=None,
+            on_stderr=lambda line, _id=m.id: log.info(
+                "plugin.output", plugin=_id, line=line.decode("utf-8", "replace")
+            ),
+            python=self._python,
+        )

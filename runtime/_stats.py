@@ -1,0 +1,55 @@
+"""Per-plugin counters and latency percentiles."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any, Final
+
+import msgspec
+
+__all__ = ["CallStats", "PluginStats"]
+
+#: Latencies kept for percentiles: recent enough to reflect now, large enough for a p99.
+LATENCY_WINDOW: Final = 2048
+
+
+class PluginStats(msgspec.Struct, kw_only=True):
+    """A snapshot of one plugin, as ``rt.stats()`` and ``cordon stats`` show it."""
+
+    plugin: str
+    state: str
+    pid: int | None
+    restarts: int
+    calls: int
+    errors: dict[str, int]
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    cpu_seconds: float | None
+    rss_bytes: int | None
+    last_exit_reason: str | None
+    last_exit: dict[str, Any] | None
+    breaker_open: bool
+    sandbox: dict[str, str]
+    in_flight: int
+
+
+class CallStats:
+    __slots__ = ("calls", "errors", "latencies")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors: Counter[str] = Counter()
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def record(self, seconds: float, error: BaseException | None) -> None:
+        self.calls += 1
+        self.latencies.append(seconds)
+        if error is not None:
+            self.errors[type(error).__name__] += 1
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+        return ordered[index] * 1000.0

@@ -1,0 +1,690 @@
+"""One worker process seen from the host: spawn, handshake, calls, and an escalating stop.
+
+The worker's stdout carries the protocol and nothing else; its stderr is plugin output, read
+line by line (bounded) and forwarded to the host log. Any byte on stdout that is not a valid
+frame is a protocol violation and the worker is killed for it: a worker that can corrupt the
+channel once cannot be trusted to answer correctly afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from subprocess import PIPE
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+from cordon.protocol import (
+    CANCEL,
+    HELLO,
+    INITIALIZE,
+    INVOKE,
+    OVERSIZE,
+    PING,
+    PROGRESS,
+    SUPPORTED_PROTOCOLS,
+    Batch,
+    CallCancelled,
+    CallTimeout,
+    CordonError,
+    FrameSplitter,
+    FrameTooLarge,
+    Hello,
+    IncompatibleProtocol,
+    InitializeParams,
+    InitializeResult,
+    InternalError,
+    Invalid,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    Notification,
+    PermissionDenied,
+    PluginError,
+    ProgressParams,
+    QuotaExceeded,
+    RemoteError,
+    Request,
+    Response,
+    SandboxUnavailable,
+    WorkerCrashed,
+    decode_frame,
+    encode_error,
+    encode_notification,
+    encode_request,
+    encode_result,
+    error_from_wire,
+    error_to_wire,
+    negotiate,
+)
+
+__all__ = [
+    "CANCEL_GRACE",
+    "HELLO_TIMEOUT",
+    "INITIALIZE_TIMEOUT",
+    "ExitInfo",
+    "WorkerProcess",
+]
+
+log = structlog.get_logger("cordon")
+
+#: The worker's first frame must arrive within this: interpreter start plus msgspec import is
+#: ~50 ms here, but a 2-core CI box under a parallel test load can be 100x slower.
+HELLO_TIMEOUT: Final = 15.0
+#: Lock-down plus plugin import; bounded so a plugin that hangs at import cannot wedge load().
+INITIALIZE_TIMEOUT: Final = 30.0
+#: A cancelled call must answer within this, or the worker is recycled (a thread or a C loop
+#: cannot be interrupted, and we will not leave it burning CPU behind a "cancelled" answer).
+CANCEL_GRACE: Final = 1.0
+#: Graceful stop: how long deactivate hooks may run before we stop asking.
+DEACTIVATE_TIMEOUT: Final = 5.0
+#: After stdin closes, a healthy worker exits within milliseconds.
+STDIN_CLOSE_WAIT: Final = 2.0
+#: SIGTERM grace before SIGKILL.
+TERM_WAIT: Final = 2.0
+#: SIGKILL cannot be ignored; this only bounds a kernel that is slow to reap.
+KILL_WAIT: Final = 5.0
+#: A single stderr line is cut here; the rest of it is dropped and counted.
+STDERR_LINE_MAX: Final = 4096
+#: Lines of stderr kept for WorkerCrashed.stderr_tail.
+STDERR_TAIL_LINES: Final = 20
+#: Frames queued for the worker's stdin before callers wait: backpressure, not a memory leak.
+SEND_QUEUE: Final = 4096
+#: Only the worker's own pipes and these variables cross into it.
+ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ")
+
+#: What a worker may answer a call with. Anything else (say, a forged WorkerCrashed or
+#: PluginUnavailable) is reported as the PluginError it really is.
+_WORKER_MAY_RAISE: Final = (
+    PluginError,
+    InvalidParams,
+    MethodNotFound,
+    CallCancelled,
+    PermissionDenied,
+    QuotaExceeded,
+    FrameTooLarge,
+    InvalidRequest,
+    SandboxUnavailable,
+    IncompatibleProtocol,
+    RemoteError,
+)
+
+HostRequestHandler = Callable[[str, msgspec.Raw], Awaitable[Any]]
+StderrHandler = Callable[[bytes], None]
+
+
+@dataclass(slots=True)
+class ExitInfo:
+    """How a worker ended: the classified reason plus the raw status."""
+
+    reason: str
+    returncode: int | None
+    signal: int | None
+    detail: str | None
+    stderr_tail: list[str]
+    at: float = field(default_factory=time.time)
+
+    def error(self, plugin_id: str) -> WorkerCrashed:
+        return WorkerCrashed(
+            plugin=plugin_id,
+            reason=self.reason,
+            returncode=self.returncode,
+            signal=self.signal,
+            stderr_tail=self.stderr_tail,
+            detail=self.detail,
+        )
+
+
+class _Pending:
+    __slots__ = ("error", "event", "method", "on_progress", "result")
+
+    def __init__(self, method: str, on_progress: Callable[[ProgressParams], Any] | None) -> None:
+        self.event = anyio.Event()
+        self.result: msgspec.Raw | None = None
+        self.error: CordonError | None = None
+        self.method = method
+        self.on_progress = on_progress
+
+
+def _classify(returncode: int | None, kill_reason: str | None) -> tuple[str, int | None]:
+    sig = -returncode if returncode is not None and returncode < 0 else None
+    if kill_reason:
+        return kill_reason, sig
+    if sig == signal.SIGXCPU:
+        return "cpu", sig
+    if sig is not None:
+        return "signal", sig
+    return "exited", None
+
+
+class WorkerProcess:
+    """A running worker. Created by :meth:`spawn`; ends when its process does."""
+
+    def __init__(
+        self,
+        *,
+        plugin_id: str,
+        params: InitializeParams,
+        on_host_request: HostRequestHandler | None = None,
+        on_stderr: StderrHandler | None = None,
+        python: str | None = None,
+        argv: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.plugin_id = plugin_id
+        self.params = params
+        self.max_frame = params.max_frame
+        self._on_host_request = on_host_request
+        self._on_stderr = on_stderr
+        # ``argv`` replaces the worker command; tests use it to stand up misbehaving peers.
+        self._argv = argv or [python or sys.executable, "-I", "-m", "cordon.worker"]
+        self._extra_env = extra_env or {}
+        self.process: anyio.abc.Process | None = None
+        self.pid: int | None = None
+        self.protocol: int | None = None
+        self.init_result: InitializeResult | None = None
+        self.exit: ExitInfo | None = None
+        self.exited = anyio.Event()
+        self.started_at = time.monotonic()
+        self.last_activity = time.monotonic()
+        self._kill_reason: str | None = None
+        self._kill_detail: str | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 0
+        self._hello: Hello | None = None
+        self._hello_event = anyio.Event()
+        self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.stderr_dropped = 0
+        send, recv = anyio.create_memory_object_stream[bytes](SEND_QUEUE)
+        self._send_stream = send
+        self._recv_stream = recv
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stderr_done = anyio.Event()
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.exit is None and not self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+        env.setdefault("LANG", "C.UTF-8")
+        env["PATH"] = "/usr/bin:/bin"
+        env["HOME"] = self.params.scratch_dir
+        env["TMPDIR"] = self.params.scratch_dir
+        env["CORDON_HOST_PID"] = str(os.getpid())
+        env.update(self._extra_env)
+        return env
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[WorkerProcess]) -> None:
+        """Run the worker for its whole life. ``task_status.started`` fires once it is
+        initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
+        try:
+            process = await anyio.open_process(
+                self._argv,
+                stdin=PIPE,
+                stdout=PIPE,
+                stderr=PIPE,
+                env=self._env(),
+                cwd=self.params.scratch_dir,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise InternalError(f"cannot start worker for {self.plugin_id!r}: {exc}") from exc
+        self.process = process
+        self.pid = process.pid
+        startup_error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._pump_stdout)
+                tg.start_soon(self._pump_stderr)
+                tg.start_soon(self._writer)
+                tg.start_soon(self._reap)
+                try:
+                    await self._handshake()
+                except Exception as exc:
+                    startup_error = exc
+                    with anyio.CancelScope(shield=True):
+                        self.kill_nowait("handshake", str(exc))
+                        with anyio.move_on_after(KILL_WAIT):
+                            await self.exited.wait()
+                else:
+                    task_status.started(self)
+                    await self.exited.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.exit is None:
+                    self.kill_nowait("shutdown")
+                    await self._reap()
+                await self._close_pipes()
+        if startup_error is not None:
+            raise startup_error
+
+    async def _handshake(self) -> None:
+        try:
+            with anyio.fail_after(HELLO_TIMEOUT):
+                await self._wait_or_exit(self._hello_event)
+        except TimeoutError:
+            raise self._startup_error(f"no hello within {HELLO_TIMEOUT} s") from None
+        if self._hello is None:
+            raise self._startup_error("exited before saying hello")
+        try:
+            self.protocol = negotiate(SUPPORTED_PROTOCOLS, self._hello.protocols)
+        except CordonError:
+            self.kill_nowait("protocol-violation", "incompatible protocol")
+            raise
+        self.params.protocol = self.protocol
+        try:
+            with anyio.fail_after(INITIALIZE_TIMEOUT):
+                raw = await self.request(INITIALIZE, self.params, timeout=None)
+        except TimeoutError:
+            raise self._startup_error(
+                f"initialize (lock-down and plugin import) took over {INITIALIZE_TIMEOUT} s"
+            ) from None
+        self.init_result = msgspec.json.decode(raw, type=InitializeResult)
+
+    async def _wait_or_exit(self, event: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch_exit() -> None:
+                await self.exited.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_exit)
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+    def _startup_error(self, what: str) -> CordonError:
+        if self.exit is not None:
+            return self.exit.error(self.plugin_id)
+        return WorkerCrashed(
+            plugin=self.plugin_id,
+            reason="unresponsive",
+            detail=what,
+            stderr_tail=list(self._stderr_tail),
+        )
+
+    async def _reap(self) -> None:
+        """Wait for the process to end, then fail everything still in flight with why."""
+        assert self.process is not None
+        returncode = await self.process.wait()
+        if self.exit is not None:
+            return
+        if self.exit is None:
+            reason, sig = _classify(returncode, self._kill_reason)
+            # stderr may still hold the dying words; give the pump a moment to read them.
+            with anyio.move_on_after(0.5):
+                await self._stderr_done.wait()
+            self.exit = ExitInfo(
+                reason=reason,
+                returncode=returncode,
+                signal=sig,
+                detail=self._kill_detail,
+                stderr_tail=list(self._stderr_tail),
+            )
+            self._fail_all(self.exit.error(self.plugin_id))
+            self.exited.set()
+
+    def _fail_all(self, exc: CordonError) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.event.is_set():
+                p.error = exc
+                p.event.set()
+
+    def kill_nowait(self, reason: str, detail: str | None = None) -> None:
+        if self._kill_reason is None:
+            self._kill_reason = reason
+            self._kill_detail = detail
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        proc = self.process
+        # Only while unreaped: afterwards the pid (and group id) may belong to someone else.
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            proc.send_signal(sig)
+
+    async def stop(self, *, deactivate: bool = True) -> None:
+        """Shielded, escalating stop: deactivate → close stdin → wait → TERM → wait → KILL."""
+        if self.process is None or self.exit is not None:
+            return
+        self._stopping = True
+        with anyio.CancelScope(shield=True):
+            if deactivate and self.init_result is not None:
+                with anyio.move_on_after(DEACTIVATE_TIMEOUT):
+                    try:
+                        await self.request("deactivate", None, timeout=None)
+                    except CordonError:
+                        pass
+            if self._kill_reason is None:
+                self._kill_reason = "shutdown"
+            self._send_stream.close()
+            with anyio.move_on_after(STDIN_CLOSE_WAIT):
+                await self.exited.wait()
+                return
+            self._signal_group(signal.SIGTERM)
+            with anyio.move_on_after(TERM_WAIT):
+                await self.exited.wait()
+                return
+            self._signal_group(signal.SIGKILL)
+            with anyio.move_on_after(KILL_WAIT):
+                await self.exited.wait()
+
+    async def _close_pipes(self) -> None:
+        assert self.process is not None
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                try:
+                    await stream.aclose()
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+        self._send_stream.close()
+        self._recv_stream.close()
+
+    # -- the channel ----------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        stdin = self.process.stdin
+        recv = self._recv_stream
+        try:
+            async for frame in recv:
+                parts = [frame]
+                # Coalesce what queued up meanwhile: one write for a pipelined burst.
+                while True:
+                    try:
+                        parts.append(recv.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                    except anyio.EndOfStream:
+                        break
+                await stdin.send(b"".join(parts) if len(parts) > 1 else frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            try:
+                await stdin.aclose()
+            except (OSError, anyio.BrokenResourceError):
+                pass
+
+    async def _send(self, frame: bytes) -> None:
+        if len(frame) > self.max_frame:
+            raise FrameTooLarge(limit=self.max_frame, size=len(frame))
+        try:
+            await self._send_stream.send(frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await self.exited.wait()
+            assert self.exit is not None
+            raise self.exit.error(self.plugin_id) from None
+
+    def _send_nowait(self, frame: bytes) -> None:
+        try:
+            self._send_stream.send_nowait(frame)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    async def _pump_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        splitter = FrameSplitter(self.max_frame)
+        try:
+            while True:
+                try:
+                    data = await stdout.receive(262144)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break
+                self.last_activity = time.monotonic()
+                for frame in splitter.feed(data):
+                    if not self._on_frame(frame):
+                        return
+        finally:
+            # The channel is gone: a worker without a channel is of no use. It should be
+            # exiting already; make sure.
+            if self.exit is None and self.process.returncode is None:
+                with anyio.move_on_after(STDIN_CLOSE_WAIT, shield=True):
+                    await self.exited.wait()
+            if self.exit is None and self.process.returncode is None:
+                if self._kill_reason is None and not self._stopping:
+                    self._kill_reason = "exited"
+                    self._kill_detail = "closed its protocol channel"
+                self._signal_group(signal.SIGKILL)
+
+    def _violation(self, detail: str) -> bool:
+        log.warning("worker.protocol_violation", plugin=self.plugin_id, detail=detail)
+        self.kill_nowait("protocol-violation", detail)
+        return False
+
+    def _on_frame(self, frame: bytes | object) -> bool:
+        if frame is OVERSIZE:
+            return self._violation(f"sent a frame over the {self.max_frame}-byte limit")
+        assert isinstance(frame, bytes)
+        msg = decode_frame(frame)
+        if isinstance(msg, Response):
+            self._on_response(msg)
+            return True
+        if isinstance(msg, Request):
+            self._on_request(msg)
+            return True
+        if isinstance(msg, Notification):
+            self._on_notification(msg)
+            return True
+        if isinstance(msg, Batch):
+            for item in msg.items:
+                if isinstance(item, Invalid):
+                    return self._violation(f"sent an invalid message: {item.error.message}")
+            for item in msg.items:
+                if isinstance(item, Response):
+                    self._on_response(item)
+                elif isinstance(item, Request):
+                    self._on_request(item)
+                elif isinstance(item, Notification):
+                    self._on_notification(item)
+            return True
+        assert isinstance(msg, Invalid)
+        preview = frame[:80].decode("utf-8", "replace")
+        return self._violation(f"wrote garbage on the protocol channel: {preview!r}")
+
+    def _on_response(self, msg: Response) -> None:
+        pending = self._pending.pop(msg.id, None) if isinstance(msg.id, int) else None
+        if pending is None:
+            # A response to nothing we asked (or already gave up on): harmless, ignored.
+            return
+        if msg.error is not None:
+            pending.error = self._vet(error_from_wire(msg.error))
+        else:
+            pending.result = msg.result
+        pending.event.set()
+
+    def _vet(self, exc: CordonError) -> CordonError:
+        """A worker's error is a claim, not a fact: only errors a worker can honestly raise
+        pass as themselves, and the plugin they name is always the one on this channel."""
+        if not isinstance(exc, _WORKER_MAY_RAISE):
+            return PluginError(
+                f"plugin raised {type(exc).__name__}: {exc.message}",
+                exc_type=type(exc).__name__,
+                exc_message=exc.message,
+                plugin=self.plugin_id,
+            )
+        if "plugin" in exc._fields:
+            exc.plugin = self.plugin_id  # type: ignore[attr-defined]
+        return exc
+
+    def _on_notification(self, msg: Notification) -> None:
+        if msg.method == HELLO and self._hello is None:
+            try:
+                self._hello = msgspec.json.decode(msg.params, type=Hello)
+            except msgspec.DecodeError:
+                self.kill_nowait("protocol-violation", "malformed hello")
+                return
+            self._hello_event.set()
+        elif msg.method == PROGRESS:
+            try:
+                prog = msgspec.json.decode(msg.params, type=ProgressParams)
+            except msgspec.DecodeError:
+                return
+            pending = self._pending.get(prog.id) if isinstance(prog.id, int) else None
+            if pending is not None and pending.on_progress is not None:
+                try:
+                    pending.on_progress(prog)
+                except Exception:
+                    log.exception("progress_callback_failed", plugin=self.plugin_id)
+
+    def _on_request(self, msg: Request) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._serve_host_request, msg)
+
+    async def _serve_host_request(self, msg: Request) -> None:
+        try:
+            if self._on_host_request is None:
+                raise MethodNotFound(f"method {msg.method!r} not found", method=msg.method)
+            result = await self._on_host_request(msg.method, msg.params)
+            frame = encode_result(msg.id, result)
+        except CordonError as exc:
+            frame = encode_error(msg.id, error_to_wire(exc))
+        except Exception as exc:
+            log.exception("host_api_failed", plugin=self.plugin_id, method=msg.method)
+            frame = encode_error(msg.id, error_to_wire(InternalError(f"host error: {exc}")))
+        if len(frame) > self.max_frame:
+            frame = encode_error(
+                msg.id, error_to_wire(FrameTooLarge(limit=self.max_frame, size=len(frame)))
+            )
+        self._send_nowait(frame)
+
+    async def _pump_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        stderr = self.process.stderr
+        buf = b""
+        skipping = False
+        try:
+            while True:
+                try:
+                    data = await stderr.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break
+                buf += data
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        if len(buf) > STDERR_LINE_MAX:
+                            if not skipping:
+                                self._line(buf[:STDERR_LINE_MAX] + b" [truncated]")
+                            self.stderr_dropped += len(buf) - STDERR_LINE_MAX
+                            skipping = True
+                            buf = b""
+                        break
+                    line, buf = buf[:nl], buf[nl + 1 :]
+                    if skipping:
+                        skipping = False
+                        continue
+                    if len(line) > STDERR_LINE_MAX:
+                        self.stderr_dropped += len(line) - STDERR_LINE_MAX
+                        line = line[:STDERR_LINE_MAX] + b" [truncated]"
+                    self._line(line)
+            if buf and not skipping:
+                self._line(buf[:STDERR_LINE_MAX])
+        finally:
+            self._stderr_done.set()
+
+    def _line(self, line: bytes) -> None:
+        self._stderr_tail.append(line.decode("utf-8", "replace"))
+        if self._on_stderr is not None:
+            try:
+                self._on_stderr(line)
+            except Exception:
+                log.exception("stderr_handler_failed", plugin=self.plugin_id)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        params: Any,
+        *,
+        timeout: float | None,
+        on_progress: Callable[[ProgressParams], Any] | None = None,
+    ) -> msgspec.Raw:
+        """Send a request and wait for its answer.
+
+        On ``timeout`` the worker is asked to cancel; if it has not answered within
+        :data:`CANCEL_GRACE` it is killed (reason ``timeout``). If the caller is cancelled,
+        the worker is told (``$/cancel``) and the cancellation propagates unchanged.
+        """
+        if self.exit is not None:
+            raise self.exit.error(self.plugin_id)
+        self._next_id += 1
+        ident = self._next_id
+        pending = _Pending(method, on_progress)
+        self._pending[ident] = pending
+        try:
+            await self._send(encode_request(ident, method, params))
+            if timeout is None:
+                await pending.event.wait()
+            else:
+                with anyio.move_on_after(timeout):
+                    await pending.event.wait()
+                if not pending.event.is_set():
+                    await self._cancel_after_timeout(ident, pending, method, timeout)
+        except anyio.get_cancelled_exc_class():
+            if not pending.event.is_set():
+                self._send_nowait(encode_notification(CANCEL, {"id": ident}))
+            raise
+        finally:
+            self._pending.pop(ident, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def _cancel_after_timeout(
+        self, ident: int, pending: _Pending, method: str, timeout: float
+    ) -> None:
+        self._send_nowait(encode_notification(CANCEL, {"id": ident}))
+        with anyio.move_on_after(CANCEL_GRACE):
+            await pending.event.wait()
+        if not pending.event.is_set() or isinstance(pending.error, WorkerCrashed):
+            self.kill_nowait("timeout", f"{method} ignored cancellation after {timeout} s")
+        pending.error = CallTimeout(timeout=timeout, method=method, plugin=self.plugin_id)
+        pending.event.set()
+
+    async def invoke(
+        self,
+        name: str,
+        arguments: Any,
+        *,
+        kind: str = "tool",
+        timeout: float | None,
+        on_progress: Callable[[ProgressParams], Any] | None = None,
+    ) -> msgspec.Raw:
+        params = {"name": name, "kind": kind, "arguments": arguments}
+        raw = await self.request(INVOKE, params, timeout=timeout, on_progress=on_progress)
+        return raw
+
+    async def ping(self, timeout: float) -> bool:
+        try:
+            with anyio.fail_after(timeout):
+                await self.request(PING, None, timeout=None)
+        except (TimeoutError, CordonError):
+            return False
+        return True

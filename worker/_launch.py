@@ -1,0 +1,271 @@
+"""The worker's launch sequence, as ordered steps in one place.
+
+    protect channel → announce → receive config → apply limits → lock down
+    → import plugin → report ready → serve (activate arrives as the first request)
+
+Each step is a function of the shared :class:`Launch` state, so the sandbox and a later
+pre-forked launcher slot in by replacing or reordering entries of :data:`STEPS`, not by
+rewriting the sequence. Nothing from the plugin is imported before ``lock_down`` has run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, NoReturn
+
+import msgspec
+from cordon.protocol import (
+    HELLO,
+    INITIALIZE,
+    OVERSIZE,
+    SUPPORTED_PROTOCOLS,
+    CordonError,
+    FrameSplitter,
+    IncompatibleProtocol,
+    InitializeParams,
+    InitializeResult,
+    InvalidRequest,
+    PluginError,
+    Request,
+    decode_frame,
+    encode_error,
+    encode_notification,
+    encode_result,
+    error_to_wire,
+)
+
+__all__ = ["EXIT_CODES", "STEPS", "Launch", "main"]
+
+#: Exit statuses the host classifies; documented in the README.
+EXIT_OK: Final = 0
+EXIT_PARENT_GONE: Final = 70
+EXIT_BAD_HANDSHAKE: Final = 71
+EXIT_SANDBOX_REFUSED: Final = 72
+EXIT_PLUGIN_FAILED: Final = 73
+EXIT_CODES: Final = {
+    EXIT_PARENT_GONE: "host went away before the worker was ready",
+    EXIT_BAD_HANDSHAKE: "handshake failed",
+    EXIT_SANDBOX_REFUSED: "sandbox refused to start",
+    EXIT_PLUGIN_FAILED: "plugin failed to import",
+}
+
+PR_SET_PDEATHSIG: Final = 1
+
+
+class LaunchAbort(Exception):
+    def __init__(self, status: int, error: CordonError) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+
+
+@dataclass
+class Launch:
+    rfd: int = -1
+    wfd: int = -1
+    splitter: FrameSplitter = field(default_factory=FrameSplitter)
+    leftover: list[Any] = field(default_factory=list)
+    init_id: int | str | None = None
+    init: InitializeParams | None = None
+    report: dict[str, str] = field(default_factory=dict)
+    plugin: Any = None
+
+    def write(self, frame: bytes) -> None:
+        view = memoryview(frame)
+        while view:
+            n = os.write(self.wfd, view)
+            view = view[n:]
+
+
+def protect_channel(st: Launch) -> None:
+    """Move the RPC channel off fds 0/1 so nothing the plugin prints can corrupt it."""
+    st.rfd = os.dup(0)
+    st.wfd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    host_pid = int(os.environ.get("CORDON_HOST_PID", "0") or 0)
+    if host_pid:
+        # Backstop for EOF on the channel: die with the host even if we are stuck.
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != host_pid:
+            os._exit(EXIT_PARENT_GONE)
+
+
+def announce(st: Launch) -> None:
+    from importlib.metadata import version
+
+    try:
+        ours = version("cordon")
+    except Exception:
+        ours = "unknown"
+    hello = {"protocols": list(SUPPORTED_PROTOCOLS), "pid": os.getpid(), "cordon": ours}
+    st.write(encode_notification(HELLO, hello))
+
+
+def receive_config(st: Launch) -> None:
+    """Block until the host's ``initialize`` request; the host holds the deadline."""
+    frames: list[Any] = []
+    while not frames:
+        data = os.read(st.rfd, 65536)
+        if not data:
+            os._exit(EXIT_PARENT_GONE)
+        frames = st.splitter.feed(data)
+    first, st.leftover = frames[0], frames[1:]
+    msg = decode_frame(first) if first is not OVERSIZE else None
+    if not isinstance(msg, Request) or msg.method != INITIALIZE:
+        raise LaunchAbort(
+            EXIT_BAD_HANDSHAKE, InvalidRequest("expected an 'initialize' request first")
+        )
+    st.init_id = msg.id
+    try:
+        st.init = msgspec.json.decode(msg.params, type=InitializeParams)
+    except msgspec.DecodeError as exc:
+        raise LaunchAbort(
+            EXIT_BAD_HANDSHAKE, InvalidRequest(f"bad initialize params: {exc}")
+        ) from None
+    if st.init.protocol not in SUPPORTED_PROTOCOLS:
+        raise LaunchAbort(
+            EXIT_BAD_HANDSHAKE,
+            IncompatibleProtocol(ours=list(SUPPORTED_PROTOCOLS), theirs=[st.init.protocol]),
+        )
+    st.splitter.max_frame = st.init.max_frame
+
+
+def apply_limits(st: Launch) -> None:
+    from ._sandbox import apply_limits as _apply
+
+    assert st.init is not None
+    st.report.update(_apply(st.init.limits))
+
+
+def lock_down(st: Launch) -> None:
+    from ._sandbox import lock_down as _lock_down
+
+    assert st.init is not None
+    init = st.init
+    try:
+        st.report.update(
+            _lock_down(
+                plugin_id=init.plugin_id,
+                policy=init.sandbox,
+                limits=init.limits,
+                plugin_dir=init.plugin_dir,
+                scratch_dir=init.scratch_dir,
+                read_paths=[],
+                keep_fds=[0, 1, 2, st.rfd, st.wfd],
+            )
+        )
+    except CordonError as exc:
+        raise LaunchAbort(EXIT_SANDBOX_REFUSED, exc) from None
+    # The plugin gets no ctypes handed to it: the lock-down module used it and let go.
+    sys.modules.pop("ctypes", None)
+    with contextlib.suppress(OSError):
+        os.chdir(init.scratch_dir)
+
+
+def import_plugin(st: Launch) -> None:
+    from ._plugin import Plugin
+
+    assert st.init is not None
+    module_name, _, attr = st.init.entry.partition(":")
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, st.init.plugin_dir)
+    try:
+        module = importlib.import_module(module_name)
+        plugin = getattr(module, attr or "plugin")
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(exc))[-16384:]
+        raise LaunchAbort(
+            EXIT_PLUGIN_FAILED,
+            PluginError(
+                f"importing {st.init.entry!r} failed: {type(exc).__name__}: {exc}",
+                exc_type=type(exc).__name__,
+                exc_message=str(exc),
+                traceback=tb,
+                plugin=st.init.plugin_id,
+            ),
+        ) from None
+    if not isinstance(plugin, Plugin):
+        raise LaunchAbort(
+            EXIT_PLUGIN_FAILED,
+            PluginError(
+                f"{st.init.entry!r} is a {type(plugin).__name__}, not a cordon.worker.Plugin",
+                exc_type="TypeError",
+                exc_message="entry is not a Plugin",
+                plugin=st.init.plugin_id,
+            ),
+        )
+    st.plugin = plugin
+
+
+def report_ready(st: Launch) -> None:
+    result = InitializeResult(
+        contributions=st.plugin.contributions(),
+        sandbox=st.report,
+        activate_hooks=len(st.plugin.activate_hooks),
+    )
+    st.write(encode_result(st.init_id, result))
+
+
+def serve(st: Launch) -> None:
+    import asyncio
+
+    from ._server import Server
+
+    assert st.init is not None
+    server = Server(
+        rfd=st.rfd,
+        wfd=st.wfd,
+        splitter=st.splitter,
+        plugin=st.plugin,
+        plugin_id=st.init.plugin_id,
+        scratch_dir=st.init.scratch_dir,
+    )
+    asyncio.run(server.serve(st.leftover))
+    server.shutdown_threads()
+
+
+STEPS: Final[tuple[Callable[[Launch], None], ...]] = (
+    protect_channel,
+    announce,
+    receive_config,
+    apply_limits,
+    lock_down,
+    import_plugin,
+    report_ready,
+    serve,
+)
+
+
+def _exit(status: int) -> NoReturn:
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    # Skip interpreter teardown: plugin threads or atexit hooks must not keep us alive.
+    os._exit(status)
+
+
+def main() -> NoReturn:
+    st = Launch()
+    try:
+        for step in STEPS:
+            step(st)
+    except LaunchAbort as abort:
+        if st.wfd >= 0:
+            with contextlib.suppress(OSError):
+                st.write(encode_error(st.init_id, error_to_wire(abort.error)))
+        print(f"cordon worker: {abort.error.message}", file=sys.stderr)
+        _exit(abort.status)
+    _exit(EXIT_OK)

@@ -1,0 +1,298 @@
+"""The authoring API: a :class:`Plugin` collects what a plugin contributes.
+
+Each contributed function's signature becomes a msgspec struct, so arguments are validated
+(and a JSON Schema derived) before plugin code runs, and a bad call names the offending field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import msgspec
+from cordon.protocol import Contribution, ContributionKind, InvalidParams
+
+__all__ = ["Handler", "Plugin", "PluginDefinitionError"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+
+
+class PluginDefinitionError(TypeError):
+    """A plugin declared something cordon cannot serve (bad name, ``*args``, duplicate...)."""
+
+
+@dataclass(slots=True)
+class Handler:
+    kind: ContributionKind
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    params_type: type[msgspec.Struct]
+    param_names: tuple[str, ...]
+    wants_ctx: bool
+    is_async: bool
+    options: dict[str, Any] = field(default_factory=dict)
+    result_schema: dict[str, Any] = field(default_factory=dict)
+
+    def contribution(self) -> Contribution:
+        return Contribution(
+            kind=self.kind,
+            name=self.name,
+            description=self.description,
+            params_schema=_object_schema(self.params_type),
+            result_schema=self.result_schema,
+            options=self.options,
+        )
+
+    def decode_arguments(self, raw: msgspec.Raw) -> dict[str, Any]:
+        """Validate JSON arguments against the signature; :class:`InvalidParams` names the
+        field. Arrays are accepted as positional arguments, as JSON-RPC allows."""
+        try:
+            if not raw:
+                value = msgspec.json.decode(b"{}", type=self.params_type)
+            elif memoryview(raw)[:1] == b"[":
+                items = msgspec.json.decode(raw, type=list[Any])
+                if len(items) > len(self.param_names):
+                    raise InvalidParams(
+                        f"{self.kind} {self.name!r} takes {len(self.param_names)} "
+                        f"argument(s), got {len(items)}",
+                        field=None,
+                    )
+                value = msgspec.convert(
+                    dict(zip(self.param_names, items, strict=False)), type=self.params_type
+                )
+            else:
+                value = msgspec.json.decode(raw, type=self.params_type)
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            raise InvalidParams(
+                f"invalid arguments for {self.kind} {self.name!r}: {text}",
+                field=_field_of(text),
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidParams(f"arguments are not valid JSON: {exc}", field=None) from None
+        return {name: getattr(value, name) for name in self.param_names}
+
+
+def _field_of(message: str) -> str | None:
+    m = re.search(r"at `\$\.([^`]+)`", message) or re.search(r"field `([^`]+)`", message)
+    return m.group(1) if m else None
+
+
+def _object_schema(params_type: type[msgspec.Struct]) -> dict[str, Any]:
+    (ref,), components = msgspec.json.schema_components([params_type])
+    name = ref["$ref"].rsplit("/", 1)[-1]
+    schema = dict(components.pop(name))
+    schema.pop("title", None)
+    if components:
+        schema["$defs"] = components
+    return schema
+
+
+def _result_schema(annotation: Any) -> dict[str, Any]:
+    if annotation is inspect.Signature.empty or annotation is None:
+        return {}
+    try:
+        return msgspec.json.schema(annotation)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _build_handler(
+    kind: ContributionKind,
+    fn: Callable[..., Any],
+    name: str | None,
+    description: str | None,
+    options: dict[str, Any],
+) -> Handler:
+    if not callable(fn):
+        raise PluginDefinitionError(f"@{kind} needs a function, got {fn!r}")
+    handler_name = name or fn.__name__
+    if not _NAME.match(handler_name):
+        raise PluginDefinitionError(f"{kind} name {handler_name!r} is not a valid name")
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise PluginDefinitionError(
+            f"{kind} {handler_name!r}: cannot resolve type hints: {exc}"
+        ) from exc
+    params = list(sig.parameters.values())
+    wants_ctx = bool(params) and params[0].name == "ctx"
+    if wants_ctx:
+        params = params[1:]
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    names: list[str] = []
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise PluginDefinitionError(
+                f"{kind} {handler_name!r}: *args/**kwargs cannot be described as parameters"
+            )
+        if p.kind is p.POSITIONAL_ONLY:
+            raise PluginDefinitionError(
+                f"{kind} {handler_name!r}: positional-only parameter {p.name!r} is not supported"
+            )
+        annotation = hints.get(p.name, Any)
+        if p.default is p.empty:
+            fields.append((p.name, annotation))
+        else:
+            fields.append((p.name, annotation, p.default))
+        names.append(p.name)
+    try:
+        params_type = msgspec.defstruct(
+            f"{handler_name.replace('.', '_').replace('-', '_')}_params",
+            fields,
+            kw_only=True,
+            forbid_unknown_fields=True,
+        )
+        _object_schema(params_type)
+    except (TypeError, ValueError) as exc:
+        raise PluginDefinitionError(
+            f"{kind} {handler_name!r}: parameter types cannot be validated: {exc}"
+        ) from exc
+    doc = description if description is not None else inspect.getdoc(fn) or ""
+    return Handler(
+        kind=kind,
+        name=handler_name,
+        fn=fn,
+        description=doc.strip(),
+        params_type=params_type,
+        param_names=tuple(names),
+        wants_ctx=wants_ctx,
+        is_async=inspect.iscoroutinefunction(fn),
+        options=options,
+        result_schema=_result_schema(hints.get("return", inspect.Signature.empty)),
+    )
+
+
+Hook = Callable[[Any], Awaitable[None] | None]
+
+
+class Plugin:
+    """What a plugin module exposes (``entry = "module:plugin"`` in ``plugin.toml``).
+
+    >>> plugin = Plugin()
+    >>> @plugin.tool
+    ... async def greet(ctx, name: str) -> str:
+    ...     return f"Hello {name}"
+    """
+
+    def __init__(self) -> None:
+        self.handlers: dict[tuple[str, str], Handler] = {}
+        self.activate_hooks: list[Hook] = []
+        self.deactivate_hooks: list[Hook] = []
+
+    def _register(
+        self,
+        kind: ContributionKind,
+        fn: Callable[..., Any],
+        name: str | None,
+        description: str | None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        handler = _build_handler(kind, fn, name, description, options or {})
+        key = (kind, handler.name)
+        if key in self.handlers:
+            raise PluginDefinitionError(f"{kind} {handler.name!r} is defined twice")
+        self.handlers[key] = handler
+
+    def _decorator(
+        self,
+        kind: ContributionKind,
+        fn: F | None,
+        name: str | None,
+        description: str | None,
+        options: dict[str, Any] | None = None,
+    ) -> Any:
+        def register(f: F) -> F:
+            self._register(kind, f, name, description, options)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def tool(self, fn: F, /) -> F: ...
+    @overload
+    def tool(
+        self, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
+    def tool(
+        self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
+    ) -> Any:
+        """Contribute a tool: a typed function the host (or a model) can call."""
+        return self._decorator("tool", fn, name, description)
+
+    @overload
+    def command(self, fn: F, /) -> F: ...
+    @overload
+    def command(
+        self, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
+    def command(
+        self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
+    ) -> Any:
+        """Contribute a command: a user-invoked action of the host application."""
+        return self._decorator("command", fn, name, description)
+
+    @overload
+    def provider(self, fn: F, /) -> F: ...
+    @overload
+    def provider(
+        self, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
+    def provider(
+        self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
+    ) -> Any:
+        """Contribute a provider: supplies data to a host extension point on request."""
+        return self._decorator("provider", fn, name, description)
+
+    def middleware(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        phase: str = "before_request",
+    ) -> Any:
+        """Contribute middleware; ``phase`` is ``before_request`` or ``after_response``."""
+        if phase not in ("before_request", "after_response"):
+            raise PluginDefinitionError(f"middleware phase {phase!r} is not known")
+        if fn is not None:
+            return self._decorator(
+                "middleware", fn, name or f"{fn.__name__}", description, {"phase": phase}
+            )
+
+        def register(f: F) -> F:
+            self._register("middleware", f, name, description, {"phase": phase})
+            return f
+
+        return register
+
+    def on_event(self, topic: str, *, name: str | None = None) -> Callable[[F], F]:
+        """Handle host events whose topic matches ``topic`` (a glob)."""
+
+        def register(f: F) -> F:
+            self._register("event_handler", f, name or f.__name__, None, {"topic": topic})
+            return f
+
+        return register
+
+    def on_activate(self, fn: F) -> F:
+        """Run once when the worker is activated, before it serves calls."""
+        self.activate_hooks.append(fn)
+        return fn
+
+    def on_deactivate(self, fn: F) -> F:
+        """Run once when the host shuts the worker down."""
+        self.deactivate_hooks.append(fn)
+        return fn
+
+    def contributions(self) -> list[Contribution]:
+        return [h.contribution() for h in self.handlers.values()]

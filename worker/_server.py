@@ -1,0 +1,412 @@
+"""The worker's JSON-RPC endpoint: serves host requests concurrently on an asyncio loop.
+
+asyncio rather than anyio: the worker must start fast and stay small (see the README's
+performance section), and plugin authors expect ``asyncio`` in ``async def`` tools anyway.
+Frames are read and written with raw ``os.read``/``os.write`` on non-blocking pipe fds; a
+burst of responses produced in one loop iteration leaves in one ``write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import os
+import traceback
+from typing import Any, Final
+
+import msgspec
+from cordon.protocol import (
+    ACTIVATE,
+    CANCEL,
+    DEACTIVATE,
+    INITIALIZE,
+    INVOKE,
+    OVERSIZE,
+    PING,
+    Batch,
+    CallCancelled,
+    CancelParams,
+    CordonError,
+    FrameSplitter,
+    FrameTooLarge,
+    InvalidParams,
+    InvalidRequest,
+    InvokeParams,
+    MethodNotFound,
+    Notification,
+    PluginError,
+    QuotaExceeded,
+    Request,
+    Response,
+    decode_frame,
+    decode_params,
+    encode_error,
+    encode_notification,
+    encode_request,
+    encode_result,
+    error_from_wire,
+    error_to_wire,
+)
+
+from ._context import Context
+from ._plugin import Handler, Plugin
+
+__all__ = ["Server"]
+
+#: Bytes per read: large enough that a pipelined burst arrives in one syscall.
+READ_SIZE: Final = 256 * 1024
+#: Traceback text sent to the host is for humans; cap it so a deep recursion cannot bloat a frame.
+MAX_TRACEBACK: Final = 16 * 1024
+#: Threads for synchronous plugin functions; they cannot be cancelled, so keep the pool small.
+SYNC_THREADS: Final = 8
+
+_invoke_decoder = msgspec.json.Decoder(InvokeParams)
+_cancel_decoder = msgspec.json.Decoder(CancelParams)
+
+
+class Server:
+    def __init__(
+        self,
+        *,
+        rfd: int,
+        wfd: int,
+        splitter: FrameSplitter,
+        plugin: Plugin,
+        plugin_id: str,
+        scratch_dir: str,
+    ) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.splitter = splitter
+        self.plugin = plugin
+        self.plugin_id = plugin_id
+        self.scratch_dir = scratch_dir
+        self.max_frame = splitter.max_frame
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._writer_armed = False
+        self._tasks: dict[Any, asyncio.Task[bytes | None]] = {}
+        self._threaded: set[Any] = set()
+        self._host_pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_host_id = 0
+        self._closed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def serve(self, initial_frames: list[Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self.wfd, False)
+        for frame in initial_frames:
+            self._dispatch(frame)
+        self._loop.add_reader(self.rfd, self._on_readable)
+        try:
+            await self._closed.wait()
+        finally:
+            self._loop.remove_reader(self.rfd)
+            for task in list(self._tasks.values()):
+                task.cancel()
+            self._flush()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.rfd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # The host closed our stdin: that is how it says "shut down".
+            assert self._closed is not None
+            self._closed.set()
+            return
+        for frame in self.splitter.feed(data):
+            self._dispatch(frame)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        self._out += frame
+        if not self._flush_scheduled and not self._writer_armed:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._out:
+            try:
+                n = os.write(self.wfd, self._out)
+            except BlockingIOError:
+                break
+            except OSError:
+                # The host is gone; nothing left to serve.
+                self._out.clear()
+                if self._closed is not None:
+                    self._closed.set()
+                return
+            del self._out[:n]
+        assert self._loop is not None
+        if self._out and not self._writer_armed:
+            self._writer_armed = True
+            self._loop.add_writer(self.wfd, self._on_writable)
+        elif not self._out and self._writer_armed:
+            self._writer_armed = False
+            self._loop.remove_writer(self.wfd)
+
+    def _on_writable(self) -> None:
+        self._flush()
+
+    def notify(self, method: str, params: Any) -> None:
+        self.send(encode_notification(method, params))
+
+    # -- incoming -------------------------------------------------------------------------
+
+    def _dispatch(self, frame: bytes | object) -> None:
+        if frame is OVERSIZE:
+            err = FrameTooLarge(limit=self.max_frame)
+            self.send(encode_error(None, error_to_wire(err)))
+            return
+        assert isinstance(frame, bytes)
+        msg = decode_frame(frame)
+        if isinstance(msg, Batch):
+            self._dispatch_batch(msg)
+        elif isinstance(msg, Request):
+            out = self._handle_request(msg)
+            if isinstance(out, bytes):
+                self.send(out)
+        elif isinstance(msg, Notification):
+            self._handle_notification(msg)
+        elif isinstance(msg, Response):
+            self._handle_response(msg)
+        else:
+            self.send(encode_error(msg.id, msg.error))
+
+    def _dispatch_batch(self, batch: Batch) -> None:
+        immediate: list[bytes] = []
+        waiting: list[asyncio.Task[bytes | None]] = []
+        for item in batch.items:
+            if isinstance(item, Request):
+                out = self._handle_request(item, batched=True)
+                if isinstance(out, bytes):
+                    immediate.append(out)
+                elif out is not None:
+                    waiting.append(out)
+            elif isinstance(item, Notification):
+                self._handle_notification(item)
+            elif isinstance(item, Response):
+                self._handle_response(item)
+            else:
+                immediate.append(encode_error(item.id, item.error))
+
+        def emit(parts: list[bytes]) -> None:
+            if parts:
+                # Each part is a frame with its newline; a batch answer is one JSON array.
+                self.send(b"[" + b",".join(p.rstrip(b"\n") for p in parts) + b"]\n")
+
+        if not waiting:
+            emit(immediate)
+            return
+
+        async def gather() -> None:
+            done = await asyncio.gather(*waiting, return_exceptions=True)
+            emit(immediate + [d for d in done if isinstance(d, bytes)])
+
+        assert self._loop is not None
+        self._loop.create_task(gather())
+
+    def _handle_request(
+        self, req: Request, *, batched: bool = False
+    ) -> bytes | asyncio.Task[bytes | None] | None:
+        method = req.method
+        try:
+            if method == INVOKE:
+                try:
+                    params = _invoke_decoder.decode(req.params or b"{}")
+                except msgspec.ValidationError as exc:
+                    raise InvalidParams(f"invalid invoke params: {exc}", field=None) from None
+                handler = self.plugin.handlers.get((params.kind, params.name))
+                if handler is None:
+                    raise MethodNotFound(
+                        f"plugin {self.plugin_id!r} has no {params.kind} {params.name!r}",
+                        method=f"{params.kind}:{params.name}",
+                    )
+                args = handler.decode_arguments(params.arguments)
+                return self._start(req.id, self._run_handler(req.id, handler, args), batched)
+            if method == PING:
+                return encode_result(req.id, "pong")
+            if method == ACTIVATE:
+                hooks = self.plugin.activate_hooks
+                return self._start(req.id, self._run_hooks(req.id, hooks), batched)
+            if method == DEACTIVATE:
+                hooks = self.plugin.deactivate_hooks
+                return self._start(req.id, self._run_hooks(req.id, hooks), batched)
+            if method == INITIALIZE:
+                raise InvalidRequest("the worker is already initialized")
+            raise MethodNotFound(f"method {method!r} not found", method=method)
+        except CordonError as exc:
+            return encode_error(req.id, error_to_wire(exc))
+
+    def _start(self, ident: Any, coro: Any, batched: bool) -> asyncio.Task[bytes | None] | bytes:
+        if ident in self._tasks:
+            coro.close()
+            return encode_error(
+                ident, error_to_wire(InvalidRequest(f"request id {ident!r} is already in use"))
+            )
+        assert self._loop is not None
+        task: asyncio.Task[bytes | None] = self._loop.create_task(coro)
+        self._tasks[ident] = task
+        task.add_done_callback(functools.partial(self._finished, ident, batched))
+        return task
+
+    def _finished(self, ident: Any, batched: bool, task: asyncio.Task[bytes | None]) -> None:
+        self._tasks.pop(ident, None)
+        self._threaded.discard(ident)
+        if batched or task.cancelled():
+            return
+        out = task.result()
+        if out is not None:
+            self.send(out)
+
+    def _handle_notification(self, note: Notification) -> None:
+        if note.method == CANCEL:
+            try:
+                ident = _cancel_decoder.decode(note.params).id
+            except msgspec.DecodeError:
+                return
+            task = self._tasks.get(ident)
+            if task is not None:
+                task.cancel()
+        # Unknown notifications are ignored, as JSON-RPC requires.
+
+    def _handle_response(self, resp: Response) -> None:
+        fut = self._host_pending.pop(resp.id, None) if isinstance(resp.id, int) else None
+        if fut is None or fut.done():
+            return
+        if resp.error is not None:
+            fut.set_exception(error_from_wire(resp.error))
+        else:
+            try:
+                fut.set_result(decode_params(resp.result))
+            except msgspec.DecodeError as exc:
+                fut.set_exception(exc)
+
+    # -- running plugin code --------------------------------------------------------------
+
+    async def request_host(self, method: str, params: Any) -> Any:
+        """Send a worker → host request and wait for the host's answer."""
+        assert self._loop is not None
+        self._next_host_id += 1
+        ident = self._next_host_id
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._host_pending[ident] = fut
+        try:
+            self.send(encode_request(ident, method, params))
+            return await fut
+        finally:
+            self._host_pending.pop(ident, None)
+
+    def _context(self, call_id: Any) -> Context:
+        return Context(
+            plugin_id=self.plugin_id,
+            scratch_dir=self.scratch_dir,
+            call_id=call_id,
+            request=self.request_host,
+            notify=self.notify,
+        )
+
+    async def _run_handler(
+        self, ident: Any, handler: Handler, args: dict[str, Any]
+    ) -> bytes | None:
+        fn = handler.fn
+        if handler.wants_ctx:
+            fn = functools.partial(fn, self._context(ident))
+        try:
+            if handler.is_async:
+                result = await fn(**args)
+            else:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        SYNC_THREADS, thread_name_prefix="cordon-sync"
+                    )
+                assert self._loop is not None
+                self._threaded.add(ident)
+                result = await self._loop.run_in_executor(
+                    self._executor, functools.partial(fn, **args)
+                )
+                self._threaded.discard(ident)
+                if asyncio.iscoroutine(result):
+                    result = await result
+        except asyncio.CancelledError:
+            if ident in self._threaded:
+                # A thread cannot be stopped: saying "cancelled" would be a lie while it
+                # still runs. Stay silent; the host's cancel deadline recycles this worker.
+                raise
+            return encode_error(ident, error_to_wire(CallCancelled(method=handler.name)))
+        except CordonError as exc:
+            return encode_error(ident, error_to_wire(exc))
+        except MemoryError:
+            return encode_error(
+                ident, error_to_wire(QuotaExceeded(kind="memory", plugin=self.plugin_id))
+            )
+        except Exception as exc:
+            return encode_error(ident, error_to_wire(self._plugin_error(exc)))
+        return self._encode_result(ident, handler, result)
+
+    def _encode_result(self, ident: Any, handler: Handler, result: Any) -> bytes:
+        try:
+            frame = encode_result(ident, result)
+        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+            err = PluginError(
+                exc_type=type(exc).__name__,
+                exc_message=f"result of {handler.kind} {handler.name!r} is not JSON: {exc}",
+                plugin=self.plugin_id,
+            )
+            return encode_error(ident, error_to_wire(err))
+        if len(frame) > self.max_frame:
+            # Sending it would break the host's framing limit and get us killed; say why.
+            err2 = QuotaExceeded(
+                f"result of {handler.kind} {handler.name!r} is {len(frame)} bytes, over the "
+                f"{self.max_frame}-byte message limit",
+                kind="message-size",
+                limit=self.max_frame,
+                plugin=self.plugin_id,
+            )
+            return encode_error(ident, error_to_wire(err2))
+        return frame
+
+    def _plugin_error(self, exc: BaseException) -> PluginError:
+        tb = "".join(traceback.format_exception(exc))
+        if len(tb) > MAX_TRACEBACK:
+            tb = "...\n" + tb[-MAX_TRACEBACK:]
+        return PluginError(
+            exc_type=type(exc).__qualname__,
+            exc_message=str(exc)[:4096],
+            traceback=tb,
+            plugin=self.plugin_id,
+        )
+
+    async def _run_hooks(self, ident: Any, hooks: list[Any]) -> bytes | None:
+        ctx = self._context(ident)
+        try:
+            for hook in hooks:
+                out = hook(ctx)
+                if asyncio.iscoroutine(out):
+                    await out
+        except asyncio.CancelledError:
+            return encode_error(ident, error_to_wire(CallCancelled(method="activate")))
+        except CordonError as exc:
+            return encode_error(ident, error_to_wire(exc))
+        except Exception as exc:
+            return encode_error(ident, error_to_wire(self._plugin_error(exc)))
+        return encode_result(ident, len(hooks))
+
+    def shutdown_threads(self) -> None:
+        if self._executor is not None:
+            with contextlib.suppress(Exception):
+                self._executor.shutdown(wait=False, cancel_futures=True)
