@@ -1,0 +1,77 @@
+"""Test plugin: records what happened inside the worker so tests can ask afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from cordon.worker import Context, Plugin
+
+plugin = Plugin()
+
+EVENTS: list[str] = []
+GATES: dict[str, asyncio.Event] = {}
+
+
+def _gate(name: str) -> asyncio.Event:
+    return GATES.setdefault(name, asyncio.Event())
+
+
+@plugin.tool
+async def hold(ctx: Context, gate: str) -> str:
+    """Stay in flight until ``release(gate)``; records a cancellation if it gets one."""
+    EVENTS.append(f"hold:{gate}:started")
+    try:
+        await _gate(gate).wait()
+    except asyncio.CancelledError:
+        EVENTS.append(f"hold:{gate}:cancelled")
+        raise
+    EVENTS.append(f"hold:{gate}:released")
+    return gate
+
+
+@plugin.tool
+async def release(ctx: Context, gate: str) -> bool:
+    _gate(gate).set()
+    return True
+
+
+@plugin.tool
+async def started(ctx: Context, gate: str) -> bool:
+    return f"hold:{gate}:started" in EVENTS
+
+
+@plugin.tool
+async def events(ctx: Context) -> list[str]:
+    return list(EVENTS)
+
+
+@plugin.tool
+async def pid(ctx: Context) -> int:
+    return os.getpid()
+
+
+@plugin.tool
+async def fds(ctx: Context) -> list[int]:
+    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+
+
+@plugin.tool
+async def env(ctx: Context) -> dict[str, str]:
+    return dict(os.environ)
+
+
+@plugin.tool
+async def add(ctx: Context, a: int, b: int = 0) -> int:
+    return a + b
+
+
+@plugin.tool
+async def typed(ctx: Context, items: list[int], label: str | None = None) -> dict[str, Any]:
+    return {"sum": sum(items), "label": label}
+
+
+@plugin.on_activate
+async def activate(ctx: Context) -> None:
+    EVENTS.append("activated")
