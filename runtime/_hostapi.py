@@ -1,0 +1,377 @@
+"""The host side of the worker → host API: one :class:`HostAPI` per plugin.
+
+Identity is the ``plugin_id`` this object was built with, i.e. which worker's channel the
+request arrived on. Nothing in a request can change it: every params struct forbids unknown
+fields, so a ``"plugin": "other"`` in params is an :class:`InvalidParams`, not a hint.
+
+Every call is decoded against its struct, checked against the plugin's
+:class:`~cordon.runtime._permissions.PermissionSet` here on the host, carried out, and
+recorded in the audit trail with the decision and the outcome.
+
+Wire methods and params (all params are JSON objects; unknown members are rejected):
+
+===========================  ============================================  ===================
+method                       params                                        result
+===========================  ============================================  ===================
+``host/log``                 ``{level?: "debug"|"info"|"warning"|          ``true``, or
+                             "error" = "info", event: str,                 ``false`` when
+                             fields?: object}``                            rate-limited
+``host/storage.get``         ``{key: str, shared?: bool}``                 ``{found: bool,
+                                                                           value: any}``
+``host/storage.set``         ``{key: str, value: any, shared?: bool}``     ``null``
+``host/storage.delete``      ``{key: str, shared?: bool}``                 ``bool`` (existed)
+``host/storage.list``        ``{prefix?: str, limit?: int = 100,           ``[str]``
+                             after?: str|null, shared?: bool}``
+``host/storage.usage``       ``{shared?: bool}``                           ``{bytes, keys,
+                                                                           quota}``
+``host/config.get``          ``{key?: str|null, default?: any}``           the value (all
+                                                                           settings when
+                                                                           ``key`` is null)
+``host/events.emit``         ``{topic: str, payload?: any}``               ``null``
+``host/exec``                ``{argv: [str], timeout?: float|null}``       ``{returncode,
+                                                                           stdout, stderr,
+                                                                           truncated}``
+===========================  ============================================  ===================
+
+Permissions: ``log``; ``storage`` (own namespace) or ``storage:shared`` (``shared: true``);
+``config``; ``events:emit:<topic>``; ``exec:<argv[0]>``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, Literal
+
+import msgspec
+from cordon.protocol import CordonError, InvalidParams, MethodNotFound, PermissionDenied
+
+from ._audit import AuditTrail
+from ._events import LIFECYCLE_PREFIX, Deliver, EventBus, Subscription, check_topic
+from ._exec import ExecPolicy, check_argv
+from ._logsink import LogSink
+from ._permissions import PermissionSet
+from ._storage import Storage
+
+__all__ = [
+    "CONFIG_GET",
+    "EVENTS_EMIT",
+    "EXEC",
+    "LOG",
+    "METHODS",
+    "STORAGE_DELETE",
+    "STORAGE_GET",
+    "STORAGE_LIST",
+    "STORAGE_SET",
+    "STORAGE_USAGE",
+    "HostAPI",
+]
+
+LOG: Final = "host/log"
+STORAGE_GET: Final = "host/storage.get"
+STORAGE_SET: Final = "host/storage.set"
+STORAGE_DELETE: Final = "host/storage.delete"
+STORAGE_LIST: Final = "host/storage.list"
+STORAGE_USAGE: Final = "host/storage.usage"
+CONFIG_GET: Final = "host/config.get"
+EVENTS_EMIT: Final = "host/events.emit"
+EXEC: Final = "host/exec"
+
+METHODS: Final = (
+    LOG,
+    STORAGE_GET,
+    STORAGE_SET,
+    STORAGE_DELETE,
+    STORAGE_LIST,
+    STORAGE_USAGE,
+    CONFIG_GET,
+    EVENTS_EMIT,
+    EXEC,
+)
+
+#: An event payload is a message, not a file transfer.
+MAX_PAYLOAD: Final = 64 * 1024
+
+
+# -- params ------------------------------------------------------------------------------
+# forbid_unknown_fields everywhere: a "plugin" member (or any other) is an error, so no
+# request can even appear to choose whose data it touches.
+
+
+class _P(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class LogParams(_P):
+    event: str
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    fields: dict[str, Any] = {}
+
+
+class KeyParams(_P):
+    key: str
+    shared: bool = False
+
+
+class SetParams(_P):
+    key: str
+    value: msgspec.Raw
+    shared: bool = False
+
+
+class ListParams(_P):
+    prefix: str = ""
+    limit: int = 100
+    after: str | None = None
+    shared: bool = False
+
+
+class UsageParams(_P):
+    shared: bool = False
+
+
+class ConfigParams(_P):
+    key: str | None = None
+    default: Any = None
+
+
+class EmitParams(_P):
+    topic: str
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class ExecParams(_P):
+    argv: list[str]
+    timeout: float | None = None
+
+
+_UNKNOWN: Final = re.compile(r"unknown field `([^`]*)`")
+_MISSING: Final = re.compile(r"missing required field `([^`]*)`")
+_AT: Final = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def _field_of(message: str) -> str | None:
+    at = _AT.search(message)
+    prefix = at.group(1) if at else ""
+    for pattern in (_UNKNOWN, _MISSING):
+        m = pattern.search(message)
+        if m:
+            return f"{prefix}.{m.group(1)}" if prefix else m.group(1)
+    return prefix or None
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def _decode(params: Any, typ: type[_P]) -> Any:
+    if params is None or (isinstance(params, msgspec.Raw | bytes) and not params):
+        raw: bytes | msgspec.Raw = b"{}"
+    elif isinstance(params, msgspec.Raw | bytes):
+        raw = params
+    else:
+        # Host-side callers (and tests) may pass decoded objects; one path for both.
+        raw = msgspec.json.encode(params)
+    dec = _decoders.get(typ)
+    if dec is None:
+        dec = _decoders[typ] = msgspec.json.Decoder(typ)
+    try:
+        return dec.decode(raw)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        raise InvalidParams(f"invalid params: {text}", field=_field_of(text)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidParams(f"params are not valid JSON: {exc}", field=None) from None
+
+
+_Handler = Callable[[Any], Awaitable[Any]]
+
+
+class HostAPI:
+    """Serves one plugin's worker → host requests. Pass :meth:`handle` to the plugin's
+    ``WorkerProcess(on_host_request=...)``."""
+
+    def __init__(
+        self,
+        plugin_id: str,
+        permissions: PermissionSet,
+        *,
+        storage: Storage,
+        audit: AuditTrail,
+        log_sink: LogSink,
+        settings: Mapping[str, Any] | None = None,
+        events: EventBus | None = None,
+        exec_policy: ExecPolicy | None = None,
+    ) -> None:
+        self.plugin_id = plugin_id
+        self.permissions = permissions
+        self.storage = storage
+        self.audit = audit
+        self.log_sink = log_sink
+        self.settings: Mapping[str, Any] = dict(settings or {})
+        self.events = events
+        self.exec_policy = exec_policy
+        self._subscriptions: list[Subscription] = []
+        self._methods: dict[str, tuple[type[_P], Callable[[Any], tuple[str, str]], _Handler]] = {
+            LOG: (LogParams, self._describe_log, self._log),
+            STORAGE_GET: (KeyParams, self._describe_key, self._storage_get),
+            STORAGE_SET: (SetParams, self._describe_key, self._storage_set),
+            STORAGE_DELETE: (KeyParams, self._describe_key, self._storage_delete),
+            STORAGE_LIST: (ListParams, self._describe_list, self._storage_list),
+            STORAGE_USAGE: (UsageParams, self._describe_usage, self._storage_usage),
+            CONFIG_GET: (ConfigParams, self._describe_config, self._config_get),
+            EVENTS_EMIT: (EmitParams, self._describe_emit, self._emit),
+            EXEC: (ExecParams, self._describe_exec, self._exec),
+        }
+
+    async def handle(self, method: str, params: Any) -> Any:
+        """Serve one request. Raises a typed :class:`CordonError` for the worker to see."""
+        entry = self._methods.get(method)
+        if entry is None:
+            await self.audit.record(
+                self.plugin_id, method, "", allowed=False, outcome="MethodNotFound"
+            )
+            raise MethodNotFound(f"method {method[:100]!r} not found", method=method[:100])
+        typ, describe, run = entry
+        summary = ""
+        allowed = False
+        outcome = "InternalError"
+        try:
+            p = _decode(params, typ)
+            permission, summary = describe(p)
+            if not self._may(permission, method, p):
+                raise PermissionDenied(permission=permission, plugin=self.plugin_id)
+            allowed = True
+            result = await run(p)
+            # A rate-limited log line is allowed but not written; say so in the trail.
+            outcome = "dropped" if method == LOG and result is False else "ok"
+            return result
+        except CordonError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            await self.audit.record(
+                self.plugin_id, method, summary, allowed=allowed, outcome=outcome
+            )
+
+    def _may(self, permission: str, method: str, p: Any) -> bool:
+        if method == EVENTS_EMIT and p.topic.startswith(LIFECYCLE_PREFIX):
+            # cordon.* is the host's lifecycle namespace; a plugin's event there would be a
+            # forgery of the runtime's own, whatever the operator granted.
+            return False
+        return self.permissions.allows(permission)
+
+    async def subscribe(self, topic_glob: str, deliver: Deliver) -> Subscription:
+        """Subscribe this plugin to ``topic_glob`` on the bus; each event is delivered only
+        if the plugin holds ``events:subscribe:<topic>`` (lifecycle events always)."""
+        if self.events is None:
+            raise RuntimeError("no event bus was given to this HostAPI")
+        try:
+            sub = self.events.subscribe(
+                self.plugin_id, topic_glob, deliver, permissions=self.permissions
+            )
+        except CordonError as exc:
+            await self.audit.record(
+                self.plugin_id,
+                "events.subscribe",
+                topic_glob,
+                allowed=False,
+                outcome=type(exc).__name__,
+            )
+            raise
+        self._subscriptions.append(sub)
+        await self.audit.record(self.plugin_id, "events.subscribe", topic_glob, allowed=True)
+        return sub
+
+    def close(self) -> None:
+        """End this plugin's subscriptions (on unload)."""
+        for sub in self._subscriptions:
+            sub.close()
+        self._subscriptions.clear()
+
+    # -- descriptions: (permission needed, audit summary) --------------------------------
+
+    def _describe_log(self, p: LogParams) -> tuple[str, str]:
+        return "log", f"{p.level} {p.event[:100]}"
+
+    def _describe_key(self, p: KeyParams | SetParams) -> tuple[str, str]:
+        return _storage_perm(p.shared), f"{'shared ' if p.shared else ''}key={p.key[:200]!r}"
+
+    def _describe_list(self, p: ListParams) -> tuple[str, str]:
+        return (
+            _storage_perm(p.shared),
+            f"{'shared ' if p.shared else ''}prefix={p.prefix[:200]!r} limit={p.limit}",
+        )
+
+    def _describe_usage(self, p: UsageParams) -> tuple[str, str]:
+        return _storage_perm(p.shared), "shared" if p.shared else ""
+
+    def _describe_config(self, p: ConfigParams) -> tuple[str, str]:
+        return "config", f"key={p.key!r}"
+
+    def _describe_emit(self, p: EmitParams) -> tuple[str, str]:
+        topic = check_topic(p.topic)
+        return f"events:emit:{topic}", f"topic={topic}"
+
+    def _describe_exec(self, p: ExecParams) -> tuple[str, str]:
+        argv = check_argv(p.argv)
+        return f"exec:{argv[0]}", shlex.join(argv)
+
+    # -- the calls -----------------------------------------------------------------------
+
+    async def _log(self, p: LogParams) -> Any:
+        return self.log_sink.log(self.plugin_id, p.level, p.event, p.fields)
+
+    async def _storage_get(self, p: KeyParams) -> Any:
+        found, value = await self.storage.get(self.plugin_id, p.key, shared=p.shared, raw=True)
+        return {"found": found, "value": value}
+
+    async def _storage_set(self, p: SetParams) -> Any:
+        await self.storage.set(self.plugin_id, p.key, p.value, shared=p.shared)
+        return None
+
+    async def _storage_delete(self, p: KeyParams) -> Any:
+        return await self.storage.delete(self.plugin_id, p.key, shared=p.shared)
+
+    async def _storage_list(self, p: ListParams) -> Any:
+        return await self.storage.list(
+            self.plugin_id, p.prefix, p.limit, after=p.after, shared=p.shared
+        )
+
+    async def _storage_usage(self, p: UsageParams) -> Any:
+        u = await self.storage.usage(self.plugin_id, shared=p.shared)
+        return {"bytes": u.bytes, "keys": u.keys, "quota": u.quota}
+
+    async def _config_get(self, p: ConfigParams) -> Any:
+        if p.key is None:
+            return dict(self.settings)
+        return self.settings.get(p.key, p.default)
+
+    async def _emit(self, p: EmitParams) -> Any:
+        if self.events is None:
+            raise PermissionDenied(
+                "this host has no event bus",
+                permission=f"events:emit:{p.topic}",
+                plugin=self.plugin_id,
+            )
+        if len(p.payload) > MAX_PAYLOAD:
+            raise InvalidParams(
+                f"payload is {len(p.payload)} bytes; the limit is {MAX_PAYLOAD}", field="payload"
+            )
+        payload = msgspec.json.decode(p.payload)
+        await self.events.emit(p.topic, payload, source=self.plugin_id)
+        return None
+
+    async def _exec(self, p: ExecParams) -> Any:
+        if self.exec_policy is None:
+            raise PermissionDenied(
+                "this host runs no commands for plugins",
+                permission=f"exec:{p.argv[0]}",
+                plugin=self.plugin_id,
+            )
+        result = await self.exec_policy.run(p.argv, timeout=p.timeout, plugin=self.plugin_id)
+        return msgspec.structs.asdict(result)
+
+
+def _storage_perm(shared: bool) -> str:
+    return "storage:shared" if shared else "storage"
