@@ -56,6 +56,7 @@ __all__ = [
 _SIMPLE: Final = frozenset({"log", "storage", "storage:shared", "config"})
 _TOPIC_GLOB: Final = re.compile(r"^[A-Za-z0-9_.*?\-/\[\]!]{1,200}$")
 _COMMAND: Final = re.compile(r"^[A-Za-z0-9_.+\-]{1,64}$")
+_COMMAND_GLOB: Final = re.compile(r"^[A-Za-z0-9_.+\-*?\[\]!]{1,64}$")
 _SCOPED_KINDS: Final = ("events:emit:", "events:subscribe:", "exec:")
 
 
@@ -93,7 +94,7 @@ def check_grant_string(pattern: object, *, deny: bool = False) -> str | None:
         and deny
         and isinstance(pattern, str)
         and pattern.startswith("exec:")
-        and _TOPIC_GLOB.match(pattern[len("exec:") :])
+        and _COMMAND_GLOB.match(pattern[len("exec:") :])
     ):
         return None
     return problem

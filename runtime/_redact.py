@@ -17,6 +17,7 @@ after it (so nothing the redactor emits or leaves can carry a control character)
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -38,7 +39,6 @@ DEFAULT_SECRET_KEYS: Final = (
     "passwd",
     "passphrase",
     "secret",
-    "token",
     "apikey",
     "authorization",
     "cookie",
@@ -53,14 +53,18 @@ DEFAULT_SECRET_KEYS: Final = (
 #: Whole (normalised) names that are secret but too short to match as substrings
 #: (``author`` is not ``auth``).
 _EXACT_SECRET_KEYS: Final = frozenset({"auth", "pwd", "pass", "pw", "secretkey", "otp", "pin"})
+#: Secret when the name *ends* with them: ``access_token``, ``githubToken``, ``db_pwd`` — but
+#: ``max_tokens`` or ``token_count`` are counts, not credentials.
+_SUFFIX_SECRET_KEYS: Final = ("token", "pwd", "auth")
 
 _KEY_NORMALISE: Final = re.compile(r"[-_.\s]")
 
 _KEYWORDS = (
-    r"pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|authorization|auth|"
-    r"cookie|private[_-]?key|credentials?|session[_-]?id|access[_-]?key|"
-    r"aws[_-]?secret[_-]?access[_-]?key|secret[_-]?access[_-]?key"
+    r"pass(?:word|wd|phrase)?|pwd|pw|secret|token|api[_-]?key|apikey|authorization|auth|"
+    r"cookie|private[_-]?key|credentials?|session[_-]?id|access[_-]?key"
 )
+#: Between a label and its value: ``=``, ``:``, quotes (also JSON-escaped ones), spaces.
+_SEP = r"""((?:\\?["'])?\s*[=:]\s*(?:\\?["'])?)"""
 
 #: (pattern, replacement). Replacements keep the harmless prefix so the line stays readable.
 _VALUE_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
@@ -98,16 +102,22 @@ _VALUE_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (
         re.compile(
             r"(?i)(aws[_-]?secret[_-]?access[_-]?key|aws[_-]?secret|secret[_-]?access[_-]?key)"
-            r"""(["']?\s*[=:]\s*["']?)[A-Za-z0-9/+=]{40}"""
+            + _SEP
+            + r"[A-Za-z0-9/+=]{40}"
         ),
         r"\1\2" + REDACTED,
     ),
     # Credentials in URLs: scheme://user:password@host.
     (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]+:)[^\s@/]+@"), r"\1" + REDACTED + "@"),
-    # key=value / key: value / "key": "value" in free text (stderr lines, f-strings).
+    # key=value / key: value / "key": "value" in free text (stderr lines, f-strings), where
+    # the label *ends* with a secret word (db_password=, githubToken:, but not token_count=).
     (
         re.compile(
-            r"(?i)\b(" + _KEYWORDS + r""")(["']?\s*[=:]\s*["']?)(?!\[REDACTED\])[^\s"',;&]+"""
+            r"(?i)\b([\w\-]*?(?:"
+            + _KEYWORDS
+            + r"))"
+            + _SEP
+            + r"""(?!\[REDACTED\])[^\s"'\\,;&{}\[\]]+"""
         ),
         r"\1\2" + REDACTED,
     ),
@@ -130,6 +140,17 @@ def _escape(m: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+_json_decoder = json.JSONDecoder()
+
+
+def _next_open(text: str, start: int) -> int:
+    a = text.find("{", start)
+    b = text.find("[", start)
+    if a < 0:
+        return b
+    return a if b < 0 else min(a, b)
+
+
 def neutralise(text: str) -> str:
     """Rewrite every control, separator, bidi or surrogate character as a visible escape."""
     return _UNSAFE.sub(_escape, text)
@@ -137,7 +158,7 @@ def neutralise(text: str) -> str:
 
 def is_secret_key(name: str, extra: Iterable[str] = ()) -> bool:
     norm = _KEY_NORMALISE.sub("", name.lower())
-    if norm in _EXACT_SECRET_KEYS:
+    if norm in _EXACT_SECRET_KEYS or norm.endswith(_SUFFIX_SECRET_KEYS):
         return True
     return any(s in norm for s in DEFAULT_SECRET_KEYS) or any(s in norm for s in extra)
 
@@ -169,6 +190,8 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """Redact secret-looking substrings (does not neutralise)."""
+        if "{" in text or "[" in text:
+            text = self._embedded_json(text)
         for pattern, repl in self._patterns:
             text = pattern.sub(repl, text)
         return text
@@ -177,14 +200,40 @@ class Redactor:
         """Redact, then neutralise: what may be written to a log."""
         return neutralise(self.text(text))
 
+    def _embedded_json(self, text: str) -> str:
+        """JSON printed as text (a JSON log line on stderr, ``json.dumps`` in a message):
+        parse it and redact by key, which no regex can do for ``{"token": {...}}``."""
+        out: list[str] = []
+        pos = 0
+        attempts = 0
+        i = _next_open(text, 0)
+        # Bounded: each attempt may scan the rest of the text.
+        while i >= 0 and attempts < 8:
+            attempts += 1
+            try:
+                obj, end = _json_decoder.raw_decode(text, i)
+            except ValueError:
+                i = _next_open(text, i + 1)
+                continue
+            red = self._value(obj, 16, neutral=False)
+            if red != obj:
+                out.append(text[pos:i])
+                out.append(json.dumps(red, ensure_ascii=False))
+                pos = end
+            i = _next_open(text, end)
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
+
     def value(self, value: Any, *, max_depth: int = 16) -> Any:
         """Redact and neutralise a JSON-like value at any depth: secret-named keys lose their
         whole value, strings are scanned, keys are neutralised too."""
-        return self._value(value, max_depth)
+        return self._value(value, max_depth, neutral=True)
 
-    def _value(self, value: Any, depth: int) -> Any:
+    def _value(self, value: Any, depth: int, *, neutral: bool) -> Any:
         if isinstance(value, str):
-            return self.clean_text(value)
+            return self.clean_text(value) if neutral else self.text(value)
         if value is None or isinstance(value, bool | int | float):
             return value
         if depth <= 0:
@@ -193,11 +242,13 @@ class Redactor:
             out: dict[str, Any] = {}
             for k, v in value.items():
                 key = k if isinstance(k, str) else str(k)
-                out[neutralise(key)] = (
-                    REDACTED if self.is_secret_key(key) else self._value(v, depth - 1)
+                out[neutralise(key) if neutral else key] = (
+                    REDACTED
+                    if self.is_secret_key(key)
+                    else self._value(v, depth - 1, neutral=neutral)
                 )
             return out
         if isinstance(value, list | tuple):
-            return [self._value(v, depth - 1) for v in value]
+            return [self._value(v, depth - 1, neutral=neutral) for v in value]
         # Anything else (bytes, objects from a careless host caller) is shown, not trusted.
         return self.clean_text(repr(value))
