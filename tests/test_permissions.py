@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from cordon.runtime._errors import ConfigError
 from cordon.runtime._permissions import (
     PermissionSet,
@@ -82,7 +81,7 @@ def test_storage_does_not_imply_shared_storage() -> None:
 def test_exec_grants_must_name_one_command_exactly() -> None:
     with pytest.raises(ConfigError) as err:
         effective_permissions(["exec:git"], ["exec:*"], [])
-    assert err.value.problems[0]["path"] == "grant[0]"
+    assert err.value.fields()["problems"][0]["path"] == "grant[0]"
     assert check_grant_string("exec:g?t") is not None
 
 
@@ -96,7 +95,7 @@ def test_an_exec_deny_glob_is_a_kill_switch() -> None:
 def test_malformed_grant_and_deny_entries_are_all_reported() -> None:
     with pytest.raises(ConfigError) as err:
         effective_permissions(["log"], ["log", "nonsense"], ["exec:/bin/sh", 3])  # type: ignore[list-item]
-    assert [p["path"] for p in err.value.problems] == ["grant[1]", "deny[0]", "deny[1]"]
+    assert [p["path"] for p in err.value.fields()["problems"]] == ["grant[1]", "deny[0]", "deny[1]"]
 
 
 def test_malformed_requests_match_nothing() -> None:

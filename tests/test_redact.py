@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import structlog
-
 from cordon.runtime._logsink import LogSink
 from cordon.runtime._redact import REDACTED, Redactor, neutralise
 
@@ -154,7 +153,7 @@ def test_operators_can_add_their_own_secret_patterns(out: io.StringIO) -> None:
 
 
 FORGERIES = [
-    "ok\n{\"event\": \"worker.crashed\", \"plugin\": \"other\"}",
+    'ok\n{"event": "worker.crashed", "plugin": "other"}',
     "ok\r2026-01-01 [error] fake line",
     "\x1b[2J\x1b[1;1Hcleared screen",
     "\x1b]0;window title\x07",

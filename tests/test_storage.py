@@ -14,7 +14,6 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-
 from cordon.protocol import InvalidParams, QuotaExceeded
 from cordon.runtime._storage import MAX_KEY_BYTES, Storage
 
@@ -120,7 +119,7 @@ async def test_empty_nul_surrogate_overlong_or_non_string_keys_are_invalid(
 ) -> None:
     with pytest.raises(InvalidParams) as err:
         await store.set("p1", key, 1)  # type: ignore[arg-type]
-    assert err.value.field == "key"
+    assert err.value.fields()["field"] == "key"
     with pytest.raises(InvalidParams):
         await store.get("p1", key)  # type: ignore[arg-type]
     assert await store.list("p1") == []
@@ -129,7 +128,7 @@ async def test_empty_nul_surrogate_overlong_or_non_string_keys_are_invalid(
 async def test_a_value_that_is_not_json_is_invalid(store: Storage) -> None:
     with pytest.raises(InvalidParams) as err:
         await store.set("p1", "k", object())
-    assert err.value.field == "value"
+    assert err.value.fields()["field"] == "value"
 
 
 async def test_usage_counts_key_and_value_bytes(store: Storage) -> None:
@@ -150,7 +149,7 @@ async def test_a_write_past_the_quota_is_refused_and_writes_nothing(store: Stora
     before = await store.usage("p1")
     with pytest.raises(QuotaExceeded) as err:
         await store.set("p1", "k2", "b" * 60)
-    assert (err.value.kind, err.value.limit, err.value.plugin) == ("storage", 100, "p1")
+    assert err.value.fields() == {"kind": "storage", "limit": 100, "plugin": "p1"}
     with pytest.raises(QuotaExceeded):
         await store.set("p1", "k", "c" * 200)  # an overwrite that grows past the quota
     assert await store.get("p1", "k") == (True, "a" * 50)
