@@ -36,7 +36,7 @@ from cordon.protocol import CallTimeout, CordonError, InvalidParams
 
 __all__ = ["CommandNotFound", "ExecPolicy", "ExecResult", "ExecTimeout", "check_argv"]
 
-_COMMAND: Final = re.compile(r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]{0,63}$")
+_COMMAND: Final = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,63}$")
 MAX_ARGS: Final = 256
 MAX_ARGV_BYTES: Final = 128 * 1024
 #: After the command exits, how long its pipes may stay open (a daemonised grandchild).

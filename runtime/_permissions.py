@@ -33,8 +33,9 @@ Topics a plugin emits and commands it runs never contain glob characters (the ho
 them), so ``allows`` only ever evaluates concrete permissions and the rule above is exact.
 
 :attr:`PermissionSet.missing` is what the load-time warning lists: requested entries no grant
-could ever satisfy (no grant pattern matches the requested text) or a deny blanks out
-entirely (a deny pattern matches the requested text). It is a report, never used to decide.
+reaches (neither the grant's glob matches the requested text nor the other way round) or a
+deny blanks out entirely (a deny glob matches the requested text). It is a report for humans,
+never used to decide.
 """
 
 from __future__ import annotations
@@ -133,10 +134,12 @@ class PermissionSet:
         self.requested: tuple[str, ...] = tuple(dict.fromkeys(requested))
         self.granted: tuple[str, ...] = tuple(dict.fromkeys(granted))
         self.denied: tuple[str, ...] = tuple(dict.fromkeys(denied))
+        # A grant "reaches" a request when either glob's text matches the other's: the grant
+        # covers the request (events:emit:* for build.*) or sits inside it (build.* for *).
         self.missing: tuple[str, ...] = tuple(
             r
             for r in self.requested
-            if not any(_matches(r, g) for g in self.granted)
+            if not any(_matches(r, g) or _matches(g, r) for g in self.granted)
             or any(_matches(r, d) for d in self.denied)
         )
         # Checks repeat (every storage call asks for "storage"); remember answers. Bounded:

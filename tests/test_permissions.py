@@ -51,6 +51,7 @@ def test_a_grant_narrower_than_the_request_allows_only_the_narrower_topics() -> 
     perms = effective_permissions(["events:emit:*"], ["events:emit:build.*"], [])
     assert perms.allows("events:emit:build.done")
     assert not perms.allows("events:emit:deploy.done")
+    assert perms.missing == (), "partly granted is not missing"
 
 
 def test_a_deny_glob_carves_topics_out_of_a_grant() -> None:
