@@ -216,14 +216,13 @@ class ExecPolicy:
                 # Always, not only on timeout: whatever the command left running in its
                 # session (a daemonised helper) goes with it.
                 _kill_group(proc.pid)
+                # aclose() waits for the (killed) process and closes the transport too; a
+                # transport left to the garbage collector complains after the loop is gone.
                 with anyio.move_on_after(5):
-                    await proc.wait()
-                for stream in (proc.stdout, proc.stderr):
-                    if stream is not None:
-                        try:
-                            await stream.aclose()
-                        except (OSError, anyio.BrokenResourceError):
-                            pass
+                    try:
+                        await proc.aclose()
+                    except (OSError, anyio.BrokenResourceError):
+                        pass
         timed_out = scope.cancelled_caught
         if timed_out:
             raise ExecTimeout(timeout=timeout, method=f"exec:{name}", plugin=plugin)
