@@ -8,8 +8,9 @@ Writes are *group-committed*: :meth:`AuditTrail.record` appends to an in-memory 
 first caller to find no write in progress writes the batch (and whatever arrives while it
 writes) in one transaction, everybody else returns at once. So a plugin flooding
 ``host/log`` costs one insert per batch rather than one fsync per line. Consecutive
-identical records (same plugin, method, summary, decision, outcome) collapse into one row
-with a ``count``, which keeps a flood of one event from flooding the table. The batch is
+identical records of a plugin (same method, summary, decision, outcome) collapse into one
+row with a ``count`` and a ``ts``..``last_ts`` span — in the batch and onto the row last
+written — which keeps a flood of one call from flooding the table. The batch is
 bounded; what does not fit is counted and written as an ``audit.overflow`` row.
 
 The database is its own file (``audit.db``) so audit writes never contend with storage
@@ -96,6 +97,11 @@ class AuditTrail:
         self._flush_lock = anyio.Lock()
         self._db_lock = threading.Lock()
         self._inserted_since_prune: dict[str, int] = {}
+        # Per plugin: index of its last entry in _pending, and (key, rowid) of its last
+        # written row, so "the same call again" extends a row instead of adding one even when
+        # calls arrive one at a time (a plugin awaiting each log call in a loop).
+        self._last_pending: dict[str, int] = {}
+        self._last_row: dict[str, tuple[tuple[str, str, str, bool, str], int]] = {}
 
     @classmethod
     async def open(
@@ -167,10 +173,12 @@ class AuditTrail:
             last_ts=now,
         )
         pending = self._pending
-        if pending and pending[-1].key() == entry.key():
-            pending[-1].count += 1
-            pending[-1].last_ts = now
+        last = self._last_pending.get(plugin)
+        if last is not None and last < len(pending) and pending[last].key() == entry.key():
+            pending[last].count += 1
+            pending[last].last_ts = now
         elif len(pending) < self._max_pending:
+            self._last_pending[plugin] = len(pending)
             pending.append(entry)
         else:
             self._overflow[plugin] = self._overflow.get(plugin, 0) + 1
@@ -193,6 +201,7 @@ class AuditTrail:
             async with self._flush_lock:
                 while self._pending or self._overflow:
                     batch, self._pending = self._pending, []
+                    self._last_pending.clear()
                     overflow, self._overflow = self._overflow, {}
                     now = time.time()
                     for plugin, n in overflow.items():
@@ -217,10 +226,18 @@ class AuditTrail:
                 return
             conn.execute("BEGIN")
             try:
-                conn.executemany(
-                    "INSERT INTO audit(ts, last_ts, plugin, method, summary, allowed, outcome, "
-                    "count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
+                last_row = dict(self._last_row)
+                for e in batch:
+                    prev = last_row.get(e.plugin)
+                    if prev is not None and prev[0] == e.key():
+                        conn.execute(
+                            "UPDATE audit SET count=count+?, last_ts=? WHERE id=?",
+                            (e.count, e.last_ts, prev[1]),
+                        )
+                        continue
+                    cur = conn.execute(
+                        "INSERT INTO audit(ts, last_ts, plugin, method, summary, allowed, "
+                        "outcome, count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             e.ts,
                             e.last_ts,
@@ -230,10 +247,10 @@ class AuditTrail:
                             int(e.allowed),
                             e.outcome,
                             e.count,
-                        )
-                        for e in batch
-                    ],
-                )
+                        ),
+                    )
+                    assert cur.lastrowid is not None
+                    last_row[e.plugin] = (e.key(), cur.lastrowid)
                 for e in batch:
                     self._inserted_since_prune[e.plugin] = (
                         self._inserted_since_prune.get(e.plugin, 0) + 1
@@ -252,6 +269,8 @@ class AuditTrail:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            # Only after the commit: a rolled-back row must not be "extended" later.
+            self._last_row = last_row
 
     # -- reading --------------------------------------------------------------------------
 
