@@ -7,6 +7,7 @@ worker would. End-to-end tests through real worker processes come with the runti
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -510,3 +511,209 @@ async def test_a_remote_error_that_is_not_command_not_found_passes_through() -> 
 
     with pytest.raises(RemoteError):
         await exec_command(fails, ["x"])
+
+
+# -- end to end: a real sandboxed worker process ---------------------------------------------
+# Until the Runtime wires HostAPI in, these stand up WorkerProcess directly with the wiring
+# the Runtime is meant to use: on_host_request=HostAPI.handle, on_stderr=LogSink.plugin_output.
+
+PLUGINS = Path(__file__).resolve().parent / "hostapi_plugins"
+
+# Workers cannot start until the worker's lock-down module has landed.
+_NO_WORKER = (
+    None
+    if importlib.util.find_spec("cordon.worker._sandbox") is not None
+    else "cordon.worker._sandbox is not available: workers cannot start"
+)
+
+
+def needs_worker(fn: Any) -> Any:
+    """Skip while workers cannot start (see _NO_WORKER); anyio-marked like the rest."""
+    return pytest.mark.skipif(_NO_WORKER is not None, reason=_NO_WORKER or "")(fn)
+
+
+@dataclass
+class Live:
+    host: Host
+    api: HostAPI
+    worker: Any
+    stderr_seen: Callable[[str], Awaitable[None]]
+
+    async def call(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        return decode_params(await self.worker.invoke(name, args or {}, timeout=30))
+
+
+async def live_worker(
+    host: Host, perms: PermissionSet, tg: Any, settings: dict[str, Any] | None = None
+) -> Live:
+    from cordon.protocol import PROTOCOL_VERSION, InitializeParams, SandboxPolicy
+    from cordon.runtime._worker import WorkerProcess
+
+    api = host.api("abuser", perms, settings)
+    lines: list[str] = []
+    changed = anyio.Event()
+
+    def on_stderr(line: bytes) -> None:
+        nonlocal changed
+        host.sink.plugin_output("abuser", line)
+        lines.append(line.decode("utf-8", "replace"))
+        changed.set()
+        changed = anyio.Event()
+
+    async def stderr_seen(marker: str) -> None:
+        with anyio.fail_after(10):
+            while not any(marker in line for line in lines):
+                await changed.wait()
+
+    scratch = host.tmp / "scratch"
+    scratch.mkdir(exist_ok=True)
+    params = InitializeParams(
+        protocol=PROTOCOL_VERSION,
+        plugin_id="abuser",
+        plugin_dir=str(PLUGINS / "abuser"),
+        entry="abuser_plugin:plugin",
+        scratch_dir=str(scratch),
+        sandbox=SandboxPolicy(mode="best-effort"),
+    )
+    worker = WorkerProcess(
+        plugin_id="abuser", params=params, on_host_request=api.handle, on_stderr=on_stderr
+    )
+    with anyio.fail_after(30):
+        await tg.start(worker.run)
+    return Live(host, api, worker, stderr_seen)
+
+
+ABUSER_ALL = ["log", "storage", "storage:shared", "config", "events:emit:build.*", "exec:echo"]
+
+
+@needs_worker
+async def test_e2e_a_plugin_without_grants_is_denied_every_api_with_typed_errors(
+    host: Host,
+) -> None:
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, effective_permissions(ABUSER_ALL, [], []), tg)
+        try:
+            got = await live.call("every_api")
+        finally:
+            await live.worker.stop()
+    assert all(v["error"] == "PermissionDenied" for v in got.values()), got
+    assert all(v["plugin"] == "abuser" for v in got.values())
+    assert got["exec"]["permission"] == "exec:echo"
+    assert len(await host.audit.read("abuser", 100)) == len(got)
+
+
+@needs_worker
+async def test_e2e_a_granted_plugin_uses_every_api(host: Host) -> None:
+    perms = effective_permissions(ABUSER_ALL, ABUSER_ALL, [])
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, perms, tg, {"greeting": "hi"})
+        try:
+            got = await live.call("every_api")
+        finally:
+            await live.worker.stop()
+    assert got == {
+        "log": {"ok": True},
+        "storage.set": {"ok": None},
+        "storage.get": {"ok": {"v": 1}},
+        "storage.list": {"ok": ["k"]},
+        "storage.delete": {"ok": True},
+        "shared.set": {"ok": None},
+        "config.get": {"ok": "hi"},
+        "events.emit": {"ok": None},
+        "exec": {"ok": [0, "hi\n", False]},
+    }
+
+
+@needs_worker
+async def test_e2e_forged_fields_methods_and_topics_are_refused(host: Host) -> None:
+    perms = effective_permissions(ABUSER_ALL, ABUSER_ALL, [])
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, perms, tg)
+        try:
+            got = await live.call("forge")
+        finally:
+            await live.worker.stop()
+    assert got["plugin_field"] == {"error": "InvalidParams", "field": "plugin"}
+    assert got["unknown_method"]["error"] == "MethodNotFound"
+    assert got["worker_method"]["error"] == "MethodNotFound"
+    assert got["lifecycle"]["error"] == "PermissionDenied"
+    assert got["exec_path"] == {"error": "InvalidParams", "field": "argv[0]"}
+    assert got["exec_ungranted"]["permission"] == "exec:sh"
+
+
+@needs_worker
+async def test_e2e_odd_keys_stay_in_the_namespace_and_bad_ones_are_invalid(host: Host) -> None:
+    perms = effective_permissions(["storage"], ["storage"], [])
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, perms, tg)
+        try:
+            got = await live.call("keys")
+        finally:
+            await live.worker.stop()
+    errors = [k for k, v in got.items() if k != "listed" and "error" in v]
+    assert len(errors) == 3
+    assert len(got["listed"]) == 4
+    assert "../other/x" in got["listed"]
+    assert await host.storage.list("other") == []
+
+
+@needs_worker
+async def test_e2e_writing_past_the_quota_is_refused(host: Host) -> None:
+    host.storage.set_quota("abuser", 10_000)
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, effective_permissions(["storage"], ["storage"], []), tg)
+        try:
+            assert await live.call("fill", {"size": 5_000}) == {"ok": None}
+            got = await live.call("fill", {"size": 20_000})
+        finally:
+            await live.worker.stop()
+    assert got == {"error": "QuotaExceeded", "kind": "storage", "limit": 10_000, "plugin": "abuser"}
+    assert await host.storage.get("abuser", "big") == (True, "x" * 5_000)
+
+
+@needs_worker
+async def test_e2e_a_log_flood_is_cut_to_the_rate_and_the_host_stays_responsive(
+    host: Host,
+) -> None:
+    host.sink = LogSink(host.sink._logger, rate=50)
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, effective_permissions(["log"], ["log"], []), tg)
+        try:
+            with anyio.fail_after(30):
+                accepted = await live.call("flood", {"n": 2000})
+            with anyio.fail_after(5):
+                assert await live.worker.ping(5)
+        finally:
+            await live.worker.stop()
+    stats = host.sink.stats("abuser")["abuser"]
+    assert accepted == stats.accepted < 200
+    assert stats.dropped == 2000 - accepted
+    host.sink.report_dropped()
+    assert any(r["event"] == "plugin.log_dropped" for r in host.records())
+
+
+@needs_worker
+async def test_e2e_secrets_and_forged_lines_never_reach_the_sink(host: Host) -> None:
+    async with anyio.create_task_group() as tg:
+        live = await live_worker(host, effective_permissions(["log"], ["log"], []), tg)
+        try:
+            assert await live.call("secrets") is True
+            await live.stderr_seen("stderr forged")
+        finally:
+            await live.worker.stop()
+    text = host.out.getvalue()
+    for secret in (
+        "hunter2",
+        "hunter3",
+        "hunter4",
+        "AAAAAAAAAAAA",
+        "abcdefghijklmnop1234",
+        "AKIAIOSFODNN7EXAMPLE",
+        "sk-proj-abcdefghijklmnop0123",
+        "MIIsecretmaterial",
+    ):
+        assert secret not in text, secret
+    assert "\x1b" not in text and "\r" not in text and "\u202e" not in text
+    for rec in host.records():
+        assert rec["plugin"] == "abuser"
+        assert rec["event"] in ("plugin.log", "plugin.output")
