@@ -86,7 +86,9 @@ def show(value: object, limit: int = 60) -> str:
         text = value.isoformat()
     else:
         try:
-            text = json.dumps(value, ensure_ascii=False, default=str)
+            # No default=: a value JSON cannot hold (a set, from code) must not be shown
+            # quoted, as if it were the string it is not.
+            text = json.dumps(value, ensure_ascii=False)
         except (TypeError, ValueError):
             text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "…" + text[-1:]
