@@ -1,1 +1,67 @@
-"""cordon host runtime."""
+"""cordon's host runtime: load untrusted plugins into sandboxed, supervised workers.
+
+>>> from cordon.runtime import Runtime
+>>> async with Runtime("cordon.toml") as rt:                   # doctest: +SKIP
+...     hello = await rt.load("examples/plugins/hello")
+...     await hello.call("greet", {"name": "Ada"})
+"""
+
+from cordon.protocol import (
+    CallCancelled,
+    CallTimeout,
+    CordonError,
+    FrameTooLarge,
+    IncompatibleProtocol,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    ParseError,
+    PermissionDenied,
+    PluginError,
+    PluginUnavailable,
+    ProtocolError,
+    QuotaExceeded,
+    RemoteError,
+    SandboxUnavailable,
+    WorkerCrashed,
+)
+
+from ._config import Config, PluginSettings, load_config, parse_config
+from ._errors import ConfigError, ManifestError, Problem
+from ._manifest import Manifest, load_manifest
+from ._runtime import PluginHandle, Runtime
+from ._stats import PluginStats
+
+__all__ = [
+    "CallCancelled",
+    "CallTimeout",
+    "Config",
+    "ConfigError",
+    "CordonError",
+    "FrameTooLarge",
+    "IncompatibleProtocol",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "Manifest",
+    "ManifestError",
+    "MethodNotFound",
+    "ParseError",
+    "PermissionDenied",
+    "PluginError",
+    "PluginHandle",
+    "PluginSettings",
+    "PluginStats",
+    "PluginUnavailable",
+    "Problem",
+    "ProtocolError",
+    "QuotaExceeded",
+    "RemoteError",
+    "Runtime",
+    "SandboxUnavailable",
+    "WorkerCrashed",
+    "load_config",
+    "load_manifest",
+    "parse_config",
+]

@@ -409,7 +409,11 @@ class Runtime:
             tg.cancel_scope.cancel()
         finally:
             self._tg = None
-            result = await tg.__aexit__(*exc_info)
+            # Hand the task group only a cancellation (it may be its own, to absorb); any
+            # other exception from the body propagates as itself, not in an ExceptionGroup.
+            is_cancel = isinstance(exc_info[1], anyio.get_cancelled_exc_class())
+            result = await tg.__aexit__(*(exc_info if is_cancel else (None, None, None)))
+            result = result if is_cancel else None
             if self._temp_state is not None:
                 shutil.rmtree(self._temp_state, ignore_errors=True)
                 self._temp_state = None

@@ -624,6 +624,7 @@ class WorkerProcess:
         *,
         timeout: float | None,
         on_progress: Callable[[ProgressParams], Any] | None = None,
+        label: str | None = None,
     ) -> msgspec.Raw:
         """Send a request and wait for its answer.
 
@@ -645,7 +646,7 @@ class WorkerProcess:
                 with anyio.move_on_after(timeout):
                     await pending.event.wait()
                 if not pending.event.is_set():
-                    await self._cancel_after_timeout(ident, pending, method, timeout)
+                    await self._cancel_after_timeout(ident, pending, label or method, timeout)
         except anyio.get_cancelled_exc_class():
             if not pending.event.is_set():
                 self._send_nowait(encode_notification(CANCEL, {"id": ident}))
@@ -678,8 +679,9 @@ class WorkerProcess:
         on_progress: Callable[[ProgressParams], Any] | None = None,
     ) -> msgspec.Raw:
         params = {"name": name, "kind": kind, "arguments": arguments}
-        raw = await self.request(INVOKE, params, timeout=timeout, on_progress=on_progress)
-        return raw
+        return await self.request(
+            INVOKE, params, timeout=timeout, on_progress=on_progress, label=name
+        )
 
     async def ping(self, timeout: float) -> bool:
         try:

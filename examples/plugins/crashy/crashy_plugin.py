@@ -22,6 +22,7 @@ async def ok(ctx: Context) -> str:
 @plugin.tool
 async def wait(ctx: Context, seconds: float = 30.0) -> str:
     """Stay in flight (cancellably) so other calls can crash the worker under it."""
+    await ctx.progress(0, message="waiting")
     await asyncio.sleep(seconds)
     return "waited"
 

@@ -22,6 +22,8 @@ def _gate(name: str) -> asyncio.Event:
 async def hold(ctx: Context, gate: str) -> str:
     """Stay in flight until ``release(gate)``; records a cancellation if it gets one."""
     EVENTS.append(f"hold:{gate}:started")
+    # Tests wait on this progress note instead of polling: "I am in flight now".
+    await ctx.progress(0, message="started")
     try:
         await _gate(gate).wait()
     except asyncio.CancelledError:
@@ -54,7 +56,15 @@ async def pid(ctx: Context) -> int:
 
 @plugin.tool
 async def fds(ctx: Context) -> list[int]:
-    return sorted(int(n) for n in os.listdir("/proc/self/fd"))
+    # /proc is outside the sandbox's view, so ask the kernel fd by fd.
+    found = []
+    for fd in range(1024):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.append(fd)
+    return found
 
 
 @plugin.tool

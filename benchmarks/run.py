@@ -1,0 +1,177 @@
+"""cordon's benchmarks, from one run, side by side.
+
+    python3 .ci/dev.py bench            # or: .venv/bin/python benchmarks/run.py [--quick]
+
+Prints: a raw Python pipe ping-pong (the floor any stdio RPC sits on), sequential and
+64-in-flight echo calls through the full stack (Runtime → worker → plugin → back), worker cold
+start (spawn → ready) and idle worker memory. Medians over repeated rounds; these machines are
+2 cores and noisy, so compare ratios from the same run rather than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+
+from cordon.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "plugins" / "hello"
+
+_PONG = textwrap.dedent(
+    """
+    import os
+    r, w = 0, 1
+    buf = b""
+    while True:
+        data = os.read(r, 65536)
+        if not data:
+            break
+        buf += data
+        while b"\\n" in buf:
+            line, buf = buf.split(b"\\n", 1)
+            os.write(w, line + b"\\n")
+    """
+)
+
+
+def raw_pipe_floor(n: int) -> float:
+    """Sequential ping-pong of one small JSON line over a pipe to a bare Python child."""
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", _PONG], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    w, r = proc.stdin.fileno(), proc.stdout.fileno()
+    msg = b'{"jsonrpc":"2.0","id":1,"method":"invoke","params":{"name":"echo"}}\n'
+    start = time.perf_counter()
+    for _ in range(n):
+        os.write(w, msg)
+        got = b""
+        while not got.endswith(b"\n"):
+            got += os.read(r, 65536)
+    elapsed = time.perf_counter() - start
+    proc.stdin.close()
+    proc.wait()
+    proc.stdout.close()
+    return n / elapsed
+
+
+async def sequential(rt: Runtime, n: int) -> tuple[float, list[float]]:
+    hello = rt.get("hello")
+    lat = []
+    start = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        await hello.call("echo", {"value": i})
+        lat.append(time.perf_counter() - t0)
+    return n / (time.perf_counter() - start), lat
+
+
+async def pipelined(rt: Runtime, n: int, width: int = 64) -> tuple[float, list[float]]:
+    hello = rt.get("hello")
+    lat: list[float] = []
+    per_task = n // width
+
+    async def lane() -> None:
+        for i in range(per_task):
+            t0 = time.perf_counter()
+            await hello.call("echo", {"value": i})
+            lat.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(width):
+            tg.start_soon(lane)
+    return per_task * width / (time.perf_counter() - start), lat
+
+
+async def cold_starts(rt: Runtime, rounds: int) -> list[float]:
+    hello = rt.get("hello")
+    times = []
+    for _ in range(rounds):
+        await hello.stop()
+        t0 = time.perf_counter()
+        await hello.call("echo", {"value": 0})
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    n_seq = 2000 if args.quick else 10000
+    n_pipe = 12800 if args.quick else 64000
+    rounds = 3 if args.quick else 5
+    out: dict[str, Any] = {}
+    floors = [raw_pipe_floor(n_seq) for _ in range(rounds)]
+    out["raw_pipe_floor"] = statistics.median(floors)
+    with tempfile.TemporaryDirectory() as state:
+        config = {"runtime": {"state-dir": state}, "defaults": {"sandbox": args.sandbox}}
+        async with Runtime(config) as rt:
+            await rt.load(HELLO)
+            await rt.get("hello").call("echo", {"value": 0})  # start + warm up
+            seq = [await sequential(rt, n_seq) for _ in range(rounds)]
+            pipe = [await pipelined(rt, n_pipe) for _ in range(rounds)]
+            worker = rt.get("hello").worker
+            assert worker is not None and worker.pid is not None
+            mem = psutil.Process(worker.pid).memory_full_info()
+            out["idle_rss"] = mem.rss
+            out["idle_uss"] = mem.uss
+            out["sandbox"] = rt.get("hello").sandbox
+            starts = await cold_starts(rt, 10 if args.quick else 20)
+    out["seq_rate"] = statistics.median(r for r, _ in seq)
+    seq_lat = [x for _, lat in seq for x in lat]
+    out["seq_p50"], out["seq_p99"] = _pct(seq_lat, 0.5), _pct(seq_lat, 0.99)
+    out["pipe_rate"] = statistics.median(r for r, _ in pipe)
+    pipe_lat = [x for _, lat in pipe for x in lat]
+    out["pipe_p50"], out["pipe_p99"] = _pct(pipe_lat, 0.5), _pct(pipe_lat, 0.99)
+    out["cold_start_median"] = statistics.median(starts)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument(
+        "--sandbox", default="best-effort", choices=["strict", "best-effort", "off"]
+    )
+    args = parser.parse_args()
+    r = anyio.run(main_async, args)
+    floor = r["raw_pipe_floor"]
+    print(f"cordon benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+          f"sandbox={args.sandbox})")
+    print(f"  raw pipe ping-pong floor      {floor:10.0f} msgs/s")
+    print(f"  full stack, sequential        {r['seq_rate']:10.0f} calls/s   "
+          f"({r['seq_rate'] / floor:.2f}x floor)  p50 {_ms(r['seq_p50'])}  "
+          f"p99 {_ms(r['seq_p99'])}")
+    print(f"  full stack, 64 in flight      {r['pipe_rate']:10.0f} calls/s   "
+          f"({r['pipe_rate'] / floor:.2f}x floor)  p50 {_ms(r['pipe_p50'])}  "
+          f"p99 {_ms(r['pipe_p99'])}")
+    print(f"  worker cold start (spawn → ready, incl. lock-down)  median "
+          f"{_ms(r['cold_start_median'])}")
+    print(f"  idle worker memory            RSS {r['idle_rss'] / 2**20:.1f} MiB, "
+          f"USS {r['idle_uss'] / 2**20:.1f} MiB")
+    applied = sorted(k for k, v in r["sandbox"].items() if v == "applied")
+    print(f"  sandbox layers applied        {', '.join(applied) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

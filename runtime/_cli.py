@@ -1,0 +1,210 @@
+"""The ``cordon`` command line.
+
+Errors print one line on stderr (``cordon: <ErrorType>: message``) and exit with the code of
+their class, so scripts can tell a plugin's failure from a timeout from a bad config:
+
+====  ===========================================================
+code  meaning
+====  ===========================================================
+0     success
+1     internal error (a bug in cordon: please report it)
+2     usage error (bad command-line arguments)
+3     invalid configuration or manifest (ConfigError, ManifestError)
+4     the plugin raised (PluginError)
+5     bad call: unknown tool or invalid arguments (MethodNotFound, InvalidParams)
+6     the call timed out (CallTimeout)
+7     the worker crashed (WorkerCrashed)
+8     a quota was exceeded (QuotaExceeded)
+9     permission denied (PermissionDenied)
+10    plugin unavailable: breaker open, disabled, not loaded (PluginUnavailable)
+11    the strict sandbox cannot be applied here (SandboxUnavailable)
+12    protocol error (ProtocolError, IncompatibleProtocol, FrameTooLarge)
+13    the call was cancelled (CallCancelled)
+====  ===========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import msgspec
+from cordon.protocol import (
+    CallCancelled,
+    CallTimeout,
+    CordonError,
+    InvalidParams,
+    MethodNotFound,
+    PermissionDenied,
+    PluginError,
+    PluginUnavailable,
+    ProtocolError,
+    QuotaExceeded,
+    SandboxUnavailable,
+    WorkerCrashed,
+)
+
+from ._errors import ConfigError
+
+__all__ = ["EXIT_CODES", "exit_code_for", "main"]
+
+EXIT_OK: Final = 0
+EXIT_INTERNAL: Final = 1
+EXIT_USAGE: Final = 2
+
+#: Most specific first: the first matching class decides the exit code.
+EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
+    (ConfigError, 3),
+    (PluginError, 4),
+    (MethodNotFound, 5),
+    (InvalidParams, 5),
+    (CallTimeout, 6),
+    (WorkerCrashed, 7),
+    (QuotaExceeded, 8),
+    (PermissionDenied, 9),
+    (PluginUnavailable, 10),
+    (SandboxUnavailable, 11),
+    (ProtocolError, 12),
+    (CallCancelled, 13),
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_INTERNAL
+
+
+_json = msgspec.json.Encoder()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.format(_json.encode(value), indent=2).decode() + "\n")
+
+
+def _fail(exc: BaseException) -> int:
+    if isinstance(exc, CordonError):
+        first, *rest = str(exc.message).splitlines() or [""]
+        print(f"cordon: {type(exc).__name__}: {first}", file=sys.stderr)
+        for line in rest:
+            print(f"  {line}", file=sys.stderr)
+    else:
+        print(f"cordon: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return exit_code_for(exc)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from ._runtime import Runtime
+
+    try:
+        params = msgspec.json.decode(args.params) if args.params else {}
+    except msgspec.DecodeError as exc:
+        raise InvalidParams(f"--params is not valid JSON: {exc}", field="--params") from None
+    if not isinstance(params, dict | list):
+        raise InvalidParams("--params must be a JSON object or array", field="--params")
+
+    async def run() -> Any:
+        async with Runtime(args.config) as rt:
+            handle = await rt.load(args.plugin_dir)
+            return await handle.call(args.tool, params, kind=args.kind, timeout=args.timeout)
+
+    _print_json(anyio.run(run))
+    return EXIT_OK
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from ._config import load_config
+
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok ({len(cfg.plugins)} plugin section(s))")
+    return EXIT_OK
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from ._config import find_config
+
+    cfg = find_config(args.config)
+    _print_json(cfg.to_toml_dict())
+    return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ._doctor import doctor
+
+    return doctor(config=args.config, as_json=args.json)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cordon",
+        description="Run untrusted Python plugins in sandboxed, supervised workers.",
+        epilog="Exit codes: 0 ok, 1 internal, 2 usage, 3 config, 4 plugin error, 5 bad call, "
+        "6 timeout, 7 worker crashed, 8 quota, 9 permission, 10 unavailable, 11 sandbox, "
+        "12 protocol, 13 cancelled.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--config",
+            metavar="FILE",
+            help="operator TOML (default: ./cordon.toml, else built-in safe defaults)",
+        )
+
+    c = sub.add_parser("call", help="load one plugin, call one tool, print the result as JSON")
+    c.add_argument("plugin_dir", help="directory holding plugin.toml")
+    c.add_argument("tool", help="name of the tool (or other contribution) to call")
+    c.add_argument("--params", metavar="JSON", help="arguments as a JSON object or array")
+    c.add_argument("--kind", default="tool", help="contribution kind (default: tool)")
+    c.add_argument("--timeout", type=float, help="seconds (up to max-call-timeout)")
+    config_opt(c)
+    c.set_defaults(func=_cmd_call)
+
+    cfg = sub.add_parser("config", help="validate or show the operator configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    chk = cfg_sub.add_parser("check", help="validate FILE, reporting every problem at once")
+    chk.add_argument("file")
+    chk.set_defaults(func=_cmd_config_check)
+    show = cfg_sub.add_parser("show", help="print effective per-plugin settings")
+    config_opt(show)
+    show.set_defaults(func=_cmd_config_show)
+
+    d = sub.add_parser("doctor", help="which sandbox layers this machine supports")
+    config_opt(d)
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_cmd_doctor)
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        args.config = Path(args.config)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            raise
+        group = exc if isinstance(exc, BaseExceptionGroup) else None
+        while group is not None and len(group.exceptions) == 1:
+            inner = group.exceptions[0]
+            exc = inner
+            group = inner if isinstance(inner, BaseExceptionGroup) else None
+        return _fail(exc)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a runtime per test in its own state dir, and a leak check on every test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cordon.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "plugins"
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Every test must leave no worker behind: cordon's core promise."""
+    before = _children()
+    yield
+    leaked = []
+    for pid in _children() - before:
+        try:
+            proc = psutil.Process(pid)
+            proc.wait(timeout=5)  # a worker still being reaped gets a bounded moment
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.TimeoutExpired:
+            leaked.append(pid)
+            proc.kill()
+    assert not leaked, f"test leaked worker processes: {leaked}"
+
+
+def base_config(tmp_path: Path, **defaults: object) -> dict[str, object]:
+    """A config for tests: state in tmp_path, quick health checks."""
+    d: dict[str, object] = {"call-timeout": "10 s", "max-call-timeout": "60 s"}
+    d.update({k.replace("_", "-"): v for k, v in defaults.items()})
+    return {"runtime": {"state-dir": str(tmp_path / "state")}, "defaults": d}
+
+
+@pytest.fixture
+async def rt(tmp_path: Path) -> AsyncIterator[Runtime]:
+    async with Runtime(base_config(tmp_path)) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def hello_dir() -> Path:
+    return EXAMPLES / "hello"
+
+
+@pytest.fixture
+def crashy_dir() -> Path:
+    return EXAMPLES / "crashy"
+
+
+@pytest.fixture
+def probe_dir() -> Path:
+    return TEST_PLUGINS / "probe"
+
+
+__all__ = ["EXAMPLES", "ROOT", "TEST_PLUGINS", "base_config", "os"]
