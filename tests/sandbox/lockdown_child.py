@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -142,11 +143,12 @@ def run_subprocess() -> int:
 
 
 def fork_exec() -> int:
-    import _posixsubprocess  # type: ignore[import-not-found]
+    import _posixsubprocess
 
+    fork_exec: Any = _posixsubprocess.fork_exec  # typeshed's signature lags 3.11's
     r, w = os.pipe()
     return int(
-        _posixsubprocess.fork_exec(
+        fork_exec(
             [b"/bin/sh", b"-c", b"true"], [b"/bin/sh"], True, (w,), None, None,
             -1, -1, -1, -1, -1, -1, r, w, False, False, -1, None, None, None, -1, None, True,
         )
@@ -214,8 +216,6 @@ def raise_rlimit() -> list[int]:
 
 
 def raw_setrlimit() -> int:
-    import struct
-
     buf = CT.create_string_buffer(struct.pack("<QQ", 4096, 4096), 16)
     return sys_call(160, 7, CT.addressof(buf))  # setrlimit(RLIMIT_NOFILE, ...)
 
@@ -223,13 +223,11 @@ def raw_setrlimit() -> int:
 def read_rlimit() -> list[int]:
     import resource
 
-    return list(resource.getrlimit(resource.RLIMIT_NOFILE))
+    return list(resource.getrlimit(ARGS.get("resource", resource.RLIMIT_NOFILE)))
 
 
 def stack_filter(use_prctl: bool) -> Callable[[], int]:
     def run() -> int:
-        import struct
-
         # An allow-everything filter: the point is whether a second one may be installed.
         insn = CT.create_string_buffer(struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000), 8)
         prog = CT.create_string_buffer(struct.pack("<H6xQ", 1, CT.addressof(insn)), 16)
@@ -391,7 +389,24 @@ ACTIONS: dict[str, Callable[[], Any]] = {
 }
 
 
+def deny_first(numbers: list[int]) -> None:
+    """Play a container runtime's seccomp profile: make these syscalls fail with EPERM
+    before cordon's lock-down runs (Docker's default profile does this to unshare)."""
+    from cordon.worker._sandbox import _bpf
+
+    prog: list[Any] = [_bpf.ld(_bpf.NR)]
+    prog += [_bpf.jeq(nr, jt="eperm") for nr in numbers]
+    prog += [_bpf.ret(0x7FFF0000), _bpf.Label("eperm"), _bpf.ret(0x00050000 | errno.EPERM)]
+    code = _bpf.to_bytes(_bpf.assemble(prog))
+    insns = CT.create_string_buffer(code, len(code))
+    fprog = CT.create_string_buffer(struct.pack("<H6xQ", len(code) // 8, CT.addressof(insns)), 16)
+    sys_call(157, 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    sys_call(317, 1, 0, CT.addressof(fprog))
+
+
 def main() -> None:
+    if SPEC.get("deny_first"):
+        deny_first(SPEC["deny_first"])
     if SPEC.get("lock", True):
         policy = SandboxPolicy(
             mode=SPEC.get("mode", "strict"),
