@@ -1,0 +1,3 @@
+from cordon.worker import Plugin
+
+plugin = Plugin()
