@@ -36,6 +36,7 @@ from typing import Final
 from packaging.utils import canonicalize_name
 
 from ._errors import Problem
+from ._manifest import MANIFEST_FILENAME
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP: Final = "cordon.plugins"
-MANIFEST_FILENAME: Final = "plugin.toml"
 _SKIPPED_NAMES: Final = frozenset({"__pycache__"})
 
 

@@ -17,9 +17,11 @@ from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Final, Protocol, TypeAlias
 
-from cordon.protocol import CordonError
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
+
+from cordon.protocol import CordonError
+
+from ._manifest import translate_requirement
 
 __all__ = [
     "CORDON_VERSION",
@@ -191,34 +193,6 @@ def is_breaking(old: str, new: str) -> bool:
     return o.is_prerelease and o.public != n.public
 
 
-# Used until the manifest module (the owner of requirement syntax) is available to import.
-def _translate_requirement(text: str) -> SpecifierSet:
-    clauses = [c.strip() for c in text.split(",")]
-    if clauses in ([""], ["*"]):
-        return SpecifierSet("")
-    out: list[str] = []
-    for clause in clauses:
-        if clause[:1] in ("^", "~") and not clause.startswith("~="):
-            try:
-                parts = [int(p) for p in clause[1:].strip().lstrip("v").split(".")]
-            except ValueError:
-                raise ValueError(f"{text!r} is not a version requirement") from None
-            if not 1 <= len(parts) <= 3:
-                raise ValueError(f"{text!r} is not a version requirement")
-            if clause[0] == "^":
-                idx = next((i for i, p in enumerate(parts) if p != 0), len(parts) - 1)
-            else:
-                idx = 0 if len(parts) == 1 else 1
-            upper = [*parts[:idx], parts[idx] + 1]
-            out.append(f">={'.'.join(map(str, parts))},<{'.'.join(map(str, upper))}")
-        else:
-            out.append(clause)
-    try:
-        return SpecifierSet(",".join(out))
-    except InvalidSpecifier:
-        raise ValueError(f"{text!r} is not a version requirement") from None
-
-
 def satisfies(version: str, requirement: str, *, prereleases: bool = True) -> bool:
     """Whether ``version`` meets ``requirement`` (PEP 440, or npm-style ``^1.2`` / ``~1.2``;
     ``""`` and ``"*"`` accept anything). Raises ``ValueError`` for a malformed either.
@@ -228,7 +202,7 @@ def satisfies(version: str, requirement: str, *, prereleases: bool = True) -> bo
     among candidates. ``<2`` still excludes ``2.0.0rc1`` (PEP 440 exclusive-bound rule), so a
     ``^1.0`` requirement never accepts a pre-release of the next major.
     """
-    return _translate_requirement(requirement).contains(Version(version), prereleases=prereleases)
+    return translate_requirement(requirement).contains(Version(version), prereleases=prereleases)
 
 
 # -- dependency graphs --------------------------------------------------------------------------
@@ -262,7 +236,7 @@ def _direct_problem(plugin_id: str, plugins: PluginTable) -> DependencyError | N
         if dep not in plugins:
             return MissingDependency(plugin=plugin_id, dependency=dep, required=required)
         try:
-            spec = _translate_requirement(required)
+            spec = translate_requirement(required)
         except ValueError as exc:
             return InvalidRequirement(
                 plugin=plugin_id, dependency=dep, required=required, detail=str(exc)

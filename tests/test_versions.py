@@ -5,6 +5,8 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from packaging.version import InvalidVersion, Version
+
 from cordon.protocol import CordonError
 from cordon.runtime._versions import (
     CORDON_VERSION,
@@ -22,7 +24,6 @@ from cordon.runtime._versions import (
     resolve_load_order,
     satisfies,
 )
-from packaging.version import InvalidVersion, Version
 
 
 def table(**plugins: tuple[str, dict[str, str]]) -> dict[str, tuple[str, dict[str, str]]]:
