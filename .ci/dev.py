@@ -81,7 +81,18 @@ def main() -> int:
     for check in (
         [str(PY), "-m", "ruff", "check", "."],
         [str(PY), "-m", "ruff", "format", "--check", "."],
-        [str(PY), "-m", "mypy"],
+        [
+            str(PY),
+            "-m",
+            "mypy",
+            "-p",
+            "cordon.protocol",
+            "-p",
+            "cordon.worker",
+            "-p",
+            "cordon.runtime",
+        ],
+        [str(PY), "-m", "mypy", "tests", "benchmarks", "examples/demo_host.py"],
     ):
         rc = run(*check)
         if rc:

@@ -156,19 +156,29 @@ def main() -> None:
     args = parser.parse_args()
     r = anyio.run(main_async, args)
     floor = r["raw_pipe_floor"]
-    print(f"cordon benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-          f"sandbox={args.sandbox})")
+    print(
+        f"cordon benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+        f"sandbox={args.sandbox})"
+    )
     print(f"  raw pipe ping-pong floor      {floor:10.0f} msgs/s")
-    print(f"  full stack, sequential        {r['seq_rate']:10.0f} calls/s   "
-          f"({r['seq_rate'] / floor:.2f}x floor)  p50 {_ms(r['seq_p50'])}  "
-          f"p99 {_ms(r['seq_p99'])}")
-    print(f"  full stack, 64 in flight      {r['pipe_rate']:10.0f} calls/s   "
-          f"({r['pipe_rate'] / floor:.2f}x floor)  p50 {_ms(r['pipe_p50'])}  "
-          f"p99 {_ms(r['pipe_p99'])}")
-    print(f"  worker cold start (spawn → ready, incl. lock-down)  median "
-          f"{_ms(r['cold_start_median'])}")
-    print(f"  idle worker memory            RSS {r['idle_rss'] / 2**20:.1f} MiB, "
-          f"USS {r['idle_uss'] / 2**20:.1f} MiB")
+    print(
+        f"  full stack, sequential        {r['seq_rate']:10.0f} calls/s   "
+        f"({r['seq_rate'] / floor:.2f}x floor)  p50 {_ms(r['seq_p50'])}  "
+        f"p99 {_ms(r['seq_p99'])}"
+    )
+    print(
+        f"  full stack, 64 in flight      {r['pipe_rate']:10.0f} calls/s   "
+        f"({r['pipe_rate'] / floor:.2f}x floor)  p50 {_ms(r['pipe_p50'])}  "
+        f"p99 {_ms(r['pipe_p99'])}"
+    )
+    print(
+        f"  worker cold start (spawn → ready, incl. lock-down)  median "
+        f"{_ms(r['cold_start_median'])}"
+    )
+    print(
+        f"  idle worker memory            RSS {r['idle_rss'] / 2**20:.1f} MiB, "
+        f"USS {r['idle_uss'] / 2**20:.1f} MiB"
+    )
     applied = sorted(k for k, v in r["sandbox"].items() if v == "applied")
     print(f"  sandbox layers applied        {', '.join(applied) or 'none'}")
 

@@ -96,6 +96,7 @@ class InvalidRequest(ProtocolError):
 
 
 class MethodNotFound(CordonError):
+    method: str | None
     code = -32601
     _fields = ("method",)
 
@@ -103,6 +104,7 @@ class MethodNotFound(CordonError):
 class InvalidParams(CordonError):
     """Parameters did not match the callee's signature; ``field`` names the offending path."""
 
+    field: str | None
     code = -32602
     _fields = ("field",)
 
@@ -118,6 +120,10 @@ class PluginError(CordonError):
     """The plugin's own code raised. ``exc_type``/``exc_message`` are the original's; the
     traceback is data for a human, never re-raised or parsed."""
 
+    exc_type: str | None
+    exc_message: str | None
+    traceback: str | None
+    plugin: str | None
     code = -32000
     _fields = ("exc_type", "exc_message", "traceback", "plugin")
 
@@ -126,6 +132,8 @@ class PluginError(CordonError):
 
 
 class PermissionDenied(CordonError):
+    permission: str | None
+    plugin: str | None
     code = -32001
     _fields = ("permission", "plugin")
 
@@ -137,6 +145,9 @@ class QuotaExceeded(CordonError):
     """A resource limit was hit. ``kind`` is one of memory, cpu, storage, files, file-size,
     processes, message-size, log-rate."""
 
+    kind: str | None
+    limit: Any
+    plugin: str | None
     code = -32002
     _fields = ("kind", "limit", "plugin")
 
@@ -145,6 +156,9 @@ class QuotaExceeded(CordonError):
 
 
 class CallTimeout(CordonError):
+    timeout: float | None
+    method: str | None
+    plugin: str | None
     code = -32003
     _fields = ("timeout", "method", "plugin")
 
@@ -153,6 +167,7 @@ class CallTimeout(CordonError):
 
 
 class CallCancelled(CordonError):
+    method: str | None
     code = -32004
     _fields = ("method",)
 
@@ -165,6 +180,12 @@ class WorkerCrashed(CordonError):
     process's exit status (negative for a signal); ``stderr_tail`` is the last lines it wrote.
     """
 
+    plugin: str | None
+    reason: str | None
+    returncode: int | None
+    signal: int | None
+    stderr_tail: list[str] | None
+    detail: str | None
     code = -32005
     _fields = ("plugin", "reason", "returncode", "signal", "stderr_tail", "detail")
 
@@ -177,11 +198,17 @@ class WorkerCrashed(CordonError):
 class PluginUnavailable(CordonError):
     """The plugin cannot take calls (circuit breaker open, disabled, failed to start)."""
 
+    plugin: str | None
+    reason: str | None
+    last_exit_reasons: list[str] | None
+    retry_after: float | None
     code = -32006
     _fields = ("plugin", "reason", "last_exit_reasons", "retry_after")
 
 
 class IncompatibleProtocol(ProtocolError):
+    ours: list[int] | None
+    theirs: list[int] | None
     code = -32007
     _fields = ("ours", "theirs")
 
@@ -190,6 +217,8 @@ class IncompatibleProtocol(ProtocolError):
 
 
 class FrameTooLarge(ProtocolError):
+    limit: int | None
+    size: int | None
     code = -32008
     _fields = ("limit", "size")
 
@@ -201,6 +230,8 @@ class SandboxUnavailable(CordonError):
     """``sandbox = "strict"`` and a layer cannot be applied on this machine; ``missing`` names
     each layer with the reason."""
 
+    plugin: str | None
+    missing: list[str] | None
     code = -32009
     _fields = ("plugin", "missing")
 
@@ -214,6 +245,8 @@ class SandboxUnavailable(CordonError):
 class RemoteError(CordonError):
     """An error object whose code this version of cordon does not know; kept verbatim."""
 
+    remote_code: int | None
+    remote_data: Any
     _fields = ("remote_code", "remote_data")
 
 

@@ -155,7 +155,7 @@ def _classify(msg: Message) -> Incoming:
     if not isinstance(msg.method, UnsetType):
         if msg.result or not isinstance(msg.error, UnsetType):
             return _invalid("Invalid Request: a request cannot carry 'result' or 'error'")
-        if msg.params and memoryview(msg.params)[:1] not in (b"{", b"["):
+        if msg.params and bytes(memoryview(msg.params)[:1]) not in (b"{", b"["):
             return Invalid(
                 id=ident,
                 error=ErrorObject(

@@ -1,7 +1,9 @@
 """Method names and payload shapes of cordon's JSON-RPC dialogue.
 
 Host → worker: ``initialize``, ``activate``, ``deactivate``, ``invoke``, ``$/ping``, and the
-``$/cancel`` notification. Worker → host: the ``$/hello`` notification first, ``$/progress``
+``$/cancel`` notification; ``$/fault`` only when the host enabled fault injection at
+``initialize`` (tests, via :mod:`cordon.runtime.testing`) — otherwise it is MethodNotFound.
+Worker → host: the ``$/hello`` notification first, ``$/progress``
 notifications during a call, and ``host/...`` requests for the host APIs (log, storage, ...).
 """
 
@@ -15,6 +17,7 @@ __all__ = [
     "ACTIVATE",
     "CANCEL",
     "DEACTIVATE",
+    "FAULT",
     "HELLO",
     "INITIALIZE",
     "INVOKE",
@@ -23,6 +26,7 @@ __all__ = [
     "CancelParams",
     "Contribution",
     "ContributionKind",
+    "FaultParams",
     "Hello",
     "InitializeParams",
     "InitializeResult",
@@ -40,6 +44,7 @@ INVOKE: Final = "invoke"
 PING: Final = "$/ping"
 CANCEL: Final = "$/cancel"
 PROGRESS: Final = "$/progress"
+FAULT: Final = "$/fault"
 
 ContributionKind = Literal["tool", "command", "provider", "middleware", "event_handler"]
 
@@ -80,6 +85,8 @@ class InitializeParams(msgspec.Struct, omit_defaults=True):
     sandbox: SandboxPolicy = msgspec.field(default_factory=SandboxPolicy)
     max_frame: int = 16 * 1024 * 1024
     host_pid: int = 0
+    #: Honour ``$/fault`` requests (fault injection for tests). Never set in production.
+    faults: bool = False
 
 
 class Contribution(msgspec.Struct, omit_defaults=True):
@@ -101,6 +108,15 @@ class InvokeParams(msgspec.Struct, omit_defaults=True):
     name: str
     kind: ContributionKind = "tool"
     arguments: msgspec.Raw = msgspec.Raw()
+
+
+class FaultParams(msgspec.Struct, omit_defaults=True):
+    """``$/fault``: make the worker misbehave for real. ``kind`` is ``memory`` (allocate
+    until MemoryError, then die of it), ``cpu`` (burn ``seconds`` of CPU in a thread) or
+    ``corrupt`` (write garbage onto the protocol channel)."""
+
+    kind: Literal["memory", "cpu", "corrupt"]
+    seconds: float = 0.0
 
 
 class CancelParams(msgspec.Struct):

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import anyio
 import msgspec
+
 from cordon.protocol import (
     CallCancelled,
     CallTimeout,
@@ -137,9 +138,15 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from ._doctor import doctor
+    from cordon.worker._sandbox import probe
 
-    return doctor(config=args.config, as_json=args.json)
+    report = probe()
+    if args.json:
+        _print_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key:28} {value}")
+    return EXIT_OK
 
 
 # -- parser -----------------------------------------------------------------------------------

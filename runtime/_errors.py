@@ -32,6 +32,8 @@ class ConfigError(CordonError):
 
     code = -32010
     _fields = ("source", "problems")
+    source: str | None
+    problems: list[Problem]
 
     def __init__(self, message: str = "", **fields: Any) -> None:
         problems = [

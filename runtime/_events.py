@@ -32,6 +32,7 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 from cordon.protocol import InvalidParams
 
 from ._permissions import PermissionSet

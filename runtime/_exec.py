@@ -32,6 +32,7 @@ from typing import Final
 import anyio
 import anyio.abc
 import msgspec
+
 from cordon.protocol import CallTimeout, CordonError, InvalidParams
 
 __all__ = ["CommandNotFound", "ExecPolicy", "ExecResult", "ExecTimeout", "check_argv"]

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
+
 from cordon.protocol import CordonError, InvalidParams, MethodNotFound, PermissionDenied
 
 from ._audit import AuditTrail

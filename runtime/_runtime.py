@@ -7,6 +7,8 @@ of :meth:`WorkerProcess.stop`, so nothing outlives the runtime.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import random
@@ -22,6 +24,7 @@ import anyio
 import anyio.abc
 import psutil
 import structlog
+
 from cordon.protocol import (
     ACTIVATE,
     DEFAULT_MAX_FRAME,
@@ -30,6 +33,7 @@ from cordon.protocol import (
     InitializeParams,
     InvalidParams,
     Limits,
+    PermissionDenied,
     PluginUnavailable,
     ProgressParams,
     QuotaExceeded,
@@ -38,9 +42,17 @@ from cordon.protocol import (
     decode_params,
 )
 
+from ._audit import AuditEntry, AuditTrail
 from ._config import Config, PluginSettings, find_config, parse_config
+from ._events import EventBus
+from ._exec import ExecPolicy
+from ._hostapi import HostAPI
+from ._logsink import LogSink
 from ._manifest import Manifest, check_cordon_compat, load_manifest
+from ._permissions import PermissionSet, effective_permissions
+from ._redact import Redactor
 from ._stats import CallStats, PluginStats
+from ._storage import Storage
 from ._worker import ExitInfo, WorkerProcess
 
 __all__ = ["PluginHandle", "Runtime"]
@@ -65,10 +77,20 @@ def _running_version() -> str:
 class PluginHandle:
     """A loaded plugin, seen from the host. Its worker starts on first use."""
 
-    def __init__(self, runtime: Runtime, manifest: Manifest, settings: PluginSettings) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        manifest: Manifest,
+        settings: PluginSettings,
+        permissions: PermissionSet,
+        host_api: HostAPI,
+    ) -> None:
         self.runtime = runtime
         self.manifest = manifest
         self.settings = settings
+        self.permissions = permissions
+        self.host_api = host_api
+        self._subscribed = False
         self.id = manifest.id
         self.state = "stopped"
         self.sandbox: dict[str, str] = {}
@@ -214,7 +236,32 @@ class PluginHandle:
                 "sandbox.incomplete", plugin=self.id, missing={k: self.sandbox[k] for k in missing}
             )
         self.runtime._tg_soon(self._watch, worker)
+        await self._subscribe_event_handlers()
+        await self.runtime._emit("cordon.plugin.started", {"plugin": self.id, "pid": worker.pid})
         return worker
+
+    async def _subscribe_event_handlers(self) -> None:
+        if self._subscribed:
+            return
+        self._subscribed = True
+        for c in self.contributions:
+            if c.kind != "event_handler":
+                continue
+            topic = str(c.options.get("topic", ""))
+
+            async def deliver(t: str, payload: Any, source: str, _name: str = c.name) -> None:
+                await self.call(
+                    _name,
+                    {"topic": t, "payload": payload, "source": source},
+                    kind="event_handler",
+                )
+
+            try:
+                await self.host_api.subscribe(topic, deliver)
+            except CordonError as exc:
+                log.warning(
+                    "events.subscribe_refused", plugin=self.id, topic=topic, error=exc.message
+                )
 
     def _record_failure(self, worker: WorkerProcess) -> None:
         info = worker.exit
@@ -258,11 +305,10 @@ class PluginHandle:
                 break
             self._check_rss(worker, proc)
             idle = worker.in_flight == 0 and time.monotonic() - worker.last_activity >= interval
-            if idle and not await worker.ping(self.settings.health_timeout):
-                if worker.exit is None:
-                    worker.kill_nowait(
-                        "unresponsive", f"no answer to ping within {self.settings.health_timeout} s"
-                    )
+            if idle and not await worker.ping(self.settings.health_timeout) and worker.exit is None:
+                worker.kill_nowait(
+                    "unresponsive", f"no answer to ping within {self.settings.health_timeout} s"
+                )
         await self._on_exit(worker)
 
     def _check_rss(self, worker: WorkerProcess, proc: psutil.Process | None) -> None:
@@ -295,6 +341,9 @@ class PluginHandle:
             detail=info.detail,
         )
         self._record_failure(worker)
+        await self.runtime._emit(
+            "cordon.plugin.crashed", {"plugin": self.id, "reason": info.reason}
+        )
 
     async def stop(self) -> None:
         """Stop the worker (it restarts on the next call)."""
@@ -389,34 +438,68 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._temp_state: str | None = None
         self.state_dir: Path | None = None
+        self.storage: Storage | None = None
+        self.audit_trail: AuditTrail | None = None
+        self.log_sink: LogSink | None = None
+        self.events: EventBus | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
 
     # -- context management ---------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
         self.state_dir = self._resolve_state_dir()
         (self.state_dir / "scratch").mkdir(parents=True, exist_ok=True, mode=0o700)
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            # Host-side state the plugins reach only through HostAPI: storage and the
+            # audit trail live in the state dir, owned by the host, never by a worker.
+            self.storage = await Storage.open(
+                self.state_dir / "storage.db", default_quota=self.config.defaults.storage_quota
+            )
+            stack.push_async_callback(self.storage.close)
+            self.audit_trail = await AuditTrail.open(self.state_dir / "audit.db")
+            stack.push_async_callback(self.audit_trail.close)
+            redactor = Redactor(extra_patterns=self.config.runtime.redact_patterns)
+            self.log_sink = LogSink(rate=self.config.defaults.log_rate, redactor=redactor)
+            self.events = await stack.enter_async_context(EventBus())
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        tg.start_soon(self.log_sink.run_reporter)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         tg = self._tg
         assert tg is not None
+        result: bool | None = None
         try:
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            tg.cancel_scope.cancel()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+                tg.cancel_scope.cancel()
+            finally:
+                self._tg = None
+                # Hand the task group only a cancellation (it may be its own, to absorb); any
+                # other exception from the body propagates as itself, not in an ExceptionGroup.
+                is_cancel = isinstance(exc_info[1], anyio.get_cancelled_exc_class())
+                absorbed = await tg.__aexit__(*(exc_info if is_cancel else (None, None, None)))
+                result = absorbed if is_cancel else None
         finally:
-            self._tg = None
-            # Hand the task group only a cancellation (it may be its own, to absorb); any
-            # other exception from the body propagates as itself, not in an ExceptionGroup.
-            is_cancel = isinstance(exc_info[1], anyio.get_cancelled_exc_class())
-            result = await tg.__aexit__(*(exc_info if is_cancel else (None, None, None)))
-            result = result if is_cancel else None
-            if self._temp_state is not None:
-                shutil.rmtree(self._temp_state, ignore_errors=True)
-                self._temp_state = None
+            stack, self._stack = self._stack, None
+            try:
+                if stack is not None:
+                    # Exits the event bus's task group, then closes audit and storage; it
+                    # runs whatever happened above, so nothing is left open.
+                    await stack.__aexit__(None, None, None)
+            finally:
+                if self._temp_state is not None:
+                    shutil.rmtree(self._temp_state, ignore_errors=True)
+                    self._temp_state = None
         return result
 
     async def aclose(self) -> None:
@@ -475,8 +558,35 @@ class Runtime:
                 plugin=manifest.id,
                 reason="duplicate-id",
             )
-        handle = PluginHandle(self, manifest, self.config.for_plugin(manifest.id))
+        settings = self.config.for_plugin(manifest.id)
+        perms = effective_permissions(manifest.permissions, settings.grant, settings.deny)
+        if perms.missing:
+            if self.config.runtime.strict_permissions:
+                raise PermissionDenied(
+                    f"plugin {manifest.id!r} requests permissions the operator did not grant: "
+                    f"{', '.join(sorted(perms.missing))} (strict-permissions refuses to load it)",
+                    permission=sorted(perms.missing)[0],
+                    plugin=manifest.id,
+                )
+            log.warning(
+                "plugin.permissions_missing", plugin=manifest.id, missing=sorted(perms.missing)
+            )
+        assert self.storage is not None and self.audit_trail is not None
+        assert self.log_sink is not None and self.events is not None
+        self.storage.set_quota(manifest.id, settings.storage_quota)
+        host_api = HostAPI(
+            manifest.id,
+            perms,
+            storage=self.storage,
+            audit=self.audit_trail,
+            log_sink=self.log_sink,
+            settings=settings.settings,
+            events=self.events,
+            exec_policy=ExecPolicy(cwd=self._scratch_dir(manifest.id)),
+        )
+        handle = PluginHandle(self, manifest, settings, perms, host_api)
         self._plugins[manifest.id] = handle
+        await self._emit("cordon.plugin.loaded", {"plugin": manifest.id})
         if handle.settings.activate == "eager" or manifest.activate == "eager":
             await handle._ensure_worker()
         return handle
@@ -484,7 +594,27 @@ class Runtime:
     async def unload(self, plugin_id: str) -> None:
         handle = self.get(plugin_id)
         await handle.stop()
+        handle.host_api.close()
+        if self.log_sink is not None:
+            self.log_sink.forget(plugin_id)
         del self._plugins[plugin_id]
+
+    async def _emit(self, topic: str, payload: dict[str, Any]) -> None:
+        """Host lifecycle events: source "cordon", which no plugin can claim."""
+        if self.events is not None:
+            await self.events.emit(topic, payload, source="cordon")
+
+    async def emit(self, topic: str, payload: Any = None, *, source: str = "app") -> int:
+        """Publish an application event to subscribed plugins."""
+        if self.events is None:
+            raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
+        return await self.events.emit(topic, payload, source=source)
+
+    async def audit(self, plugin_id: str, limit: int = 100) -> list[AuditEntry]:
+        """The plugin's audit trail of host-API calls, newest first."""
+        if self.audit_trail is None:
+            raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
+        return await self.audit_trail.read(plugin_id, limit)
 
     async def call(self, plugin_id: str, name: str, arguments: Any = None, **kw: Any) -> Any:
         return await self.get(plugin_id).call(name, arguments, **kw)
@@ -503,6 +633,11 @@ class Runtime:
         path = self.state_dir / "scratch" / plugin_id
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
+
+    def _plugin_output(self, plugin_id: str, line: bytes) -> None:
+        # The worker's raw stderr is plugin output: redacted and rate-limited like its logs.
+        if self.log_sink is not None:
+            self.log_sink.plugin_output(plugin_id, line)
 
     def _new_worker(self, handle: PluginHandle) -> WorkerProcess:
         s = handle.settings
@@ -529,9 +664,7 @@ class Runtime:
         return WorkerProcess(
             plugin_id=m.id,
             params=params,
-            on_host_request=None,
-            on_stderr=lambda line, _id=m.id: log.info(
-                "plugin.output", plugin=_id, line=line.decode("utf-8", "replace")
-            ),
+            on_host_request=handle.host_api.handle,
+            on_stderr=functools.partial(self._plugin_output, m.id),
             python=self._python,
         )

@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import anyio.to_thread
 import msgspec
+
 from cordon.protocol import InvalidParams, QuotaExceeded
 
 __all__ = [

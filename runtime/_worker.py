@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 import msgspec
 import structlog
+
 from cordon.protocol import (
     CANCEL,
     HELLO,
@@ -364,7 +365,7 @@ class WorkerProcess:
         except ProcessLookupError:
             pass
         except PermissionError:
-            proc.send_signal(sig)
+            proc.send_signal(signal.Signals(sig))
 
     async def stop(self, *, deactivate: bool = True) -> None:
         """Shielded, escalating stop: deactivate → close stdin → wait → TERM → wait → KILL."""
@@ -528,7 +529,7 @@ class WorkerProcess:
                 plugin=self.plugin_id,
             )
         if "plugin" in exc._fields:
-            exc.plugin = self.plugin_id  # type: ignore[attr-defined]
+            setattr(exc, "plugin", self.plugin_id)  # noqa: B010 - not every class has it
         return exc
 
     def _on_notification(self, msg: Notification) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+
 from cordon.runtime._audit import AuditTrail
 
 

@@ -19,7 +19,9 @@ async def test_a_cancelled_caller_cancels_the_plugin_task(rt: Runtime, probe_dir
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(
-                    lambda: probe.call("hold", {"gate": "c1"}, on_progress=lambda _: in_flight.set())
+                    lambda: probe.call(
+                        "hold", {"gate": "c1"}, on_progress=lambda _: in_flight.set()
+                    )
                 )
                 await in_flight.wait()
                 scope.cancel()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cordon.runtime._config import (
     DEFAULT_CONFIG,
     Config,

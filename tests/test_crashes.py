@@ -83,7 +83,7 @@ async def test_exit_reports_the_tail_of_stderr(rt: Runtime, crashy_dir: Path) ->
         crashy = await rt.load(crashy_dir)
         with pytest.raises(WorkerCrashed) as info:
             await crashy.call("exit_now", {"code": 9})
-    assert "crashy: exiting with 9" in info.value.stderr_tail
+    assert "crashy: exiting with 9" in (info.value.stderr_tail or [])
 
 
 @pytest.mark.parametrize("tool", ["spin", "block_loop"])

@@ -6,6 +6,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 from cordon.protocol import InvalidParams
 from cordon.runtime._events import EventBus, check_topic
 from cordon.runtime._permissions import effective_permissions

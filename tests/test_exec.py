@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from cordon.protocol import CallTimeout, InvalidParams
 from cordon.runtime._exec import CommandNotFound, ExecPolicy, ExecTimeout, check_argv
 

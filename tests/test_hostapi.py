@@ -19,6 +19,7 @@ import anyio
 import msgspec
 import pytest
 import structlog
+
 from cordon.protocol import (
     CallTimeout,
     CordonError,

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
 from cordon.runtime._errors import ConfigError, ManifestError
 from cordon.runtime._manifest import (
     MAX_MANIFEST_BYTES,
@@ -23,8 +26,6 @@ from cordon.runtime._manifest import (
     parse_manifest,
     translate_requirement,
 )
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 ID_RULE = "(lower-case letter, then up to 63 lower-case letters, digits, _ or -)"

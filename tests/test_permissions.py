@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cordon.runtime._errors import ConfigError
 from cordon.runtime._permissions import (
     PermissionSet,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+
 from cordon.runtime._logsink import LogSink
 from cordon.runtime._redact import REDACTED, Redactor, neutralise
 

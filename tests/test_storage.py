@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+
 from cordon.protocol import InvalidParams, QuotaExceeded
 from cordon.runtime._storage import MAX_KEY_BYTES, Storage
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from cordon.runtime._units import format_duration, format_size, parse_duration, parse_size
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3

@@ -90,12 +90,18 @@ def raw_worker(probe_dir: Path, tmp_path: Path) -> Any:
 
 
 def _call(ident: Any, tool: str, args: Any) -> bytes:
-    msg = {"jsonrpc": "2.0", "id": ident, "method": "invoke",
-           "params": {"name": tool, "arguments": args}}
+    msg = {
+        "jsonrpc": "2.0",
+        "id": ident,
+        "method": "invoke",
+        "params": {"name": tool, "arguments": args},
+    }
     return json.dumps(msg).encode() + b"\n"
 
 
-def test_the_worker_answers_garbage_with_a_parse_error_and_keeps_serving(raw_worker: RawWorker) -> None:
+def test_the_worker_answers_garbage_with_a_parse_error_and_keeps_serving(
+    raw_worker: RawWorker,
+) -> None:
     raw_worker.write(b"this is not json\n")
     err = raw_worker.read()
     assert (err["id"], err["error"]["code"]) == (None, -32700)
@@ -105,7 +111,9 @@ def test_the_worker_answers_garbage_with_a_parse_error_and_keeps_serving(raw_wor
 
 
 def test_the_worker_refuses_an_oversize_frame_without_buffering_it(raw_worker: RawWorker) -> None:
-    raw_worker.write(b'{"jsonrpc":"2.0","id":9,"method":"x","params":["' + b"a" * 100_000 + b'"]}\n')
+    raw_worker.write(
+        b'{"jsonrpc":"2.0","id":9,"method":"x","params":["' + b"a" * 100_000 + b'"]}\n'
+    )
     err = raw_worker.read()
     assert err["error"]["code"] == -32008
     assert err["error"]["data"]["limit"] == 4096
@@ -147,11 +155,16 @@ def test_the_worker_rejects_an_unknown_tool_with_method_not_found(raw_worker: Ra
 
 def _fake_worker(script: str, tmp_path: Path) -> WorkerProcess:
     params = InitializeParams(
-        protocol=PROTOCOL_VERSION, plugin_id="fake", plugin_dir=str(tmp_path),
-        entry="x:plugin", scratch_dir=str(tmp_path), max_frame=1024,
+        protocol=PROTOCOL_VERSION,
+        plugin_id="fake",
+        plugin_dir=str(tmp_path),
+        entry="x:plugin",
+        scratch_dir=str(tmp_path),
+        max_frame=1024,
     )
     return WorkerProcess(
-        plugin_id="fake", params=params,
+        plugin_id="fake",
+        params=params,
         argv=[sys.executable, "-c", textwrap.dedent(script)],
     )
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+
 from cordon.protocol import CordonError, InvalidParams, RemoteError
 
 __all__ = [
@@ -162,7 +163,7 @@ async def exec_command(
     try:
         reply = await request("host/exec", {"argv": list(argv), "timeout": timeout})
     except RemoteError as exc:
-        data = exc.remote_data if isinstance(exc.remote_data, dict) else {}  # type: ignore[attr-defined]
+        data = exc.remote_data if isinstance(exc.remote_data, dict) else {}
         if data.get("type") == "CommandNotFound":
             raise CommandNotFound(
                 exc.message, command=data.get("command"), plugin=data.get("plugin")

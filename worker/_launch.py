@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 import msgspec
+
 from cordon.protocol import (
     HELLO,
     INITIALIZE,
@@ -233,6 +234,7 @@ def serve(st: Launch) -> None:
         plugin=st.plugin,
         plugin_id=st.init.plugin_id,
         scratch_dir=st.init.scratch_dir,
+        faults=st.init.faults,
     )
     asyncio.run(server.serve(st.leftover))
     server.shutdown_threads()

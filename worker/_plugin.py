@@ -11,9 +11,10 @@ import re
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import msgspec
+
 from cordon.protocol import Contribution, ContributionKind, InvalidParams
 
 __all__ = ["Handler", "Plugin", "PluginDefinitionError"]
@@ -56,7 +57,7 @@ class Handler:
         try:
             if not raw:
                 value = msgspec.json.decode(b"{}", type=self.params_type)
-            elif memoryview(raw)[:1] == b"[":
+            elif bytes(memoryview(raw)[:1]) == b"[":
                 items = msgspec.json.decode(raw, type=list[Any])
                 if len(items) > len(self.param_names):
                     raise InvalidParams(
@@ -216,36 +217,18 @@ class Plugin:
 
         return register(fn) if fn is not None else register
 
-    @overload
-    def tool(self, fn: F, /) -> F: ...
-    @overload
-    def tool(
-        self, *, name: str | None = None, description: str | None = None
-    ) -> Callable[[F], F]: ...
     def tool(
         self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
     ) -> Any:
         """Contribute a tool: a typed function the host (or a model) can call."""
         return self._decorator("tool", fn, name, description)
 
-    @overload
-    def command(self, fn: F, /) -> F: ...
-    @overload
-    def command(
-        self, *, name: str | None = None, description: str | None = None
-    ) -> Callable[[F], F]: ...
     def command(
         self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
     ) -> Any:
         """Contribute a command: a user-invoked action of the host application."""
         return self._decorator("command", fn, name, description)
 
-    @overload
-    def provider(self, fn: F, /) -> F: ...
-    @overload
-    def provider(
-        self, *, name: str | None = None, description: str | None = None
-    ) -> Callable[[F], F]: ...
     def provider(
         self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
     ) -> Any:

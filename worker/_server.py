@@ -17,6 +17,7 @@ import traceback
 from typing import Any, Final
 
 import msgspec
+
 from cordon.protocol import (
     ACTIVATE,
     CANCEL,
@@ -49,6 +50,7 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
+from cordon.protocol._methods import FAULT
 
 from ._context import Context
 from ._plugin import Handler, Plugin
@@ -76,6 +78,7 @@ class Server:
         plugin: Plugin,
         plugin_id: str,
         scratch_dir: str,
+        faults: bool = False,
     ) -> None:
         self.rfd = rfd
         self.wfd = wfd
@@ -83,6 +86,8 @@ class Server:
         self.plugin = plugin
         self.plugin_id = plugin_id
         self.scratch_dir = scratch_dir
+        #: ``$/fault`` is served only when the host asked for it at initialize (tests).
+        self.faults = faults
         self.max_frame = splitter.max_frame
         self._out = bytearray()
         self._flush_scheduled = False
@@ -248,6 +253,10 @@ class Server:
                 return self._start(req.id, self._run_hooks(req.id, hooks), batched)
             if method == INITIALIZE:
                 raise InvalidRequest("the worker is already initialized")
+            if method == FAULT and self.faults:
+                from ._faults import run_fault
+
+                return self._start(req.id, run_fault(self, req.id, req.params), batched)
             raise MethodNotFound(f"method {method!r} not found", method=method)
         except CordonError as exc:
             return encode_error(req.id, error_to_wire(exc))
