@@ -23,7 +23,8 @@ from pathlib import Path
 CHILD = textwrap.dedent(
     """
     import json, os, sys, time
-    from cordon.protocol import Limits, SandboxPolicy  # the worker imports it anyway
+    import cordon.worker  # the worker imports both anyway
+    from cordon.protocol import Limits, SandboxPolicy
     t0 = time.perf_counter()
     from cordon.worker._sandbox import _lockdown
     imported = time.perf_counter() - t0

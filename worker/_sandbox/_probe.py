@@ -10,9 +10,7 @@ built with; containers and LSMs can still refuse, which only trying shows.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import struct
 import sys
 from typing import Any, Final
@@ -25,6 +23,7 @@ CGROUP_ROOT: Final = "/sys/fs/cgroup"
 
 def probe(timeout: float = PROBE_TIMEOUT) -> dict[str, object]:
     """Run the probe child and return its findings (``{"error": ...}`` if it failed)."""
+    import json
     import subprocess
 
     cmd = [sys.executable, "-I", "-m", "cordon.worker._sandbox", "--probe"]
@@ -97,6 +96,8 @@ def _cgroups() -> dict[str, Any]:
 
 def probe_here() -> dict[str, object]:
     """Try every layer on *this* process. Irreversible: only for the probe child."""
+    import platform  # here, not at the top: the worker imports this package on every start
+
     from . import _landlock, _namespaces, _seccomp
     from ._native import NR, native
 
