@@ -215,7 +215,9 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self.exit is None and not self._stopping
+        """Can take new calls: not exited, not stopping, and not condemned (a kill was sent;
+        the new call belongs on the replacement, not on a process about to die)."""
+        return self.exit is None and not self._stopping and self._kill_reason is None
 
     @property
     def in_flight(self) -> int:
