@@ -1,0 +1,153 @@
+"""``cordon new plugin``: the scaffold writes a plugin that validates, compiles, and runs in the
+real sandbox, and never overwrites anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from cordon.runtime import Runtime
+from cordon.runtime._manifest import check_cordon_compat, load_manifest
+from cordon.runtime._scaffold import ScaffoldError, scaffold_plugin
+from cordon.runtime._versions import CORDON_VERSION, satisfies
+from tests.conftest import base_config
+
+
+def test_scaffold_writes_manifest_module_test_and_readme(tmp_path: Path) -> None:
+    plugin = scaffold_plugin("hello", tmp_path)
+    assert plugin == tmp_path / "hello"
+    assert sorted(p.name for p in plugin.iterdir()) == [
+        "README.md",
+        "hello_plugin.py",
+        "plugin.toml",
+        "test_hello_plugin.py",
+    ]
+
+
+def test_the_generated_manifest_parses_and_accepts_this_cordon(tmp_path: Path) -> None:
+    manifest = load_manifest(scaffold_plugin("hello", tmp_path))
+    assert manifest.id == "hello"
+    assert manifest.name == "Hello"
+    assert manifest.version == "0.1.0"
+    assert manifest.entry == "hello_plugin:plugin"
+    assert manifest.permissions == ("log",)
+    assert [t.name for t in manifest.contributes.tools] == ["greet"]
+    assert satisfies(CORDON_VERSION, manifest.requires_cordon)
+    check_cordon_compat(manifest, CORDON_VERSION)
+
+
+def test_the_generated_requirement_excludes_the_next_breaking_cordon(tmp_path: Path) -> None:
+    from packaging.version import Version
+
+    manifest = load_manifest(scaffold_plugin("hello", tmp_path))
+    v = Version(CORDON_VERSION)
+    next_breaking = f"{v.major + 1}.0" if v.major else f"0.{v.minor + 1}"
+    assert not satisfies(next_breaking, manifest.requires_cordon)
+
+
+def test_the_generated_python_files_compile(tmp_path: Path) -> None:
+    plugin = scaffold_plugin("hello", tmp_path)
+    for name in ("hello_plugin.py", "test_hello_plugin.py"):
+        source = (plugin / name).read_text()
+        compile(source, name, "exec")
+
+
+def test_a_hyphenated_id_gets_an_importable_module_and_a_readable_name(tmp_path: Path) -> None:
+    plugin = scaffold_plugin("kube-pods", tmp_path)
+    manifest = load_manifest(plugin)
+    assert manifest.name == "Kube Pods"
+    assert manifest.entry == "kube_pods_plugin:plugin"
+    assert (plugin / "test_kube_pods_plugin.py").is_file()
+
+
+def test_an_id_already_ending_in_plugin_is_not_suffixed_twice(tmp_path: Path) -> None:
+    manifest = load_manifest(scaffold_plugin("docker_plugin", tmp_path))
+    assert manifest.entry == "docker_plugin:plugin"
+
+
+def test_the_destination_folder_is_created_when_missing(tmp_path: Path) -> None:
+    plugin = scaffold_plugin("hello", tmp_path / "a" / "b")
+    assert (plugin / "plugin.toml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("My Tool", "my-tool"),
+        ("Hello", "hello"),
+        ("1st", "st"),
+        ("", None),
+        ("-", None),
+        ("a" * 65, "a" * 64),
+        ("../escape", "escape"),
+        ("café", "caf"),
+    ],
+)
+def test_an_invalid_name_is_refused_with_the_rule_and_a_suggestion(
+    tmp_path: Path, name: str, suggestion: str | None
+) -> None:
+    with pytest.raises(ScaffoldError) as info:
+        scaffold_plugin(name, tmp_path)
+    err = info.value
+    assert err.name == name
+    assert "lower-case letter" in err.message
+    if suggestion is not None:
+        assert f'try "{suggestion}"' in err.message
+    else:
+        assert "try" not in err.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_folder_is_never_overwritten(tmp_path: Path) -> None:
+    existing = tmp_path / "hello"
+    existing.mkdir()
+    (existing / "plugin.toml").write_text("mine")
+    with pytest.raises(ScaffoldError) as info:
+        scaffold_plugin("hello", tmp_path)
+    assert info.value.path == str(existing)
+    assert "already exists" in info.value.message
+    assert (existing / "plugin.toml").read_text() == "mine"
+    assert [p.name for p in existing.iterdir()] == ["plugin.toml"]
+
+
+def test_an_existing_file_with_the_plugin_name_is_never_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "hello").write_text("a file")
+    with pytest.raises(ScaffoldError):
+        scaffold_plugin("hello", tmp_path)
+    assert (tmp_path / "hello").read_text() == "a file"
+
+
+# -- the generated plugin, running --------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_generated_plugin_answers_through_the_runtime(tmp_path: Path) -> None:
+    plugin = scaffold_plugin("hello", tmp_path / "plugins")
+    with anyio.fail_after(30):
+        config = base_config(tmp_path)
+        config["plugins"] = {"hello": {"grant": ["log"]}}
+        async with Runtime(config) as rt:
+            p = await rt.load(plugin)
+            assert await p.call("greet", {"name": "Ada"}) == "Hello Ada"
+            assert await p.call("greet", {"name": "Ada", "excited": True}) == "Hello Ada!"
+
+
+def test_the_generated_test_passes_when_the_author_runs_pytest(tmp_path: Path) -> None:
+    plugin = scaffold_plugin("hello", tmp_path / "plugins")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(plugin)],
+        cwd=plugin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
