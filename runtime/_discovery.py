@@ -159,10 +159,11 @@ def _from_record(
     return None, mentioned
 
 
-def _from_finders(parts: Sequence[str], path: Sequence[str] | None) -> Path | None:
+def _from_finders(parts: Sequence[str], path: Sequence[str] | None) -> Path | str:
     """Locate a package folder without importing anything: only the top-level name goes to
     the finders (``find_spec`` on ``a.b`` would *execute* ``a/__init__.py``), deeper parts are
-    plain subfolders of its search locations."""
+    plain subfolders of its search locations. Returns the folder or why there is none."""
+    module = ".".join(parts)
     top = parts[0]
     try:
         if path is None:
@@ -170,14 +171,17 @@ def _from_finders(parts: Sequence[str], path: Sequence[str] | None) -> Path | No
         else:
             spec = importlib.machinery.PathFinder.find_spec(top, list(path))
     except (ImportError, ValueError):
-        return None
-    if spec is None or spec.submodule_search_locations is None:
-        return None
+        spec = None
+    if spec is None:
+        return f"package {module!r} is not installed"
+    if spec.submodule_search_locations is None:
+        # A plugin needs a folder for its plugin.toml; a lone module file has none.
+        return f"{top!r} is a module, not a package folder that could hold {MANIFEST_FILENAME}"
     for location in spec.submodule_search_locations:
         folder = Path(location).joinpath(*parts[1:])
         if folder.is_dir():
             return folder
-    return None
+    return f"package {module!r} is not installed"
 
 
 def _locate(
@@ -193,9 +197,10 @@ def _locate(
     folder, mentioned = _from_record(dist, parts)
     if folder is None and not mentioned:
         # Editable installs list only a .pth or finder hook, not the package files.
-        folder = _from_finders(parts, path)
-        if folder is None:
-            return f"package {module!r} is not installed"
+        found = _from_finders(parts, path)
+        if isinstance(found, str):
+            return found
+        folder = found
     if folder is None or not folder.joinpath(MANIFEST_FILENAME).is_file():
         return (
             f"package {module!r} has no {MANIFEST_FILENAME} "

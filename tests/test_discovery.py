@@ -379,3 +379,18 @@ def test_a_plugin_dir_that_cannot_be_listed_is_reported_and_the_others_still_sca
     (problem,) = result.problems
     assert problem["path"] == f"dir:{locked}"
     assert problem["message"] == "cannot read: Permission denied"
+
+
+def test_an_entry_point_naming_a_single_module_file_is_reported_as_not_a_package(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "lone_module.py").write_text("raise RuntimeError('imported')\n")
+    site = tmp_path / "site"
+    install_bare(site, "lone", {"lone": "lone_module"}, tree=tree)
+    result = scan_entry_points([str(site)])
+    assert result.candidates == ()
+    (problem,) = result.problems
+    assert "is a module, not a package folder" in problem["message"]
+    assert "lone_module" not in sys.modules
