@@ -394,3 +394,18 @@ def test_an_entry_point_naming_a_single_module_file_is_reported_as_not_a_package
     (problem,) = result.problems
     assert "is a module, not a package folder" in problem["message"]
     assert "lone_module" not in sys.modules
+
+
+def test_entry_points_are_searched_on_sys_path_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, src = tmp_path / "site", tmp_path / "src"
+    shutil.copytree(DATA / "nested_dist", src)
+    install_bare(site, "acme-deep", {"deep": "acme.plugins.deep"}, record=False)
+    monkeypatch.syspath_prepend(str(src))
+    monkeypatch.syspath_prepend(str(site))
+
+    result = discover([])
+
+    deep = [c for c in result.candidates if c.origin == "entry-point:acme-deep"]
+    assert [c.path for c in deep] == [(src / "acme/plugins/deep").resolve()]
