@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -149,6 +149,123 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
+    from ._config import find_config
+    from ._discovery import discover
+    from ._manifest import load_manifest
+    from ._permissions import effective_permissions
+
+    cfg = find_config(config)
+    found = discover([Path(d) for d in cfg.runtime.plugin_dirs])
+    rows: list[dict[str, Any]] = []
+    for cand in found.candidates:
+        try:
+            m = load_manifest(cand.path)
+        except CordonError as exc:
+            rows.append(
+                {
+                    "id": cand.path.name,
+                    "path": str(cand.path),
+                    "state": "broken",
+                    "error": exc.message,
+                }
+            )
+            continue
+        s = cfg.for_plugin(m.id)
+        perms = effective_permissions(m.permissions, s.grant, s.deny)
+        contributes = msgspec.to_builtins(m.contributes)
+        rows.append(
+            {
+                "id": m.id,
+                "name": m.name,
+                "version": m.version,
+                "path": str(cand.path),
+                "origin": cand.origin,
+                "description": m.description,
+                "state": "enabled" if s.enabled else "disabled",
+                "permissions": {
+                    "requested": list(perms.requested),
+                    "granted": list(perms.granted),
+                    "denied": list(perms.denied),
+                    "effective": list(perms.effective),
+                    "missing": list(perms.missing),
+                },
+                "contributes": contributes,
+                "sandbox": s.sandbox,
+            }
+        )
+    for problem in found.problems:
+        rows.append({"id": None, "state": "broken", "error": str(problem)})
+    return rows
+
+
+def _cmd_plugin_list(args: argparse.Namespace) -> int:
+    rows = _plugin_rows(args.config)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        if r["state"] == "broken":
+            print(f"{r.get('id') or '?':16} BROKEN   {r['error']}")
+        else:
+            print(f"{r['id']:16} {r['version']:10} {r['state']:9} {r['description']}")
+    return EXIT_OK
+
+
+def _cmd_plugin_info(args: argparse.Namespace) -> int:
+    for r in _plugin_rows(args.config):
+        if r.get("id") == args.plugin_id:
+            if args.json:
+                _print_json(r)
+            else:
+                for key, value in r.items():
+                    print(f"{key:12} {value}")
+            return EXIT_OK
+    raise PluginUnavailable(
+        f"no plugin {args.plugin_id!r} under the configured plugin dirs",
+        plugin=args.plugin_id,
+        reason="not-found",
+    )
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ._audit import AuditTrail
+    from ._config import find_config
+
+    cfg = find_config(args.config)
+    path = Path(cfg.runtime.state_dir) / "audit.db"
+    if not path.exists():
+        raise ConfigError(
+            f"no audit trail at {path} (has a host run with this config?)",
+            source=str(path),
+            problems=[],
+        )
+
+    async def read() -> list[Any]:
+        trail = await AuditTrail.open(path)
+        try:
+            return list(await trail.read(args.plugin_id, args.limit))
+        finally:
+            await trail.close()
+
+    entries = anyio.run(read)
+    if args.json:
+        _print_json(entries)
+    else:
+        for e in entries:
+            verdict = "allowed" if e.allowed else "DENIED "
+            print(f"{e.ts:.3f} {verdict} {e.method:20} x{e.count:<4} {e.summary} {e.outcome}")
+    return EXIT_OK
+
+
+def _cmd_new_plugin(args: argparse.Namespace) -> int:
+    from ._scaffold import scaffold_plugin
+
+    path = scaffold_plugin(args.name, Path(args.dest))
+    print(f"created {path}")
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -191,15 +308,49 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(d)
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_doctor)
+
+    pl = sub.add_parser("plugin", help="plugins under the configured plugin dirs")
+    pl_sub = pl.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")
+    ls = pl_sub.add_parser("list", help="list plugins (manifests only; starts no worker)")
+    config_opt(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_cmd_plugin_list)
+    info = pl_sub.add_parser("info", help="one plugin: requested/granted/effective permissions")
+    info.add_argument("plugin_id")
+    config_opt(info)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_cmd_plugin_info)
+
+    au = sub.add_parser("audit", help="a plugin's audit trail of host-API calls")
+    au.add_argument("plugin_id")
+    au.add_argument("--limit", type=int, default=50)
+    config_opt(au)
+    au.add_argument("--json", action="store_true")
+    au.set_defaults(func=_cmd_audit)
+
+    new = sub.add_parser("new", help="scaffold a new plugin")
+    new_sub = new.add_subparsers(dest="new_command", required=True, metavar="WHAT")
+    np = new_sub.add_parser("plugin", help="a plugin dir with a test that runs it sandboxed")
+    np.add_argument("name")
+    np.add_argument("--dest", default=".", help="parent directory (default: .)")
+    np.set_defaults(func=_cmd_new_plugin)
     return p
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+def _configure_logging() -> None:
+    # stdout is for results (JSON); the host's own log lines go to stderr.
+    import structlog
+
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(30),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _configure_logging()
     if getattr(args, "config", None) is not None:
         args.config = Path(args.config)
     try:

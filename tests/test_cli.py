@@ -1,0 +1,136 @@
+"""The `cordon` command line, run as a real process: JSON on stdout, one line on stderr,
+and an exit code per error class."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+
+CORDON = str(Path(sys.executable).parent / "cordon")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CORDON, *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "cordon.toml"
+    path.write_text(
+        f'[runtime]\nplugin-dirs = ["{EXAMPLES}"]\nstate-dir = "state"\n'
+        '[plugins.hello]\ngrant = ["log"]\n[plugins.crashy]\ncall-timeout = "2 s"\n'
+    )
+    return path
+
+
+def test_call_prints_the_result_as_json_and_exits_zero(tmp_path: Path, config: Path) -> None:
+    r = run(
+        "call",
+        str(EXAMPLES / "hello"),
+        "greet",
+        "--params",
+        '{"name": "Ada"}',
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == "Hello Ada"
+
+
+@pytest.mark.parametrize(
+    ("plugin", "tool", "params", "code", "error"),
+    [
+        ("hello", "greet", '{"name": 1}', 5, "InvalidParams"),
+        ("hello", "nope", "{}", 5, "MethodNotFound"),
+        ("crashy", "raise_error", "{}", 4, "PluginError"),
+        ("crashy", "exit_now", '{"code": 3}', 7, "WorkerCrashed"),
+        ("crashy", "block_loop", "{}", 6, "CallTimeout"),
+    ],
+)
+def test_each_error_class_has_its_own_exit_code_and_one_line(
+    tmp_path: Path, config: Path, plugin: str, tool: str, params: str, code: int, error: str
+) -> None:
+    r = run(
+        "call",
+        str(EXAMPLES / plugin),
+        tool,
+        "--params",
+        params,
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert r.returncode == code, r.stderr
+    assert r.stdout == ""
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("cordon:")]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"cordon: {error}: ")
+
+
+def test_bad_params_json_is_a_bad_call(tmp_path: Path, config: Path) -> None:
+    r = run(
+        "call",
+        str(EXAMPLES / "hello"),
+        "greet",
+        "--params",
+        "{nope",
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 5
+    assert "--params is not valid JSON" in r.stderr
+
+
+def test_config_check_reports_every_problem_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\nmemory = "lots"\nmemroy = "1 MiB"\nopen-files = "many"\n')
+    r = run("config", "check", str(bad), cwd=tmp_path)
+    assert r.returncode == 3
+    assert "defaults.memory" in r.stderr
+    assert 'did you mean "memory"' in r.stderr
+    assert "defaults.open-files" in r.stderr
+
+
+def test_config_show_prints_effective_settings(tmp_path: Path, config: Path) -> None:
+    r = run("config", "show", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert "hello" in json.dumps(shown)
+
+
+def test_plugin_list_reads_manifests_without_starting_workers(tmp_path: Path, config: Path) -> None:
+    r = run("plugin", "list", "--json", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {row["id"]: row for row in json.loads(r.stdout)}
+    assert rows["hello"]["permissions"]["effective"] == ["log"]
+    info = run("plugin", "info", "hello", "--json", "--config", str(config), cwd=tmp_path)
+    assert json.loads(info.stdout)["permissions"]["missing"] == []
+
+
+def test_doctor_reports_the_machine_layers_as_json(tmp_path: Path) -> None:
+    r = run("doctor", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout), dict)
+
+
+def test_new_plugin_scaffolds_a_loadable_plugin(tmp_path: Path) -> None:
+    r = run("new", "plugin", "weather", "--dest", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    created = tmp_path / "weather"
+    assert (created / "plugin.toml").exists()
+    again = run("new", "plugin", "weather", "--dest", str(tmp_path), cwd=tmp_path)
+    assert again.returncode != 0
+
+
+def test_a_usage_error_exits_two(tmp_path: Path) -> None:
+    assert run("call", cwd=tmp_path).returncode == 2
