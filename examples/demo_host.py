@@ -37,8 +37,10 @@ async def demo(config: Path) -> int:
                 except CordonError as exc:
                     say(f"  ! {plugin_dir.name}: {type(exc).__name__}: {exc.message}")
                     continue
-                say(f"  loaded {handle.id:12} {handle.manifest.version:8} "
-                    f"{handle.manifest.description}")
+                say(
+                    f"  loaded {handle.id:12} {handle.manifest.version:8} "
+                    f"{handle.manifest.description}"
+                )
 
         hello = rt.get("hello")
         say()
@@ -90,12 +92,16 @@ async def demo(config: Path) -> int:
                 except WorkerCrashed as exc:
                     say(f"   the crashing call: {type(exc).__name__}: {exc.message}")
         for r in results:
-            say(f"   an in-flight call:  {type(r).__name__} (reason={r.reason}, "
-                f"exit code {r.returncode})")
+            say(
+                f"   an in-flight call:  {type(r).__name__} (reason={r.reason}, "
+                f"exit code {r.returncode})"
+            )
         say("   the host is fine; the next call gets a fresh worker:")
         with anyio.fail_after(30):
-            say(f"   crashy.ok() -> {await crashy.call('ok')!r}  "
-                f"(pid {first_pid} -> {crashy.stats().pid})")
+            say(
+                f"   crashy.ok() -> {await crashy.call('ok')!r}  "
+                f"(pid {first_pid} -> {crashy.stats().pid})"
+            )
 
         say()
         say("4. A call that ignores its timeout is cut off and the worker recycled:")
@@ -110,8 +116,10 @@ async def demo(config: Path) -> int:
         say("5. Stats:")
         for s in rt.stats().values():
             p50 = f"{s.latency_p50_ms:.2f} ms" if s.latency_p50_ms is not None else "-"
-            say(f"   {s.plugin:12} state={s.state:8} calls={s.calls:3} restarts={s.restarts} "
-                f"errors={s.errors or {}} p50={p50} last_exit={s.last_exit_reason}")
+            say(
+                f"   {s.plugin:12} state={s.state:8} calls={s.calls:3} restarts={s.restarts} "
+                f"errors={s.errors or {}} p50={p50} last_exit={s.last_exit_reason}"
+            )
     say()
     say("every worker stopped; nothing left running.")
     return 0
