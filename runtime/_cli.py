@@ -137,6 +137,46 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ._serve import serve
+
+    if args.watch:
+        raise ConfigError(
+            "--watch is not available yet: use the `reload` API", source=None, problems=[]
+        )
+    return anyio.run(serve, args.config)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from ._runtime import Runtime
+    from ._serve import _load_configured
+
+    async def snapshot() -> dict[str, Any]:
+        async with Runtime(args.config) as rt:
+            await _load_configured(rt)
+            for handle in rt.plugins.values():
+                # Start each worker so the snapshot shows its pid, memory and sandbox.
+                try:
+                    await handle._ensure_worker()
+                except CordonError as exc:
+                    print(
+                        f"cordon: {handle.id}: {type(exc).__name__}: {exc.message}", file=sys.stderr
+                    )
+            return {k: msgspec.to_builtins(v) for k, v in rt.stats().items()}
+
+    stats = anyio.run(snapshot)
+    if args.json:
+        _print_json(stats)
+    else:
+        for pid, s in stats.items():
+            applied = sum(1 for v in s["sandbox"].values() if v == "applied")
+            print(
+                f"{pid:16} state={s['state']:8} pid={s['pid']} rss={s['rss_bytes']} "
+                f"restarts={s['restarts']} sandbox={applied}/{len(s['sandbox'])} layers"
+            )
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from cordon.worker._sandbox import probe
 
@@ -308,6 +348,16 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(d)
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_doctor)
+
+    run = sub.add_parser("run", help="a long-running host: JSON-RPC on stdin/stdout")
+    config_opt(run)
+    run.add_argument("--watch", action="store_true", help="reload plugins when files change")
+    run.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("stats", help="start the configured plugins and print their stats")
+    config_opt(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_stats)
 
     pl = sub.add_parser("plugin", help="plugins under the configured plugin dirs")
     pl_sub = pl.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")

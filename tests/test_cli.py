@@ -134,3 +134,42 @@ def test_new_plugin_scaffolds_a_loadable_plugin(tmp_path: Path) -> None:
 
 def test_a_usage_error_exits_two(tmp_path: Path) -> None:
     assert run("call", cwd=tmp_path).returncode == 2
+
+
+def test_run_serves_json_rpc_on_stdin_until_eof(tmp_path: Path, config: Path) -> None:
+    requests = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "call",
+            "params": {"plugin": "hello", "name": "greet", "arguments": {"name": "Ada"}},
+        },
+        {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+        {"jsonrpc": "2.0", "id": 3, "method": "call", "params": {"plugin": "hello"}},
+    ]
+    payload = "".join(json.dumps(r) + "\n" for r in requests) + "not json\n"
+    proc = subprocess.run(
+        [CORDON, "run", "--config", str(config)],
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frames = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert frames[0]["method"] == "ready"
+    by_id = {f.get("id"): f for f in frames[1:]}
+    assert by_id[1]["result"] == "Hello Ada"
+    assert by_id[2]["error"]["code"] == -32601
+    assert by_id[3]["error"]["code"] == -32602
+    assert by_id[None]["error"]["code"] == -32700
+
+
+def test_stats_starts_each_plugin_and_reports_its_sandbox(tmp_path: Path, config: Path) -> None:
+    r = run("stats", "--json", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)
+    assert stats["hello"]["pid"] is not None
+    assert stats["hello"]["sandbox"]["seccomp"] == "applied"
