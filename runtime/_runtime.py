@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -407,6 +407,13 @@ class PluginHandle:
         )
 
 
+async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
+    # Closing databases must finish even when the runtime is left by cancellation,
+    # or their file handles outlive it.
+    with anyio.CancelScope(shield=True):
+        await close()
+
+
 def _coerce_config(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None) -> Config:
     if isinstance(config, Config):
         return config
@@ -457,9 +464,9 @@ class Runtime:
             self.storage = await Storage.open(
                 self.state_dir / "storage.db", default_quota=self.config.defaults.storage_quota
             )
-            stack.push_async_callback(self.storage.close)
+            stack.push_async_callback(_shielded, self.storage.close)
             self.audit_trail = await AuditTrail.open(self.state_dir / "audit.db")
-            stack.push_async_callback(self.audit_trail.close)
+            stack.push_async_callback(_shielded, self.audit_trail.close)
             redactor = Redactor(extra_patterns=self.config.runtime.redact_patterns)
             self.log_sink = LogSink(rate=self.config.defaults.log_rate, redactor=redactor)
             self.events = await stack.enter_async_context(EventBus())

@@ -25,6 +25,25 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds() -> Iterator[None]:
+    """Pipes to dead workers, database handles, sockets: a test closes what it opened."""
+    before = _open_fds()
+    yield
+    leaked = _open_fds() - before
+    details = {}
+    for fd in leaked:
+        try:
+            details[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own fd, say)
+    assert not details, f"test leaked file descriptors: {details}"
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Every test must leave no worker behind: cordon's core promise."""
