@@ -32,6 +32,7 @@ class ConfigError(CordonError):
 
     code = -32010
     _fields = ("source", "problems")
+    _what = "the configuration"
     source: str | None
     problems: list[Problem]
 
@@ -41,22 +42,11 @@ class ConfigError(CordonError):
             for p in fields.get("problems") or []
         ]
         fields["problems"] = problems
-        super().__init__(
-            message or _listing("the configuration", fields.get("source"), problems), **fields
-        )
+        super().__init__(message or _listing(self._what, fields.get("source"), problems), **fields)
 
 
 class ManifestError(ConfigError):
     """A plugin's ``plugin.toml`` is invalid. ``problems`` lists every one at once."""
 
     code = -32011
-
-    def __init__(self, message: str = "", **fields: Any) -> None:
-        problems = [
-            p if isinstance(p, Problem) else Problem(p["path"], p["message"])
-            for p in fields.get("problems") or []
-        ]
-        fields["problems"] = problems
-        super().__init__(
-            message or _listing("the manifest", fields.get("source"), problems), **fields
-        )
+    _what = "the manifest"
