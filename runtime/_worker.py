@@ -21,6 +21,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import msgspec
+import psutil
 import structlog
 
 from cordon.protocol import (
@@ -99,6 +100,11 @@ STDERR_LINE_MAX: Final = 4096
 STDERR_TAIL_LINES: Final = 20
 #: Frames queued for the worker's stdin before callers wait: backpressure, not a memory leak.
 SEND_QUEUE: Final = 4096
+#: How often the CPU time of a worker with a cpu-time limit is sampled, so that a SIGKILL the
+#: kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any other SIGKILL.
+CPU_SAMPLE: Final = 0.25
+#: Exit reasons that are a resource limit: in-flight calls get QuotaExceeded(kind=reason).
+QUOTA_REASONS: Final = ("memory", "cpu", "file-size")
 #: Only the worker's own pipes and these variables cross into it.
 ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ")
 
@@ -132,8 +138,25 @@ class ExitInfo:
     detail: str | None
     stderr_tail: list[str]
     at: float = field(default_factory=time.time)
+    #: The configured limit behind a quota reason (bytes for memory, seconds for cpu, ...).
+    limit: int | float | None = None
 
-    def error(self, plugin_id: str) -> WorkerCrashed:
+    def error(self, plugin_id: str) -> CordonError:
+        """What an in-flight call sees: :class:`QuotaExceeded` when the worker died of a
+        resource limit (reason ``memory``, ``cpu``, ``file-size``: killed by the kernel for it,
+        died of a MemoryError, or killed by the RSS watchdog), :class:`WorkerCrashed`
+        otherwise. The quota error's message carries the exit status and detail."""
+        if self.reason in QUOTA_REASONS:
+            how = f"signal {self.signal}" if self.signal else f"exit code {self.returncode}"
+            extra = f": {self.detail}" if self.detail else ""
+            last = f"; last output: {self.stderr_tail[-1]}" if self.stderr_tail else ""
+            return QuotaExceeded(
+                f"plugin {plugin_id!r} exceeded its {self.reason} quota ({self.limit}); "
+                f"its worker died ({how}){extra}{last}",
+                kind=self.reason,
+                limit=self.limit,
+                plugin=plugin_id,
+            )
         return WorkerCrashed(
             plugin=plugin_id,
             reason=self.reason,
@@ -155,12 +178,43 @@ class _Pending:
         self.on_progress = on_progress
 
 
-def _classify(returncode: int | None, kill_reason: str | None) -> tuple[str, int | None]:
+def _died_of_memory_error(stderr_tail: list[str]) -> bool:
+    """The last traceback the worker printed ends in MemoryError (an unhandled one, or the
+    interpreter's fatal "Cannot recover from MemoryError")."""
+    return any(
+        line.startswith("MemoryError") or ("Fatal Python error" in line and "MemoryError" in line)
+        for line in stderr_tail[-5:]
+    )
+
+
+def _classify(
+    returncode: int | None,
+    kill_reason: str | None,
+    *,
+    stderr_tail: list[str] | None = None,
+    cpu_seconds: float | None = None,
+    cpu_limit: float | None = None,
+) -> tuple[str, int | None]:
+    """The exit reason: the host's own kill reason first; then SIGXCPU (RLIMIT_CPU soft),
+    SIGKILL with the sampled CPU time at the limit (RLIMIT_CPU hard), SIGXFSZ (only if the
+    plugin un-ignored it; CPython ignores it, so writes fail with EFBIG instead), a traceback
+    ending in MemoryError; otherwise ``signal`` or ``exited``."""
     sig = -returncode if returncode is not None and returncode < 0 else None
     if kill_reason:
         return kill_reason, sig
     if sig == signal.SIGXCPU:
         return "cpu", sig
+    if (
+        sig == signal.SIGKILL
+        and cpu_limit is not None
+        and cpu_seconds is not None
+        and cpu_seconds >= cpu_limit
+    ):
+        return "cpu", sig
+    if sig == signal.SIGXFSZ:
+        return "file-size", sig
+    if returncode != 0 and stderr_tail and _died_of_memory_error(stderr_tail):
+        return "memory", sig
     if sig is not None:
         return "signal", sig
     return "exited", None
@@ -210,6 +264,11 @@ class WorkerProcess:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stderr_done = anyio.Event()
         self._stopping = False
+        #: Host-side fault injection (cordon.runtime.testing.delay_replies): responses from
+        #: the worker are held this many seconds before they reach their callers.
+        self.reply_delay = 0.0
+        #: CPU seconds (user + system) last sampled; sampled only with a cpu-time limit.
+        self.cpu_seconds: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -258,6 +317,8 @@ class WorkerProcess:
                 tg.start_soon(self._pump_stderr)
                 tg.start_soon(self._writer)
                 tg.start_soon(self._reap)
+                if self.params.limits.cpu_seconds is not None:
+                    tg.start_soon(self._sample_cpu)
                 try:
                     await self._handshake()
                 except Exception as exc:
@@ -323,6 +384,24 @@ class WorkerProcess:
             stderr_tail=list(self._stderr_tail),
         )
 
+    async def _sample_cpu(self) -> None:
+        try:
+            proc = psutil.Process(self.pid)
+            while self.exit is None:
+                times = proc.cpu_times()
+                self.cpu_seconds = times.user + times.system
+                await anyio.sleep(CPU_SAMPLE)
+        except psutil.Error:
+            return
+
+    def _limit_for(self, reason: str) -> int | float | None:
+        limits = self.params.limits
+        return {
+            "memory": limits.memory,
+            "cpu": limits.cpu_seconds,
+            "file-size": limits.file_size,
+        }.get(reason)
+
     async def _reap(self) -> None:
         """Wait for the process to end, then fail everything still in flight with why."""
         assert self.process is not None
@@ -330,16 +409,24 @@ class WorkerProcess:
         if self.exit is not None:
             return
         if self.exit is None:
-            reason, sig = _classify(returncode, self._kill_reason)
             # stderr may still hold the dying words; give the pump a moment to read them.
             with anyio.move_on_after(0.5):
                 await self._stderr_done.wait()
+            tail = list(self._stderr_tail)
+            reason, sig = _classify(
+                returncode,
+                self._kill_reason,
+                stderr_tail=tail,
+                cpu_seconds=self.cpu_seconds,
+                cpu_limit=self.params.limits.cpu_seconds,
+            )
             self.exit = ExitInfo(
                 reason=reason,
                 returncode=returncode,
                 signal=sig,
                 detail=self._kill_detail,
-                stderr_tail=list(self._stderr_tail),
+                stderr_tail=tail,
+                limit=self._limit_for(reason),
             )
             self._fail_all(self.exit.error(self.plugin_id))
             self.exited.set()
@@ -510,6 +597,16 @@ class WorkerProcess:
         return self._violation(f"wrote garbage on the protocol channel: {preview!r}")
 
     def _on_response(self, msg: Response) -> None:
+        if self.reply_delay > 0 and self._tg is not None:
+            self._tg.start_soon(self._deliver_later, msg, self.reply_delay)
+            return
+        self._deliver(msg)
+
+    async def _deliver_later(self, msg: Response, delay: float) -> None:
+        await anyio.sleep(delay)
+        self._deliver(msg)
+
+    def _deliver(self, msg: Response) -> None:
         pending = self._pending.pop(msg.id, None) if isinstance(msg.id, int) else None
         if pending is None:
             # A response to nothing we asked (or already gave up on): harmless, ignored.
