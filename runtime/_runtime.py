@@ -53,7 +53,7 @@ from ._permissions import PermissionSet, effective_permissions
 from ._redact import Redactor
 from ._stats import CallStats, PluginStats
 from ._storage import Storage
-from ._worker import ExitInfo, WorkerProcess
+from ._worker import QUOTA_REASONS, ExitInfo, WorkerProcess
 
 __all__ = ["PluginHandle", "Runtime"]
 
@@ -63,6 +63,20 @@ log = structlog.get_logger("cordon")
 ACTIVATE_TIMEOUT: Final = 30.0
 #: Exit reasons remembered per plugin for PluginUnavailable and stats.
 EXIT_HISTORY: Final = 10
+
+
+def restart_backoff(
+    failures: int,
+    backoff: float,
+    max_backoff: float,
+    *,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait before restart number ``failures`` (1-based): ``backoff`` doubling per
+    consecutive failure, capped at ``max_backoff``, with "equal jitter" — half fixed, half
+    random — so restarts of many plugins spread out."""
+    base = min(max_backoff, backoff * 2.0 ** max(0, failures - 1))
+    return base / 2 + uniform(0, base / 2)
 
 
 def _running_version() -> str:
@@ -151,6 +165,8 @@ class PluginHandle:
             )
         except CordonError as exc:
             self._stats.record(time.perf_counter() - started, exc)
+            if isinstance(exc, QuotaExceeded):
+                log.warning("quota.hit", plugin=self.id, kind=exc.kind, limit=exc.limit, call=name)
             if isinstance(exc, QuotaExceeded) and exc.kind == "memory":
                 # It caught MemoryError and limped on: its heap is suspect; recycle it.
                 worker.kill_nowait("memory", "plugin hit its memory limit")
@@ -206,6 +222,7 @@ class PluginHandle:
         worker = self.runtime._new_worker(self)
         try:
             await self.runtime._tg_start(worker.run)
+            log.info("worker.started", plugin=self.id, pid=worker.pid)
             with anyio.fail_after(ACTIVATE_TIMEOUT):
                 await worker.request(ACTIVATE, None, timeout=None)
         except BaseException as exc:
@@ -226,6 +243,7 @@ class PluginHandle:
         self.contributions = list(worker.init_result.contributions)
         if self._starts:
             self.restarts += 1
+            log.info("worker.restarted", plugin=self.id, pid=worker.pid, restarts=self.restarts)
         self._starts += 1
         self._worker = worker
         self.state = "active"
@@ -273,9 +291,9 @@ class PluginHandle:
         while self._crash_times and now - self._crash_times[0] > policy.within:
             self._crash_times.popleft()
         self._failures += 1
-        base = min(policy.max_backoff, policy.backoff * (2 ** (self._failures - 1)))
-        # "Equal jitter": half fixed, half random, so restarts of many plugins spread out.
-        self._backoff_until = now + base / 2 + random.uniform(0, base / 2)
+        self._backoff_until = now + restart_backoff(
+            self._failures, policy.backoff, policy.max_backoff
+        )
         if len(self._crash_times) > policy.max:
             self._breaker_until = now + policy.within
             self.state = "broken"
@@ -340,6 +358,8 @@ class PluginHandle:
             signal=info.signal,
             detail=info.detail,
         )
+        if info.reason in QUOTA_REASONS:
+            log.warning("quota.hit", plugin=self.id, kind=info.reason, limit=info.limit)
         self._record_failure(worker)
         await self.runtime._emit(
             "cordon.plugin.crashed", {"plugin": self.id, "reason": info.reason}
@@ -430,6 +450,9 @@ class Runtime:
     ...     await hello.call("greet", {"name": "Ada"})
     'Hello Ada'
     """
+
+    #: Start workers that honour ``$/fault`` (set by :mod:`cordon.runtime.testing` only).
+    enable_faults: bool = False
 
     def __init__(
         self,
@@ -667,6 +690,7 @@ class Runtime:
             ),
             max_frame=s.max_message or DEFAULT_MAX_FRAME,
             host_pid=os.getpid(),
+            faults=self.enable_faults,
         )
         return WorkerProcess(
             plugin_id=m.id,
