@@ -360,9 +360,12 @@ class Server:
         except CordonError as exc:
             return encode_error(ident, error_to_wire(exc))
         except MemoryError:
-            return encode_error(
-                ident, error_to_wire(QuotaExceeded(kind="memory", plugin=self.plugin_id))
-            )
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+            limit = None if soft == resource.RLIM_INFINITY else soft
+            err = QuotaExceeded(kind="memory", limit=limit, plugin=self.plugin_id)
+            return encode_error(ident, error_to_wire(err))
         except Exception as exc:
             return encode_error(ident, error_to_wire(self._plugin_error(exc)))
         return self._encode_result(ident, handler, result)
