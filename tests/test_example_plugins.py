@@ -370,6 +370,10 @@ async def test_no_cluster_and_no_kubectl_are_clear_typed_errors(
         with anyio.fail_after(30), pytest.raises(PluginError) as err:
             await h.call("k8s_list_pods")
         assert err.value.exc_type == "ClusterUnreachable"
+        assert err.value.exc_message == (
+            "no Kubernetes cluster reachable from the host: The connection to the server "
+            "localhost:8080 was refused - did you specify the right host or port?"
+        ), "client-go's log noise is left out"
         await rt.unload("kubernetes")
         monkeypatch.setenv("PATH", str(tmp_path))
         h = await rt.load(EXAMPLES / "kubernetes")

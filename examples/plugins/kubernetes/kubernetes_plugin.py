@@ -41,7 +41,12 @@ _UNREACHABLE: Final = (
     "Unable to connect to the server",
     "The connection to the server",
     "no configuration has been provided",
+    "connect: connection refused",
+    "dial tcp",
 )
+# client-go's own log lines ("E1124 18:16:16.089824   28203 memcache.go:265] ..."), which
+# kubectl prints by the dozen before the one line that says what went wrong.
+_KLOG: Final = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ")
 
 
 class KubectlNotFound(RuntimeError):
@@ -76,13 +81,20 @@ async def _kubectl(ctx: Context, args: list[str]) -> ExecResult:
             "kubectl not found on the host (install it, or put `kubectl` on the host's PATH)"
         ) from None
     if result.returncode != 0:
-        err = result.stderr.strip()
+        err = _errors(result.stderr)
         if any(marker in err for marker in _UNREACHABLE):
             raise ClusterUnreachable(f"no Kubernetes cluster reachable from the host: {err[:500]}")
         raise KubectlCommandFailed(
             f"kubectl {args[0]} failed (exit {result.returncode}): {err[:1000] or '(no output)'}"
         )
     return result
+
+
+def _errors(stderr: str) -> str:
+    """kubectl's error message without client-go's log noise."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    kept = [line for line in lines if not _KLOG.match(line)]
+    return "\n".join(kept or lines[-1:])
 
 
 def _pod_summary(item: dict[str, Any]) -> dict[str, Any]:
