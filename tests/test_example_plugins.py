@@ -419,6 +419,7 @@ async def test_the_redactor_masks_secrets_in_request_arguments_and_nothing_else(
     request = {
         "plugin": "docker",
         "name": "docker_run",
+        "kind": "tool",
         "arguments": {
             "image": "nginx",
             "env": {"DB_PASSWORD": "hunter2", "API-Key": "k-123", "MODE": "prod"},
@@ -434,6 +435,7 @@ async def test_the_redactor_masks_secrets_in_request_arguments_and_nothing_else(
     assert out == {
         "plugin": "docker",
         "name": "docker_run",
+        "kind": "tool",
         "arguments": {
             "image": "nginx",
             "env": {"DB_PASSWORD": "[REDACTED]", "API-Key": "[REDACTED]", "MODE": "prod"},
@@ -478,6 +480,33 @@ async def test_without_the_config_grant_the_redactor_uses_its_defaults(tmp_path:
                 kind="middleware",
             )
     assert out["arguments"] == {"token": "[REDACTED]"}
+
+
+@pytest.mark.skipif(
+    not hasattr(Runtime, "invoke"), reason="the runtime has no middleware chain yet"
+)
+async def test_through_the_middleware_chain_a_plugin_never_sees_the_secret_nor_returns_it(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path, redactor={"grant": ["config"], "settings": {"keys": ["cwd"]}})
+    async with Runtime(cfg) as rt:
+        await rt.load(EXAMPLES / "redactor")
+        await rt.load(EXAMPLES / "hello")
+        with anyio.fail_after(30):
+            echoed = await rt.invoke(
+                "hello.echo",
+                {"value": {"user": "ada", "password": "hunter2", "dsn": "https://ada:pw@x.org/"}},
+            )
+            # whoami takes no arguments: its cwd (a "secret" by the operator's setting) can
+            # only have been masked on the way out.
+            me = await rt.invoke("hello.whoami")
+    assert echoed == {
+        "user": "ada",
+        "password": "[REDACTED]",
+        "dsn": "https://ada:[REDACTED]@x.org/",
+    }
+    assert me["plugin"] == "hello"
+    assert me["cwd"] == "[REDACTED]"
 
 
 def test_the_stand_ins_are_executable() -> None:

@@ -7,21 +7,25 @@ Middleware contract (what these functions take and return)
 
     async def f(ctx, request: dict) -> dict
 
-``request`` is ``{"plugin": <target plugin id>, "name": <contribution name>,
-"arguments": <the call's arguments>}`` (plus anything else the host puts there). The
-function returns the request to use instead: here the same dict with ``arguments`` redacted
-and every other key passed through unchanged.
+``request`` is ``{"plugin": <target plugin id>, "name": <contribution name>, "kind":
+<"tool", "command", ...>, "arguments": <the call's arguments>}``. The function returns the
+request to use instead; only ``arguments`` may differ (the host refuses a middleware that
+changes the target). Here: ``arguments`` with every secret masked, so the target plugin never
+sees them — the point of this example is keeping secrets (say, ones a model pasted into a
+tool call) away from plugins and out of their logs.
 
 ``after_response``::
 
     async def f(ctx, request: dict, response: dict) -> dict
 
-``request`` is the (already transformed) request as above; ``response`` is
-``{"result": <the call's result>}`` or ``{"error": {...}}``. It returns the response to hand
-back: here with every string in it redacted.
+``request`` is the request as the handler got it; ``response`` is ``{"result": <the call's
+result>}``. It returns the response to hand back (with ``result``): here with every secret in
+the result masked.
 
-As cordon calls: ``await handle.call("redact_request", {"request": {...}},
-kind="middleware")``.
+The host's chain (``Runtime.invoke``) calls them as contributions of kind ``middleware`` with
+the keyword arguments above: ``await handle.call("redact_request", {"request": {...}},
+kind="middleware")``; before-request middleware in ``middleware-order``, after-response in
+reverse.
 
 What counts as a secret
 -----------------------
@@ -164,7 +168,7 @@ async def redact_request(ctx: Context, request: dict[str, Any]) -> dict[str, Any
 async def redact_response(
     ctx: Context, request: dict[str, Any], response: dict[str, Any]
 ) -> dict[str, Any]:
-    """Mask secrets anywhere in the response (its result, or its error's message)."""
+    """Mask secrets anywhere in the response's ``result``."""
     rules = await _get_rules(ctx)
     redacted: dict[str, Any] = rules.value(response)
     return redacted
