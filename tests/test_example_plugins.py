@@ -161,15 +161,16 @@ async def test_docker_stop_and_build_pass_their_values_after_the_options(
     with anyio.fail_after(30):
         stopped = await h.call("docker_stop", {"container": "web"})
         built = await h.call(
-            "docker_build", {"context": "app", "tag": "me/app:1.0", "dockerfile": "app/Dockerfile"}
+            "docker_build",
+            {"context": "app", "tag": "localhost:5000/me/app:1.0", "dockerfile": "app/Dockerfile"},
         )
     assert stopped == {"stopped": "web"}
-    assert built["tag"] == "me/app:1.0"
+    assert built["tag"] == "localhost:5000/me/app:1.0"
     assert "load build definition" in built["output"]
     calls = fakebin.calls("docker")
     assert [c["argv"] for c in calls] == [
         ["stop", "--", "web"],
-        ["build", "--tag=me/app:1.0", "--file=app/Dockerfile", "--", "app"],
+        ["build", "--tag=localhost:5000/me/app:1.0", "--file=app/Dockerfile", "--", "app"],
     ]
     # Relative paths mean the plugin's scratch dir: the host runs commands there.
     assert rt.state_dir is not None

@@ -38,8 +38,10 @@ SLOW: Final = 55.0
 
 # An image reference: [registry[:port]/]path[:tag][@digest]. Never starts with '-'.
 _IMAGE: Final = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,254}(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?"
-    r"(@sha256:[a-f0-9]{64})?$"
+    r"^(?:[A-Za-z0-9][A-Za-z0-9.\-]{0,252}(?::\d{1,5})?/)?"
+    r"[A-Za-z0-9][A-Za-z0-9._\-/]{0,254}"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$"
 )
 # Docker's own rule for container names; container ids are hex, which this also accepts.
 _CONTAINER: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
