@@ -92,6 +92,8 @@ class Server:
         self._out = bytearray()
         self._flush_scheduled = False
         self._writer_armed = False
+        #: Set while dispatching a read: output waits for the end of it (one write per burst).
+        self._holding = False
         self._tasks: dict[Any, asyncio.Task[bytes | None]] = {}
         self._threaded: set[Any] = set()
         self._host_pending: dict[int, asyncio.Future[Any]] = {}
@@ -130,14 +132,28 @@ class Server:
             assert self._closed is not None
             self._closed.set()
             return
-        for frame in self.splitter.feed(data):
-            self._dispatch(frame)
+        self._holding = True
+        try:
+            for frame in self.splitter.feed(data):
+                self._dispatch(frame)
+        finally:
+            self._holding = False
+        # Answers produced while dispatching (ping, errors) leave in one write, now rather
+        # than a loop pass later.
+        if self._out and not self._writer_armed:
+            self._flush()
 
     # -- output ---------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
+        idle = not self._out and not self._tasks and not self._holding
         self._out += frame
-        if not self._flush_scheduled and not self._writer_armed:
+        if idle and not self._writer_armed:
+            # Nothing else in flight or queued (a sequential caller waits on exactly this
+            # frame): write now instead of a loop pass later. Under concurrency, frames
+            # produced in one loop pass still coalesce into one write.
+            self._flush()
+        elif not self._flush_scheduled and not self._writer_armed:
             self._flush_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
@@ -268,19 +284,29 @@ class Server:
                 ident, error_to_wire(InvalidRequest(f"request id {ident!r} is already in use"))
             )
         assert self._loop is not None
-        task: asyncio.Task[bytes | None] = self._loop.create_task(coro)
+        task: asyncio.Task[bytes | None] = self._loop.create_task(
+            self._complete(ident, coro, batched)
+        )
         self._tasks[ident] = task
-        task.add_done_callback(functools.partial(self._finished, ident, batched))
         return task
 
-    def _finished(self, ident: Any, batched: bool, task: asyncio.Task[bytes | None]) -> None:
-        self._tasks.pop(ident, None)
-        self._threaded.discard(ident)
-        if batched or task.cancelled():
-            return
-        out = task.result()
-        if out is not None:
+    async def _complete(self, ident: Any, coro: Any, batched: bool) -> bytes | None:
+        """Run one request and send its answer from the loop pass it finished in (a done
+        callback would cost another pass). A batch member's answer goes out with its batch."""
+        try:
+            out: bytes | None = await coro
+        finally:
+            self._tasks.pop(ident, None)
+            self._threaded.discard(ident)
+        if out is not None and not batched:
             self.send(out)
+        return out
+
+    def _forget(self, ident: Any, task: asyncio.Task[bytes | None]) -> None:
+        # Only for a task cancelled before its first step: its body (and finally) never ran.
+        if self._tasks.get(ident) is task:
+            del self._tasks[ident]
+        self._threaded.discard(ident)
 
     def _handle_notification(self, note: Notification) -> None:
         if note.method == CANCEL:
@@ -291,6 +317,7 @@ class Server:
             task = self._tasks.get(ident)
             if task is not None:
                 task.cancel()
+                task.add_done_callback(functools.partial(self._forget, ident))
         # Unknown notifications are ignored, as JSON-RPC requires.
 
     def _handle_response(self, resp: Response) -> None:
