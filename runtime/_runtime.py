@@ -15,13 +15,15 @@ import random
 import shutil
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import anyio
 import anyio.abc
+import msgspec
 import psutil
 import structlog
 
@@ -44,6 +46,7 @@ from cordon.protocol import (
 
 from ._audit import AuditEntry, AuditTrail
 from ._config import Config, PluginSettings, find_config, parse_config
+from ._discovery import discover
 from ._events import EventBus
 from ._exec import ExecPolicy
 from ._hostapi import HostAPI
@@ -51,11 +54,20 @@ from ._logsink import LogSink
 from ._manifest import Manifest, check_cordon_compat, load_manifest
 from ._permissions import PermissionSet, effective_permissions
 from ._redact import Redactor
+from ._registry import ContributionInfo, Registry, plugin_contributions
 from ._stats import CallStats, PluginStats
 from ._storage import Storage
+from ._versions import BlockedByDependency, dependents, partition_loadable, plugin_table
 from ._worker import QUOTA_REASONS, ExitInfo, WorkerProcess
 
-__all__ = ["PluginHandle", "Runtime"]
+__all__ = [
+    "LoadFailure",
+    "LoadReport",
+    "MiddlewareFailed",
+    "PluginHandle",
+    "PluginInUse",
+    "Runtime",
+]
 
 log = structlog.get_logger("cordon")
 
@@ -63,6 +75,64 @@ log = structlog.get_logger("cordon")
 ACTIVATE_TIMEOUT: Final = 30.0
 #: Exit reasons remembered per plugin for PluginUnavailable and stats.
 EXIT_HISTORY: Final = 10
+#: Beyond the longest call a plugin may make, how long a retired worker gets to finish.
+DRAIN_GRACE: Final = 2.0
+
+
+class MiddlewareFailed(CordonError):
+    """A middleware failed or timed out under ``middleware-policy = "fail-closed"``:
+    ``plugin``/``middleware`` name it, ``phase`` is ``before_request`` or ``after_response``,
+    ``reason`` is what went wrong."""
+
+    code = -32042
+    _fields: ClassVar[tuple[str, ...]] = ("plugin", "middleware", "phase", "reason")
+    plugin: str | None
+    middleware: str | None
+    phase: str | None
+    reason: str | None
+
+    def _default_message(self) -> str:
+        return f"middleware {self.plugin}.{self.middleware} ({self.phase}) failed: {self.reason}"
+
+
+class PluginInUse(CordonError):
+    """Unloading ``plugin`` would strand ``dependents`` (pass ``cascade=True``)."""
+
+    code = -32043
+    _fields: ClassVar[tuple[str, ...]] = ("plugin", "dependents")
+    plugin: str | None
+    dependents: list[str] | None
+
+    def _default_message(self) -> str:
+        return (
+            f"plugin {self.plugin!r} is required by {', '.join(self.dependents or [])}; "
+            "unload those first or pass cascade=True"
+        )
+
+
+@dataclass
+class LoadFailure:
+    """A plugin :meth:`Runtime.load_all` could not load: ``plugin`` is its id when the
+    manifest was readable, ``path`` its folder (``None`` for a broken discovery source)."""
+
+    plugin: str | None
+    path: str | None
+    reason: str
+    error: CordonError | None = None
+
+
+@dataclass
+class LoadReport:
+    """What :meth:`Runtime.load_all` did: ``loaded`` in load order, ``failed`` with
+    reasons, ``skipped`` ids that were already loaded."""
+
+    loaded: list[str] = field(default_factory=list)
+    failed: list[LoadFailure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
 
 
 def restart_backoff(
@@ -107,6 +177,8 @@ class PluginHandle:
         self._subscribed = False
         self.id = manifest.id
         self.state = "stopped"
+        #: Why the plugin is in its state (``None`` when there is nothing to say).
+        self.state_reason: str | None = None
         self.sandbox: dict[str, str] = {}
         self.contributions: list[Any] = []
         self._worker: WorkerProcess | None = None
@@ -119,6 +191,14 @@ class PluginHandle:
         self.restarts = 0
         self._starts = 0
         self._stats = CallStats()
+        # Calls in flight per worker (counted here, not by the worker, so health pings do
+        # not count), and an event set whenever one finishes: reload drains on these.
+        self._active_calls: Counter[WorkerProcess] = Counter()
+        self._call_finished = anyio.Event()
+        self._last_call = time.monotonic()
+        self._retiring: set[WorkerProcess] = set()
+        self._reload_lock = anyio.Lock()
+        self._subscriptions: list[Any] = []
 
     # -- calling --------------------------------------------------------------------------
 
@@ -154,6 +234,9 @@ class PluginHandle:
         """
         limit = self._timeout(timeout)
         worker = await self._ensure_worker()
+        # No checkpoint between choosing the worker and counting the call: a reload that
+        # switches workers either sees this call in flight on the old one or it goes new.
+        self._active_calls[worker] += 1
         started = time.perf_counter()
         try:
             raw = await worker.invoke(
@@ -171,9 +254,19 @@ class PluginHandle:
                 # It caught MemoryError and limped on: its heap is suspect; recycle it.
                 worker.kill_nowait("memory", "plugin hit its memory limit")
             raise
+        finally:
+            self._call_done(worker)
         self._stats.record(time.perf_counter() - started, None)
         self._failures = 0
         return decode_params(raw)
+
+    def _call_done(self, worker: WorkerProcess) -> None:
+        self._active_calls[worker] -= 1
+        if self._active_calls[worker] <= 0:
+            del self._active_calls[worker]
+        self._last_call = time.monotonic()
+        self._call_finished.set()
+        self._call_finished = anyio.Event()
 
     # -- supervision ----------------------------------------------------------------------
 
@@ -219,7 +312,25 @@ class PluginHandle:
 
     async def _start(self) -> WorkerProcess:
         self.state = "starting"
-        worker = self.runtime._new_worker(self)
+        self.state_reason = None
+        try:
+            worker = await self._launch(self.manifest)
+        except CordonError as exc:
+            if self.state != "broken":
+                self.state = "failed"
+            self.state_reason = exc.message
+            raise
+        if self._starts:
+            self.restarts += 1
+            log.info("worker.restarted", plugin=self.id, pid=worker.pid, restarts=self.restarts)
+        self._starts += 1
+        await self._adopt(worker)
+        return worker
+
+    async def _launch(self, manifest: Manifest, *, record: bool = True) -> WorkerProcess:
+        """Start a worker for ``manifest`` and activate it; it is not serving calls yet.
+        ``record`` counts a failure towards the restart policy (not for a reload attempt)."""
+        worker = self.runtime._new_worker(self, manifest)
         try:
             await self.runtime._tg_start(worker.run)
             log.info("worker.started", plugin=self.id, pid=worker.pid)
@@ -228,8 +339,7 @@ class PluginHandle:
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await worker.stop(deactivate=False)
-            if isinstance(exc, CordonError | TimeoutError):
-                self.state = "failed"
+            if isinstance(exc, CordonError | TimeoutError) and record:
                 self._record_failure(worker)
             if isinstance(exc, TimeoutError):
                 raise WorkerCrashed(
@@ -239,14 +349,16 @@ class PluginHandle:
                 ) from None
             raise
         assert worker.init_result is not None
+        return worker
+
+    async def _adopt(self, worker: WorkerProcess) -> None:
+        """Make a started worker the one that serves new calls."""
+        assert worker.init_result is not None
         self.sandbox = dict(worker.init_result.sandbox)
         self.contributions = list(worker.init_result.contributions)
-        if self._starts:
-            self.restarts += 1
-            log.info("worker.restarted", plugin=self.id, pid=worker.pid, restarts=self.restarts)
-        self._starts += 1
         self._worker = worker
         self.state = "active"
+        self.state_reason = None
         missing = [k for k, v in self.sandbox.items() if v.startswith("unavailable")]
         log.info("worker.ready", plugin=self.id, pid=worker.pid, sandbox_missing=missing or None)
         if missing and self.settings.sandbox == "best-effort":
@@ -256,12 +368,14 @@ class PluginHandle:
         self.runtime._tg_soon(self._watch, worker)
         await self._subscribe_event_handlers()
         await self.runtime._emit("cordon.plugin.started", {"plugin": self.id, "pid": worker.pid})
-        return worker
 
-    async def _subscribe_event_handlers(self) -> None:
-        if self._subscribed:
+    async def _subscribe_event_handlers(self, *, again: bool = False) -> None:
+        """Subscribe the event handlers (once; ``again`` after a reload: the new version's
+        subscriptions are made before the old ones end, so no event falls between)."""
+        if self._subscribed and not again:
             return
         self._subscribed = True
+        old, self._subscriptions = self._subscriptions, []
         for c in self.contributions:
             if c.kind != "event_handler":
                 continue
@@ -275,11 +389,13 @@ class PluginHandle:
                 )
 
             try:
-                await self.host_api.subscribe(topic, deliver)
+                self._subscriptions.append(await self.host_api.subscribe(topic, deliver))
             except CordonError as exc:
                 log.warning(
                     "events.subscribe_refused", plugin=self.id, topic=topic, error=exc.message
                 )
+        for sub in old:
+            sub.close()
 
     def _record_failure(self, worker: WorkerProcess) -> None:
         info = worker.exit
@@ -313,14 +429,28 @@ class PluginHandle:
             proc = psutil.Process(worker.pid) if worker.pid else None
         except psutil.Error:
             proc = None
+        idle_timeout = self.settings.idle_timeout
         while True:
-            with anyio.move_on_after(interval):
+            wait = interval
+            if idle_timeout > 0:
+                wait = min(wait, max(0.01, self._last_call + idle_timeout - time.monotonic()))
+            with anyio.move_on_after(wait):
                 await worker.exited.wait()
             if worker.exit is not None:
                 break
             if not worker.alive:
                 await worker.exited.wait()
                 break
+            if (
+                idle_timeout > 0
+                and self._worker is worker
+                and not self._active_calls.get(worker)
+                and time.monotonic() - self._last_call >= idle_timeout
+            ):
+                log.info("worker.idle_stop", plugin=self.id, pid=worker.pid, idle=idle_timeout)
+                self.state_reason = f"idle for {idle_timeout} s"
+                await worker.stop()
+                continue
             self._check_rss(worker, proc)
             idle = worker.in_flight == 0 and time.monotonic() - worker.last_activity >= interval
             if idle and not await worker.ping(self.settings.health_timeout) and worker.exit is None:
@@ -342,6 +472,11 @@ class PluginHandle:
 
     async def _on_exit(self, worker: WorkerProcess) -> None:
         info = worker.exit
+        if self._worker is not None and self._worker is not worker:
+            # A worker retired by a reload: its successor is serving; nothing to supervise.
+            if info is not None and info.reason != "shutdown":
+                log.warning("worker.retired_exit", plugin=self.id, reason=info.reason)
+            return
         if self._worker is worker:
             self._worker = None
         if info is None or info.reason == "shutdown":
@@ -366,11 +501,75 @@ class PluginHandle:
         )
 
     async def stop(self) -> None:
-        """Stop the worker (it restarts on the next call)."""
+        """Stop the worker (it restarts on the next call), and any retired by a reload."""
         worker = self._worker
-        if worker is not None:
-            await worker.stop()
-        self.state = "stopped"
+        async with anyio.create_task_group() as tg:
+            for old in list(self._retiring):
+                tg.start_soon(old.stop)
+            if worker is not None:
+                tg.start_soon(worker.stop)
+        if self.state != "disabled":
+            self.state = "stopped"
+
+    async def reload(self) -> None:
+        """Hot reload: see :meth:`Runtime.reload`."""
+        async with self._reload_lock:
+            manifest = load_manifest(self.manifest.directory)
+            check_cordon_compat(manifest, _running_version())
+            if manifest.id != self.id:
+                raise PluginUnavailable(
+                    f"plugin.toml in {manifest.directory} now says id {manifest.id!r}, not "
+                    f"{self.id!r}; a reload cannot rename a plugin (unload and load instead)",
+                    plugin=self.id,
+                    reason="id-changed",
+                )
+            self.runtime._check_dependencies(manifest)
+            perms = self.runtime._permissions_for(manifest, self.settings)
+            if not self.settings.enabled:
+                raise PluginUnavailable(
+                    f"plugin {self.id!r} is disabled", plugin=self.id, reason="disabled"
+                )
+            previous, previous_reason = self.state, self.state_reason
+            self.state, self.state_reason = "reloading", f"to version {manifest.version}"
+            # Only one worker start at a time: a crash restart must not race the new worker.
+            async with self._start_lock:
+                try:
+                    new = await self._launch(manifest, record=False)
+                except BaseException as exc:
+                    self.state = previous
+                    self.state_reason = previous_reason
+                    if isinstance(exc, CordonError):
+                        log.error("plugin.reload_failed", plugin=self.id, error=exc.message)
+                        self.state_reason = f"reload failed: {exc.message}"
+                    raise
+                old = self._worker
+                self.manifest = manifest
+                self.permissions = perms
+                self.host_api.permissions = perms
+                if old is not None:
+                    self._retiring.add(old)
+                await self._adopt(new)
+            log.info("plugin.reloaded", plugin=self.id, version=manifest.version, pid=new.pid)
+            self.runtime._tg_soon(self._watch, new)
+            await self._subscribe_event_handlers(again=True)
+            await self.runtime._emit(
+                "cordon.plugin.reloaded",
+                {"plugin": self.id, "version": manifest.version, "pid": new.pid},
+            )
+            if old is not None:
+                await self._retire(old)
+
+    async def _retire(self, old: WorkerProcess) -> None:
+        """Let ``old``'s in-flight calls finish (bounded by the longest call allowed), then
+        stop it."""
+        try:
+            with anyio.move_on_after(self.settings.max_call_timeout + DRAIN_GRACE):
+                while self._active_calls.get(old) and old.exit is None:
+                    # Set by the next call to finish (on any worker; then re-check).
+                    await self._call_finished.wait()
+            await old.stop()
+        finally:
+            self._retiring.discard(old)
 
     def reset(self) -> None:
         """Close the circuit breaker and forget past crashes."""
@@ -381,6 +580,10 @@ class PluginHandle:
         if self.state == "broken":
             self.state = "stopped"
         log.info("breaker.reset", plugin=self.id)
+
+    def registry_entries(self) -> list[ContributionInfo]:
+        """This plugin's contributions as the registry lists them."""
+        return plugin_contributions(self)
 
     @property
     def worker(self) -> WorkerProcess | None:
@@ -425,6 +628,19 @@ class PluginHandle:
             sandbox=dict(self.sandbox),
             in_flight=worker.in_flight if worker is not None else 0,
         )
+
+
+def _middleware_output_problem(phase: str, request: dict[str, Any], out: Any) -> str | None:
+    if not isinstance(out, dict):
+        return f"returned {type(out).__name__}, not an object"
+    if phase == "after_response":
+        return None if "result" in out else "returned a response without 'result'"
+    if "arguments" not in out:
+        return "returned a request without 'arguments'"
+    for key in ("plugin", "name", "kind"):
+        if key in out and out[key] != request[key]:
+            return f"may change only the arguments, but changed {key!r}"
+    return None
 
 
 async def _shielded(close: Callable[[], Awaitable[None]]) -> None:
@@ -473,6 +689,8 @@ class Runtime:
         self.log_sink: LogSink | None = None
         self.events: EventBus | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        #: Every contribution of every loaded plugin; routing by name goes through it.
+        self.registry = Registry(self)
 
     # -- context management ---------------------------------------------------------------
 
@@ -581,14 +799,9 @@ class Runtime:
             raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
         manifest = load_manifest(path)
         check_cordon_compat(manifest, _running_version())
-        if manifest.id in self._plugins:
-            other = self._plugins[manifest.id].manifest.directory
-            raise PluginUnavailable(
-                f"plugin id {manifest.id!r} is already loaded from {other}",
-                plugin=manifest.id,
-                reason="duplicate-id",
-            )
-        settings = self.config.for_plugin(manifest.id)
+        return await self._load_manifest(manifest)
+
+    def _permissions_for(self, manifest: Manifest, settings: PluginSettings) -> PermissionSet:
         perms = effective_permissions(manifest.permissions, settings.grant, settings.deny)
         if perms.missing:
             if self.config.runtime.strict_permissions:
@@ -601,6 +814,27 @@ class Runtime:
             log.warning(
                 "plugin.permissions_missing", plugin=manifest.id, missing=sorted(perms.missing)
             )
+        return perms
+
+    def _check_dependencies(self, manifest: Manifest) -> None:
+        """Raise the :class:`DependencyError` that keeps ``manifest`` from loading next to
+        the plugins already loaded (missing or incompatible dependency, cycle)."""
+        table = plugin_table(h.manifest for h in self._plugins.values())
+        table[manifest.id] = (manifest.version, manifest.requires)
+        _, failures = partition_loadable(table)
+        if manifest.id in failures:
+            raise failures[manifest.id]
+
+    async def _load_manifest(self, manifest: Manifest) -> PluginHandle:
+        if manifest.id in self._plugins:
+            other = self._plugins[manifest.id].manifest.directory
+            raise PluginUnavailable(
+                f"plugin id {manifest.id!r} is already loaded from {other}",
+                plugin=manifest.id,
+                reason="duplicate-id",
+            )
+        settings = self.config.for_plugin(manifest.id)
+        perms = self._permissions_for(manifest, settings)
         assert self.storage is not None and self.audit_trail is not None
         assert self.log_sink is not None and self.events is not None
         self.storage.set_quota(manifest.id, settings.storage_quota)
@@ -615,19 +849,122 @@ class Runtime:
             exec_policy=ExecPolicy(cwd=self._scratch_dir(manifest.id)),
         )
         handle = PluginHandle(self, manifest, settings, perms, host_api)
+        if not settings.enabled:
+            handle.state, handle.state_reason = "disabled", "enabled = false in the config"
         self._plugins[manifest.id] = handle
         await self._emit("cordon.plugin.loaded", {"plugin": manifest.id})
-        if handle.settings.activate == "eager" or manifest.activate == "eager":
+        eager = handle.settings.activate == "eager" or manifest.activate == "eager"
+        if eager and settings.enabled:
             await handle._ensure_worker()
         return handle
 
-    async def unload(self, plugin_id: str) -> None:
+    async def load_all(self, *, entry_points: bool = True) -> LoadReport:
+        """Load every plugin discovery finds in ``[runtime] plugin-dirs`` (and, unless
+        ``entry_points=False``, installed ``cordon.plugins`` entry points), dependencies
+        first. A broken plugin — unreadable source, bad manifest, duplicate id, missing or
+        incompatible dependency, failed eager start — is reported with its reason and never
+        stops the others (its dependents are reported as blocked)."""
+        report = LoadReport()
+        found = discover(self.config.runtime.plugin_dirs, entry_points=entry_points)
+        for problem in found.problems:
+            report.failed.append(LoadFailure(None, problem["path"] or None, str(problem)))
+        manifests: dict[str, Manifest] = {}
+        for cand in found.candidates:
+            try:
+                manifest = load_manifest(cand.path)
+                check_cordon_compat(manifest, _running_version())
+            except CordonError as exc:
+                report.failed.append(LoadFailure(None, str(cand.path), exc.message, exc))
+                continue
+            first = manifests.get(manifest.id)
+            if first is not None:
+                why = f"plugin id {manifest.id!r} is also found at {first.directory}"
+                report.failed.append(LoadFailure(manifest.id, str(cand.path), why))
+                continue
+            manifests[manifest.id] = manifest
+        table = plugin_table(h.manifest for h in self._plugins.values())
+        table.update(plugin_table(m for m in manifests.values() if m.id not in self._plugins))
+        order, failures = partition_loadable(table)
+        for pid, err in sorted(failures.items()):
+            if pid in manifests and pid not in self._plugins:
+                report.failed.append(LoadFailure(pid, manifests[pid].directory, err.message, err))
+        broken: dict[str, str] = {}
+        for pid in order:
+            if pid not in manifests:
+                continue
+            if pid in self._plugins:
+                report.skipped.append(pid)
+                continue
+            manifest = manifests[pid]
+            blocker = next((d for d in sorted(manifest.requires) if d in broken), None)
+            if blocker is not None:
+                err = BlockedByDependency(
+                    plugin=pid, dependency=blocker, chain=[pid, blocker], reason=broken[blocker]
+                )
+                broken[pid] = err.message
+                report.failed.append(LoadFailure(pid, manifest.directory, err.message, err))
+                continue
+            try:
+                await self._load_manifest(manifest)
+            except CordonError as exc:
+                broken[pid] = exc.message
+                report.failed.append(LoadFailure(pid, manifest.directory, exc.message, exc))
+                log.error("plugin.load_failed", plugin=pid, error=exc.message)
+                continue
+            report.loaded.append(pid)
+        return report
+
+    async def unload(self, plugin_id: str, *, cascade: bool = False) -> list[str]:
+        """Stop and forget a plugin. Refuses (:class:`PluginInUse`) while other loaded
+        plugins require it, unless ``cascade``: then they are unloaded first. Returns the
+        ids unloaded, in order."""
+        self.get(plugin_id)
+        graph = {pid: list(h.manifest.requires) for pid, h in self._plugins.items()}
+        users = dependents(plugin_id, graph)
+        if users and not cascade:
+            raise PluginInUse(plugin=plugin_id, dependents=users)
+        for pid in [*users, plugin_id]:
+            await self._unload_one(pid)
+        return [*users, plugin_id]
+
+    async def _unload_one(self, plugin_id: str) -> None:
         handle = self.get(plugin_id)
         await handle.stop()
         handle.host_api.close()
         if self.log_sink is not None:
             self.log_sink.forget(plugin_id)
         del self._plugins[plugin_id]
+
+    async def reload(self, plugin_id: str) -> PluginHandle:
+        """Hot-reload a plugin from its directory without failing a call.
+
+        The new ``plugin.toml`` is validated and a new worker started and activated while
+        the old one keeps serving; then new calls go to the new worker, the old one's
+        in-flight calls finish (bounded by ``max-call-timeout``) and it is stopped. A broken
+        new version (bad manifest, import error, failing activate, unmet dependency) raises
+        its typed error and leaves the old one serving. Host storage is keyed by plugin id,
+        so it survives.
+        """
+        handle = self.get(plugin_id)
+        await handle.reload()
+        return handle
+
+    async def enable(self, plugin_id: str) -> None:
+        """Allow the plugin's worker to start again (eagerly, if configured so)."""
+        handle = self.get(plugin_id)
+        handle.settings = msgspec.structs.replace(handle.settings, enabled=True)
+        if handle.state == "disabled":
+            handle.state, handle.state_reason = "stopped", None
+        if handle.settings.activate == "eager" or handle.manifest.activate == "eager":
+            await handle._ensure_worker()
+
+    async def disable(self, plugin_id: str) -> None:
+        """Stop the plugin's worker and refuse its calls (``PluginUnavailable``, reason
+        ``disabled``) until :meth:`enable`; it stays loaded and listed."""
+        handle = self.get(plugin_id)
+        handle.settings = msgspec.structs.replace(handle.settings, enabled=False)
+        await handle.stop()
+        handle.state, handle.state_reason = "disabled", "disabled by the host"
 
     async def _emit(self, topic: str, payload: dict[str, Any]) -> None:
         """Host lifecycle events: source "cordon", which no plugin can claim."""
@@ -649,6 +986,119 @@ class Runtime:
     async def call(self, plugin_id: str, name: str, arguments: Any = None, **kw: Any) -> Any:
         return await self.get(plugin_id).call(name, arguments, **kw)
 
+    # -- routed calls: registry + middleware ----------------------------------------------
+
+    async def invoke(
+        self,
+        target: str,
+        arguments: Any = None,
+        *,
+        kind: str = "tool",
+        timeout: float | None = None,
+        on_progress: Callable[[ProgressParams], Any] | None = None,
+    ) -> Any:
+        """Call ``target`` (``plugin.name``, or a name only one plugin offers) through the
+        middleware chain: every ``before_request`` middleware in ``middleware-order``, the
+        handler, then every ``after_response`` middleware in reverse. Starts lazy workers
+        on first use. Raises :class:`AmbiguousContribution` for a clash between plugins,
+        :class:`MiddlewareFailed` when a fail-closed middleware fails."""
+        handle, name = self.registry.resolve(target, kind)
+        request: dict[str, Any] = {
+            "plugin": handle.id,
+            "name": name,
+            "kind": kind,
+            "arguments": arguments if arguments is not None else {},
+        }
+        chain = await self._middleware_chain() if kind != "middleware" else []
+        before = [m for m in chain if m[1].options.get("phase") != "after_response"]
+        after = [m for m in chain if m[1].options.get("phase") == "after_response"]
+        for mw_handle, mw in before:
+            out = await self._run_middleware(mw_handle, mw, "before_request", request, None)
+            if out is not None:
+                request = {**request, "arguments": out["arguments"]}
+        result = await handle.call(
+            name, request["arguments"], kind=kind, timeout=timeout, on_progress=on_progress
+        )
+        response: dict[str, Any] = {"result": result}
+        for mw_handle, mw in reversed(after):
+            out = await self._run_middleware(mw_handle, mw, "after_response", request, response)
+            if out is not None:
+                response = {"result": out["result"]}
+        return response["result"]
+
+    async def call_tool(self, name: str, arguments: Any = None, **kw: Any) -> Any:
+        """:meth:`invoke` a tool by (qualified or unique) name."""
+        return await self.invoke(name, arguments, kind="tool", **kw)
+
+    async def run_command(self, name: str, arguments: Any = None, **kw: Any) -> Any:
+        """:meth:`invoke` a command by (qualified or unique) name."""
+        return await self.invoke(name, arguments, kind="command", **kw)
+
+    async def call_provider(self, name: str, arguments: Any = None, **kw: Any) -> Any:
+        """:meth:`invoke` a provider by (qualified or unique) name."""
+        return await self.invoke(name, arguments, kind="provider", **kw)
+
+    async def _middleware_chain(self) -> list[tuple[PluginHandle, ContributionInfo]]:
+        """Every enabled plugin's middleware: plugins in ``middleware-order``, then the rest
+        by id; within a plugin by declared priority (highest first), then name. A plugin
+        whose middleware is only declared (worker never ran) is started to learn phases."""
+        order = self.config.runtime.middleware_order
+        rank = {pid: i for i, pid in enumerate(order)}
+        handles = sorted(
+            (h for h in self._plugins.values() if h.settings.enabled),
+            key=lambda h: (rank.get(h.id, len(order)), h.id),
+        )
+        chain: list[tuple[PluginHandle, ContributionInfo]] = []
+        for h in handles:
+            entries = [c for c in plugin_contributions(h) if c.kind == "middleware"]
+            if entries and entries[0].source == "manifest":
+                try:
+                    await h._ensure_worker()
+                except CordonError as exc:
+                    self._middleware_failed(h, entries[0].name, "before_request", exc)
+                    continue
+                entries = [c for c in plugin_contributions(h) if c.kind == "middleware"]
+            entries.sort(key=lambda c: (-int(c.options.get("priority", 0) or 0), c.name))
+            chain += [(h, c) for c in entries]
+        return chain
+
+    async def _run_middleware(
+        self,
+        handle: PluginHandle,
+        mw: ContributionInfo,
+        phase: str,
+        request: dict[str, Any],
+        response: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        """Run one middleware; its output, or ``None`` when skipped (fail-open)."""
+        args: dict[str, Any] = {"request": request}
+        if response is not None:
+            args["response"] = response
+        try:
+            out = await handle.call(mw.name, args, kind="middleware")
+        except CordonError as exc:
+            self._middleware_failed(handle, mw.name, phase, exc)
+            return None
+        problem = _middleware_output_problem(phase, request, out)
+        if problem is not None:
+            self._middleware_failed(handle, mw.name, phase, problem)
+            return None
+        assert isinstance(out, dict)
+        return out
+
+    def _middleware_failed(
+        self, handle: PluginHandle, name: str, phase: str, why: CordonError | str
+    ) -> None:
+        reason = f"{type(why).__name__}: {why.message}" if isinstance(why, CordonError) else why
+        if handle.settings.middleware_policy == "fail-closed":
+            err = MiddlewareFailed(plugin=handle.id, middleware=name, phase=phase, reason=reason)
+            if isinstance(why, CordonError):
+                raise err from why
+            raise err
+        log.error(
+            "middleware.skipped", plugin=handle.id, middleware=name, phase=phase, reason=reason
+        )
+
     def reset(self, plugin_id: str) -> None:
         """Close a plugin's circuit breaker (an operator decision)."""
         self.get(plugin_id).reset()
@@ -669,9 +1119,9 @@ class Runtime:
         if self.log_sink is not None:
             self.log_sink.plugin_output(plugin_id, line)
 
-    def _new_worker(self, handle: PluginHandle) -> WorkerProcess:
+    def _new_worker(self, handle: PluginHandle, manifest: Manifest | None = None) -> WorkerProcess:
         s = handle.settings
-        m = handle.manifest
+        m = manifest if manifest is not None else handle.manifest
         params = InitializeParams(
             protocol=PROTOCOL_VERSION,
             plugin_id=m.id,
