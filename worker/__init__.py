@@ -14,10 +14,12 @@ from cordon.protocol import (
 )
 
 from ._context import Context
+from ._hostapi import CommandNotFound
 from ._plugin import Plugin, PluginDefinitionError
 
 __all__ = [
     "CallCancelled",
+    "CommandNotFound",
     "Context",
     "CordonError",
     "InvalidParams",
