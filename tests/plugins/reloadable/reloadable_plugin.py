@@ -17,8 +17,10 @@ def version() -> str:
 
 
 @plugin.tool
-async def slow(delay: float = 0.02) -> str:
-    """Answer after ``delay`` seconds, so reloads happen while calls are in flight."""
+async def slow(ctx: Context, delay: float = 0.02) -> str:
+    """Answer after ``delay`` seconds, so reloads happen while calls are in flight; a
+    progress note says the call has started."""
+    await ctx.progress(0, message="started")
     await asyncio.sleep(delay)
     return VERSION
 
