@@ -448,7 +448,8 @@ class PluginHandle:
                 and time.monotonic() - self._last_call >= idle_timeout
             ):
                 log.info("worker.idle_stop", plugin=self.id, pid=worker.pid, idle=idle_timeout)
-                self.state_reason = f"idle for {idle_timeout} s"
+                # Stopped as far as callers can tell: the next call starts a new worker.
+                self.state, self.state_reason = "stopped", f"idle for {idle_timeout} s"
                 await worker.stop()
                 continue
             self._check_rss(worker, proc)
