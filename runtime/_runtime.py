@@ -551,7 +551,6 @@ class PluginHandle:
                     self._retiring.add(old)
                 await self._adopt(new)
             log.info("plugin.reloaded", plugin=self.id, version=manifest.version, pid=new.pid)
-            self.runtime._tg_soon(self._watch, new)
             await self._subscribe_event_handlers(again=True)
             await self.runtime._emit(
                 "cordon.plugin.reloaded",
@@ -819,12 +818,16 @@ class Runtime:
 
     def _check_dependencies(self, manifest: Manifest) -> None:
         """Raise the :class:`DependencyError` that keeps ``manifest`` from loading next to
-        the plugins already loaded (missing or incompatible dependency, cycle)."""
+        the plugins already loaded (missing or incompatible dependency, cycle), or that
+        loading it in place of the current version would cause a loaded dependent."""
         table = plugin_table(h.manifest for h in self._plugins.values())
+        _, before = partition_loadable(table)
         table[manifest.id] = (manifest.version, manifest.requires)
         _, failures = partition_loadable(table)
         if manifest.id in failures:
             raise failures[manifest.id]
+        for pid in sorted(set(failures) - set(before)):
+            raise failures[pid]
 
     async def _load_manifest(self, manifest: Manifest) -> PluginHandle:
         if manifest.id in self._plugins:

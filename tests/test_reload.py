@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from cordon.runtime import CordonError, ManifestError, Runtime
+from cordon.runtime._versions import IncompatibleDependency
 
 from .conftest import TEST_PLUGINS, base_config
 
@@ -166,3 +167,27 @@ async def test_reloading_under_continuous_load_fails_no_call(rt: Runtime, src: P
         assert seen == sorted(seen, key=versions.index)
         assert seen[-1] == "v4"
     assert rt.get("reloadable").stats().restarts == 0
+
+
+async def test_a_new_version_that_would_break_a_dependent_is_refused(
+    rt: Runtime, src: Path, tmp_path: Path
+) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "user_plugin.py").write_text("from cordon.worker import Plugin\nplugin = Plugin()\n")
+    (user / "plugin.toml").write_text(
+        '[plugin]\nid = "user"\nname = "User"\nversion = "1.0"\nentry = "user_plugin:plugin"\n'
+        '[plugin.requires]\nreloadable = "^1.0"\n'
+    )
+    with anyio.fail_after(30):
+        await rt.load(src)
+        await rt.load(user)
+        assert await rt.call_tool("version") == "v1"
+        manifest = src / "plugin.toml"
+        manifest.write_text(manifest.read_text().replace('version = "1.0.0"', 'version = "2.0.0"'))
+        set_version(src, "v2")
+        with pytest.raises(IncompatibleDependency) as info:
+            await rt.reload("reloadable")
+        assert (info.value.plugin, info.value.dependency) == ("user", "reloadable")
+        assert await rt.call_tool("version") == "v1"
+        assert rt.get("reloadable").manifest.version == "1.0.0"
