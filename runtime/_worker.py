@@ -8,6 +8,8 @@ channel once cannot be trusted to answer correctly afterwards.
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import signal
 import sys
@@ -98,8 +100,9 @@ KILL_WAIT: Final = 5.0
 STDERR_LINE_MAX: Final = 4096
 #: Lines of stderr kept for WorkerCrashed.stderr_tail.
 STDERR_TAIL_LINES: Final = 20
-#: Frames queued for the worker's stdin before callers wait: backpressure, not a memory leak.
-SEND_QUEUE: Final = 4096
+#: Bytes queued for the worker's stdin before callers wait (and host answers and cancel
+#: notices are dropped): backpressure, not a memory leak.
+SEND_BUFFER: Final = 4 * 1024 * 1024
 #: How often the CPU time of a worker with a cpu-time limit is sampled, so that a SIGKILL the
 #: kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any other SIGKILL.
 CPU_SAMPLE: Final = 0.25
@@ -168,12 +171,14 @@ class ExitInfo:
 
 
 class _Pending:
-    __slots__ = ("error", "event", "method", "on_progress", "result")
+    __slots__ = ("error", "event", "expired", "method", "on_progress", "result")
 
     def __init__(self, method: str, on_progress: Callable[[ProgressParams], Any] | None) -> None:
         self.event = anyio.Event()
         self.result: msgspec.Raw | None = None
         self.error: CordonError | None = None
+        #: Set by the deadline timer: the call's timeout passed before an answer came.
+        self.expired = False
         self.method = method
         self.on_progress = on_progress
 
@@ -258,9 +263,18 @@ class WorkerProcess:
         self._hello_event = anyio.Event()
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.stderr_dropped = 0
-        send, recv = anyio.create_memory_object_stream[bytes](SEND_QUEUE)
-        self._send_stream = send
-        self._recv_stream = recv
+        # The worker's stdin is our own non-blocking pipe: a call on an idle channel is
+        # written at once; otherwise frames queue in _out for the writer task.
+        self._wfd = -1
+        self._out = bytearray()
+        self._stdin_closing = False
+        self._broken = False
+        self._writer_wake = anyio.Event()
+        self._drained: anyio.Event | None = None
+        # Every call's deadline in one heap, served by one timer task (see _arm).
+        self._deadlines: list[tuple[float, int]] = []
+        self._timer_at = math.inf
+        self._timer_wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stderr_done = anyio.Event()
         self._stopping = False
@@ -295,10 +309,11 @@ class WorkerProcess:
     async def run(self, *, task_status: anyio.abc.TaskStatus[WorkerProcess]) -> None:
         """Run the worker for its whole life. ``task_status.started`` fires once it is
         initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
+        child_stdin, self._wfd = os.pipe()
         try:
             process = await anyio.open_process(
                 self._argv,
-                stdin=PIPE,
+                stdin=child_stdin,
                 stdout=PIPE,
                 stderr=PIPE,
                 env=self._env(),
@@ -306,7 +321,14 @@ class WorkerProcess:
                 start_new_session=True,
             )
         except OSError as exc:
+            self._close_stdin_fd()
             raise InternalError(f"cannot start worker for {self.plugin_id!r}: {exc}") from exc
+        except BaseException:
+            self._close_stdin_fd()
+            raise
+        finally:
+            os.close(child_stdin)
+        os.set_blocking(self._wfd, False)
         self.process = process
         self.pid = process.pid
         startup_error: BaseException | None = None
@@ -316,6 +338,7 @@ class WorkerProcess:
                 tg.start_soon(self._pump_stdout)
                 tg.start_soon(self._pump_stderr)
                 tg.start_soon(self._writer)
+                tg.start_soon(self._timer)
                 tg.start_soon(self._reap)
                 if self.params.limits.cpu_seconds is not None:
                     tg.start_soon(self._sample_cpu)
@@ -434,7 +457,9 @@ class WorkerProcess:
     def _fail_all(self, exc: CordonError) -> None:
         pending, self._pending = self._pending, {}
         for p in pending.values():
-            if not p.event.is_set():
+            # Not "event not set": a call whose deadline just passed has its event set but
+            # no answer yet, and must see the crash rather than wait out a cancel grace.
+            if p.result is None and p.error is None:
                 p.error = exc
                 p.event.set()
 
@@ -470,7 +495,7 @@ class WorkerProcess:
                         pass
             if self._kill_reason is None:
                 self._kill_reason = "shutdown"
-            self._send_stream.close()
+            self._close_stdin()
             with anyio.move_on_after(STDIN_CLOSE_WAIT):
                 await self.exited.wait()
                 return
@@ -490,50 +515,124 @@ class WorkerProcess:
                     await stream.aclose()
                 except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
-        self._send_stream.close()
-        self._recv_stream.close()
+        self._stdin_closing = True
+        self._close_stdin_fd()
 
     # -- the channel ----------------------------------------------------------------------
 
-    async def _writer(self) -> None:
-        assert self.process is not None and self.process.stdin is not None
-        stdin = self.process.stdin
-        recv = self._recv_stream
-        try:
-            async for frame in recv:
-                parts = [frame]
-                # Coalesce what queued up meanwhile: one write for a pipelined burst.
-                while True:
-                    try:
-                        parts.append(recv.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                    except anyio.EndOfStream:
-                        break
-                await stdin.send(b"".join(parts) if len(parts) > 1 else frame)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        finally:
+    def _put(self, frame: bytes) -> bool:
+        """Hand a frame to the channel without waiting. On an idle channel with no other
+        call in flight it is written at once (a sequential caller waits on exactly this
+        frame); otherwise it is queued and the writer task sends everything queued in one
+        write. False: the queue is full or stdin is closing; nothing was taken."""
+        if self._broken:
+            return True  # the worker is gone; _reap fails the calls waiting on it
+        out = self._out
+        if self._stdin_closing or len(out) >= SEND_BUFFER:
+            return False
+        if not out and len(self._pending) <= 1:
             try:
-                await stdin.aclose()
-            except (OSError, anyio.BrokenResourceError):
-                pass
+                n = os.write(self._wfd, frame)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._broken = True
+                return True
+            if n == len(frame):
+                return True
+            frame = frame[n:]
+        if not out:
+            self._writer_wake.set()
+        out += frame
+        return True
+
+    async def _writer(self) -> None:
+        """Write what :meth:`_put` queued: a pipelined burst leaves in one write, and a full
+        pipe is waited out here rather than by the callers. Ends (closing stdin) once
+        :meth:`_close_stdin` was called and everything queued before it is written."""
+        out = self._out
+        try:
+            while True:
+                if not out:
+                    if self._stdin_closing:
+                        return
+                    await self._writer_wake.wait()
+                    self._writer_wake = anyio.Event()
+                    continue
+                try:
+                    n = os.write(self._wfd, out)
+                except BlockingIOError:
+                    await anyio.wait_writable(self._wfd)
+                    continue
+                except OSError:
+                    self._broken = True
+                    out.clear()
+                    return
+                del out[:n]
+                if self._drained is not None and len(out) < SEND_BUFFER:
+                    self._drained.set()
+                    self._drained = None
+        finally:
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
+            self._stdin_closing = True
+            self._close_stdin_fd()
+
+    def _close_stdin(self) -> None:
+        """EOF for the worker (how it is told to shut down), after what is queued."""
+        self._stdin_closing = True
+        self._writer_wake.set()
+
+    def _close_stdin_fd(self) -> None:
+        if self._wfd >= 0:
+            fd, self._wfd = self._wfd, -1
+            os.close(fd)
 
     async def _send(self, frame: bytes) -> None:
         if len(frame) > self.max_frame:
             raise FrameTooLarge(limit=self.max_frame, size=len(frame))
-        try:
-            await self._send_stream.send(frame)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await self.exited.wait()
-            assert self.exit is not None
-            raise self.exit.error(self.plugin_id) from None
+        while not self._put(frame):
+            if self._stdin_closing:
+                await self.exited.wait()
+                assert self.exit is not None
+                raise self.exit.error(self.plugin_id) from None
+            if self._drained is None:
+                self._drained = anyio.Event()
+            await self._drained.wait()
 
     def _send_nowait(self, frame: bytes) -> None:
-        try:
-            self._send_stream.send_nowait(frame)
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
+        # Dropped when the queue is full or stdin is closing, as it always was.
+        self._put(frame)
+
+    def _arm(self, ident: int, timeout: float) -> None:
+        """Start a call's timeout. One timer task serves every call's deadline: a cancel
+        scope per call cost more than the rest of the call's bookkeeping together."""
+        deadline = anyio.current_time() + timeout
+        heapq.heappush(self._deadlines, (deadline, ident))
+        if deadline < self._timer_at:
+            self._timer_wake.set()
+        elif len(self._deadlines) > 2 * len(self._pending) + 64:
+            # Answered calls leave their deadline behind; drop those now and then.
+            self._deadlines = [d for d in self._deadlines if d[1] in self._pending]
+            heapq.heapify(self._deadlines)
+
+    async def _timer(self) -> None:
+        """Wake each call whose deadline passed with ``expired`` set; the caller then asks
+        the worker to cancel (see :meth:`_cancel_after_timeout`)."""
+        while True:
+            now = anyio.current_time()
+            heap = self._deadlines
+            while heap and heap[0][0] <= now:
+                _, ident = heapq.heappop(heap)
+                pending = self._pending.get(ident)
+                if pending is not None and not pending.event.is_set():
+                    pending.expired = True
+                    pending.event.set()
+            self._timer_wake = anyio.Event()
+            self._timer_at = heap[0][0] if heap else math.inf
+            with anyio.CancelScope(deadline=self._timer_at):
+                await self._timer_wake.wait()
 
     async def _pump_stdout(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -739,16 +838,17 @@ class WorkerProcess:
         pending = _Pending(method, on_progress)
         self._pending[ident] = pending
         try:
-            await self._send(encode_request(ident, method, params))
-            if timeout is None:
-                await pending.event.wait()
-            else:
-                with anyio.move_on_after(timeout):
-                    await pending.event.wait()
-                if not pending.event.is_set():
-                    await self._cancel_after_timeout(ident, pending, label or method, timeout)
+            frame = encode_request(ident, method, params)
+            if len(frame) > self.max_frame or not self._put(frame):
+                await self._send(frame)
+            if timeout is not None:
+                self._arm(ident, timeout)
+            await pending.event.wait()
+            if pending.expired and pending.result is None and pending.error is None:
+                assert timeout is not None
+                await self._cancel_after_timeout(ident, pending, label or method, timeout)
         except anyio.get_cancelled_exc_class():
-            if not pending.event.is_set():
+            if pending.result is None and pending.error is None:
                 self._send_nowait(encode_notification(CANCEL, {"id": ident}))
             raise
         finally:
@@ -761,6 +861,7 @@ class WorkerProcess:
     async def _cancel_after_timeout(
         self, ident: int, pending: _Pending, method: str, timeout: float
     ) -> None:
+        pending.event = anyio.Event()  # the timer set the first one
         self._send_nowait(encode_notification(CANCEL, {"id": ident}))
         with anyio.move_on_after(CANCEL_GRACE):
             await pending.event.wait()
