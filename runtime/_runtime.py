@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -952,6 +952,13 @@ class Runtime:
         handle = self.get(plugin_id)
         await handle.reload()
         return handle
+
+    async def watch(self, plugin_ids: Iterable[str] | None = None, **kw: Any) -> None:
+        """Reload plugins when their files change, until cancelled (``cordon run --watch``);
+        see :func:`cordon.runtime._reload.watch` for the options. Needs ``watchfiles``."""
+        from ._reload import watch
+
+        await watch(self, plugin_ids, **kw)
 
     async def enable(self, plugin_id: str) -> None:
         """Allow the plugin's worker to start again (eagerly, if configured so)."""

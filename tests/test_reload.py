@@ -3,6 +3,7 @@ broken new version leaves the old one serving, and no call fails while reloading
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import anyio
 import pytest
 
 from cordon.runtime import CordonError, ManifestError, Runtime
+from cordon.runtime._reload import ReloadOutcome
 from cordon.runtime._versions import IncompatibleDependency
 
 from .conftest import TEST_PLUGINS, base_config
@@ -191,3 +193,31 @@ async def test_a_new_version_that_would_break_a_dependent_is_refused(
         assert (info.value.plugin, info.value.dependency) == ("user", "reloadable")
         assert await rt.call_tool("version") == "v1"
         assert rt.get("reloadable").manifest.version == "1.0.0"
+
+
+async def test_watch_reloads_a_plugin_when_its_file_changes(rt: Runtime, src: Path) -> None:
+    outcomes: list[ReloadOutcome] = []
+    reloaded = anyio.Event()
+    ready = anyio.Event()
+
+    def heard(outcome: ReloadOutcome) -> None:
+        outcomes.append(outcome)
+        reloaded.set()
+
+    with anyio.fail_after(30):
+        await rt.load(src)
+        assert await rt.call_tool("version") == "v1"
+        async with anyio.create_task_group() as tg:
+            # Polling: inotify's backend closes its fds on its own thread after the watcher
+            # is gone, which the leak check would see.
+            watch = functools.partial(
+                rt.watch, on_reload=heard, ready=ready, debounce_ms=50, force_polling=True
+            )
+            tg.start_soon(watch)
+            await ready.wait()
+            set_version(src, "v2")
+            await reloaded.wait()
+            tg.cancel_scope.cancel()
+        assert await rt.call_tool("version") == "v2"
+    assert outcomes[0].plugin == "reloadable" and outcomes[0].error is None
+    assert str(src / MODULE) in outcomes[0].changed
