@@ -567,9 +567,12 @@ class PluginHandle:
                 while self._active_calls.get(old) and old.exit is None:
                     # Set by the next call to finish (on any worker; then re-check).
                     await self._call_finished.wait()
-            await old.stop()
         finally:
-            self._retiring.discard(old)
+            # Even if the reload's caller is cancelled mid-drain (stop is shielded).
+            try:
+                await old.stop()
+            finally:
+                self._retiring.discard(old)
 
     def reset(self) -> None:
         """Close the circuit breaker and forget past crashes."""
