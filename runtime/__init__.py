@@ -30,36 +30,59 @@ from cordon.protocol import (
 from ._config import Config, PluginSettings, load_config, parse_config
 from ._errors import ConfigError, ManifestError, Problem
 from ._manifest import Manifest, load_manifest
-from ._runtime import PluginHandle, Runtime
+from ._registry import (
+    AmbiguousContribution,
+    ContributionInfo,
+    Registry,
+    UnknownContribution,
+    UnknownExtensionPoint,
+)
+from ._runtime import (
+    LoadFailure,
+    LoadReport,
+    MiddlewareFailed,
+    PluginHandle,
+    PluginInUse,
+    Runtime,
+)
 from ._stats import PluginStats
 
 __all__ = [
+    "AmbiguousContribution",
     "CallCancelled",
     "CallTimeout",
     "Config",
     "ConfigError",
+    "ContributionInfo",
     "CordonError",
     "FrameTooLarge",
     "IncompatibleProtocol",
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
+    "LoadFailure",
+    "LoadReport",
     "Manifest",
     "ManifestError",
     "MethodNotFound",
+    "MiddlewareFailed",
     "ParseError",
     "PermissionDenied",
     "PluginError",
     "PluginHandle",
+    "PluginInUse",
     "PluginSettings",
     "PluginStats",
     "PluginUnavailable",
     "Problem",
     "ProtocolError",
     "QuotaExceeded",
+    "Registry",
     "RemoteError",
     "Runtime",
     "SandboxUnavailable",
+    "UnknownContribution",
+    "UnknownExtensionPoint",
     "WorkerCrashed",
     "load_config",
     "load_manifest",

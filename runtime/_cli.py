@@ -140,11 +140,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._serve import serve
 
-    if args.watch:
-        raise ConfigError(
-            "--watch is not available yet: use the `reload` API", source=None, problems=[]
-        )
-    return anyio.run(serve, args.config)
+    return anyio.run(serve, args.config, args.watch)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ One JSON text per line, as between host and worker. Methods:
 - ``plugins {}`` → ``[{id, version, state, sandbox}]``
 - ``stats {}`` → per-plugin stats (as ``rt.stats()``)
 - ``reset {plugin}`` → closes a plugin's circuit breaker
+- ``reload {plugin}`` / ``enable {plugin}`` / ``disable {plugin}`` → the plugin's new state
 - ``emit {topic, payload?}`` → delivers an application event, returns the subscriber count
 - ``audit {plugin, limit?}`` → the plugin's host-API audit trail
 
@@ -82,6 +83,15 @@ async def _dispatch(rt: Runtime, method: str, raw: msgspec.Raw) -> Any:
         ]
     if method == "stats":
         return {k: msgspec.to_builtins(v) for k, v in rt.stats().items()}
+    if method in ("reload", "enable", "disable"):
+        ref = _params(raw, _PluginRef)
+        if method == "reload":
+            await rt.reload(ref.plugin)
+        elif method == "enable":
+            await rt.enable(ref.plugin)
+        else:
+            await rt.disable(ref.plugin)
+        return rt.get(ref.plugin).state
     if method == "reset":
         rt.reset(_params(raw, _PluginRef).plugin)
         return True
@@ -95,21 +105,15 @@ async def _dispatch(rt: Runtime, method: str, raw: msgspec.Raw) -> Any:
 
 
 async def _load_configured(rt: Runtime) -> None:
-    from ._discovery import discover
-
-    found = discover([Path(d) for d in rt.config.runtime.plugin_dirs])
-    for problem in found.problems:
-        log.error("plugin.discovery_failed", problem=str(problem))
-    for cand in found.candidates:
-        try:
-            handle = await rt.load(cand.path)
-        except CordonError as exc:
-            log.error("plugin.load_failed", path=str(cand.path), error=exc.message)
-            continue
-        log.info("plugin.loaded", plugin=handle.id, origin=cand.origin)
+    # Dependency order; a broken plugin is reported and never stops the others.
+    report = await rt.load_all()
+    for failure in report.failed:
+        log.error(
+            "plugin.load_failed", plugin=failure.plugin, path=failure.path, reason=failure.reason
+        )
 
 
-async def serve(config: Path | None) -> int:
+async def serve(config: Path | None, watch: bool = False) -> int:
     out = sys.stdout.buffer
 
     def send(frame: bytes) -> None:
@@ -129,6 +133,14 @@ async def serve(config: Path | None) -> int:
                 return encode_error(req.id, error_to_wire(exc))
 
         async with anyio.create_task_group() as tg:
+            if watch:
+                watcher = anyio.CancelScope()
+
+                async def watch_files() -> None:
+                    with watcher:
+                        await rt.watch()
+
+                tg.start_soon(watch_files)
 
             async def one(req: Request) -> None:
                 send(await answer(req))
@@ -160,4 +172,6 @@ async def serve(config: Path | None) -> int:
                         send(encode_error(msg.id, msg.error))
                     # Notifications and stray responses need no answer.
             # EOF: the task group waits for requests still in flight, then the host stops.
+            if watch:
+                watcher.cancel()
     return 0

@@ -173,3 +173,27 @@ def test_stats_starts_each_plugin_and_reports_its_sandbox(tmp_path: Path, config
     stats = json.loads(r.stdout)
     assert stats["hello"]["pid"] is not None
     assert stats["hello"]["sandbox"]["seccomp"] == "applied"
+
+
+def _serve_one(config: Path, cwd: Path, method: str, params: dict[str, str]) -> dict[str, object]:
+    request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    proc = subprocess.run(
+        [CORDON, "run", "--config", str(config)],
+        input=json.dumps(request) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers = [f for f in map(json.loads, proc.stdout.splitlines()) if f.get("id") == 1]
+    assert len(answers) == 1
+    answer: dict[str, object] = answers[0]
+    return answer
+
+
+def test_run_reloads_and_disables_a_plugin_on_request(tmp_path: Path, config: Path) -> None:
+    # Requests are served concurrently, so each lifecycle request gets a host of its own.
+    assert _serve_one(config, tmp_path, "reload", {"plugin": "hello"})["result"] == "active"
+    assert _serve_one(config, tmp_path, "disable", {"plugin": "hello"})["result"] == "disabled"
