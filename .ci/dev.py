@@ -92,7 +92,7 @@ def main() -> int:
             "-p",
             "cordon.runtime",
         ],
-        [str(PY), "-m", "mypy", "tests", "benchmarks", "examples/demo_host.py"],
+        [str(PY), "-m", "mypy", "tests", "benchmarks", "examples"],
     ):
         rc = run(*check)
         if rc:

@@ -11,7 +11,7 @@ import re
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -217,24 +217,54 @@ class Plugin:
 
         return register(fn) if fn is not None else register
 
+    @overload
+    def tool(self, fn: F, /) -> F: ...
+    @overload
+    def tool(
+        self, fn: None = None, /, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
     def tool(
         self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
     ) -> Any:
         """Contribute a tool: a typed function the host (or a model) can call."""
         return self._decorator("tool", fn, name, description)
 
+    @overload
+    def command(self, fn: F, /) -> F: ...
+    @overload
+    def command(
+        self, fn: None = None, /, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
     def command(
         self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
     ) -> Any:
         """Contribute a command: a user-invoked action of the host application."""
         return self._decorator("command", fn, name, description)
 
+    @overload
+    def provider(self, fn: F, /) -> F: ...
+    @overload
+    def provider(
+        self, fn: None = None, /, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
     def provider(
         self, fn: F | None = None, /, *, name: str | None = None, description: str | None = None
     ) -> Any:
         """Contribute a provider: supplies data to a host extension point on request."""
         return self._decorator("provider", fn, name, description)
 
+    @overload
+    def middleware(self, fn: F, /) -> F: ...
+    @overload
+    def middleware(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        phase: str = "before_request",
+    ) -> Callable[[F], F]: ...
     def middleware(
         self,
         fn: F | None = None,
