@@ -128,10 +128,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         async with Runtime(config) as rt:
             await rt.load(HELLO)
             await rt.get("hello").call("echo", {"value": 0})  # start + warm up
-            seq = [await sequential(rt, n_seq) for _ in range(rounds)]
-            pipe = [await pipelined(rt, n_pipe) for _ in range(rounds)]
             worker = rt.get("hello").worker
             assert worker is not None and worker.pid is not None
+            wproc = psutil.Process(worker.pid)
+            cpu0 = time.process_time(), sum(wproc.cpu_times()[:2])
+            seq = [await sequential(rt, n_seq) for _ in range(rounds)]
+            cpu1 = time.process_time(), sum(wproc.cpu_times()[:2])
+            pipe = [await pipelined(rt, n_pipe) for _ in range(rounds)]
+            cpu2 = time.process_time(), sum(wproc.cpu_times()[:2])
+            # CPU seconds per call on each side (coarse: the kernel counts in ticks).
+            out["seq_cpu"] = [(b - a) / (n_seq * rounds) for a, b in zip(cpu0, cpu1, strict=True)]
+            n_p = (n_pipe // 64) * 64 * rounds
+            out["pipe_cpu"] = [(b - a) / n_p for a, b in zip(cpu1, cpu2, strict=True)]
             mem = psutil.Process(worker.pid).memory_full_info()
             out["idle_rss"] = mem.rss
             out["idle_uss"] = mem.uss
@@ -171,6 +179,12 @@ def main() -> None:
         f"({r['pipe_rate'] / floor:.2f}x floor)  p50 {_ms(r['pipe_p50'])}  "
         f"p99 {_ms(r['pipe_p99'])}"
     )
+    for label, key in (("sequential", "seq_cpu"), ("64 in flight", "pipe_cpu")):
+        host_cpu, worker_cpu = r[key]
+        print(
+            f"  cpu per call, {label:13s}  host {host_cpu * 1e6:6.1f} us, "
+            f"worker {worker_cpu * 1e6:6.1f} us"
+        )
     print(
         f"  worker cold start (spawn → ready, incl. lock-down)  median "
         f"{_ms(r['cold_start_median'])}"
