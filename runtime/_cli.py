@@ -173,15 +173,73 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _predicted_missing(report: dict[str, Any]) -> list[str]:
+    """Layers a worker could not apply on this machine, from the probe."""
+    missing = []
+    landlock = report.get("landlock") or {}
+    abi = int(landlock.get("abi") or 0) if landlock.get("available") else 0
+    if abi < 1:
+        missing.append("landlock-fs")
+    if abi < 4:
+        missing.append("landlock-net")
+    if abi < 6:
+        missing.append("landlock-scope")
+    if not (report.get("seccomp") or {}).get("available"):
+        missing.append("seccomp")
+    if not report.get("user_namespaces"):
+        missing.append("userns")
+    if not report.get("net_namespaces"):
+        missing.append("netns")
+    return missing
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from cordon.worker._sandbox import probe
 
-    report = probe()
+    from ._config import find_config
+    from ._discovery import discover
+    from ._manifest import load_manifest
+
+    report: dict[str, Any] = dict(probe())
+    missing = _predicted_missing(report)
+    cfg = find_config(args.config)
+    plugins: dict[str, str] = {}
+    for cand in discover([Path(d) for d in cfg.runtime.plugin_dirs]).candidates:
+        try:
+            plugin_id = load_manifest(cand.path).id
+        except CordonError:
+            continue
+        mode = cfg.for_plugin(plugin_id).sandbox
+        if mode == "off":
+            verdict = "off: NO SANDBOX — for trusted plugins only"
+        elif not missing:
+            verdict = f"{mode}: every layer applied"
+        elif mode == "strict":
+            verdict = f"strict: REFUSED to start (missing {', '.join(missing)})"
+        else:
+            verdict = f"best-effort: starts WITHOUT {', '.join(missing)}"
+        plugins[plugin_id] = verdict
+    report["missing_layers"] = missing
+    report["plugins"] = plugins
     if args.json:
         _print_json(report)
-    else:
-        for key, value in report.items():
-            print(f"{key:28} {value}")
+        return EXIT_OK
+    for key in (
+        "kernel",
+        "arch",
+        "python",
+        "root",
+        "landlock",
+        "seccomp",
+        "user_namespaces",
+        "net_namespaces",
+    ):
+        print(f"{key:18} {report.get(key)}")
+    cgroups = report.get("cgroups") or {}
+    print(f"{'cgroups':18} probed: {', '.join(sorted(cgroups)) or 'none'} (not applied)")
+    print(f"{'missing layers':18} {', '.join(missing) or 'none'}")
+    for plugin_id, verdict in sorted(plugins.items()):
+        print(f"  plugin {plugin_id:12} {verdict}")
     return EXIT_OK
 
 

@@ -117,10 +117,16 @@ def test_plugin_list_reads_manifests_without_starting_workers(tmp_path: Path, co
     assert json.loads(info.stdout)["permissions"]["missing"] == []
 
 
-def test_doctor_reports_the_machine_layers_as_json(tmp_path: Path) -> None:
-    r = run("doctor", "--json", cwd=tmp_path)
+def test_doctor_reports_the_machine_and_what_each_plugin_would_get(
+    tmp_path: Path, config: Path
+) -> None:
+    r = run("doctor", "--json", "--config", str(config), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert isinstance(json.loads(r.stdout), dict)
+    report = json.loads(r.stdout)
+    if report["missing_layers"]:
+        assert report["plugins"]["hello"].startswith("strict: REFUSED to start")
+    else:
+        assert report["plugins"]["hello"] == "strict: every layer applied"
 
 
 def test_new_plugin_scaffolds_a_loadable_plugin(tmp_path: Path) -> None:
