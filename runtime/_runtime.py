@@ -57,7 +57,13 @@ from ._redact import Redactor
 from ._registry import ContributionInfo, Registry, plugin_contributions
 from ._stats import CallStats, PluginStats
 from ._storage import Storage
-from ._versions import BlockedByDependency, dependents, partition_loadable, plugin_table
+from ._versions import (
+    CORDON_VERSION,
+    BlockedByDependency,
+    dependents,
+    partition_loadable,
+    plugin_table,
+)
 from ._worker import QUOTA_REASONS, ExitInfo, WorkerProcess
 
 __all__ = [
@@ -147,15 +153,6 @@ def restart_backoff(
     random — so restarts of many plugins spread out."""
     base = min(max_backoff, backoff * 2.0 ** max(0, failures - 1))
     return base / 2 + uniform(0, base / 2)
-
-
-def _running_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cordon")
-    except PackageNotFoundError:  # pragma: no cover - only in a broken install
-        return "0.0.0"
 
 
 class PluginHandle:
@@ -516,7 +513,7 @@ class PluginHandle:
         """Hot reload: see :meth:`Runtime.reload`."""
         async with self._reload_lock:
             manifest = load_manifest(self.manifest.directory)
-            check_cordon_compat(manifest, _running_version())
+            check_cordon_compat(manifest, CORDON_VERSION)
             if manifest.id != self.id:
                 raise PluginUnavailable(
                     f"plugin.toml in {manifest.directory} now says id {manifest.id!r}, not "
@@ -801,7 +798,7 @@ class Runtime:
         if self._tg is None:
             raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
         manifest = load_manifest(path)
-        check_cordon_compat(manifest, _running_version())
+        check_cordon_compat(manifest, CORDON_VERSION)
         return await self._load_manifest(manifest)
 
     def _permissions_for(self, manifest: Manifest, settings: PluginSettings) -> PermissionSet:
@@ -879,7 +876,7 @@ class Runtime:
         for cand in found.candidates:
             try:
                 manifest = load_manifest(cand.path)
-                check_cordon_compat(manifest, _running_version())
+                check_cordon_compat(manifest, CORDON_VERSION)
             except CordonError as exc:
                 report.failed.append(LoadFailure(None, str(cand.path), exc.message, exc))
                 continue
