@@ -191,7 +191,8 @@ class PluginHandle:
         # Calls in flight per worker (counted here, not by the worker, so health pings do
         # not count), and an event set whenever one finishes: reload drains on these.
         self._active_calls: Counter[WorkerProcess] = Counter()
-        self._call_finished = anyio.Event()
+        # Made only when a drain waits on it: a new Event per call cost ~2 µs on the hot path.
+        self._call_finished: anyio.Event | None = None
         self._last_call = time.monotonic()
         self._retiring: set[WorkerProcess] = set()
         self._reload_lock = anyio.Lock()
@@ -262,8 +263,10 @@ class PluginHandle:
         if self._active_calls[worker] <= 0:
             del self._active_calls[worker]
         self._last_call = time.monotonic()
-        self._call_finished.set()
-        self._call_finished = anyio.Event()
+        finished = self._call_finished
+        if finished is not None:
+            self._call_finished = None
+            finished.set()
 
     # -- supervision ----------------------------------------------------------------------
 
@@ -563,6 +566,8 @@ class PluginHandle:
             with anyio.move_on_after(self.settings.max_call_timeout + DRAIN_GRACE):
                 while self._active_calls.get(old) and old.exit is None:
                     # Set by the next call to finish (on any worker; then re-check).
+                    if self._call_finished is None:
+                        self._call_finished = anyio.Event()
                     await self._call_finished.wait()
         finally:
             # Even if the reload's caller is cancelled mid-drain (stop is shielded).
