@@ -129,6 +129,8 @@ _WORKER_MAY_RAISE: Final = (
 
 HostRequestHandler = Callable[[str, msgspec.Raw], Awaitable[Any]]
 StderrHandler = Callable[[bytes], None]
+#: ``(returncode) -> (reason, detail)`` for an exit the host did not cause, or ``None``.
+ExitProbe = Callable[[int | None], "tuple[str, str] | None"]
 
 
 @dataclass(slots=True)
@@ -238,8 +240,12 @@ class WorkerProcess:
         python: str | None = None,
         argv: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
+        exit_probe: ExitProbe | None = None,
     ) -> None:
         self.plugin_id = plugin_id
+        # Asked, for an exit the host did not cause, whether something outside the process
+        # saw why (a cgroup's OOM killer): the SIGKILL alone does not say.
+        self._exit_probe = exit_probe
         self.params = params
         self.max_frame = params.max_frame
         self._on_host_request = on_host_request
@@ -436,9 +442,14 @@ class WorkerProcess:
             with anyio.move_on_after(0.5):
                 await self._stderr_done.wait()
             tail = list(self._stderr_tail)
+            kill_reason, kill_detail = self._kill_reason, self._kill_detail
+            if kill_reason is None and self._exit_probe is not None:
+                found = self._exit_probe(returncode)
+                if found is not None:
+                    kill_reason, kill_detail = found
             reason, sig = _classify(
                 returncode,
-                self._kill_reason,
+                kill_reason,
                 stderr_tail=tail,
                 cpu_seconds=self.cpu_seconds,
                 cpu_limit=self.params.limits.cpu_seconds,
@@ -447,7 +458,7 @@ class WorkerProcess:
                 reason=reason,
                 returncode=returncode,
                 signal=sig,
-                detail=self._kill_detail,
+                detail=kill_detail,
                 stderr_tail=tail,
                 limit=self._limit_for(reason),
             )
