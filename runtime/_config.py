@@ -8,6 +8,7 @@
     strict-permissions = false
     redact-patterns = []                 # extra regexes for log redaction
     middleware-order = []                # plugin ids, explicit order of the middleware chain
+    cgroups = "auto"                     # per-worker memory/pids cgroups where possible; "off"
 
     [defaults]                           # every plugin, unless its own section says otherwise
     memory = "256 MiB"                   # sizes: bytes or "256 MiB" / "1.5 GB"; or "unlimited"
@@ -123,6 +124,7 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     strict_permissions: bool
     redact_patterns: tuple[str, ...]
     middleware_order: tuple[str, ...]
+    cgroups: Literal["auto", "off"] = "auto"
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,6 +152,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 "strict-permissions": rt.strict_permissions,
                 "redact-patterns": list(rt.redact_patterns),
                 "middleware-order": list(rt.middleware_order),
+                "cgroups": rt.cgroups,
             },
             "defaults": _settings_to_dict(self.defaults, with_settings=False),
             "plugins": {pid: _settings_to_dict(s) for pid, s in sorted(self.plugins.items())},
@@ -468,6 +471,7 @@ _RUNTIME_KEYS: Final = (
     "strict-permissions",
     "redact-patterns",
     "middleware-order",
+    "cgroups",
 )
 
 
@@ -478,6 +482,7 @@ def _parse_runtime(ck: Checker, table: Mapping[str, Any], base_dir: Path | None)
         "strict-permissions",
         "redact-patterns",
         "middleware-order",
+        "cgroups",
     )
     ck.check_keys("runtime", table, known)
     rt = DEFAULT_CONFIG.runtime
@@ -498,6 +503,8 @@ def _parse_runtime(ck: Checker, table: Mapping[str, Any], base_dir: Path | None)
         changes["middleware_order"] = ck.expect_str_list(
             "runtime.middleware-order", table["middleware-order"], check=_check_id, unique=True
         )
+    if "cgroups" in table:
+        changes["cgroups"] = ck.expect_choice("runtime.cgroups", table["cgroups"], ("auto", "off"))
     return msgspec.structs.replace(
         rt, **{k: v for k, v in changes.items() if not isinstance(v, Invalid)}
     )

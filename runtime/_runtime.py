@@ -45,6 +45,7 @@ from cordon.protocol import (
 )
 
 from ._audit import AuditEntry, AuditTrail
+from ._cgroup import CgroupSupport, WorkerCgroup
 from ._config import Config, PluginSettings, find_config, parse_config
 from ._discovery import discover
 from ._events import EventBus
@@ -177,6 +178,8 @@ class PluginHandle:
         #: Why the plugin is in its state (``None`` when there is nothing to say).
         self.state_reason: str | None = None
         self.sandbox: dict[str, str] = {}
+        #: The worker's cgroup: ``applied (...)``, ``unavailable: why`` or ``off``.
+        self.cgroup: str = "not started"
         self.contributions: list[Any] = []
         self._worker: WorkerProcess | None = None
         self._start_lock = anyio.Lock()
@@ -332,7 +335,7 @@ class PluginHandle:
         ``record`` counts a failure towards the restart policy (not for a reload attempt)."""
         worker = self.runtime._new_worker(self, manifest)
         try:
-            await self.runtime._tg_start(worker.run)
+            await self.runtime._tg_start(functools.partial(self.runtime._run_worker, worker))
             log.info("worker.started", plugin=self.id, pid=worker.pid)
             with anyio.fail_after(ACTIVATE_TIMEOUT):
                 await worker.request(ACTIVATE, None, timeout=None)
@@ -355,6 +358,17 @@ class PluginHandle:
         """Make a started worker the one that serves new calls."""
         assert worker.init_result is not None
         self.sandbox = dict(worker.init_result.sandbox)
+        # Not a sandbox layer but a quota line: reported apart, so a host without cgroups
+        # is not told its sandbox is incomplete.
+        joined = self.sandbox.pop("cgroup", None)
+        group = self.runtime._cgroups.get(worker)
+        if group is not None and joined == "applied":
+            self.cgroup = group.describe()
+        elif joined is not None:
+            self.cgroup = joined
+            log.warning("cgroup.unavailable", plugin=self.id, why=joined)
+        else:
+            self.cgroup = self.runtime._cgroup_why.get(worker, "off")
         self.contributions = list(worker.init_result.contributions)
         self._worker = worker
         self.state = "active"
@@ -632,6 +646,7 @@ class PluginHandle:
             breaker_open=self._breaker_until is not None and time.monotonic() < self._breaker_until,
             sandbox=dict(self.sandbox),
             in_flight=worker.in_flight if worker is not None else 0,
+            cgroup=self.cgroup,
         )
 
 
@@ -694,6 +709,9 @@ class Runtime:
         self.log_sink: LogSink | None = None
         self.events: EventBus | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self.cgroups = CgroupSupport.unavailable("the runtime is not running")
+        self._cgroups: dict[WorkerProcess, WorkerCgroup] = {}
+        self._cgroup_why: dict[WorkerProcess, str] = {}
         #: Every contribution of every loaded plugin; routing by name goes through it.
         self.registry = Registry(self)
 
@@ -716,6 +734,15 @@ class Runtime:
             redactor = Redactor(extra_patterns=self.config.runtime.redact_patterns)
             self.log_sink = LogSink(rate=self.config.defaults.log_rate, redactor=redactor)
             self.events = await stack.enter_async_context(EventBus())
+            if self.config.runtime.cgroups == "auto":
+                self.cgroups = CgroupSupport.detect()
+            else:
+                self.cgroups = CgroupSupport.unavailable("off (runtime.cgroups)")
+            # Last in, first out: after every worker has been reaped (the task group exits
+            # before the stack), so only empty groups remain to remove.
+            stack.callback(self.cgroups.close)
+            if not self.cgroups.available:
+                log.info("cgroup.unavailable", why=self.cgroups.why)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -1135,9 +1162,31 @@ class Runtime:
         if self.log_sink is not None:
             self.log_sink.plugin_output(plugin_id, line)
 
+    async def _run_worker(
+        self, worker: WorkerProcess, *, task_status: anyio.abc.TaskStatus[WorkerProcess]
+    ) -> None:
+        """A worker's whole life, then its cgroup's end: whatever it left in the group (a
+        child that left its process group) is killed, and the group removed."""
+        try:
+            await worker.run(task_status=task_status)
+        finally:
+            self._cgroup_why.pop(worker, None)
+            group = self._cgroups.pop(worker, None)
+            if group is not None:
+                with anyio.CancelScope(shield=True):
+                    await group.destroy()
+
     def _new_worker(self, handle: PluginHandle, manifest: Manifest | None = None) -> WorkerProcess:
         s = handle.settings
         m = manifest if manifest is not None else handle.manifest
+        group: WorkerCgroup | None = None
+        why = f"unavailable: {self.cgroups.why}"
+        if self.cgroups.available:
+            try:
+                group = self.cgroups.create(m.id, memory=s.memory, processes=s.processes)
+            except OSError as exc:
+                why = f"unavailable: cannot create the worker's group: {exc.strerror or exc}"
+                log.warning("cgroup.unavailable", plugin=m.id, why=why)
         params = InitializeParams(
             protocol=PROTOCOL_VERSION,
             plugin_id=m.id,
@@ -1150,6 +1199,7 @@ class Runtime:
                 open_files=s.open_files,
                 file_size=s.file_size,
                 processes=s.processes,
+                cgroups=group.procs_files if group is not None else [],
             ),
             sandbox=SandboxPolicy(
                 mode=s.sandbox, fs_read=list(s.fs_read), fs_write=list(s.fs_write)
@@ -1158,10 +1208,16 @@ class Runtime:
             host_pid=os.getpid(),
             faults=self.enable_faults,
         )
-        return WorkerProcess(
+        worker = WorkerProcess(
             plugin_id=m.id,
             params=params,
             on_host_request=handle.host_api.handle,
             on_stderr=functools.partial(self._plugin_output, m.id),
             python=self._python,
+            exit_probe=group.exit_reason if group is not None else None,
         )
+        if group is not None:
+            self._cgroups[worker] = group
+        else:
+            self._cgroup_why[worker] = why
+        return worker

@@ -31,6 +31,8 @@ class PluginStats(msgspec.Struct, kw_only=True):
     breaker_open: bool
     sandbox: dict[str, str]
     in_flight: int
+    #: The worker's cgroup: ``applied (...)``, ``unavailable: why``, or ``not started``.
+    cgroup: str = "not started"
 
 
 class CallStats:

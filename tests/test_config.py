@@ -29,6 +29,7 @@ state-dir = ".cordon"
 strict-permissions = false
 redact-patterns = ["sk-[A-Za-z0-9]{20,}"]
 middleware-order = ["audit", "hello"]
+cgroups = "off"
 
 [defaults]
 memory = "256 MiB"
@@ -379,6 +380,10 @@ def test_a_value_of_the_wrong_type_is_named_with_what_was_expected(
         (
             {"runtime": {"middleware-order": ["a", "a"]}},
             'runtime.middleware-order[1]: duplicate of runtime.middleware-order[0] ("a")',
+        ),
+        (
+            {"runtime": {"cgroups": "always"}},
+            'runtime.cgroups: "always" is not one of "auto", "off"',
         ),
     ],
 )

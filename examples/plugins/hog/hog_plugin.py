@@ -115,6 +115,62 @@ async def fork_bomb(ctx: Context, attempts: int = 10) -> dict[str, Any]:
 
 
 @plugin.tool
+async def fork_and_hold(ctx: Context, attempts: int = 100) -> dict[str, Any]:
+    """Fork children that stay alive (a fork bomb that keeps its gains), until the kernel
+    refuses. Returns how many started and the errno that stopped it. The children sleep until
+    killed; they share the worker's process group, so the host's stop takes them too."""
+    out: dict[str, Any] = {"children": 0, "stopped_by": None}
+    for _ in range(attempts):
+        try:
+            child = os.fork()
+        except OSError as exc:
+            out["stopped_by"] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            break
+        if child == 0:
+            _sleep_forever()
+        out["children"] += 1
+    return out
+
+
+@plugin.tool
+async def escapee(ctx: Context) -> int:
+    """Fork a child that leaves the worker's session and process group (setsid), so a kill of
+    the worker's group misses it. Returns its pid."""
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        _sleep_forever()
+    return child
+
+
+def _sleep_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        os._exit(0)
+
+
+#: memfd descriptors memfd_hoard keeps open: their pages stay charged while they do.
+_hoard: list[int] = []
+
+
+@plugin.tool
+async def memfd_hoard(ctx: Context, files: int, size: int) -> int:
+    """Fill ``files`` anonymous in-memory files of ``size`` bytes each and keep them open.
+    Their pages are memory but not address space: RLIMIT_AS and the RSS watchdog never see
+    them (only file-size × open-files bound them); a memory cgroup does. Returns bytes held."""
+    chunk = b"\xa5" * (1 << 20)
+    for i in range(files):
+        fd = os.memfd_create(f"hoard-{i}")
+        _hoard.append(fd)
+        left = size
+        while left > 0:
+            left -= os.write(fd, chunk[: min(left, len(chunk))])
+    return files * size
+
+
+@plugin.tool
 async def fd_leak(ctx: Context, until_error: bool = True) -> int:
     """Open /dev/null and never close it, until the open-files limit says EMFILE (which
     escapes as the plugin's OSError). Returns how many it holds if it stopped otherwise."""

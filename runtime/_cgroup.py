@@ -1,0 +1,310 @@
+"""Per-worker cgroups: a kernel-side memory and task ceiling for a plugin's whole process tree.
+
+rlimits are per process: ``RLIMIT_AS`` bounds each process on its own (a plugin allowed to fork
+gets the limit once per child), and ``RLIMIT_NPROC`` is not enforced for uid 0 at all. A cgroup
+bounds the *group*: every worker gets its own, with
+
+* ``memory``: the plugin's ``memory`` quota for everything charged to the group (anonymous
+  memory, page cache, tmpfs), swap included where swap is accounted. Past it the kernel's OOM
+  killer SIGKILLs a process of the group; the host reads the group's ``oom_kill`` counter to
+  tell that SIGKILL from any other, so the caller gets ``QuotaExceeded(kind="memory")``.
+* ``pids``: ``processes`` + :data:`THREAD_ALLOWANCE` tasks (the kernel counts threads too), so
+  a fork bomb stops at the ceiling even as root.
+
+And on the way out the host kills whatever is still in the group, so a child that escaped the
+worker's process group (``setsid``) does not outlive it.
+
+Cgroups are a second line, never required: the worker's rlimits, seccomp and the RSS watchdog
+do not depend on them. Where the host may not create groups (no delegation, read-only
+``/sys/fs/cgroup``, cgroup v2 controllers not enabled for the host's group) cordon reports why
+and carries on. Layout: v1 (one hierarchy per controller) is used when it has the controllers,
+else the unified v2 hierarchy. Groups live under the host's own group, in one parent per
+runtime (``cordon-<pid>-<random>``), removed when the runtime ends.
+
+The worker joins its groups itself, in its launch sequence before any plugin code is imported
+(the host names the ``cgroup.procs`` files in ``Limits.cgroups``); writing ``0`` there moves
+the writing process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from ._units import format_size
+
+__all__ = ["THREAD_ALLOWANCE", "CgroupSupport", "WorkerCgroup"]
+
+#: Tasks a worker needs beyond its processes: the main thread, the sync-tool pool (8 in the
+#: worker), and Python's own helper threads, with room to spare. The pids controller cannot
+#: tell threads from processes, so this is the slack a fork bomb gets when ``processes > 0``.
+THREAD_ALLOWANCE: Final = 32
+#: After a worker exits, how long its leftover processes get to die of SIGKILL before the
+#: group is left behind (an unkillable task in D state; removed with the runtime's parent).
+DRAIN_TIMEOUT: Final = 2.0
+#: Poll step while waiting for a killed group to empty: the kernel offers no event for it on
+#: v1, and this only runs after a worker has already exited.
+_DRAIN_POLL: Final = 0.01
+_CONTROLLERS: Final = ("memory", "pids")
+
+
+def _mounts() -> tuple[dict[str, str], str | None]:
+    """``({v1 controller: mount point}, v2 mount point)`` from /proc/self/mountinfo."""
+    v1: dict[str, str] = {}
+    v2: str | None = None
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 5 or len(rfields) < 3:
+                continue
+            mount_point, fstype, super_opts = fields[4], rfields[0], rfields[2]
+            if fstype == "cgroup2":
+                v2 = mount_point
+            elif fstype == "cgroup":
+                for opt in super_opts.split(","):
+                    if opt in _CONTROLLERS:
+                        v1[opt] = mount_point
+    return v1, v2
+
+
+def _own_groups() -> tuple[dict[str, str], str | None]:
+    """This process's group path per v1 controller, and its v2 path, from /proc/self/cgroup."""
+    v1: dict[str, str] = {}
+    v2: str | None = None
+    with open("/proc/self/cgroup", encoding="utf-8") as f:
+        for line in f:
+            hier, _, rest = line.rstrip("\n").partition(":")
+            ctrls, _, path = rest.partition(":")
+            if hier == "0" and ctrls == "":
+                v2 = path
+            for c in ctrls.split(","):
+                if c in _CONTROLLERS:
+                    v1[c] = path
+    return v1, v2
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(value)
+
+
+def _read_counter(path: Path, key: str) -> int:
+    """``key N`` from a flat-keyed cgroup file (memory.events, memory.oom_control, ...)."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return 0
+
+
+def _why(exc: OSError) -> str:
+    return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+
+
+@dataclass
+class WorkerCgroup:
+    """One worker's groups (one per controller on v1, one on v2)."""
+
+    version: str
+    #: controller → group directory.
+    dirs: dict[str, Path]
+    memory: int | None
+    tasks: int | None
+    _oom_before: int = field(default=0)
+
+    @property
+    def procs_files(self) -> list[str]:
+        """What the worker writes ``0`` into, to join (each directory once)."""
+        return sorted({str(d / "cgroup.procs") for d in self.dirs.values()})
+
+    def describe(self) -> str:
+        parts = []
+        if self.memory is not None:
+            parts.append(f"memory {format_size(self.memory)}")
+        if self.tasks is not None:
+            parts.append(f"{self.tasks} tasks")
+        return f"applied ({self.version}: {', '.join(parts) or 'accounting only'})"
+
+    def oom_kills(self) -> int:
+        """How many processes of this group the OOM killer has killed."""
+        mem = self.dirs.get("memory")
+        if mem is None:
+            return 0
+        if self.version == "v2":
+            return _read_counter(mem / "memory.events", "oom_kill")
+        return _read_counter(mem / "memory.oom_control", "oom_kill")
+
+    def members(self) -> list[int]:
+        pids: set[int] = set()
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+        return sorted(pids)
+
+    def exit_reason(self, returncode: int | None) -> tuple[str, str] | None:
+        """For :class:`WorkerProcess`: a SIGKILL while the OOM counter moved was the memory
+        ceiling, not some other killer."""
+        if returncode == -signal.SIGKILL and self.oom_kills() > self._oom_before:
+            return "memory", (
+                f"killed by the kernel's OOM killer at the cgroup limit ({self.memory} bytes)"
+            )
+        return None
+
+    def kill_all(self) -> None:
+        for pid in self.members():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def destroy(self) -> None:
+        """Kill what is left in the group, wait (bounded) for it to empty, remove it."""
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            while self.members():
+                self.kill_all()
+                await anyio.sleep(_DRAIN_POLL)
+        for d in self.dirs.values():
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+class CgroupSupport:
+    """What this host may do with cgroups, found once per runtime; makes worker groups."""
+
+    def __init__(self, version: str, parents: dict[str, Path], why: str) -> None:
+        self.version = version
+        #: controller → this runtime's parent group (empty when unavailable).
+        self.parents = parents
+        #: Why cgroups are not used ("" when they are).
+        self.why = why
+        self._seq = 0
+
+    @property
+    def available(self) -> bool:
+        return bool(self.parents)
+
+    @classmethod
+    def unavailable(cls, why: str) -> CgroupSupport:
+        return cls("none", {}, why)
+
+    @classmethod
+    def detect(cls) -> CgroupSupport:
+        """Find a hierarchy with memory and pids under this process's own group, and make
+        this runtime's parent group in it (the only real test of writability)."""
+        try:
+            mounts, v2_mount = _mounts()
+            own, v2_path = _own_groups()
+        except OSError as exc:
+            return cls.unavailable(f"cannot read the cgroup layout: {_why(exc)}")
+        name = f"cordon-{os.getpid()}-{secrets.token_hex(3)}"
+        problems: list[str] = []
+        if all(c in mounts and c in own for c in _CONTROLLERS):
+            parents: dict[str, Path] = {}
+            try:
+                for c in _CONTROLLERS:
+                    parent = Path(mounts[c]) / own[c].lstrip("/") / name
+                    parent.mkdir()
+                    parents[c] = parent
+            except OSError as exc:
+                for p in parents.values():
+                    with contextlib.suppress(OSError):
+                        p.rmdir()
+                problems.append(f"v1: cannot create a group: {_why(exc)}")
+            else:
+                return cls("v1", parents, "")
+        else:
+            problems.append("v1: memory and pids controllers not both mounted")
+        if v2_mount is not None and v2_path is not None:
+            found = cls._detect_v2(Path(v2_mount) / v2_path.lstrip("/"), name)
+            if isinstance(found, CgroupSupport):
+                return found
+            problems.append(f"v2: {found}")
+        else:
+            problems.append("v2: no unified hierarchy")
+        return cls.unavailable("; ".join(problems))
+
+    @classmethod
+    def _detect_v2(cls, own: Path, name: str) -> CgroupSupport | str:
+        try:
+            enabled = (own / "cgroup.subtree_control").read_text().split()
+        except OSError as exc:
+            return f"cannot read subtree_control: {_why(exc)}"
+        missing = [c for c in _CONTROLLERS if c not in enabled]
+        if missing:
+            try:
+                _write(own / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
+            except OSError as exc:
+                # EBUSY: the host's own group holds processes ("no internal processes").
+                return (
+                    f"{', '.join(missing)} not enabled for {own} and cannot be "
+                    f"({_why(exc)}); delegate a group with them to the host"
+                )
+        parent = own / name
+        try:
+            parent.mkdir()
+            _write(parent / "cgroup.subtree_control", " ".join(f"+{c}" for c in _CONTROLLERS))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+            return f"cannot create a group: {_why(exc)}"
+        return cls("v2", {c: parent for c in _CONTROLLERS}, "")
+
+    def create(self, plugin_id: str, *, memory: int | None, processes: int | None) -> WorkerCgroup:
+        """A new group for one worker of ``plugin_id``, its limits set. Raises OSError."""
+        self._seq += 1
+        leaf = f"{plugin_id}-{self._seq}"
+        tasks = None if processes is None else processes + 1 + THREAD_ALLOWANCE
+        dirs: dict[str, Path] = {}
+        try:
+            if self.version == "v2":
+                d = self.parents["memory"] / leaf
+                d.mkdir()
+                dirs = {c: d for c in _CONTROLLERS}
+                if memory is not None:
+                    _write(d / "memory.max", str(memory))
+                    with contextlib.suppress(FileNotFoundError):
+                        _write(d / "memory.swap.max", "0")
+                if tasks is not None:
+                    _write(d / "pids.max", str(tasks))
+            else:
+                for c in _CONTROLLERS:
+                    dirs[c] = self.parents[c] / leaf
+                    dirs[c].mkdir()
+                mem = dirs["memory"]
+                if memory is not None:
+                    _write(mem / "memory.limit_in_bytes", str(memory))
+                    # Only where swap is accounted; the memsw limit may not be below the
+                    # memory limit, so it is written second.
+                    with contextlib.suppress(FileNotFoundError):
+                        _write(mem / "memory.memsw.limit_in_bytes", str(memory))
+                if tasks is not None:
+                    _write(dirs["pids"] / "pids.max", str(tasks))
+        except OSError:
+            for d in set(dirs.values()):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
+        group = WorkerCgroup(self.version, dirs, memory, tasks)
+        group._oom_before = group.oom_kills()
+        return group
+
+    def close(self) -> None:
+        """Remove this runtime's parent groups (their workers' groups are gone by now). Never
+        raises: it runs on the way out; a group still busy is left for the operator."""
+        for parent in set(self.parents.values()):
+            for child in parent.glob("*/"):
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+            with contextlib.suppress(OSError):
+                parent.rmdir()
