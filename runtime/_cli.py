@@ -20,12 +20,20 @@ code  meaning
 11    the strict sandbox cannot be applied here (SandboxUnavailable)
 12    protocol error (ProtocolError, IncompatibleProtocol, FrameTooLarge)
 13    the call was cancelled (CallCancelled)
+14    another host is already running on the control socket (HostAlreadyRunning)
+15    no running host to talk to (HostNotRunning), e.g. ``cordon plugin reload`` without one
+16    the control socket cannot be used safely or at all (ControlSocketError)
 ====  ===========================================================
+
+Commands that talk to a running host (``plugin enable|disable|reload``, and ``stats``,
+``plugin list``, ``plugin info`` when one is reachable) connect to ``--socket PATH``, else to
+``<state-dir>/cordon.sock`` of the config's state-dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +57,7 @@ from cordon.protocol import (
     WorkerCrashed,
 )
 
+from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
 from ._errors import ConfigError
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
@@ -71,6 +80,9 @@ EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
     (SandboxUnavailable, 11),
     (ProtocolError, 12),
     (CallCancelled, 13),
+    (HostAlreadyRunning, 14),
+    (HostNotRunning, 15),
+    (ControlSocketError, 16),
 )
 
 
@@ -140,15 +152,122 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._serve import serve
 
-    return anyio.run(serve, args.config, args.watch)
+    return anyio.run(
+        functools.partial(
+            serve,
+            args.config,
+            args.watch,
+            socket_path=_explicit_socket(args),
+            use_socket=not args.no_socket,
+            use_stdin=not args.no_stdin,
+        )
+    )
+
+
+# -- talking to a running host ----------------------------------------------------------------
+
+
+def _explicit_socket(args: argparse.Namespace) -> Path | None:
+    return Path(args.socket).expanduser().absolute() if args.socket else None
+
+
+def _socket_for(args: argparse.Namespace) -> Path:
+    from ._config import find_config
+    from ._control import default_socket_path
+
+    return _explicit_socket(args) or default_socket_path(find_config(args.config))
+
+
+def _ask_host(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None) -> Any:
+    """The running host's answer; :class:`HostNotRunning` when none is reachable."""
+    from ._control import request
+
+    return request(_socket_for(args), method, params)
+
+
+def _live(args: argparse.Namespace, method: str) -> Any | None:
+    """The running host's answer, or ``None`` when no host is reachable (the caller falls
+    back to reading files)."""
+    try:
+        return _ask_host(args, method)
+    except HostNotRunning:
+        return None
+
+
+def _print_kv(row: dict[str, Any]) -> None:
+    for key, value in row.items():
+        print(f"{key:12} {value}")
+
+
+def _cmd_plugin_toggle(args: argparse.Namespace) -> int:
+    from ._control import load_config_with_overrides, overrides_path, write_override
+
+    enable = args.plugin_command == "enable"
+    try:
+        state = _ask_host(args, args.plugin_command, {"plugin": args.plugin_id})
+        live = True
+    except (HostNotRunning, PluginUnavailable) as exc:
+        if isinstance(exc, PluginUnavailable) and exc.reason != "not-loaded":
+            raise
+        # No host (or it could not load the plugin): persist the choice for the next start.
+        if not any(r.get("id") == args.plugin_id for r in _plugin_rows(args.config)):
+            raise PluginUnavailable(
+                f"no plugin {args.plugin_id!r} under the configured plugin dirs",
+                plugin=args.plugin_id,
+                reason="not-found",
+            ) from None
+        write_override(
+            overrides_path(load_config_with_overrides(args.config)), args.plugin_id, enable
+        )
+        state, live = ("enabled" if enable else "disabled"), False
+    result = {"plugin": args.plugin_id, "state": state, "live": live}
+    if args.json:
+        _print_json(result)
+    elif live:
+        print(f"{args.plugin_id}: {state} (running host; persisted for restarts)")
+    else:
+        print(f"{args.plugin_id}: {state} (no running host; applies when one starts)")
+    return EXIT_OK
+
+
+def _cmd_plugin_reload(args: argparse.Namespace) -> int:
+    state = _ask_host(args, "reload", {"plugin": args.plugin_id})
+    version = next(
+        (p["version"] for p in _ask_host(args, "plugins") if p["id"] == args.plugin_id), None
+    )
+    result = {"plugin": args.plugin_id, "state": state, "version": version}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{args.plugin_id}: {state} (version {version})")
+    return EXIT_OK
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    stats = _live(args, "stats")
+    if stats is None:
+        stats = _stats_snapshot(args)
+    if args.json:
+        _print_json(stats)
+    else:
+        for pid, s in stats.items():
+            applied = sum(1 for v in s["sandbox"].values() if v == "applied")
+            print(
+                f"{pid:16} state={s['state']:8} pid={s['pid']} rss={s['rss_bytes']} "
+                f"calls={s['calls']} restarts={s['restarts']} "
+                f"sandbox={applied}/{len(s['sandbox'])} layers"
+            )
+    return EXIT_OK
+
+
+def _stats_snapshot(args: argparse.Namespace) -> dict[str, Any]:
+    """No host is running: start the configured plugins here, just for a snapshot."""
+    from ._control import load_config_with_overrides
     from ._runtime import Runtime
     from ._serve import _load_configured
 
     async def snapshot() -> dict[str, Any]:
-        async with Runtime(args.config) as rt:
+        async with Runtime(load_config_with_overrides(args.config)) as rt:
             await _load_configured(rt)
             for handle in rt.plugins.values():
                 # Start each worker so the snapshot shows its pid, memory and sandbox.
@@ -160,17 +279,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
                     )
             return {k: msgspec.to_builtins(v) for k, v in rt.stats().items()}
 
-    stats = anyio.run(snapshot)
-    if args.json:
-        _print_json(stats)
-    else:
-        for pid, s in stats.items():
-            applied = sum(1 for v in s["sandbox"].values() if v == "applied")
-            print(
-                f"{pid:16} state={s['state']:8} pid={s['pid']} rss={s['rss_bytes']} "
-                f"restarts={s['restarts']} sandbox={applied}/{len(s['sandbox'])} layers"
-            )
-    return EXIT_OK
+    result: dict[str, Any] = anyio.run(snapshot)
+    return result
 
 
 def _predicted_missing(report: dict[str, Any]) -> list[str]:
@@ -244,12 +354,17 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
+    """One row per plugin under the configured plugin dirs, from the manifests, the config
+    and the persisted overrides (no host needed)."""
     from ._config import find_config
+    from ._control import apply_overrides, overrides_path, read_overrides
     from ._discovery import discover
     from ._manifest import load_manifest
     from ._permissions import effective_permissions
 
     cfg = find_config(config)
+    overrides = read_overrides(overrides_path(cfg))
+    cfg = apply_overrides(cfg, overrides)
     found = discover([Path(d) for d in cfg.runtime.plugin_dirs])
     rows: list[dict[str, Any]] = []
     for cand in found.candidates:
@@ -277,6 +392,11 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
                 "origin": cand.origin,
                 "description": m.description,
                 "state": "enabled" if s.enabled else "disabled",
+                "override": (
+                    None
+                    if m.id not in overrides
+                    else ("enabled" if overrides[m.id] else "disabled")
+                ),
                 "permissions": {
                     "requested": list(perms.requested),
                     "granted": list(perms.granted),
@@ -293,8 +413,34 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _merge_live(rows: list[dict[str, Any]], live: list[dict[str, Any]] | None) -> None:
+    """Overlay a running host's view (``None``: no host) on the rows from files: its state
+    and the version it runs. A plugin on disk that the host did not load is ``not-loaded``."""
+    for row in rows:
+        row["live"] = live is not None
+    if live is None:
+        return
+    by_id = {p["id"]: p for p in live}
+    for row in rows:
+        if row["state"] == "broken":
+            continue
+        running = by_id.pop(row["id"], None)
+        if running is None:
+            row["state"], row["reason"] = "not-loaded", "the running host did not load it"
+            continue
+        if running["version"] != row["version"]:
+            row["version_on_disk"] = row["version"]
+        row["version"] = running["version"]
+        row["state"], row["reason"] = running["state"], running.get("reason")
+        row["sandbox_applied"] = running.get("sandbox") or {}
+    for extra in by_id.values():
+        # Loaded by the host from elsewhere (an installed distribution's entry point).
+        rows.append({**extra, "description": "", "live": True})
+
+
 def _cmd_plugin_list(args: argparse.Namespace) -> int:
     rows = _plugin_rows(args.config)
+    _merge_live(rows, _live(args, "plugins"))
     if args.json:
         _print_json(rows)
         return EXIT_OK
@@ -307,13 +453,17 @@ def _cmd_plugin_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugin_info(args: argparse.Namespace) -> int:
-    for r in _plugin_rows(args.config):
+    rows = _plugin_rows(args.config)
+    live = _live(args, "plugins")
+    _merge_live(rows, live)
+    for r in rows:
         if r.get("id") == args.plugin_id:
+            if live is not None:
+                r["stats"] = (_ask_host(args, "stats") or {}).get(args.plugin_id)
             if args.json:
                 _print_json(r)
             else:
-                for key, value in r.items():
-                    print(f"{key:12} {value}")
+                _print_kv(r)
             return EXIT_OK
     raise PluginUnavailable(
         f"no plugin {args.plugin_id!r} under the configured plugin dirs",
@@ -369,7 +519,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run untrusted Python plugins in sandboxed, supervised workers.",
         epilog="Exit codes: 0 ok, 1 internal, 2 usage, 3 config, 4 plugin error, 5 bad call, "
         "6 timeout, 7 worker crashed, 8 quota, 9 permission, 10 unavailable, 11 sandbox, "
-        "12 protocol, 13 cancelled.",
+        "12 protocol, 13 cancelled, 14 a host already runs on the socket, 15 no running host, "
+        "16 control socket unusable.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -378,6 +529,13 @@ def _parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE",
             help="operator TOML (default: ./cordon.toml, else built-in safe defaults)",
+        )
+
+    def socket_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--socket",
+            metavar="PATH",
+            help="the running host's control socket (default: <state-dir>/cordon.sock)",
         )
 
     c = sub.add_parser("call", help="load one plugin, call one tool, print the result as JSON")
@@ -403,27 +561,61 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_doctor)
 
-    run = sub.add_parser("run", help="a long-running host: JSON-RPC on stdin/stdout")
+    run = sub.add_parser(
+        "run", help="a long-running host: JSON-RPC on a control socket and stdin/stdout"
+    )
     config_opt(run)
+    socket_opt(run)
     run.add_argument("--watch", action="store_true", help="reload plugins when files change")
+    channels = run.add_mutually_exclusive_group()
+    channels.add_argument(
+        "--no-stdin",
+        action="store_true",
+        help="serve the control socket only; run until SIGTERM/SIGINT (not stdin's EOF)",
+    )
+    channels.add_argument(
+        "--no-socket", action="store_true", help="serve stdin/stdout only (no control socket)"
+    )
     run.set_defaults(func=_cmd_run)
 
-    st = sub.add_parser("stats", help="start the configured plugins and print their stats")
+    st = sub.add_parser(
+        "stats",
+        help="the running host's live stats; with no host, start the configured plugins "
+        "and print a snapshot",
+    )
     config_opt(st)
+    socket_opt(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_stats)
 
     pl = sub.add_parser("plugin", help="plugins under the configured plugin dirs")
     pl_sub = pl.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")
-    ls = pl_sub.add_parser("list", help="list plugins (manifests only; starts no worker)")
+    ls = pl_sub.add_parser(
+        "list", help="list plugins (with live states when a host runs; starts no worker)"
+    )
     config_opt(ls)
+    socket_opt(ls)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_plugin_list)
-    info = pl_sub.add_parser("info", help="one plugin: requested/granted/effective permissions")
+    info = pl_sub.add_parser(
+        "info", help="one plugin: permissions, and live state and stats when a host runs"
+    )
     info.add_argument("plugin_id")
     config_opt(info)
+    socket_opt(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_plugin_info)
+    for action, what, func in (
+        ("enable", "allow a plugin to run (live, and persisted for restarts)", _cmd_plugin_toggle),
+        ("disable", "stop a plugin and refuse its calls (live and persisted)", _cmd_plugin_toggle),
+        ("reload", "hot-reload a plugin in the running host", _cmd_plugin_reload),
+    ):
+        act = pl_sub.add_parser(action, help=what)
+        act.add_argument("plugin_id")
+        config_opt(act)
+        socket_opt(act)
+        act.add_argument("--json", action="store_true")
+        act.set_defaults(func=func)
 
     au = sub.add_parser("audit", help="a plugin's audit trail of host-API calls")
     au.add_argument("plugin_id")

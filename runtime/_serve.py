@@ -1,27 +1,47 @@
-"""``cordon run``: a long-running host serving JSON-RPC 2.0 on its own stdin/stdout.
+"""``cordon run``: a long-running host serving JSON-RPC 2.0 on a local control socket and on
+its own stdin/stdout.
 
-One JSON text per line, as between host and worker. Methods:
+One JSON text per line, as between host and worker, on both channels. Methods:
 
 - ``call {plugin, name, arguments?, kind?, timeout?}`` → the contribution's result
-- ``plugins {}`` → ``[{id, version, state, sandbox}]``
+- ``plugins {}`` → ``[{id, version, state, reason, sandbox}]``
 - ``stats {}`` → per-plugin stats (as ``rt.stats()``)
 - ``reset {plugin}`` → closes a plugin's circuit breaker
-- ``reload {plugin}`` / ``enable {plugin}`` / ``disable {plugin}`` → the plugin's new state
+- ``reload {plugin}`` / ``enable {plugin}`` / ``disable {plugin}`` → the plugin's new state;
+  ``enable``/``disable`` are also persisted in ``<state-dir>/plugin-overrides.json``, so they
+  survive a restart
 - ``emit {topic, payload?}`` → delivers an application event, returns the subscriber count
 - ``audit {plugin, limit?}`` → the plugin's host-API audit trail
 
-Errors are cordon's typed wire errors (the same codes as between host and worker). Requests are
-served concurrently; EOF on stdin shuts the host down, stopping every worker.
+Errors are cordon's typed wire errors (the same codes as between host and worker); a line that
+is not JSON gets a parse error (-32700) and the connection keeps working. Requests are served
+concurrently, on every channel.
+
+Channels (:func:`serve`):
+
+- **the control socket** (``<state-dir>/cordon.sock``, or ``--socket PATH``): any number of
+  concurrent clients of the host's own uid (or root), see :mod:`cordon.runtime._control`. A
+  client's EOF lets its requests in flight finish; its garbage or disconnect touches only it.
+  ``--no-socket`` serves stdin only.
+- **stdin/stdout**: a ``ready`` notification (the loaded plugin ids) is printed on stdout once
+  the plugins are loaded; answers to stdin's requests follow. EOF on stdin finishes what is in
+  flight and stops the host. ``--no-stdin`` does not read stdin at all (for a service manager
+  or a shell's background job): the host then runs until SIGTERM or SIGINT.
+
+SIGTERM or SIGINT stop the host in either mode: requests in flight are cancelled, every worker
+is stopped, the socket file is removed, and the exit code is 0.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
+import anyio.abc
 import msgspec
 import structlog
 
@@ -39,12 +59,24 @@ from cordon.protocol import (
     encode_result,
     error_to_wire,
 )
+from cordon.protocol._framing import _Oversize
 
+from ._control import (
+    ControlSocket,
+    Send,
+    default_socket_path,
+    load_config_with_overrides,
+    overrides_path,
+    write_override,
+)
 from ._runtime import Runtime
 
-__all__ = ["serve"]
+__all__ = ["Host", "serve"]
 
 log = structlog.get_logger("cordon")
+
+#: Bytes per read from stdin.
+STDIN_CHUNK: Final = 65536
 
 
 class _Call(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,36 +104,92 @@ def _params(raw: msgspec.Raw, typ: type[msgspec.Struct]) -> Any:
         raise InvalidParams(f"invalid params: {exc}", field=None) from None
 
 
-async def _dispatch(rt: Runtime, method: str, raw: msgspec.Raw) -> Any:
-    if method == "call":
-        c = _params(raw, _Call)
-        return await rt.get(c.plugin).call(c.name, c.arguments, kind=c.kind, timeout=c.timeout)
-    if method == "plugins":
-        return [
-            {"id": h.id, "version": h.manifest.version, "state": h.state, "sandbox": h.sandbox}
-            for h in rt.plugins.values()
-        ]
-    if method == "stats":
-        return {k: msgspec.to_builtins(v) for k, v in rt.stats().items()}
-    if method in ("reload", "enable", "disable"):
-        ref = _params(raw, _PluginRef)
+class Host:
+    """The JSON-RPC face of a running :class:`Runtime`, shared by every channel.
+
+    ``overrides`` is the file ``enable``/``disable`` persist to (``None``: not persisted).
+    """
+
+    def __init__(self, rt: Runtime, overrides: Path | None = None) -> None:
+        self.rt = rt
+        self.overrides = overrides
+        # enable/disable persist, then apply: two racing ones must apply in the order they
+        # were persisted, or the file and the live state would disagree.
+        self._lifecycle = anyio.Lock()
+
+    async def dispatch(self, method: str, raw: msgspec.Raw) -> Any:
+        rt = self.rt
+        if method == "call":
+            c = _params(raw, _Call)
+            return await rt.get(c.plugin).call(c.name, c.arguments, kind=c.kind, timeout=c.timeout)
+        if method == "plugins":
+            return [
+                {
+                    "id": h.id,
+                    "version": h.manifest.version,
+                    "state": h.state,
+                    "reason": h.state_reason,
+                    "sandbox": h.sandbox,
+                }
+                for h in rt.plugins.values()
+            ]
+        if method == "stats":
+            return {k: msgspec.to_builtins(v) for k, v in rt.stats().items()}
         if method == "reload":
+            ref = _params(raw, _PluginRef)
             await rt.reload(ref.plugin)
-        elif method == "enable":
-            await rt.enable(ref.plugin)
-        else:
-            await rt.disable(ref.plugin)
-        return rt.get(ref.plugin).state
-    if method == "reset":
-        rt.reset(_params(raw, _PluginRef).plugin)
-        return True
-    if method == "emit":
-        e = _params(raw, _Emit)
-        return await rt.emit(e.topic, e.payload)
-    if method == "audit":
-        ref = _params(raw, _PluginRef)
-        return msgspec.to_builtins(await rt.audit(ref.plugin, ref.limit))
-    raise MethodNotFound(f"method {method!r} not found", method=method)
+            return rt.get(ref.plugin).state
+        if method in ("enable", "disable"):
+            ref = _params(raw, _PluginRef)
+            rt.get(ref.plugin)  # an unknown plugin is refused before anything is persisted
+            async with self._lifecycle:
+                if self.overrides is not None:
+                    await anyio.to_thread.run_sync(
+                        write_override, self.overrides, ref.plugin, method == "enable"
+                    )
+                if method == "enable":
+                    await rt.enable(ref.plugin)
+                else:
+                    await rt.disable(ref.plugin)
+            return rt.get(ref.plugin).state
+        if method == "reset":
+            rt.reset(_params(raw, _PluginRef).plugin)
+            return True
+        if method == "emit":
+            e = _params(raw, _Emit)
+            return await rt.emit(e.topic, e.payload)
+        if method == "audit":
+            ref = _params(raw, _PluginRef)
+            return msgspec.to_builtins(await rt.audit(ref.plugin, ref.limit))
+        raise MethodNotFound(f"method {method!r} not found", method=method)
+
+    async def answer(self, req: Request) -> bytes:
+        try:
+            result = await self.dispatch(req.method, req.params)
+            return encode_result(req.id, result)
+        except CordonError as exc:
+            return encode_error(req.id, error_to_wire(exc))
+
+    async def handle_frame(self, frame: bytes | _Oversize, send: Send) -> None:
+        """Answer one frame from a client through ``send`` (nothing, for notifications and
+        stray responses)."""
+        if not isinstance(frame, bytes):
+            await send(encode_error(None, error_to_wire(InvalidParams("frame too large"))))
+            return
+        msg = decode_frame(frame)
+        if isinstance(msg, Request):
+            await send(await self.answer(msg))
+        elif isinstance(msg, Batch):
+            parts = []
+            for item in msg.items:
+                if isinstance(item, Request):
+                    parts.append((await self.answer(item)).rstrip(b"\n"))
+                elif isinstance(item, Invalid):
+                    parts.append(encode_error(item.id, item.error).rstrip(b"\n"))
+            if parts:
+                await send(b"[" + b",".join(parts) + b"]\n")
+        elif isinstance(msg, Invalid):
+            await send(encode_error(msg.id, msg.error))
 
 
 async def _load_configured(rt: Runtime) -> None:
@@ -113,65 +201,94 @@ async def _load_configured(rt: Runtime) -> None:
         )
 
 
-async def serve(config: Path | None, watch: bool = False) -> int:
-    out = sys.stdout.buffer
-
-    def send(frame: bytes) -> None:
+def _write_stdout(frame: bytes) -> None:
+    try:
+        out = sys.stdout.buffer
         out.write(frame)
         out.flush()
+    except (BrokenPipeError, ValueError):
+        # Nobody reads our stdout any more (or it is closed): the socket may still be used.
+        pass
 
-    async with Runtime(config) as rt:
-        await _load_configured(rt)
-        send(encode({"jsonrpc": "2.0", "method": "ready", "params": sorted(rt.plugins)}))
-        splitter = FrameSplitter()
 
-        async def answer(req: Request) -> bytes:
-            try:
-                result = await _dispatch(rt, req.method, req.params)
-                return encode_result(req.id, result)
-            except CordonError as exc:
-                return encode_error(req.id, error_to_wire(exc))
+async def _send_stdout(frame: bytes) -> None:
+    _write_stdout(frame)
 
-        async with anyio.create_task_group() as tg:
-            if watch:
-                watcher = anyio.CancelScope()
 
-                async def watch_files() -> None:
-                    with watcher:
-                        await rt.watch()
+async def _read_stdin() -> bytes:
+    """The next bytes of stdin, ``b""`` at EOF. Waits in the event loop (not in a thread), so
+    a signal can stop the host while stdin stays open."""
+    while True:
+        try:
+            await anyio.wait_readable(0)
+        except PermissionError:
+            pass  # a regular file or /dev/null: epoll refuses them, and reads never block
+        except OSError:
+            return b""  # fd 0 is closed
+        try:
+            return os.read(0, STDIN_CHUNK)
+        except BlockingIOError:
+            continue  # inherited O_NONBLOCK and another reader took the data
+        except OSError:
+            return b""
 
-                tg.start_soon(watch_files)
 
-            async def one(req: Request) -> None:
-                send(await answer(req))
+async def _serve_stdin(host: Host) -> None:
+    splitter = FrameSplitter()
+    async with anyio.create_task_group() as tg:
+        while data := await _read_stdin():
+            for frame in splitter.feed(data):
+                tg.start_soon(host.handle_frame, frame, _send_stdout)
+        for frame in splitter.feed_eof():
+            tg.start_soon(host.handle_frame, frame, _send_stdout)
+        # EOF: the task group waits for requests still in flight, then the host stops.
 
-            async def batch(msg: Batch) -> None:
-                parts = []
-                for item in msg.items:
-                    if isinstance(item, Request):
-                        parts.append((await answer(item)).rstrip(b"\n"))
-                    elif isinstance(item, Invalid):
-                        parts.append(encode_error(item.id, item.error).rstrip(b"\n"))
-                if parts:
-                    send(b"[" + b",".join(parts) + b"]\n")
 
-            while True:
-                data = await anyio.to_thread.run_sync(os.read, 0, 65536, abandon_on_cancel=True)
-                if not data:
-                    break
-                for frame in splitter.feed(data):
-                    if not isinstance(frame, bytes):
-                        send(encode_error(None, error_to_wire(InvalidParams("frame too large"))))
-                        continue
-                    msg = decode_frame(frame)
-                    if isinstance(msg, Request):
-                        tg.start_soon(one, msg)
-                    elif isinstance(msg, Batch):
-                        tg.start_soon(batch, msg)
-                    elif isinstance(msg, Invalid):
-                        send(encode_error(msg.id, msg.error))
-                    # Notifications and stray responses need no answer.
-            # EOF: the task group waits for requests still in flight, then the host stops.
-            if watch:
-                watcher.cancel()
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.warning("host.stopping", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def serve(
+    config: Path | None,
+    watch: bool = False,
+    *,
+    socket_path: Path | None = None,
+    use_socket: bool = True,
+    use_stdin: bool = True,
+) -> int:
+    """Run a host until stdin's EOF (if ``use_stdin``) or SIGTERM/SIGINT; see the module doc.
+
+    Raises :class:`~cordon.runtime._control.HostAlreadyRunning` before starting any plugin
+    when another host serves the socket.
+    """
+    if not (use_socket or use_stdin):
+        raise ValueError("a host needs a channel: the control socket, stdin, or both")
+    cfg = load_config_with_overrides(config)
+    control = ControlSocket.bind(socket_path or default_socket_path(cfg)) if use_socket else None
+    try:
+        async with Runtime(cfg) as rt:
+            host = Host(rt, overrides_path(cfg))
+            await _load_configured(rt)
+            with anyio.CancelScope() as stopping:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_stop_on_signal, stopping)
+                    if watch:
+                        tg.start_soon(rt.watch)
+                    if control is not None:
+                        await tg.start(control.serve, host.handle_frame)
+                    _write_stdout(
+                        encode({"jsonrpc": "2.0", "method": "ready", "params": sorted(rt.plugins)})
+                    )
+                    if use_stdin:
+                        await _serve_stdin(host)
+                        tg.cancel_scope.cancel()
+                    else:
+                        await anyio.sleep_forever()
+    finally:
+        if control is not None:
+            control.close()
     return 0
