@@ -560,10 +560,18 @@ def request(path: Path, method: str, params: dict[str, Any] | None = None) -> An
     sock = connect(path)
     with sock:
         try:
-            sock.sendall(encode_request(1, method, params or {}))
+            try:
+                sock.sendall(encode_request(1, method, params or {}))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a host refusing this peer says why before closing: read that below
             splitter = FrameSplitter(DEFAULT_MAX_FRAME)
             while True:
-                data = sock.recv(READ_CHUNK)
+                try:
+                    data = sock.recv(READ_CHUNK)
+                except ConnectionResetError:
+                    # The host closed with our request unread (it refused us): whatever it
+                    # said before that has been read already.
+                    data = b""
                 frames = splitter.feed(data) if data else splitter.feed_eof()
                 for frame in frames:
                     if not isinstance(frame, bytes):
