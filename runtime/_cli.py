@@ -115,6 +115,7 @@ def _fail(exc: BaseException) -> int:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
+    from ._control import load_config_with_overrides
     from ._runtime import Runtime
 
     try:
@@ -125,7 +126,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
         raise InvalidParams("--params must be a JSON object or array", field="--params")
 
     async def run() -> Any:
-        async with Runtime(args.config) as rt:
+        async with Runtime(load_config_with_overrides(args.config)) as rt:
             handle = await rt.load(args.plugin_dir)
             return await handle.call(args.tool, params, kind=args.kind, timeout=args.timeout)
 

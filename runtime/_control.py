@@ -122,7 +122,7 @@ class HostNotRunning(CordonError):
 class ControlSocketError(CordonError):
     """The control socket at ``socket`` cannot be used safely or at all; ``reason`` says why
     (``path-too-long``, ``world-writable-dir``, ``not-a-socket``, ``foreign-owner``,
-    ``permission``, ``bad-answer``)."""
+    ``permission``, ``bad-answer``, ``os``)."""
 
     code = -32052
     _fields: ClassVar[tuple[str, ...]] = ("socket", "reason")
@@ -346,6 +346,15 @@ class ControlSocket:
         """Create the socket at ``path``: :class:`HostAlreadyRunning` if another host serves
         it, :class:`ControlSocketError` if it cannot be done safely."""
         path = path.expanduser().absolute()
+        try:
+            return cls._bind(path)
+        except OSError as exc:
+            raise ControlSocketError(
+                f"cannot create the control socket {path}: {exc}", socket=str(path), reason="os"
+            ) from None
+
+    @classmethod
+    def _bind(cls, path: Path) -> ControlSocket:
         _check_path(path)
         _check_dir(path.parent, path)
         lock_fd = _take_lock(path.with_name(path.name + ".lock"), path)

@@ -61,6 +61,7 @@ from cordon.protocol import (
 )
 from cordon.protocol._framing import _Oversize
 
+from ._config import Config
 from ._control import (
     ControlSocket,
     Send,
@@ -169,6 +170,11 @@ class Host:
             return encode_result(req.id, result)
         except CordonError as exc:
             return encode_error(req.id, error_to_wire(exc))
+        except Exception as exc:
+            # A bug in cordon answers this one request with an internal error; it must not
+            # take down the host and every other client's requests with it.
+            log.exception("host.request_failed", method=req.method)
+            return encode_error(req.id, error_to_wire(exc))
 
     async def handle_frame(self, frame: bytes | _Oversize, send: Send) -> None:
         """Answer one frame from a client through ``send`` (nothing, for notifications and
@@ -270,25 +276,33 @@ async def serve(
     cfg = load_config_with_overrides(config)
     control = ControlSocket.bind(socket_path or default_socket_path(cfg)) if use_socket else None
     try:
-        async with Runtime(cfg) as rt:
-            host = Host(rt, overrides_path(cfg))
-            await _load_configured(rt)
-            with anyio.CancelScope() as stopping:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_stop_on_signal, stopping)
-                    if watch:
-                        tg.start_soon(rt.watch)
-                    if control is not None:
-                        await tg.start(control.serve, host.handle_frame)
-                    _write_stdout(
-                        encode({"jsonrpc": "2.0", "method": "ready", "params": sorted(rt.plugins)})
-                    )
-                    if use_stdin:
-                        await _serve_stdin(host)
-                        tg.cancel_scope.cancel()
-                    else:
-                        await anyio.sleep_forever()
+        # Signals are caught from before the first worker starts, so even a host stopped
+        # while loading stops its workers and removes its socket.
+        with anyio.CancelScope() as stopping:
+            async with anyio.create_task_group() as signals:
+                signals.start_soon(_stop_on_signal, stopping)
+                async with Runtime(cfg) as rt:
+                    await _serve_channels(rt, cfg, control, watch=watch, use_stdin=use_stdin)
+                signals.cancel_scope.cancel()
     finally:
         if control is not None:
             control.close()
     return 0
+
+
+async def _serve_channels(
+    rt: Runtime, cfg: Config, control: ControlSocket | None, *, watch: bool, use_stdin: bool
+) -> None:
+    host = Host(rt, overrides_path(cfg))
+    await _load_configured(rt)
+    async with anyio.create_task_group() as tg:
+        if watch:
+            tg.start_soon(rt.watch)
+        if control is not None:
+            await tg.start(control.serve, host.handle_frame)
+        _write_stdout(encode({"jsonrpc": "2.0", "method": "ready", "params": sorted(rt.plugins)}))
+        if use_stdin:
+            await _serve_stdin(host)
+            tg.cancel_scope.cancel()
+        else:
+            await anyio.sleep_forever()

@@ -203,3 +203,38 @@ def test_run_reloads_and_disables_a_plugin_on_request(tmp_path: Path, config: Pa
     # Requests are served concurrently, so each lifecycle request gets a host of its own.
     assert _serve_one(config, tmp_path, "reload", {"plugin": "hello"})["result"] == "active"
     assert _serve_one(config, tmp_path, "disable", {"plugin": "hello"})["result"] == "disabled"
+
+
+def test_run_needs_at_least_one_channel(tmp_path: Path, config: Path) -> None:
+    r = run("run", "--no-stdin", "--no-socket", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "not allowed with argument" in r.stderr
+
+
+def test_run_with_no_socket_serves_stdin_only(tmp_path: Path, config: Path) -> None:
+    # A regular file where the socket would go: refused by a socket-serving host, ignored
+    # by a stdin-only one.
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "cordon.sock").write_text("not a socket")
+    request = {"jsonrpc": "2.0", "id": 1, "method": "plugins"}
+
+    def host(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CORDON, "run", *flags, "--config", str(config)],
+            input=json.dumps(request) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    refused = host()
+    assert refused.returncode == 16
+    assert "ControlSocketError" in refused.stderr
+    assert "is not a socket" in refused.stderr
+    proc = host("--no-socket")
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout.splitlines()[1])
+    assert "hello" in {p["id"] for p in answer["result"]}
+    assert (tmp_path / "state" / "cordon.sock").read_text() == "not a socket"

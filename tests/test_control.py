@@ -438,3 +438,67 @@ async def test_watch_picks_up_an_edited_plugin_as_seen_through_the_socket(setup:
                     last_write = anyio.current_time()
                 await anyio.sleep(POLL)
         assert (await live_plugin(setup))["version"] == "2.0.0"
+
+
+# -- stdin and the socket together ------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def stdin_host(
+    s: Setup,
+) -> AsyncIterator[tuple[anyio.abc.Process, BufferedByteReceiveStream]]:
+    """``cordon run`` serving both stdin/stdout and the socket; reaped (SIGTERM) after."""
+    proc = await anyio.open_process(
+        [CORDON, *s.args("run")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=s.root,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        out = BufferedByteReceiveStream(proc.stdout)
+        with anyio.fail_after(HOST_START_TIMEOUT):
+            ready = json.loads(await out.receive_until(b"\n", MAX_LINE))
+        assert ready == {"jsonrpc": "2.0", "method": "ready", "params": ["hello"]}
+        yield proc, out
+    finally:
+        await stop_host(proc)
+
+
+async def test_stdin_and_the_socket_serve_the_same_host_together(setup: Setup) -> None:
+    async with stdin_host(setup) as (proc, out):
+        assert proc.stdin is not None
+        request = {"jsonrpc": "2.0", "id": 5, "method": "call"}
+        request["params"] = {"plugin": "hello", "name": "greet", "arguments": {"name": "In"}}
+        await proc.stdin.send(json.dumps(request).encode() + b"\n")
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            answer = json.loads(await out.receive_until(b"\n", MAX_LINE))
+        assert answer == {"jsonrpc": "2.0", "id": 5, "result": "Hello In"}
+        # Both channels reach one runtime: the socket sees the call made on stdin.
+        stats = await rpc(setup.socket, "stats")
+        assert stats["result"]["hello"]["calls"] == 1
+
+
+async def test_sigterm_stops_a_host_cleanly_while_its_stdin_is_still_open(setup: Setup) -> None:
+    async with stdin_host(setup) as (proc, _out):
+        assert (await call_greet(setup))["result"] == "Hello Ada"
+        worker = (await rpc(setup.socket, "stats"))["result"]["hello"]["pid"]
+        proc.terminate()
+        with anyio.fail_after(HOST_STOP_TIMEOUT):
+            await proc.wait()
+    assert proc.returncode == 0
+    assert not setup.socket.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+
+
+async def test_eof_on_stdin_stops_a_host_that_also_serves_the_socket(setup: Setup) -> None:
+    async with stdin_host(setup) as (proc, _out):
+        assert proc.stdin is not None
+        await proc.stdin.aclose()
+        with anyio.fail_after(HOST_STOP_TIMEOUT):
+            await proc.wait()
+    assert proc.returncode == 0
+    assert not setup.socket.exists()
