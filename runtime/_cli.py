@@ -423,9 +423,12 @@ def _merge_live(rows: list[dict[str, Any]], live: list[dict[str, Any]] | None) -
         return
     by_id = {p["id"]: p for p in live}
     for row in rows:
+        running = by_id.pop(row.get("id"), None)
         if row["state"] == "broken":
+            if running is not None:
+                # Broken on disk now, yet the host still runs the version it loaded.
+                row["running"] = running
             continue
-        running = by_id.pop(row["id"], None)
         if running is None:
             row["state"], row["reason"] = "not-loaded", "the running host did not load it"
             continue

@@ -253,6 +253,22 @@ async def test_reload_through_the_cli_lists_the_new_version(setup: Setup) -> Non
         assert "version_on_disk" not in row
 
 
+async def test_a_reload_refused_by_the_host_exits_with_the_code_of_its_error(
+    setup: Setup,
+) -> None:
+    async with running_host(setup):
+        toml = setup.plugin / "plugin.toml"
+        toml.write_text(toml.read_text().replace('version = "1.0.0"', 'version = "not a version"'))
+        r = await cordon(setup, *setup.args("plugin", "reload", "hello"))
+        assert r.returncode == 3, r.stderr.decode()
+        assert r.stderr.decode().startswith("cordon: ManifestError: ")
+        # The old version keeps serving, and the listing shows both sides.
+        assert (await call_greet(setup))["result"] == "Hello Ada"
+        (row,) = await cordon_json(setup, "plugin", "list")
+        assert row["state"] == "broken"
+        assert row["running"]["version"] == "1.0.0"
+
+
 async def test_reload_without_a_running_host_is_its_own_exit_code(setup: Setup) -> None:
     r = await cordon(setup, *setup.args("plugin", "reload", "hello"))
     assert r.returncode == 15
