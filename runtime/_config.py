@@ -78,12 +78,14 @@ CONFIG_FILENAME: Final = "cordon.toml"
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """Restart at most ``max`` times within ``within`` seconds, waiting ``backoff`` seconds
-    before the first retry, doubling up to ``max_backoff``."""
+    before the first retry, doubling up to ``max_backoff``. ``eager``: a crashed worker is
+    restarted as soon as its backoff has passed; otherwise on the next call."""
 
     max: int
     within: float
     backoff: float
     max_backoff: float
+    eager: bool = True
 
 
 class PluginSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -359,6 +361,7 @@ _RESTART_KEYS: Final[dict[str, tuple[str, _Parse]]] = {
     "within": ("within", _duration(positive=True)),
     "backoff": ("backoff", _duration()),
     "max-backoff": ("max_backoff", _duration(positive=True)),
+    "eager": ("eager", _bool),
 }
 
 # key -> (attribute, parser). "restart" and "settings" are handled by _parse_section.
@@ -626,6 +629,7 @@ def _settings_to_dict(s: PluginSettings, *, with_settings: bool = True) -> dict[
             "within": format_duration(s.restart.within),
             "backoff": format_duration(s.restart.backoff),
             "max-backoff": format_duration(s.restart.max_backoff),
+            "eager": s.restart.eager,
         },
         "health-interval": format_duration(s.health_interval),
         "health-timeout": format_duration(s.health_timeout),

@@ -189,6 +189,7 @@ class PluginHandle:
         self._backoff_until = 0.0
         self._failures = 0
         self.restarts = 0
+        self.crashes = 0
         self._starts = 0
         self._stats = CallStats()
         # Calls in flight per worker (counted here, not by the worker, so health pings do
@@ -200,6 +201,8 @@ class PluginHandle:
         self._retiring: set[WorkerProcess] = set()
         self._reload_lock = anyio.Lock()
         self._subscriptions: list[Any] = []
+        #: The pending eager restart after a crash (cancelled by stop, disable, unload).
+        self._restart_scope: anyio.CancelScope | None = None
 
     # -- calling --------------------------------------------------------------------------
 
@@ -499,6 +502,7 @@ class PluginHandle:
                 self.state = "stopped"
             return
         self.state = "crashed"
+        self.crashes += 1
         log.warning(
             "worker.crashed",
             plugin=self.id,
@@ -514,9 +518,44 @@ class PluginHandle:
         await self.runtime._emit(
             "cordon.plugin.crashed", {"plugin": self.id, "reason": info.reason}
         )
+        if self.settings.restart.eager:
+            self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self._restart_scope is not None or self.runtime._closing:
+            return
+        self._restart_scope = anyio.CancelScope()
+        self.runtime._tg_soon(self._restart_after_backoff, self._restart_scope)
+
+    async def _restart_after_backoff(self, scope: anyio.CancelScope) -> None:
+        """Bring a crashed plugin back without waiting for a call: wait out the backoff and
+        start a worker (the same path a call takes, under the same lock, so a call arriving
+        meanwhile shares this start). A failed start is a failure like a crash: it backs off
+        further, until the circuit breaker opens."""
+        with scope:
+            try:
+                while not self.runtime._closing and self.settings.enabled:
+                    try:
+                        await self._ensure_worker()
+                        return
+                    except PluginUnavailable:
+                        return  # the breaker is open or the plugin was disabled meanwhile
+                    except CordonError as exc:
+                        log.warning("worker.restart_failed", plugin=self.id, error=exc.message)
+                    except Exception:
+                        # Not a plugin failure (the host could not spawn at all, say): no
+                        # retry loop, and never an exception into the runtime's task group.
+                        log.exception("worker.restart_failed", plugin=self.id)
+                        return
+            finally:
+                if self._restart_scope is scope:
+                    self._restart_scope = None
 
     async def stop(self) -> None:
         """Stop the worker (it restarts on the next call), and any retired by a reload."""
+        if self._restart_scope is not None:
+            self._restart_scope.cancel()
+            self._restart_scope = None
         worker = self._worker
         async with anyio.create_task_group() as tg:
             for old in list(self._retiring):
@@ -647,6 +686,7 @@ class PluginHandle:
             sandbox=dict(self.sandbox),
             in_flight=worker.in_flight if worker is not None else 0,
             cgroup=self.cgroup,
+            crashes=self.crashes,
         )
 
 
@@ -711,6 +751,8 @@ class Runtime:
         self._stack: contextlib.AsyncExitStack | None = None
         self.cgroups = CgroupSupport.unavailable("the runtime is not running")
         self._cgroups: dict[WorkerProcess, WorkerCgroup] = {}
+        #: Set once the runtime is being left: crashed workers are no longer restarted.
+        self._closing = False
         self._cgroup_why: dict[WorkerProcess, str] = {}
         #: Every contribution of every loaded plugin; routing by name goes through it.
         self.registry = Registry(self)
@@ -784,6 +826,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         """Stop every worker (shielded, escalating, concurrently)."""
+        self._closing = True
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for handle in self._plugins.values():

@@ -33,6 +33,8 @@ class PluginStats(msgspec.Struct, kw_only=True):
     in_flight: int
     #: The worker's cgroup: ``applied (...)``, ``unavailable: why``, or ``not started``.
     cgroup: str = "not started"
+    #: Worker exits the host did not ask for (crashes, kills for a quota or a timeout).
+    crashes: int = 0
 
 
 class CallStats:

@@ -571,6 +571,7 @@ def test_config_show_lists_effective_settings_in_human_units(tmp_path: Path) -> 
         "within": "1 min",
         "backoff": "200 ms",
         "max-backoff": "30 s",
+        "eager": True,
     }
     hello = doc["plugins"]["hello"]
     assert hello["memory"] == "512 MiB"

@@ -35,9 +35,10 @@ async def _until(predicate: Callable[[], bool]) -> None:
 async def _crash(hog: PluginHandle) -> None:
     """Start a worker, crash it, and wait until supervision has recorded the exit."""
     await hog.call("ok")
+    before = hog.stats().crashes
     with pytest.raises(WorkerCrashed):
         await hog.call("crash")
-    await _until(lambda: hog.state in ("crashed", "broken"))
+    await _until(lambda: hog.stats().crashes > before)
 
 
 def test_backoff_doubles_per_failure_up_to_the_cap_with_equal_jitter() -> None:
@@ -55,6 +56,57 @@ def test_backoff_doubles_per_failure_up_to_the_cap_with_equal_jitter() -> None:
     samples = [restart_backoff(3, 0.2, 1.0, uniform=rng.uniform) for _ in range(200)]
     assert all(0.4 <= s <= 0.8 for s in samples)
     assert len(set(samples)) > 100  # jittered, not constant
+
+
+async def test_a_crashed_worker_is_restarted_after_its_backoff_without_waiting_for_a_call(
+    tmp_path: Path,
+) -> None:
+    config = base_config(tmp_path, restart={"backoff": "0.05 s"})
+    with anyio.fail_after(60):
+        async with Runtime(config) as rt:
+            hog = await rt.load(HOG)
+            first = await hog.call("pid")
+            with capture_logs() as logs:
+                await _crash(hog)
+                # No call: supervision alone brings it back.
+                await _until(lambda: hog.state == "active")
+            worker = hog.worker
+            assert worker is not None and worker.pid != first
+            assert hog.stats().restarts == 1
+            events = [e["event"] for e in logs if e.get("plugin") == "hog"]
+            assert events.index("worker.crashed") < events.index("worker.restarted")
+            # The call that comes next is served by that worker, not by yet another one.
+            assert await hog.call("pid") == worker.pid
+
+
+async def test_with_eager_restart_off_a_crashed_worker_waits_for_the_next_call(
+    tmp_path: Path,
+) -> None:
+    config = base_config(tmp_path, restart={"backoff": "0.01 s", "eager": False})
+    with anyio.fail_after(60):
+        async with Runtime(config) as rt:
+            hog = await rt.load(HOG)
+            first = await hog.call("pid")
+            await _crash(hog)
+            # The restart would have been scheduled as the exit was recorded, not later.
+            assert (hog.state, hog.worker) == ("crashed", None)
+            assert await hog.call("pid") != first
+            assert hog.stats().restarts == 1
+
+
+async def test_disabling_a_plugin_cancels_its_pending_restart(tmp_path: Path) -> None:
+    config = base_config(tmp_path, restart={"backoff": "20 s", "max-backoff": "30 s"})
+    with anyio.fail_after(60):
+        async with Runtime(config) as rt:
+            hog = await rt.load(HOG)
+            await _crash(hog)
+            await _until(lambda: hog.state == "backoff")
+            await rt.disable("hog")
+            assert (hog.state, hog.worker) == ("disabled", None)
+            await rt.enable("hog")
+            # Enabled again, it starts on the next call; the cancelled restart left nothing.
+            assert await hog.call("ok") == "ok"
+            assert hog.stats().restarts == 1
 
 
 async def test_the_breaker_opens_after_more_than_max_restarts_and_reset_closes_it(

@@ -135,11 +135,19 @@ async def fork_and_hold(ctx: Context, attempts: int = 100) -> dict[str, Any]:
 @plugin.tool
 async def escapee(ctx: Context) -> int:
     """Fork a child that leaves the worker's session and process group (setsid), so a kill of
-    the worker's group misses it. Returns its pid."""
+    the worker's group misses it. Returns its pid once it has left."""
+    ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:
+        os.close(ready_r)
         os.setsid()
+        os.write(ready_w, b"!")
         _sleep_forever()
+    os.close(ready_w)
+    try:
+        os.read(ready_r, 1)
+    finally:
+        os.close(ready_r)
     return child
 
 
