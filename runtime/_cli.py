@@ -193,6 +193,10 @@ def _live(args: argparse.Namespace, method: str) -> Any | None:
         return _ask_host(args, method)
     except HostNotRunning:
         return None
+    except ControlSocketError as exc:
+        if exc.reason == "path-too-long":
+            return None  # no host can listen on an address that cannot exist
+        raise
 
 
 def _print_kv(row: dict[str, Any]) -> None:

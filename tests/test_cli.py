@@ -238,3 +238,40 @@ def test_run_with_no_socket_serves_stdin_only(tmp_path: Path, config: Path) -> N
     answer = json.loads(proc.stdout.splitlines()[1])
     assert "hello" in {p["id"] for p in answer["result"]}
     assert (tmp_path / "state" / "cordon.sock").read_text() == "not a socket"
+
+
+def test_a_malformed_overrides_file_is_a_config_error_naming_it(
+    tmp_path: Path, config: Path
+) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "plugin-overrides.json").write_text('{"plugins": {"hello": true}}')
+    r = run("plugin", "list", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 3
+    assert "plugin-overrides.json" in r.stderr
+    assert "fix or delete it" in r.stderr
+
+
+def test_plugin_disable_without_a_host_updates_the_overrides_file(
+    tmp_path: Path, config: Path
+) -> None:
+    for action in ("disable", "enable", "disable"):
+        r = run("plugin", action, "hello", "--json", "--config", str(config), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"plugin": "hello", "state": f"{action}d", "live": False}
+    r = run("plugin", "disable", "crashy", "--config", str(config), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    overrides = json.loads((tmp_path / "state" / "plugin-overrides.json").read_text())
+    assert overrides["plugins"] == {"crashy": {"enabled": False}, "hello": {"enabled": False}}
+    # `cordon call` honours it too.
+    called = run(
+        "call",
+        str(EXAMPLES / "hello"),
+        "greet",
+        "--params",
+        '{"name": "A"}',
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert called.returncode == 10
+    assert "disabled" in called.stderr
