@@ -22,6 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
 STAMP = VENV / ".cordon-install-stamp"
+#: cordon's packages and the folders they install from (pyproject.toml's package-dir).
+PACKAGE_FOLDERS = {
+    "runtime": "runtime",
+    "worker": "worker",
+    "protocol": "protocol",
+    "testing": "runtime/testing",
+}
 
 
 def _source_fingerprint() -> str:
@@ -33,8 +40,8 @@ def _link_whole_folders() -> None:
     # be invisible until a reinstall. Linking each package folder as a whole keeps the
     # property we want (a real `cordon/` tree on sys.path that mypy follows) without that.
     for tree in (ROOT / "build").glob("__editable__.cordon-*"):
-        for folder in ("runtime", "worker", "protocol"):
-            link = tree / "cordon" / folder
+        for name, folder in PACKAGE_FOLDERS.items():
+            link = tree / "cordon" / name
             if link.is_symlink():
                 continue
             if link.exists():

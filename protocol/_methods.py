@@ -2,7 +2,7 @@
 
 Host → worker: ``initialize``, ``activate``, ``deactivate``, ``invoke``, ``$/ping``, and the
 ``$/cancel`` notification; ``$/fault`` only when the host enabled fault injection at
-``initialize`` (tests, via :mod:`cordon.runtime.testing`) — otherwise it is MethodNotFound.
+``initialize`` (tests, via :mod:`cordon.testing`) — otherwise it is MethodNotFound.
 Worker → host: the ``$/hello`` notification first, ``$/progress``
 notifications during a call, and ``host/...`` requests for the host APIs (log, storage, ...).
 """

@@ -727,7 +727,7 @@ class Runtime:
     'Hello Ada'
     """
 
-    #: Start workers that honour ``$/fault`` (set by :mod:`cordon.runtime.testing` only).
+    #: Start workers that honour ``$/fault`` (set by :mod:`cordon.testing` only).
     enable_faults: bool = False
 
     def __init__(

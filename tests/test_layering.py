@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +48,38 @@ def test_loading_a_manifest_imports_no_plugin_code() -> None:
     )
     assert "hello_plugin" not in mods
     assert "crashy_plugin" not in mods
+
+
+def test_the_wheel_installs_the_four_cordon_packages_and_nothing_bare(tmp_path: Path) -> None:
+    # Built from the committed file list, as a fresh clone would be: a stray build/ or
+    # .venv/ in the checkout must not hide what the package-dir mapping really ships.
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+    ).stdout.split(b"\0")
+    src = tmp_path / "src"
+    for name in filter(None, files):
+        path = ROOT / name.decode()
+        if path.is_file():
+            (src / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, src / name.decode())
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("cordon-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    folders = {n.rsplit("/", 1)[0] for n in names if not n.startswith("cordon-")}
+    assert folders == {
+        "cordon/protocol",
+        "cordon/runtime",
+        "cordon/worker",
+        "cordon/worker/_sandbox",
+        "cordon/testing",
+    }
+    assert "cordon/__init__.py" not in names  # a namespace: other distributions may add to it
+    assert "cordon/testing/__init__.py" in names
+    for package in ("protocol", "runtime", "worker", "testing"):
+        assert f"cordon/{package}/py.typed" in names

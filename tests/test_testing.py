@@ -1,4 +1,4 @@
-"""The public fault harness, cordon.runtime.testing, used as a plugin author would: its
+"""The public fault harness, cordon.testing, used as a plugin author would: its
 fixtures, and each fault against a live hello or crashy worker with the typed outcome."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cordon.runtime import (
 
 # As a user enables the harness. Its functions are imported inside the tests: importing the
 # module here, before pytest loads it as a plugin, would bypass pytest's assert rewriting.
-pytest_plugins = ["cordon.runtime.testing"]
+pytest_plugins = ["cordon.testing"]
 pytestmark = pytest.mark.anyio
 
 Factory = Callable[..., AbstractAsyncContextManager[Runtime]]
@@ -59,7 +59,7 @@ class InFlight:
 async def test_kill_ends_the_worker_with_the_signal_and_in_flight_calls_see_it(
     cordon_runtime: Runtime, crashy_dir: Path
 ) -> None:
-    from cordon.runtime.testing import kill
+    from cordon.testing import kill
 
     with anyio.fail_after(60):
         crashy, pid = await _start(cordon_runtime, crashy_dir)
@@ -78,7 +78,7 @@ async def test_kill_ends_the_worker_with_the_signal_and_in_flight_calls_see_it(
 async def test_kill_with_sigterm_is_classified_as_a_signal(
     cordon_runtime: Runtime, hello_dir: Path
 ) -> None:
-    from cordon.runtime.testing import kill
+    from cordon.testing import kill
 
     with anyio.fail_after(60):
         await _start(cordon_runtime, hello_dir)
@@ -89,7 +89,7 @@ async def test_kill_with_sigterm_is_classified_as_a_signal(
 async def test_a_hung_worker_times_calls_out_and_is_replaced(
     cordon_runtime: Runtime, hello_dir: Path
 ) -> None:
-    from cordon.runtime.testing import hang
+    from cordon.testing import hang
 
     with anyio.fail_after(60):
         hello, pid = await _start(cordon_runtime, hello_dir)
@@ -107,7 +107,7 @@ async def test_a_hung_worker_times_calls_out_and_is_replaced(
 
 
 async def test_a_resumed_worker_answers_again(cordon_runtime: Runtime, hello_dir: Path) -> None:
-    from cordon.runtime.testing import hang, resume
+    from cordon.testing import hang, resume
 
     with anyio.fail_after(60):
         hello, pid = await _start(cordon_runtime, hello_dir)
@@ -120,7 +120,7 @@ async def test_a_resumed_worker_answers_again(cordon_runtime: Runtime, hello_dir
 async def test_delayed_replies_arrive_late_and_time_calls_out(
     cordon_runtime: Runtime, hello_dir: Path
 ) -> None:
-    from cordon.runtime.testing import delay_replies
+    from cordon.testing import delay_replies
 
     with anyio.fail_after(60):
         hello, pid = await _start(cordon_runtime, hello_dir)
@@ -139,7 +139,7 @@ async def test_delayed_replies_arrive_late_and_time_calls_out(
 async def test_exhausted_memory_kills_the_worker_and_in_flight_calls_get_a_memory_quota(
     cordon_runtime_factory: Factory, crashy_dir: Path
 ) -> None:
-    from cordon.runtime.testing import exhaust_memory
+    from cordon.testing import exhaust_memory
 
     with anyio.fail_after(60):
         async with cordon_runtime_factory(memory="128 MiB") as rt:
@@ -159,7 +159,7 @@ async def test_exhausted_memory_kills_the_worker_and_in_flight_calls_get_a_memor
 async def test_burning_cpu_past_the_limit_kills_the_worker_as_a_cpu_quota(
     cordon_runtime_factory: Factory, crashy_dir: Path
 ) -> None:
-    from cordon.runtime.testing import burn_cpu
+    from cordon.testing import burn_cpu
 
     with anyio.fail_after(60):
         async with cordon_runtime_factory(cpu_time="1 s") as rt:
@@ -180,7 +180,7 @@ async def test_burning_cpu_past_the_limit_kills_the_worker_as_a_cpu_quota(
 async def test_burning_cpu_under_the_limit_leaves_the_worker_alive(
     cordon_runtime: Runtime, hello_dir: Path
 ) -> None:
-    from cordon.runtime.testing import burn_cpu
+    from cordon.testing import burn_cpu
 
     with anyio.fail_after(60):
         hello, pid = await _start(cordon_runtime, hello_dir)
@@ -191,7 +191,7 @@ async def test_burning_cpu_under_the_limit_leaves_the_worker_alive(
 async def test_a_corrupted_channel_is_a_protocol_violation(
     cordon_runtime: Runtime, crashy_dir: Path
 ) -> None:
-    from cordon.runtime.testing import corrupt_channel
+    from cordon.testing import corrupt_channel
 
     with anyio.fail_after(60):
         crashy, pid = await _start(cordon_runtime, crashy_dir)
@@ -208,7 +208,7 @@ async def test_a_corrupted_channel_is_a_protocol_violation(
 
 
 async def test_a_production_worker_has_no_fault_door(rt: Runtime, hello_dir: Path) -> None:
-    from cordon.runtime.testing import exhaust_memory
+    from cordon.testing import exhaust_memory
 
     with anyio.fail_after(60):
         hello, pid = await _start(rt, hello_dir)
@@ -223,7 +223,7 @@ async def test_a_production_worker_has_no_fault_door(rt: Runtime, hello_dir: Pat
 
 
 async def test_a_fault_needs_a_live_worker(cordon_runtime: Runtime, hello_dir: Path) -> None:
-    from cordon.runtime.testing import hang
+    from cordon.testing import hang
 
     with anyio.fail_after(60):
         await cordon_runtime.load(hello_dir)
@@ -232,7 +232,7 @@ async def test_a_fault_needs_a_live_worker(cordon_runtime: Runtime, hello_dir: P
 
 
 def test_leaked_workers_finds_and_kills_a_child_that_outlives_its_runtime() -> None:
-    from cordon.runtime.testing import _children, leaked_workers
+    from cordon.testing import _children, leaked_workers
 
     before = _children()
     child = subprocess.Popen(["sleep", "60"])

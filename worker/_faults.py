@@ -1,4 +1,4 @@
-"""``$/fault``: real misbehaviour on request, for :mod:`cordon.runtime.testing`.
+"""``$/fault``: real misbehaviour on request, for :mod:`cordon.testing`.
 
 The server routes ``$/fault`` here only when the host set ``InitializeParams.faults`` — the
 test harness does, production never does — so a production worker has no such door: there the

@@ -3,14 +3,14 @@
 Enable the fixtures in a test module or the root ``conftest.py`` (cordon registers no pytest
 entry point, so nothing happens unless you ask)::
 
-    pytest_plugins = ["cordon.runtime.testing"]
+    pytest_plugins = ["cordon.testing"]
 
 Then break a live worker and assert what your code sees::
 
     import anyio
     import pytest
     from cordon.runtime import QuotaExceeded, WorkerCrashed
-    from cordon.runtime.testing import exhaust_memory, hang, kill
+    from cordon.testing import exhaust_memory, hang, kill
 
     pytestmark = pytest.mark.anyio
 
@@ -76,9 +76,14 @@ import pytest
 
 from cordon.protocol import CordonError, MethodNotFound
 from cordon.protocol._methods import FAULT, FaultParams
+from cordon.runtime._runtime import Runtime
+from cordon.runtime._worker import ExitInfo, WorkerProcess
 
-from ._runtime import Runtime
-from ._worker import ExitInfo, WorkerProcess
+if __name__ != "cordon.testing":
+    # The folder sits inside runtime/, so a development checkout could also import it as
+    # cordon.runtime.testing: a second copy, with a second set of fixtures. An install has
+    # only cordon.testing; make a checkout say so too.
+    raise ImportError(f"import cordon.testing, not {__name__}")
 
 __all__ = [
     "EXIT_WAIT",
