@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -242,3 +243,24 @@ def test_leaked_workers_finds_and_kills_a_child_that_outlives_its_runtime() -> N
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_readme_example_passes_as_written(tmp_path: Path) -> None:
+    # The README's example, split where it says so, run by pytest in a process of its own.
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Testing with faults", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    conftest, _, tests = code.partition("# test_resilience.py\n")
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_resilience.py").write_text(tests)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
