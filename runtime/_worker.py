@@ -284,7 +284,7 @@ class WorkerProcess:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stderr_done = anyio.Event()
         self._stopping = False
-        #: Host-side fault injection (cordon.testing.delay_replies): responses from
+        #: Host-side fault injection (cordon.runtime.testing.delay_replies): responses from
         #: the worker are held this many seconds before they reach their callers.
         self.reply_delay = 0.0
         #: CPU seconds (user + system) last sampled; sampled only with a cpu-time limit.
