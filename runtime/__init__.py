@@ -38,6 +38,7 @@ from ._registry import (
     UnknownExtensionPoint,
 )
 from ._runtime import (
+    PLUGIN_STATES,
     LoadFailure,
     LoadReport,
     MiddlewareFailed,
@@ -48,6 +49,7 @@ from ._runtime import (
 from ._stats import PluginStats
 
 __all__ = [
+    "PLUGIN_STATES",
     "AmbiguousContribution",
     "CallCancelled",
     "CallTimeout",

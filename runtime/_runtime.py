@@ -68,6 +68,7 @@ from ._versions import (
 from ._worker import QUOTA_REASONS, ExitInfo, WorkerProcess
 
 __all__ = [
+    "PLUGIN_STATES",
     "LoadFailure",
     "LoadReport",
     "MiddlewareFailed",
@@ -84,6 +85,20 @@ ACTIVATE_TIMEOUT: Final = 30.0
 EXIT_HISTORY: Final = 10
 #: Beyond the longest call a plugin may make, how long a retired worker gets to finish.
 DRAIN_GRACE: Final = 2.0
+
+#: What :attr:`PluginHandle.state` may be, and when. ``state_reason`` says more where it can.
+PLUGIN_STATES: Final[Mapping[str, str]] = {
+    "discovered": "manifest read and contributions registered; no worker has run yet",
+    "loading": "a worker is starting: spawn, handshake, sandbox, import, activate",
+    "active": "a worker is serving calls",
+    "reloading": "a new version's worker is starting while the old one serves",
+    "stopped": "no worker now (idle timeout, stop); the next call starts one",
+    "crashed": "the worker died; a restart follows its backoff",
+    "backoff": "waiting out the restart backoff before starting a worker",
+    "broken": "circuit breaker open: calls fail fast until reset or the window passes",
+    "failed": "the last start failed (import error, failing activate, sandbox refused)",
+    "disabled": "disabled by the operator; calls are refused until enabled",
+}
 
 
 class MiddlewareFailed(CordonError):
@@ -174,7 +189,8 @@ class PluginHandle:
         self.host_api = host_api
         self._subscribed = False
         self.id = manifest.id
-        self.state = "stopped"
+        #: One of :data:`PLUGIN_STATES`.
+        self.state = "discovered"
         #: Why the plugin is in its state (``None`` when there is nothing to say).
         self.state_reason: str | None = None
         self.sandbox: dict[str, str] = {}
@@ -317,7 +333,7 @@ class PluginHandle:
             return await self._start()
 
     async def _start(self) -> WorkerProcess:
-        self.state = "starting"
+        self.state = "loading"
         self.state_reason = None
         try:
             worker = await self._launch(self.manifest)
@@ -562,7 +578,7 @@ class PluginHandle:
                 tg.start_soon(old.stop)
             if worker is not None:
                 tg.start_soon(worker.stop)
-        if self.state != "disabled":
+        if self.state not in ("disabled", "discovered"):
             self.state = "stopped"
 
     async def reload(self) -> None:
@@ -636,7 +652,7 @@ class PluginHandle:
         self._failures = 0
         self._backoff_until = 0.0
         if self.state == "broken":
-            self.state = "stopped"
+            self.state = "stopped" if self._starts else "discovered"
         log.info("breaker.reset", plugin=self.id)
 
     def registry_entries(self) -> list[ContributionInfo]:
@@ -1040,7 +1056,8 @@ class Runtime:
         handle = self.get(plugin_id)
         handle.settings = msgspec.structs.replace(handle.settings, enabled=True)
         if handle.state == "disabled":
-            handle.state, handle.state_reason = "stopped", None
+            handle.state = "stopped" if handle._starts else "discovered"
+            handle.state_reason = None
         if handle.settings.activate == "eager" or handle.manifest.activate == "eager":
             await handle._ensure_worker()
 

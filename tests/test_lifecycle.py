@@ -16,12 +16,12 @@ pytestmark = pytest.mark.anyio
 TWIN = TEST_PLUGINS / "greet_twin"
 
 
-async def test_a_lazy_plugin_is_stopped_until_first_use_then_active(
+async def test_a_lazy_plugin_is_discovered_until_first_use_then_active(
     rt: Runtime, hello_dir: Path
 ) -> None:
     with anyio.fail_after(30):
         hello = await rt.load(hello_dir)
-        assert (hello.state, hello.worker) == ("stopped", None)
+        assert (hello.state, hello.worker) == ("discovered", None)
         await rt.call_tool("hello.greet", {"name": "Ada"})
         assert rt.get("hello").state == "active"
         assert rt.get("hello").state_reason is None
@@ -66,6 +66,7 @@ async def test_disable_stops_the_worker_and_enable_lets_it_start_again(
         with pytest.raises(PluginUnavailable):
             await hello.call("greet", {"name": "Ada"})
         await rt.enable("hello")
+        # It ran before, so it is stopped (not discovered) until the next call.
         assert hello.state == "stopped"
         assert await hello.call("greet", {"name": "Ada"}) == "Hello Ada"
 
@@ -132,3 +133,24 @@ async def test_a_plugin_can_be_loaded_again_after_unload(rt: Runtime) -> None:
         assert "greet_twin" not in rt.plugins
         await rt.load(TWIN)
         assert await rt.call_tool("wave") == "o/"
+
+
+async def test_a_plugin_passes_through_loading_to_active_and_every_state_is_documented(
+    rt: Runtime, hello_dir: Path
+) -> None:
+    from cordon.runtime import PLUGIN_STATES
+
+    seen: list[str] = []
+    with anyio.fail_after(30):
+        hello = await rt.load(hello_dir)
+        seen.append(hello.state)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hello.call, "greet", {"name": "Ada"})
+            # The call's task runs up to its first wait inside the worker start.
+            await anyio.wait_all_tasks_blocked()
+            seen.append(hello.state)
+        seen.append(hello.state)
+        await hello.stop()
+        seen.append(hello.state)
+    assert seen == ["discovered", "loading", "active", "stopped"]
+    assert set(seen) <= set(PLUGIN_STATES)

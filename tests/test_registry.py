@@ -65,7 +65,7 @@ async def test_the_running_worker_refines_the_listing(rt: Runtime, hello_dir: Pa
 async def test_routing_starts_a_lazy_worker_on_first_use(rt: Runtime) -> None:
     with anyio.fail_after(30):
         twin = await rt.load(TWIN)
-        assert twin.worker is None and twin.state == "stopped"
+        assert twin.worker is None and twin.state == "discovered"
         assert await rt.call_tool("greet", {"name": "Ada"}) == "Howdy Ada"
         # (read again: the call changed them)
         assert rt.get("greet_twin").worker is not None
