@@ -53,6 +53,7 @@ async def demo(config: Path) -> int:
         say(f"   worker pid {hello.stats().pid}, layers applied: {', '.join(applied)}")
         if missing:
             say(f"   layers not applied here: {missing}")
+        say(f"   cgroup: {hello.cgroup}")
 
         say()
         say("2. Bad input is a typed error naming the field, before plugin code runs:")
