@@ -25,6 +25,8 @@ __all__ = [
     "Request",
     "Response",
     "decode_frame",
+    "decode_request",
+    "decode_success",
     "encode",
     "encode_error",
     "encode_notification",
@@ -199,6 +201,54 @@ def decode_frame(frame: bytes) -> Incoming | Batch:
         return _decode_one(stripped)
     except msgspec.DecodeError as exc:
         return _parse_error(exc)
+
+
+class Success(msgspec.Struct, forbid_unknown_fields=True):
+    """A success response with an integer id, and nothing else: every answer the host
+    expects. Any other member (``error``, ``method``, ``params``...) makes the frame
+    something else, which :func:`decode_frame` then classifies as before."""
+
+    jsonrpc: Literal["2.0"]
+    id: int
+    result: msgspec.Raw
+
+
+_success_decoder = msgspec.json.Decoder(Success)
+
+
+def decode_success(frame: bytes) -> Success | None:
+    """The fast path for the common frame: a success response, decoded in one narrow pass
+    (a quarter of :func:`decode_frame`'s cost). ``None``: it is anything else (or not
+    valid); classify it with :func:`decode_frame`."""
+    try:
+        return _success_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return None
+
+
+class _Call(msgspec.Struct, forbid_unknown_fields=True):
+    jsonrpc: Literal["2.0"]
+    id: int | str
+    method: str
+    params: msgspec.Raw = msgspec.Raw()
+
+
+_call_decoder = msgspec.json.Decoder(_Call)
+_PARAMS_OPEN: Final = (b"{"[0], b"["[0])
+
+
+def decode_request(frame: bytes) -> Request | None:
+    """The fast path for the common frame on the worker's side: a request with an id and
+    object or array params, in one narrow pass. ``None``: it is anything else (or not
+    valid); classify it with :func:`decode_frame`."""
+    try:
+        call = _call_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return None
+    params = call.params
+    if params and memoryview(params)[0] not in _PARAMS_OPEN:
+        return None
+    return Request(call.id, call.method, params)
 
 
 def _parse_error(exc: Exception) -> Invalid:

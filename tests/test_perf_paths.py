@@ -1,0 +1,142 @@
+"""The hot paths' shortcuts against the general code they stand in for.
+
+* ``decode_success`` / ``decode_request`` (one narrow struct) must agree with ``decode_frame``
+  whenever they accept a frame, and decline everything else.
+* ``WorkerProcess`` on asyncio resolves callers from a reader callback with bare futures;
+  the generic anyio code (what trio would run) is exercised here by turning the shortcut
+  off and running the call, crash and cancellation tests through it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from cordon.protocol import Request, Response, decode_frame
+from cordon.protocol._messages import decode_request, decode_success
+from cordon.runtime import Runtime
+from cordon.runtime._worker import WorkerProcess
+from tests.test_calls import (
+    test_a_plugin_exception_arrives_typed_and_the_worker_lives_on as _t_plugin_exception,
+)
+from tests.test_calls import (
+    test_an_awaiting_call_does_not_block_other_calls as _t_awaiting,
+)
+from tests.test_calls import (
+    test_many_concurrent_calls_all_get_their_own_answer as _t_many,
+)
+from tests.test_calls import (
+    test_progress_notifications_reach_the_caller as _t_progress,
+)
+from tests.test_cancellation import (
+    test_a_cancelled_caller_cancels_the_plugin_task as _t_cancelled_caller,
+)
+from tests.test_cancellation import (
+    test_a_cooperative_call_that_times_out_leaves_the_worker_running as _t_timeout,
+)
+from tests.test_crashes import (
+    test_a_call_that_ignores_cancellation_times_out_and_the_worker_is_replaced as _t_ignores,
+)
+from tests.test_crashes import (
+    test_a_dying_worker_fails_every_in_flight_call_with_the_reason as _t_dying,
+)
+from tests.test_crashes import test_exit_reports_the_tail_of_stderr as _t_stderr_tail
+
+pytestmark = pytest.mark.anyio
+
+FRAMES = [
+    b'{"jsonrpc":"2.0","id":1,"result":42}',
+    b'  {"jsonrpc":"2.0","id":7,"result":{"a":[1,2]}}',
+    b'{"jsonrpc":"2.0","id":1,"result":null}',
+    b'{"id":3,"result":"x","jsonrpc":"2.0"}',
+    b'{"jsonrpc":"2.0","id":"s","result":1}',
+    b'{"jsonrpc":"2.0","id":null,"result":1}',
+    b'{"jsonrpc":"2.0","result":1}',
+    b'{"jsonrpc":"1.0","id":1,"result":1}',
+    b'{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"m"}}',
+    b'{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"m"}}',
+    b'{"jsonrpc":"2.0","id":1,"result":1,"method":"x"}',
+    b'{"jsonrpc":"2.0","id":1,"result":1,"params":{}}',
+    b'{"jsonrpc":"2.0","id":1,"result":1}garbage',
+    b'{"jsonrpc":"2.0","id":1.5,"result":1}',
+    b'{"jsonrpc":"2.0","id":true,"result":1}',
+    b'{"jsonrpc":"2.0","id":1,"method":"invoke","params":{"name":"echo"}}',
+    b'{"jsonrpc":"2.0","id":"a","method":"m","params":[1,2]}',
+    b'{"jsonrpc":"2.0","id":2,"method":"ping"}',
+    b'{"jsonrpc":"2.0","id":2,"method":"m","params":3}',
+    b'{"jsonrpc":"2.0","id":2,"method":"m","params":"s"}',
+    b'{"jsonrpc":"2.0","id":2,"method":"m","params":null}',
+    b'{"jsonrpc":"2.0","id":null,"method":"m"}',
+    b'{"jsonrpc":"2.0","method":"$/cancel","params":{"id":1}}',
+    b'{"jsonrpc":"2.0","id":2,"method":"m","result":1}',
+    b'{"jsonrpc":"2.0","id":2,"method":5}',
+    b'{"jsonrpc":"2.0","id":2,"method":"m","extra":1}',
+    b'[{"jsonrpc":"2.0","id":1,"result":1}]',
+    b"[]",
+    b"{",
+    b"not json",
+    b"42",
+]
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_the_narrow_decoders_agree_with_decode_frame_or_decline(frame: bytes) -> None:
+    # Declining is always safe (the caller falls back to decode_frame); accepting is not.
+    full = decode_frame(frame)
+    ok = decode_success(frame)
+    if ok is not None:
+        assert isinstance(full, Response)
+        assert (full.id, bytes(full.result), full.error) == (ok.id, bytes(ok.result), None)
+    req = decode_request(frame)
+    if req is not None:
+        assert isinstance(full, Request)
+        assert (full.id, full.method, bytes(full.params)) == (
+            req.id,
+            req.method,
+            bytes(req.params),
+        )
+
+
+def test_the_narrow_decoders_take_the_frames_the_hot_paths_see() -> None:
+    assert all(decode_success(f) is not None for f in FRAMES[:4])
+    assert all(decode_request(f) is not None for f in FRAMES[15:18])
+
+
+async def test_calls_on_asyncio_take_the_reader_callback_path(rt: Runtime, hello_dir: Path) -> None:
+    with anyio.fail_after(30):
+        hello = await rt.load(hello_dir)
+        assert await hello.call("echo", {"value": 1}) == 1
+        worker = hello.worker
+        assert worker is not None
+        assert worker._loop is not None
+        assert worker._reading
+
+
+@pytest.fixture(autouse=True)
+def generic_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``test_generic_*``: the shortcut off. (By name: the re-run tests are the originals'
+    function objects, so a mark on them would mark the originals too.)"""
+    if request.node.name.startswith("test_generic_"):
+        monkeypatch.setattr(WorkerProcess, "_asyncio_fast_path", False)
+
+
+async def test_generic_is_really_the_generic_path(rt: Runtime, hello_dir: Path) -> None:
+    with anyio.fail_after(30):
+        hello = await rt.load(hello_dir)
+        assert await hello.call("echo", {"value": [1, "x"]}) == [1, "x"]
+        assert hello.worker is not None
+        assert hello.worker._loop is None
+
+
+# The call, crash and cancellation tests again, on the backend-neutral code.
+test_generic_plugin_exception = _t_plugin_exception
+test_generic_awaiting = _t_awaiting
+test_generic_many = _t_many
+test_generic_progress = _t_progress
+test_generic_cancelled_caller = _t_cancelled_caller
+test_generic_timeout = _t_timeout
+test_generic_ignores_cancellation = _t_ignores
+test_generic_dying = _t_dying
+test_generic_stderr_tail = _t_stderr_tail
