@@ -50,6 +50,7 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
+from cordon.protocol._messages import decode_request
 from cordon.protocol._methods import FAULT
 
 from ._context import Context
@@ -194,6 +195,13 @@ class Server:
             self.send(encode_error(None, error_to_wire(err)))
             return
         assert isinstance(frame, bytes)
+        req = decode_request(frame)
+        if req is not None:
+            # The common frame, decoded by the narrow struct alone.
+            out = self._handle_request(req)
+            if isinstance(out, bytes):
+                self.send(out)
+            return
         msg = decode_frame(frame)
         if isinstance(msg, Batch):
             self._dispatch_batch(msg)
@@ -258,7 +266,9 @@ class Server:
                         method=f"{params.kind}:{params.name}",
                     )
                 args = handler.decode_arguments(params.arguments)
-                return self._start(req.id, self._run_handler(req.id, handler, args), batched)
+                if req.id in self._tasks:
+                    return self._duplicate(req.id)
+                return self._spawn(req.id, self._run_handler(req.id, handler, args, batched))
             if method == PING:
                 return encode_result(req.id, "pong")
             if method == ACTIVATE:
@@ -280,13 +290,18 @@ class Server:
     def _start(self, ident: Any, coro: Any, batched: bool) -> asyncio.Task[bytes | None] | bytes:
         if ident in self._tasks:
             coro.close()
-            return encode_error(
-                ident, error_to_wire(InvalidRequest(f"request id {ident!r} is already in use"))
-            )
-        assert self._loop is not None
-        task: asyncio.Task[bytes | None] = self._loop.create_task(
-            self._complete(ident, coro, batched)
+            return self._duplicate(ident)
+        return self._spawn(ident, self._complete(ident, coro, batched))
+
+    @staticmethod
+    def _duplicate(ident: Any) -> bytes:
+        return encode_error(
+            ident, error_to_wire(InvalidRequest(f"request id {ident!r} is already in use"))
         )
+
+    def _spawn(self, ident: Any, coro: Any) -> asyncio.Task[bytes | None]:
+        assert self._loop is not None
+        task: asyncio.Task[bytes | None] = self._loop.create_task(coro)
         self._tasks[ident] = task
         return task
 
@@ -357,45 +372,63 @@ class Server:
         )
 
     async def _run_handler(
-        self, ident: Any, handler: Handler, args: dict[str, Any]
+        self, ident: Any, handler: Handler, args: dict[str, Any], batched: bool
     ) -> bytes | None:
+        """Run one tool call and send its answer from the loop pass it finished in, like
+        :meth:`_complete` but in one coroutine: a tool call is the hot path, and the
+        wrapper coroutine, its extra ``await`` level and the ``partial`` for ``ctx`` were
+        paid on every call."""
+        out: bytes
+        try:
+            try:
+                if handler.is_async:
+                    if handler.wants_ctx:
+                        result = await handler.fn(self._context(ident), **args)
+                    else:
+                        result = await handler.fn(**args)
+                else:
+                    result = await self._run_sync(ident, handler, args)
+            except asyncio.CancelledError:
+                if ident in self._threaded:
+                    # A thread cannot be stopped: saying "cancelled" would be a lie while it
+                    # still runs. Stay silent; the host's cancel deadline recycles this worker.
+                    raise
+                out = encode_error(ident, error_to_wire(CallCancelled(method=handler.name)))
+            except CordonError as exc:
+                out = encode_error(ident, error_to_wire(exc))
+            except MemoryError:
+                import resource
+
+                soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+                limit = None if soft == resource.RLIM_INFINITY else soft
+                err = QuotaExceeded(kind="memory", limit=limit, plugin=self.plugin_id)
+                out = encode_error(ident, error_to_wire(err))
+            except Exception as exc:
+                out = encode_error(ident, error_to_wire(self._plugin_error(exc)))
+            else:
+                out = self._encode_result(ident, handler, result)
+        finally:
+            self._tasks.pop(ident, None)
+            self._threaded.discard(ident)
+        if not batched:
+            self.send(out)
+        return out
+
+    async def _run_sync(self, ident: Any, handler: Handler, args: dict[str, Any]) -> Any:
         fn = handler.fn
         if handler.wants_ctx:
             fn = functools.partial(fn, self._context(ident))
-        try:
-            if handler.is_async:
-                result = await fn(**args)
-            else:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        SYNC_THREADS, thread_name_prefix="cordon-sync"
-                    )
-                assert self._loop is not None
-                self._threaded.add(ident)
-                result = await self._loop.run_in_executor(
-                    self._executor, functools.partial(fn, **args)
-                )
-                self._threaded.discard(ident)
-                if asyncio.iscoroutine(result):
-                    result = await result
-        except asyncio.CancelledError:
-            if ident in self._threaded:
-                # A thread cannot be stopped: saying "cancelled" would be a lie while it
-                # still runs. Stay silent; the host's cancel deadline recycles this worker.
-                raise
-            return encode_error(ident, error_to_wire(CallCancelled(method=handler.name)))
-        except CordonError as exc:
-            return encode_error(ident, error_to_wire(exc))
-        except MemoryError:
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-            limit = None if soft == resource.RLIM_INFINITY else soft
-            err = QuotaExceeded(kind="memory", limit=limit, plugin=self.plugin_id)
-            return encode_error(ident, error_to_wire(err))
-        except Exception as exc:
-            return encode_error(ident, error_to_wire(self._plugin_error(exc)))
-        return self._encode_result(ident, handler, result)
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                SYNC_THREADS, thread_name_prefix="cordon-sync"
+            )
+        assert self._loop is not None
+        self._threaded.add(ident)
+        result = await self._loop.run_in_executor(self._executor, functools.partial(fn, **args))
+        self._threaded.discard(ident)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
 
     def _encode_result(self, ident: Any, handler: Handler, result: Any) -> bytes:
         try:
