@@ -6,6 +6,7 @@ Shared by the host (``cordon.runtime``) and the worker (``cordon.worker``); impo
 from ._errors import (
     CallCancelled,
     CallTimeout,
+    CommandNotFound,
     CordonError,
     ErrorObject,
     FrameTooLarge,
@@ -81,6 +82,7 @@ __all__ = [
     "CallCancelled",
     "CallTimeout",
     "CancelParams",
+    "CommandNotFound",
     "Contribution",
     "ContributionKind",
     "CordonError",

@@ -15,6 +15,7 @@ import msgspec
 __all__ = [
     "CallCancelled",
     "CallTimeout",
+    "CommandNotFound",
     "CordonError",
     "ErrorObject",
     "FrameTooLarge",
@@ -45,15 +46,32 @@ class ErrorObject(msgspec.Struct, omit_defaults=True):
     data: Any = None
 
 
+#: Wire code → the class it decodes to: the first of cordon's classes to declare the code.
+_BY_CODE: dict[int, type[CordonError]] = {}
+#: Class name → class, for classes that share a code (``data.type`` picks the exact one).
+_BY_NAME: dict[str, type[CordonError]] = {}
+
+
 class CordonError(Exception):
     """Root of every error cordon raises on purpose.
 
     Subclasses name their structured fields in ``_fields``; those fields are keyword arguments,
-    attributes, and the keys of the wire ``data`` object.
+    attributes, and the keys of the wire ``data`` object. A subclass in a ``cordon.*`` module
+    that declares its own ``code`` is decodable from the wire (see :func:`error_from_wire`) as
+    soon as its module is imported: the host's own errors (config, dependencies, registry,
+    control socket) round-trip exactly like the protocol's, without a table to keep in step.
     """
 
     code: ClassVar[int] = -32603
     _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only cordon's own classes: never a plugin's subclass (it runs in the worker, and a
+        # name must not be claimable by code we do not ship).
+        if "code" in cls.__dict__ and cls.__module__.partition(".")[0] == "cordon":
+            _BY_CODE.setdefault(cls.code, cls)
+            _BY_NAME.setdefault(cls.__name__, cls)
 
     def __init__(self, message: str = "", **fields: Any) -> None:
         unknown = set(fields) - set(self._fields)
@@ -93,6 +111,10 @@ class ParseError(ProtocolError):
 
 class InvalidRequest(ProtocolError):
     code = -32600
+
+
+# A bare -32600 from a peer that sends no ``data.type`` is the spec's "Invalid Request".
+_BY_CODE[InvalidRequest.code] = InvalidRequest
 
 
 class MethodNotFound(CordonError):
@@ -242,34 +264,25 @@ class SandboxUnavailable(CordonError):
         )
 
 
+class CommandNotFound(CordonError):
+    """An exec asked for ``command``, which is not an executable on the host's PATH. Raised by
+    the host, re-raised as itself in the plugin (shared here so both sides decode it)."""
+
+    code = -32020
+    _fields = ("command", "plugin")
+    command: str | None
+    plugin: str | None
+
+    def _default_message(self) -> str:
+        return f"command {self.command!r} not found on the host's PATH"
+
+
 class RemoteError(CordonError):
     """An error object whose code this version of cordon does not know; kept verbatim."""
 
     remote_code: int | None
     remote_data: Any
     _fields = ("remote_code", "remote_data")
-
-
-_BY_CODE: dict[int, type[CordonError]] = {
-    cls.code: cls
-    for cls in (
-        ParseError,
-        InvalidRequest,
-        MethodNotFound,
-        InvalidParams,
-        InternalError,
-        PluginError,
-        PermissionDenied,
-        QuotaExceeded,
-        CallTimeout,
-        CallCancelled,
-        WorkerCrashed,
-        PluginUnavailable,
-        IncompatibleProtocol,
-        FrameTooLarge,
-        SandboxUnavailable,
-    )
-}
 
 
 def _jsonable(value: Any) -> Any:
@@ -307,9 +320,12 @@ def error_to_wire(exc: BaseException) -> ErrorObject:
 
 
 def error_from_wire(error: ErrorObject) -> CordonError:
-    """Map a JSON-RPC error object back to the typed exception it stands for."""
-    cls = _BY_CODE.get(error.code)
+    """Map a JSON-RPC error object back to the typed exception it stands for: the class named
+    by ``data.type`` when it has this code (several classes may share one), else the code's."""
     data = error.data if isinstance(error.data, dict) else {}
+    type_name = data.get("type")
+    named = _BY_NAME.get(type_name) if isinstance(type_name, str) else None
+    cls = named if named is not None and named.code == error.code else _BY_CODE.get(error.code)
     if cls is None:
         return RemoteError(error.message, remote_code=error.code, remote_data=error.data)
     fields = {k: data[k] for k in cls._fields if k in data}

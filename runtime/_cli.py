@@ -277,7 +277,7 @@ def _stats_snapshot(args: argparse.Namespace) -> dict[str, Any]:
             for handle in rt.plugins.values():
                 # Start each worker so the snapshot shows its pid, memory and sandbox.
                 try:
-                    await handle._ensure_worker()
+                    await handle.start()
                 except CordonError as exc:
                     print(
                         f"cordon: {handle.id}: {type(exc).__name__}: {exc.message}", file=sys.stderr
@@ -308,6 +308,26 @@ def _predicted_missing(report: dict[str, Any]) -> list[str]:
     return missing
 
 
+def _cgroup_verdict(setting: str) -> dict[str, Any]:
+    """Whether a runtime here would put each worker in memory + pids cgroups: found the way
+    the runtime finds it (making, then removing, a real group)."""
+    from ._cgroup import CgroupSupport
+
+    if setting == "off":
+        return {"available": False, "version": None, "verdict": "off (runtime.cgroups)"}
+    found = CgroupSupport.detect()
+    found.close()
+    if found.available:
+        verdict = f"applied per worker ({found.version}: memory, pids)"
+    else:
+        verdict = f"unavailable: {found.why} (the other layers carry on)"
+    return {
+        "available": found.available,
+        "version": found.version if found.available else None,
+        "verdict": verdict,
+    }
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from cordon.worker._sandbox import probe
 
@@ -336,6 +356,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         plugins[plugin_id] = verdict
     report["missing_layers"] = missing
     report["plugins"] = plugins
+    report["cgroup_limits"] = _cgroup_verdict(cfg.runtime.cgroups)
     if args.json:
         _print_json(report)
         return EXIT_OK
@@ -350,8 +371,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         "net_namespaces",
     ):
         print(f"{key:18} {report.get(key)}")
-    cgroups = report.get("cgroups") or {}
-    print(f"{'cgroups':18} probed: {', '.join(sorted(cgroups)) or 'none'} (not applied)")
+    cg = report["cgroup_limits"]
+    print(f"{'cgroups':18} {cg['verdict']}")
     print(f"{'missing layers':18} {', '.join(missing) or 'none'}")
     for plugin_id, verdict in sorted(plugins.items()):
         print(f"  plugin {plugin_id:12} {verdict}")

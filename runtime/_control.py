@@ -498,41 +498,12 @@ async def _serve_client(stream: anyio.abc.SocketStream, handle_frame: FrameHandl
 # -- the client side --------------------------------------------------------------------------
 
 
-def _host_error_classes() -> dict[str, type[CordonError]]:
-    # Host-side errors have no protocol code, so they arrive as RemoteError: rebuild them by
-    # name so the CLI reports (and exits with the code of) what the host really raised.
-    from . import _runtime, _versions
-
-    classes: dict[str, type[CordonError]] = {}
-    for module in (_runtime, _versions):
-        for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, CordonError):
-                classes[value.__name__] = value
-    from . import _errors
-
-    classes.update(
-        ConfigError=_errors.ConfigError,
-        ManifestError=_errors.ManifestError,
-        HostAlreadyRunning=HostAlreadyRunning,
-        HostNotRunning=HostNotRunning,
-        ControlSocketError=ControlSocketError,
-    )
-    return classes
-
-
 def _rebuild(error: Any) -> CordonError:
-    exc = error_from_wire(error)
-    data = error.data if isinstance(error.data, dict) else {}
-    name = data.get("type")
-    if type(exc).__name__ == "RemoteError" and isinstance(name, str):
-        cls = _host_error_classes().get(name)
-        if cls is not None:
-            fields = {k: data[k] for k in cls._fields if k in data}
-            try:
-                return cls(error.message, **fields)
-            except (TypeError, ValueError, KeyError):
-                return exc
-    return exc
+    """The host's typed error, as the host raised it: every cordon error class with a code is
+    decodable once its module is imported, so import the host's (the CLI may not have)."""
+    from . import _errors, _exec, _registry, _runtime, _scaffold, _versions  # noqa: F401
+
+    return error_from_wire(error)
 
 
 def connect(path: Path) -> socket.socket:

@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from cordon.protocol import CallTimeout, CordonError, InvalidParams
+from cordon.protocol import CallTimeout, CommandNotFound, InvalidParams
 
 __all__ = ["CommandNotFound", "ExecPolicy", "ExecResult", "ExecTimeout", "check_argv"]
 
@@ -42,20 +42,6 @@ MAX_ARGS: Final = 256
 MAX_ARGV_BYTES: Final = 128 * 1024
 #: After the command exits, how long its pipes may stay open (a daemonised grandchild).
 PIPE_GRACE: Final = 1.0
-
-
-class CommandNotFound(CordonError):
-    """``argv[0]`` is not an executable on the host's PATH. Crosses the wire as a
-    ``RemoteError`` whose ``data.type`` is ``"CommandNotFound"`` (the worker re-raises it as
-    its own ``CommandNotFound``)."""
-
-    code = -32020
-    _fields = ("command", "plugin")
-    command: str | None
-    plugin: str | None
-
-    def _default_message(self) -> str:
-        return f"command {self.command!r} not found on the host's PATH"
 
 
 class ExecTimeout(CallTimeout):

@@ -290,6 +290,12 @@ class PluginHandle:
             self._call_finished = None
             finished.set()
 
+    async def start(self) -> None:
+        """Start the worker now, as a first call would (a no-op while one serves). Raises
+        what starting met: :class:`PluginUnavailable` (disabled, breaker open),
+        :class:`WorkerCrashed`, :class:`SandboxUnavailable`, ..."""
+        await self._ensure_worker()
+
     # -- supervision ----------------------------------------------------------------------
 
     def _check_breaker(self) -> None:
@@ -1061,13 +1067,14 @@ class Runtime:
         if handle.settings.activate == "eager" or handle.manifest.activate == "eager":
             await handle._ensure_worker()
 
-    async def disable(self, plugin_id: str) -> None:
+    async def disable(self, plugin_id: str, *, reason: str = "disabled by the host") -> None:
         """Stop the plugin's worker and refuse its calls (``PluginUnavailable``, reason
-        ``disabled``) until :meth:`enable`; it stays loaded and listed."""
+        ``disabled``) until :meth:`enable`; it stays loaded and listed, ``state_reason``
+        saying ``reason``."""
         handle = self.get(plugin_id)
         handle.settings = msgspec.structs.replace(handle.settings, enabled=False)
         await handle.stop()
-        handle.state, handle.state_reason = "disabled", "disabled by the host"
+        handle.state, handle.state_reason = "disabled", reason
 
     async def _emit(self, topic: str, payload: dict[str, Any]) -> None:
         """Host lifecycle events: source "cordon", which no plugin can claim."""

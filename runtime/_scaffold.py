@@ -29,7 +29,7 @@ _SUFFIX: Final = "_plugin"
 class ScaffoldError(CordonError):
     """The plugin folder cannot be created: ``reason`` says why, ``path`` where (if known)."""
 
-    code = -32040
+    code = -32044
     _fields = ("name", "path", "reason")
     name: str | None
     path: str | None

@@ -151,7 +151,7 @@ class Host:
                 if method == "enable":
                     await rt.enable(ref.plugin)
                 else:
-                    await rt.disable(ref.plugin)
+                    await rt.disable(ref.plugin, reason="disabled by the operator")
             return rt.get(ref.plugin).state
         if method == "reset":
             rt.reset(_params(raw, _PluginRef).plugin)

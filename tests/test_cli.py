@@ -127,6 +127,15 @@ def test_doctor_reports_the_machine_and_what_each_plugin_would_get(
         assert report["plugins"]["hello"].startswith("strict: REFUSED to start")
     else:
         assert report["plugins"]["hello"] == "strict: every layer applied"
+    # The same answer a runtime here finds (and no group left behind by asking).
+    from cordon.runtime._cgroup import CgroupSupport
+
+    here = CgroupSupport.detect()
+    here.close()
+    assert report["cgroup_limits"]["available"] == here.available
+    text = run("doctor", "--config", str(config), cwd=tmp_path).stdout
+    cgroups_line = next(line for line in text.splitlines() if line.startswith("cgroups"))
+    assert cgroups_line.split(None, 1)[1] == report["cgroup_limits"]["verdict"]
 
 
 def test_new_plugin_scaffolds_a_loadable_plugin(tmp_path: Path) -> None:

@@ -154,3 +154,20 @@ async def test_a_plugin_passes_through_loading_to_active_and_every_state_is_docu
         seen.append(hello.state)
     assert seen == ["discovered", "loading", "active", "stopped"]
     assert set(seen) <= set(PLUGIN_STATES)
+
+
+async def test_a_disable_says_why_and_start_brings_up_a_worker_without_a_call(
+    rt: Runtime, hello_dir: Path
+) -> None:
+    with anyio.fail_after(30):
+        hello = await rt.load(hello_dir)
+        await rt.disable("hello", reason="maintenance until 14:00")
+        assert (hello.state, hello.state_reason) == ("disabled", "maintenance until 14:00")
+        with pytest.raises(PluginUnavailable):
+            await hello.start()
+        await rt.enable("hello")
+        await hello.start()
+        assert hello.state == "active" and hello.worker is not None
+        worker = hello.worker
+        await hello.start()  # already serving: the same worker
+        assert hello.worker is worker

@@ -11,12 +11,16 @@ from cordon import protocol as p
 from cordon.protocol import (
     OVERSIZE,
     Batch,
+    CordonError,
+    ErrorObject,
     FrameSplitter,
     Invalid,
     Notification,
     Request,
     Response,
     decode_frame,
+    error_from_wire,
+    error_to_wire,
 )
 
 
@@ -245,3 +249,50 @@ def test_negotiation_without_a_common_version_names_both_sides() -> None:
     assert info.value.ours == [1]
     assert info.value.theirs == [2, 3]
     assert "host speaks [1]" in str(info.value)
+
+
+def _cordon_error_classes() -> list[type[CordonError]]:
+    # Every module that defines errors, imported, so the registry has seen them all.
+    import cordon.runtime._cgroup
+    import cordon.runtime._control
+    import cordon.runtime._scaffold
+    import cordon.worker  # noqa: F401
+
+    seen: list[type[CordonError]] = []
+    todo: list[type[CordonError]] = [CordonError]
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [c for c in seen if c.__module__.startswith("cordon.") and "code" in c.__dict__]
+
+
+def test_no_two_unrelated_error_classes_share_a_wire_code() -> None:
+    by_code: dict[int, list[type[CordonError]]] = {}
+    for cls in _cordon_error_classes():
+        by_code.setdefault(cls.code, []).append(cls)
+    for code, classes in by_code.items():
+        # Sharing is allowed only down one line of inheritance (InvalidRequest is a
+        # ProtocolError; UnknownContribution is a MethodNotFound).
+        roots = [c for c in classes if not any(issubclass(c, o) for o in classes if o is not c)]
+        assert len(roots) == 1, f"code {code} is declared by unrelated {classes}"
+
+
+def test_host_side_errors_cross_the_wire_as_themselves_with_their_fields() -> None:
+    from cordon.runtime import PluginInUse
+    from cordon.runtime._control import HostNotRunning
+    from cordon.runtime._registry import AmbiguousContribution
+    from cordon.runtime._versions import MissingDependency
+
+    for exc in (
+        PluginInUse(plugin="base", dependents=["a", "b"]),
+        HostNotRunning(socket="/run/x.sock", reason="refused"),
+        AmbiguousContribution(kind="tool", name="list", candidates=["a.list", "b.list"]),
+        MissingDependency(plugin="a", dependency="base", required=">=1"),
+    ):
+        back = error_from_wire(
+            msgspec.json.decode(msgspec.json.encode(error_to_wire(exc)), type=ErrorObject)
+        )
+        assert type(back) is type(exc)
+        assert back.fields() == exc.fields()
+        assert back.message == exc.message

@@ -14,7 +14,7 @@ from cordon.protocol import (
 )
 
 from ._context import Context
-from ._hostapi import CommandNotFound
+from ._hostapi import CommandNotFound, ExecResult
 from ._plugin import Plugin, PluginDefinitionError
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "CommandNotFound",
     "Context",
     "CordonError",
+    "ExecResult",
     "InvalidParams",
     "PermissionDenied",
     "Plugin",

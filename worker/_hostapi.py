@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from cordon.protocol import CordonError, InvalidParams, RemoteError
+from cordon.protocol import CommandNotFound, InvalidParams
 
 __all__ = [
     "CommandNotFound",
@@ -146,27 +146,10 @@ class ExecResult(msgspec.Struct, frozen=True):
     truncated: bool
 
 
-class CommandNotFound(CordonError):
-    """The host has no such command on its PATH (the host's error of the same name)."""
-
-    code = -32020
-    _fields = ("command", "plugin")
-    command: str | None
-    plugin: str | None
-
-
 async def exec_command(
     request: RequestFn, argv: list[str], *, timeout: float | None = None
 ) -> ExecResult:
     """Run ``argv`` on the host (argv[0] a bare command name; needs ``exec:<argv[0]>``).
     No shell, stdin empty, output capped (``truncated``), killed after ``timeout``."""
-    try:
-        reply = await request("host/exec", {"argv": list(argv), "timeout": timeout})
-    except RemoteError as exc:
-        data = exc.remote_data if isinstance(exc.remote_data, dict) else {}
-        if data.get("type") == "CommandNotFound":
-            raise CommandNotFound(
-                exc.message, command=data.get("command"), plugin=data.get("plugin")
-            ) from None
-        raise
+    reply = await request("host/exec", {"argv": list(argv), "timeout": timeout})
     return msgspec.convert(reply, ExecResult)

@@ -25,8 +25,7 @@ import json
 import re
 from typing import Any, Final
 
-from cordon.worker import Context, InvalidParams, Plugin
-from cordon.worker._hostapi import CommandNotFound, ExecResult  # not re-exported yet
+from cordon.worker import CommandNotFound, Context, ExecResult, InvalidParams, Plugin
 
 plugin = Plugin()
 
