@@ -136,9 +136,19 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from ._config import load_config
+    from ._errors import ConfigError
 
-    cfg = load_config(args.file)
-    print(f"{args.file}: ok ({len(cfg.plugins)} plugin section(s))")
+    if not args.json:
+        cfg = load_config(args.file)
+        print(f"{args.file}: ok ({len(cfg.plugins)} plugin section(s))")
+        return EXIT_OK
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        # For tools (an editor, CI): every problem with its TOML path, still a failing exit.
+        _print_json({"file": args.file, "ok": False, "problems": list(exc.problems)})
+        return exit_code_for(exc)
+    _print_json({"file": args.file, "ok": True, "plugins": sorted(cfg.plugins), "problems": []})
     return EXIT_OK
 
 
@@ -580,6 +590,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     chk = cfg_sub.add_parser("check", help="validate FILE, reporting every problem at once")
     chk.add_argument("file")
+    chk.add_argument("--json", action="store_true", help="print the result as JSON")
     chk.set_defaults(func=_cmd_config_check)
     show = cfg_sub.add_parser("show", help="print effective per-plugin settings")
     config_opt(show)

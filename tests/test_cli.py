@@ -101,6 +101,21 @@ def test_config_check_reports_every_problem_at_once(tmp_path: Path) -> None:
     assert "defaults.open-files" in r.stderr
 
 
+def test_config_check_json_lists_every_problem_with_its_path_and_still_fails(
+    tmp_path: Path, config: Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\nmemory = "lots"\nopen-files = "many"\n')
+    r = run("config", "check", "--json", str(bad), cwd=tmp_path)
+    assert r.returncode == 3
+    out = json.loads(r.stdout)
+    assert out["ok"] is False
+    assert [p["path"] for p in out["problems"]] == ["defaults.memory", "defaults.open-files"]
+    good = run("config", "check", "--json", str(config), cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["ok"] is True
+
+
 def test_config_show_prints_effective_settings(tmp_path: Path, config: Path) -> None:
     r = run("config", "show", "--config", str(config), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
