@@ -38,6 +38,8 @@ from typing import Final
 
 import anyio
 
+from cordon.worker._sandbox._probe import cgroup_mounts
+
 from ._units import format_size
 
 __all__ = ["THREAD_ALLOWANCE", "CgroupSupport", "WorkerCgroup"]
@@ -56,22 +58,15 @@ _CONTROLLERS: Final = ("memory", "pids")
 
 
 def _mounts() -> tuple[dict[str, str], str | None]:
-    """``({v1 controller: mount point}, v2 mount point)`` from /proc/self/mountinfo."""
+    """``({v1 controller: mount point}, v2 mount point)``. Raises OSError."""
     v1: dict[str, str] = {}
     v2: str | None = None
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(fields) < 5 or len(rfields) < 3:
-                continue
-            mount_point, fstype, super_opts = fields[4], rfields[0], rfields[2]
-            if fstype == "cgroup2":
-                v2 = mount_point
-            elif fstype == "cgroup":
-                for opt in super_opts.split(","):
-                    if opt in _CONTROLLERS:
-                        v1[opt] = mount_point
+    for fstype, mount_point, ctrls in cgroup_mounts():
+        if fstype == "cgroup2":
+            v2 = mount_point
+        for c in ctrls:
+            if c in _CONTROLLERS:
+                v1[c] = mount_point
     return v1, v2
 
 

@@ -50,26 +50,37 @@ def _err(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def cgroup_mounts() -> list[tuple[str, str, list[str]]]:
+    """``(fstype, mount point, controllers)`` of every cgroup (v1) and cgroup2 mount, from
+    /proc/self/mountinfo (controllers are empty for cgroup2: they are per group there).
+    Raises OSError."""
+    out: list[tuple[str, str, list[str]]] = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3 or rfields[0] not in ("cgroup", "cgroup2"):
+            continue
+        mount_point, fstype, super_opts = fields[4], rfields[0], rfields[2]
+        ctrls = [o for o in super_opts.split(",") if o not in ("rw", "ro")]
+        out.append((fstype, mount_point, ctrls if fstype == "cgroup" else []))
+    return out
+
+
 def _cgroups() -> dict[str, Any]:
     """cgroup layout from /proc/self/mountinfo, and whether we may create a child group
     (mkdir + rmdir of a uniquely named group: the only real test of writability)."""
     v1: dict[str, str] = {}
     v2: str | None = None
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        mounts = cgroup_mounts()
     except OSError as exc:
         return {"version": "unknown", "error": _err(exc)}
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        mount_point, fstype, super_opts = fields[4], rfields[0], rfields[2]
+    for fstype, mount_point, ctrls in mounts:
         if fstype == "cgroup2":
             v2 = mount_point
-        elif fstype == "cgroup":
-            ctrls = [o for o in super_opts.split(",") if o not in ("rw", "ro")]
+        else:
             v1[",".join(ctrls)] = mount_point
     name = f"cordon-probe-{os.getpid()}"
 
