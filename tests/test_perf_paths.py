@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
-from cordon.protocol import Request, Response, decode_frame
+from cordon.protocol import InvokeParams, Request, Response, decode_frame
 from cordon.protocol._messages import decode_request, decode_success
 from cordon.runtime import Runtime
 from cordon.runtime._worker import WorkerProcess
+from cordon.worker._server import decode_invoke
 from tests.test_calls import (
     test_a_plugin_exception_arrives_typed_and_the_worker_lives_on as _t_plugin_exception,
 )
@@ -64,6 +66,12 @@ FRAMES = [
     b'{"jsonrpc":"2.0","id":true,"result":1}',
     b'{"jsonrpc":"2.0","id":1,"method":"invoke","params":{"name":"echo"}}',
     b'{"jsonrpc":"2.0","id":"a","method":"m","params":[1,2]}',
+    b'{"jsonrpc":"2.0","id":3,"method":"invoke","params":{"name":"e","kind":"command",'
+    b'"arguments":{"v":[1]},"x":1}}',
+    b'{"jsonrpc":"2.0","id":3,"method":"invoke","params":{"kind":"tool"}}',
+    b'{"jsonrpc":"2.0","id":3,"method":"invoke","params":{"name":"e","kind":"nope"}}',
+    b'{"jsonrpc":"2.0","id":3,"method":"invoke","params":[1]}',
+    b'{"jsonrpc":"2.0","id":3,"method":"invoke"}',
     b'{"jsonrpc":"2.0","id":2,"method":"ping"}',
     b'{"jsonrpc":"2.0","id":2,"method":"m","params":3}',
     b'{"jsonrpc":"2.0","id":2,"method":"m","params":"s"}',
@@ -89,6 +97,16 @@ def test_the_narrow_decoders_agree_with_decode_frame_or_decline(frame: bytes) ->
     if ok is not None:
         assert isinstance(full, Response)
         assert (full.id, bytes(full.result), full.error) == (ok.id, bytes(ok.result), None)
+    call = decode_invoke(frame)
+    if call is not None:
+        assert isinstance(full, Request)
+        assert (full.id, full.method) == (call.id, "invoke")
+        params = msgspec.json.decode(full.params, type=InvokeParams)
+        assert (params.name, params.kind, bytes(params.arguments)) == (
+            call.params.name,
+            call.params.kind,
+            bytes(call.params.arguments),
+        )
     req = decode_request(frame)
     if req is not None:
         assert isinstance(full, Request)
@@ -102,6 +120,8 @@ def test_the_narrow_decoders_agree_with_decode_frame_or_decline(frame: bytes) ->
 def test_the_narrow_decoders_take_the_frames_the_hot_paths_see() -> None:
     assert all(decode_success(f) is not None for f in FRAMES[:4])
     assert all(decode_request(f) is not None for f in FRAMES[15:18])
+    assert decode_invoke(FRAMES[15]) is not None
+    assert decode_invoke(FRAMES[17]) is not None
 
 
 async def test_calls_on_asyncio_take_the_reader_callback_path(rt: Runtime, hello_dir: Path) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import os
 import traceback
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -66,6 +66,29 @@ MAX_TRACEBACK: Final = 16 * 1024
 SYNC_THREADS: Final = 8
 
 _invoke_decoder = msgspec.json.Decoder(InvokeParams)
+
+
+class _InvokeCall(msgspec.Struct, forbid_unknown_fields=True):
+    """An ``invoke`` request whose params are an :class:`InvokeParams`; anything that does
+    not fit (another method, bad params, extra members) goes the general way, which also
+    produces the right error for it."""
+
+    jsonrpc: Literal["2.0"]
+    id: int | str
+    method: Literal["invoke"]
+    params: InvokeParams
+
+
+_invoke_call_decoder = msgspec.json.Decoder(_InvokeCall)
+
+
+def decode_invoke(frame: bytes) -> _InvokeCall | None:
+    try:
+        return _invoke_call_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return None
+
+
 _cancel_decoder = msgspec.json.Decoder(CancelParams)
 
 
@@ -195,9 +218,20 @@ class Server:
             self.send(encode_error(None, error_to_wire(err)))
             return
         assert isinstance(frame, bytes)
+        # The common frames, each decoded by one narrow struct alone: a tool call (its
+        # params too), then any request; anything else is classified in full.
+        call = decode_invoke(frame)
+        out: bytes | asyncio.Task[bytes | None] | None
+        if call is not None:
+            try:
+                out = self._invoke(call.id, call.params, False)
+            except CordonError as exc:
+                out = encode_error(call.id, error_to_wire(exc))
+            if isinstance(out, bytes):
+                self.send(out)
+            return
         req = decode_request(frame)
         if req is not None:
-            # The common frame, decoded by the narrow struct alone.
             out = self._handle_request(req)
             if isinstance(out, bytes):
                 self.send(out)
@@ -259,16 +293,7 @@ class Server:
                     params = _invoke_decoder.decode(req.params or b"{}")
                 except msgspec.ValidationError as exc:
                     raise InvalidParams(f"invalid invoke params: {exc}", field=None) from None
-                handler = self.plugin.handlers.get((params.kind, params.name))
-                if handler is None:
-                    raise MethodNotFound(
-                        f"plugin {self.plugin_id!r} has no {params.kind} {params.name!r}",
-                        method=f"{params.kind}:{params.name}",
-                    )
-                args = handler.decode_arguments(params.arguments)
-                if req.id in self._tasks:
-                    return self._duplicate(req.id)
-                return self._spawn(req.id, self._run_handler(req.id, handler, args, batched))
+                return self._invoke(req.id, params, batched)
             if method == PING:
                 return encode_result(req.id, "pong")
             if method == ACTIVATE:
@@ -287,6 +312,21 @@ class Server:
         except CordonError as exc:
             return encode_error(req.id, error_to_wire(exc))
 
+    def _invoke(
+        self, ident: Any, params: InvokeParams, batched: bool
+    ) -> bytes | asyncio.Task[bytes | None]:
+        """Start a tool call. Raises :class:`CordonError` for a call that cannot start."""
+        handler = self.plugin.handlers.get((params.kind, params.name))
+        if handler is None:
+            raise MethodNotFound(
+                f"plugin {self.plugin_id!r} has no {params.kind} {params.name!r}",
+                method=f"{params.kind}:{params.name}",
+            )
+        args = handler.decode_arguments(params.arguments)
+        if ident in self._tasks:
+            return self._duplicate(ident)
+        return self._spawn(ident, self._run_handler(ident, handler, args, batched))
+
     def _start(self, ident: Any, coro: Any, batched: bool) -> asyncio.Task[bytes | None] | bytes:
         if ident in self._tasks:
             coro.close()
@@ -300,8 +340,14 @@ class Server:
         )
 
     def _spawn(self, ident: Any, coro: Any) -> asyncio.Task[bytes | None]:
-        assert self._loop is not None
-        task: asyncio.Task[bytes | None] = self._loop.create_task(coro)
+        loop = self._loop
+        assert loop is not None
+        task: asyncio.Task[bytes | None]
+        if loop.get_task_factory() is None:
+            # loop.create_task is a Python wrapper around exactly this (~0.7 us a call).
+            task = asyncio.Task(coro, loop=loop)
+        else:
+            task = loop.create_task(coro)
         self._tasks[ident] = task
         return task
 
