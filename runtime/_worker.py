@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from subprocess import PIPE
 from typing import Any, ClassVar, Final
@@ -181,14 +181,13 @@ class _Pending:
     """A call waiting for its answer: ``wake`` it once ``result`` or ``error`` is set (or
     ``expired``). This one works on any anyio backend."""
 
-    __slots__ = ("_event", "error", "expired", "method", "on_progress", "result")
+    __slots__ = ("_event", "error", "expired", "on_progress", "result")
 
-    def __init__(self, method: str, on_progress: Callable[[ProgressParams], Any] | None) -> None:
+    def __init__(self, on_progress: Callable[[ProgressParams], Any] | None) -> None:
         self.result: msgspec.Raw | None = None
         self.error: CordonError | None = None
         #: Set by the deadline timer: the call's timeout passed before an answer came.
         self.expired = False
-        self.method = method
         self.on_progress = on_progress
         self._event = anyio.Event()
 
@@ -211,20 +210,17 @@ class _FuturePending(_Pending):
     ``anyio.Event`` (no backend lookup, no ``asyncio.Event`` with its waiter list), and
     cancelling the waiting task cancels the future, so cancel scopes work unchanged."""
 
-    __slots__ = ("_fut", "_loop")
+    __slots__ = ("_fut",)
 
     def __init__(
         self,
-        method: str,
         on_progress: Callable[[ProgressParams], Any] | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.result = None
         self.error = None
         self.expired = False
-        self.method = method
         self.on_progress = on_progress
-        self._loop = loop
         self._fut: asyncio.Future[None] = loop.create_future()
 
     def wake(self) -> None:
@@ -240,7 +236,7 @@ class _FuturePending(_Pending):
         return self._fut
 
     def rearm(self) -> None:
-        self._fut = self._loop.create_future()
+        self._fut = self._fut.get_loop().create_future()
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -720,12 +716,9 @@ class WorkerProcess:
         # Dropped when the queue is full or stdin is closing, as it always was.
         self._put(frame)
 
-    def _arm(self, ident: int, timeout: float) -> None:
+    def _arm(self, ident: int, deadline: float) -> None:
         """Start a call's timeout. One timer task serves every call's deadline: a cancel
         scope per call cost more than the rest of the call's bookkeeping together."""
-        # anyio's clock is the loop's: read it directly on asyncio (a backend lookup less).
-        now = self._loop.time() if self._loop is not None else anyio.current_time()
-        deadline = now + timeout
         heapq.heappush(self._deadlines, (deadline, ident))
         if deadline < self._timer_at:
             self._timer_wake.set()
@@ -1051,18 +1044,16 @@ class WorkerProcess:
         self._next_id += 1
         ident = self._next_id
         loop = self._loop
-        pending = (
-            _FuturePending(method, on_progress, loop)
-            if loop is not None
-            else _Pending(method, on_progress)
-        )
+        pending = _FuturePending(on_progress, loop) if loop is not None else _Pending(on_progress)
         self._pending[ident] = pending
         try:
             frame = encode_request(ident, method, params)
             if len(frame) > self.max_frame or not self._put(frame):
                 await self._send(frame)
             if timeout is not None:
-                self._arm(ident, timeout)
+                # anyio's clock is the loop's: read it directly on asyncio (no backend lookup).
+                now = loop.time() if loop is not None else anyio.current_time()
+                self._arm(ident, now + timeout)
             await pending.wait()
             if pending.expired and pending.result is None and pending.error is None:
                 assert timeout is not None
@@ -1090,7 +1081,7 @@ class WorkerProcess:
         pending.error = CallTimeout(timeout=timeout, method=method, plugin=self.plugin_id)
         pending.wake()
 
-    async def invoke(
+    def invoke(
         self,
         name: str,
         arguments: Any,
@@ -1098,11 +1089,11 @@ class WorkerProcess:
         kind: str = "tool",
         timeout: float | None,
         on_progress: Callable[[ProgressParams], Any] | None = None,
-    ) -> msgspec.Raw:
+    ) -> Coroutine[Any, Any, msgspec.Raw]:
+        """``await`` it: :meth:`request` for ``invoke``. Hands out request's own coroutine
+        rather than awaiting it in one more (every tool call passes here)."""
         params = {"name": name, "kind": kind, "arguments": arguments}
-        return await self.request(
-            INVOKE, params, timeout=timeout, on_progress=on_progress, label=name
-        )
+        return self.request(INVOKE, params, timeout=timeout, on_progress=on_progress, label=name)
 
     async def ping(self, timeout: float) -> bool:
         try:
