@@ -67,8 +67,6 @@ class Limits(msgspec.Struct, omit_defaults=True):
     file_size: int | None = None  # RLIMIT_FSIZE, bytes
     processes: int | None = None  # RLIMIT_NPROC (0 also closes fork in seccomp)
     core: int = 0  # RLIMIT_CORE: never dump plugin memory to disk
-    # cgroup.procs files the host made for this worker; joined before plugin code runs.
-    cgroups: list[str] = []
 
 
 class SandboxPolicy(msgspec.Struct, omit_defaults=True):

@@ -385,13 +385,12 @@ class PluginHandle:
         self.sandbox = dict(worker.init_result.sandbox)
         # Not a sandbox layer but a quota line: reported apart, so a host without cgroups
         # is not told its sandbox is incomplete.
-        joined = self.sandbox.pop("cgroup", None)
         group = self.runtime._cgroups.get(worker)
-        if group is not None and joined == "applied":
+        if group is not None and group.joined:
             self.cgroup = group.describe()
-        elif joined is not None:
-            self.cgroup = joined
-            log.warning("cgroup.unavailable", plugin=self.id, why=joined)
+        elif group is not None:
+            self.cgroup = group.why_not
+            log.warning("cgroup.unavailable", plugin=self.id, why=group.why_not)
         else:
             self.cgroup = self.runtime._cgroup_why.get(worker, "off")
         self.contributions = list(worker.init_result.contributions)
@@ -1266,7 +1265,6 @@ class Runtime:
                 open_files=s.open_files,
                 file_size=s.file_size,
                 processes=s.processes,
-                cgroups=group.procs_files if group is not None else [],
             ),
             sandbox=SandboxPolicy(
                 mode=s.sandbox, fs_read=list(s.fs_read), fs_write=list(s.fs_write)
@@ -1282,6 +1280,7 @@ class Runtime:
             on_stderr=functools.partial(self._plugin_output, m.id),
             python=self._python,
             exit_probe=group.exit_reason if group is not None else None,
+            place=group.move_in if group is not None else None,
         )
         if group is not None:
             self._cgroups[worker] = group

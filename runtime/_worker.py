@@ -310,11 +310,17 @@ class WorkerProcess:
         argv: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         exit_probe: ExitProbe | None = None,
+        place: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         # Asked, for an exit the host did not cause, whether something outside the process
         # saw why (a cgroup's OOM killer): the SIGKILL alone does not say.
         self._exit_probe = exit_probe
+        # Run with the pid as soon as the process exists (moving it into its cgroups), while
+        # the interpreter starts; initialize, which lets plugin code in, waits for it.
+        self._place = place
+        self._placed = anyio.Event()
+        self._place_error: BaseException | None = None
         self.params = params
         self.max_frame = params.max_frame
         self._on_host_request = on_host_request
@@ -363,7 +369,7 @@ class WorkerProcess:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stderr_done = anyio.Event()
         self._stopping = False
-        #: Host-side fault injection (cordon.runtime.testing.delay_replies): responses from
+        #: Host-side fault injection (cordon.testing.delay_replies): responses from
         #: the worker are held this many seconds before they reach their callers.
         self.reply_delay = 0.0
         #: CPU seconds (user + system) last sampled; sampled only with a cpu-time limit.
@@ -436,6 +442,7 @@ class WorkerProcess:
                 tg.start_soon(self._writer)
                 tg.start_soon(self._timer)
                 tg.start_soon(self._reap)
+                tg.start_soon(self._run_place, process.pid)
                 if self.params.limits.cpu_seconds is not None:
                     tg.start_soon(self._sample_cpu)
                 try:
@@ -473,6 +480,9 @@ class WorkerProcess:
             self.kill_nowait("protocol-violation", "incompatible protocol")
             raise
         self.params.protocol = self.protocol
+        await self._wait_or_exit(self._placed)
+        if self._place_error is not None:
+            raise self._startup_error(f"placing the worker failed: {self._place_error!r}")
         try:
             with anyio.fail_after(INITIALIZE_TIMEOUT):
                 raw = await self.request(INITIALIZE, self.params, timeout=None)
@@ -481,6 +491,15 @@ class WorkerProcess:
                 f"initialize (lock-down and plugin import) took over {INITIALIZE_TIMEOUT} s"
             ) from None
         self.init_result = msgspec.json.decode(raw, type=InitializeResult)
+
+    async def _run_place(self, pid: int) -> None:
+        try:
+            if self._place is not None:
+                await self._place(pid)
+        except Exception as exc:
+            self._place_error = exc
+        finally:
+            self._placed.set()
 
     async def _wait_or_exit(self, event: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:

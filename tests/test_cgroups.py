@@ -17,7 +17,7 @@ import pytest
 
 from cordon.runtime import QuotaExceeded, Runtime
 from cordon.runtime._cgroup import THREAD_ALLOWANCE, CgroupSupport
-from tests.conftest import EXAMPLES, base_config
+from tests.conftest import EXAMPLES, TEST_PLUGINS, base_config
 
 pytestmark = pytest.mark.anyio
 
@@ -77,6 +77,24 @@ async def test_each_worker_runs_in_its_own_groups_with_the_configured_limits(
             assert all(p.exists() for p in parents)
         # Every group, the runtime's parent included, is removed with the runtime.
         assert not any(p.exists() for p in parents)
+
+
+@needs_cgroups
+async def test_the_worker_is_in_its_groups_before_the_first_line_of_plugin_code_runs(
+    tmp_path: Path,
+) -> None:
+    # Sandbox off only so that plugin code may read /proc/self/cgroup.
+    with anyio.fail_after(30):
+        async with Runtime(base_config(tmp_path, sandbox="off", memory="96 MiB")) as rt:
+            witness = await rt.load(TEST_PLUGINS / "cgroup_witness")
+            seen = await witness.call("at_import")
+            groups = rt._cgroups[witness.worker]  # type: ignore[index]
+            for controller, directory in groups.dirs.items():
+                relative = "/" + str(directory.relative_to(rt.cgroups.parents[controller].parent))
+                assert any(line.endswith(relative) for line in seen.splitlines()), (
+                    controller,
+                    seen,
+                )
 
 
 @needs_cgroups

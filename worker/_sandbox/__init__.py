@@ -26,14 +26,8 @@ __all__ = ["LAYERS", "apply_limits", "lock_down", "probe"]
 
 def apply_limits(limits: Limits) -> dict[str, str]:
     """``setrlimit`` AS, CPU (hard = soft + 1: SIGXCPU, then SIGKILL), NOFILE, FSIZE, NPROC
-    (only if > 0; see ``_limits``) and CORE=0, after joining the cgroups the host made for
-    this worker. Returns ``{"rlimits": status}`` and, with cgroups, ``{"cgroup": status}``.
-
-    Only here, in the launch step, not again in ``lock_down``: in its new user namespace the
-    worker may no longer write to the cgroup tree."""
-    report = _limits.join_cgroups(limits.cgroups)
-    report.update(_limits.apply_limits(limits))
-    return report
+    (only if > 0; see ``_limits``) and CORE=0. Returns ``{"rlimits": status}``."""
+    return _limits.apply_limits(limits)
 
 
 def lock_down(

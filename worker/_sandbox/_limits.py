@@ -16,12 +16,11 @@ a worker running as root (root could otherwise raise a hard limit).
 
 from __future__ import annotations
 
-import os
 import resource
 
 from cordon.protocol import Limits
 
-__all__ = ["apply_limits", "join_cgroups", "planned"]
+__all__ = ["apply_limits", "planned"]
 
 
 def planned(limits: Limits) -> list[tuple[str, int, int, int]]:
@@ -66,20 +65,3 @@ def apply_limits(limits: Limits) -> dict[str, str]:
     if failed:
         return {"rlimits": "unavailable: " + "; ".join(failed)}
     return {"rlimits": "applied"}
-
-
-def join_cgroups(procs_files: list[str]) -> dict[str, str]:
-    """Move this process into each group (``0`` in ``cgroup.procs`` means the writer).
-    Cgroups are the host's second line, never required: a failure is reported, not fatal."""
-    if not procs_files:
-        return {}
-    for path in procs_files:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            return {"cgroup": f"unavailable: cannot join {path}: {exc.strerror or exc}"}
-    return {"cgroup": "applied"}
