@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 from dataclasses import dataclass, field
@@ -105,6 +106,38 @@ def _read_counter(path: Path, key: str) -> int:
             with contextlib.suppress(ValueError):
                 return int(value)
     return 0
+
+
+_RUNTIME_GROUP: Final = re.compile(r"^cordon-(\d+)-[0-9a-f]{6}$")
+
+
+def sweep_stale(base: Path) -> list[Path]:
+    """Remove the groups a runtime left in ``base`` when it died without closing them (a
+    SIGKILLed host): those of a pid that no longer runs, once empty. Returns what it removed.
+    A group that still holds a process, or whose pid was reused, is left alone."""
+    removed: list[Path] = []
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = _RUNTIME_GROUP.match(entry.name)
+        if found is None or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+            continue  # that runtime is alive (or its pid was reused): not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            for child in entry.iterdir():
+                if child.is_dir():
+                    child.rmdir()
+            entry.rmdir()
+            removed.append(entry)
+    return removed
 
 
 def _why(exc: OSError) -> str:
@@ -223,7 +256,9 @@ class CgroupSupport:
             parents: dict[str, Path] = {}
             try:
                 for c in _CONTROLLERS:
-                    parent = Path(mounts[c]) / own[c].lstrip("/") / name
+                    base = Path(mounts[c]) / own[c].lstrip("/")
+                    sweep_stale(base)
+                    parent = base / name
                     parent.mkdir()
                     parents[c] = parent
             except OSError as exc:
@@ -260,6 +295,7 @@ class CgroupSupport:
                     f"{', '.join(missing)} not enabled for {own} and cannot be "
                     f"({_why(exc)}); delegate a group with them to the host"
                 )
+        sweep_stale(own)
         parent = own / name
         try:
             parent.mkdir()

@@ -9,6 +9,7 @@ requires them (see ``test_without_cgroups_the_worker_runs_and_says_why``).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import anyio
@@ -164,3 +165,32 @@ async def test_without_cgroups_the_worker_runs_and_says_why(tmp_path: Path) -> N
             await hog.call("pid")
             assert hog.cgroup == "unavailable: off (runtime.cgroups)"
             assert not rt.cgroups.available
+
+
+@needs_cgroups
+def test_groups_left_by_a_runtime_that_died_are_swept_when_the_next_one_starts() -> None:
+    first = CgroupSupport.detect()
+    first.close()
+    bases = {p.parent for p in first.parents.values()}
+    dead_pid = _pid_of_finished_child()
+    stale = [b / f"cordon-{dead_pid}-abcdef" for b in bases]
+    alive = [b / f"cordon-{os.getpid()}-fedcba" for b in bases]
+    try:
+        for group in stale:
+            (group / "hello-1").mkdir(parents=True)
+        for group in alive:
+            group.mkdir()
+        CgroupSupport.detect().close()
+        assert not any(g.exists() for g in stale)
+        assert all(g.exists() for g in alive)  # its runtime still runs: not ours to touch
+    finally:
+        for group in [*stale, *alive]:
+            for child in (group / "hello-1", group):
+                if child.exists():
+                    child.rmdir()
+
+
+def _pid_of_finished_child() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
