@@ -9,6 +9,7 @@
     redact-patterns = []                 # extra regexes for log redaction
     middleware-order = []                # plugin ids, explicit order of the middleware chain
     cgroups = "auto"                     # per-worker memory/pids cgroups where possible; "off"
+    warm-workers = 1                     # workers pre-started to their hello, claimed on start
 
     [defaults]                           # every plugin, unless its own section says otherwise
     memory = "256 MiB"                   # sizes: bytes or "256 MiB" / "1.5 GB"; or "unlimited"
@@ -127,6 +128,7 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     redact_patterns: tuple[str, ...]
     middleware_order: tuple[str, ...]
     cgroups: Literal["auto", "off"] = "auto"
+    warm_workers: int = 1
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,6 +157,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 "redact-patterns": list(rt.redact_patterns),
                 "middleware-order": list(rt.middleware_order),
                 "cgroups": rt.cgroups,
+                "warm-workers": rt.warm_workers,
             },
             "defaults": _settings_to_dict(self.defaults, with_settings=False),
             "plugins": {pid: _settings_to_dict(s) for pid, s in sorted(self.plugins.items())},
@@ -475,6 +478,7 @@ _RUNTIME_KEYS: Final = (
     "redact-patterns",
     "middleware-order",
     "cgroups",
+    "warm-workers",
 )
 
 
@@ -486,6 +490,7 @@ def _parse_runtime(ck: Checker, table: Mapping[str, Any], base_dir: Path | None)
         "redact-patterns",
         "middleware-order",
         "cgroups",
+        "warm-workers",
     )
     ck.check_keys("runtime", table, known)
     rt = DEFAULT_CONFIG.runtime
@@ -508,6 +513,10 @@ def _parse_runtime(ck: Checker, table: Mapping[str, Any], base_dir: Path | None)
         )
     if "cgroups" in table:
         changes["cgroups"] = ck.expect_choice("runtime.cgroups", table["cgroups"], ("auto", "off"))
+    if "warm-workers" in table:
+        changes["warm_workers"] = ck.expect_int(
+            "runtime.warm-workers", table["warm-workers"], minimum=0
+        )
     return msgspec.structs.replace(
         rt, **{k: v for k, v in changes.items() if not isinstance(v, Invalid)}
     )

@@ -360,7 +360,7 @@ class PluginHandle:
         ``record`` counts a failure towards the restart policy (not for a reload attempt)."""
         worker = self.runtime._new_worker(self, manifest)
         try:
-            await self.runtime._tg_start(functools.partial(self.runtime._run_worker, worker))
+            await self.runtime._start_worker(worker)
             log.info("worker.started", plugin=self.id, pid=worker.pid)
             with anyio.fail_after(ACTIVATE_TIMEOUT):
                 await worker.request(ACTIVATE, None, timeout=None)
@@ -775,6 +775,13 @@ class Runtime:
         #: Set once the runtime is being left: crashed workers are no longer restarted.
         self._closing = False
         self._cgroup_why: dict[WorkerProcess, str] = {}
+        #: Warm spares: workers started up to their hello, waiting for a plugin.
+        self._spares: list[WorkerProcess] = []
+        self._claimed_spares: set[WorkerProcess] = set()
+        self._spares_wanted = self.config.runtime.warm_workers
+        self._filling = False
+        #: Set (and replaced) whenever a spare becomes ready: for tests and diagnostics.
+        self._spare_added = anyio.Event()
         #: Every contribution of every loaded plugin; routing by name goes through it.
         self.registry = Registry(self)
 
@@ -814,6 +821,8 @@ class Runtime:
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self.log_sink.run_reporter)
+        # No spare yet: the first is made by the first worker start, so a runtime that never
+        # runs a plugin never pays for one.
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
@@ -852,6 +861,9 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 for handle in self._plugins.values():
                     tg.start_soon(handle.stop)
+                spares, self._spares = self._spares, []
+                for spare in spares:
+                    tg.start_soon(spare.stop)
 
     def _resolve_state_dir(self) -> Path:
         if self._explicit_state_dir is not None:
@@ -1273,17 +1285,73 @@ class Runtime:
             host_pid=os.getpid(),
             faults=self.enable_faults,
         )
-        worker = WorkerProcess(
-            plugin_id=m.id,
-            params=params,
-            on_host_request=handle.host_api.handle,
-            on_stderr=functools.partial(self._plugin_output, m.id),
-            python=self._python,
-            exit_probe=group.exit_reason if group is not None else None,
-            place=group.move_in if group is not None else None,
-        )
+        wiring: dict[str, Any] = {
+            "plugin_id": m.id,
+            "params": params,
+            "on_host_request": handle.host_api.handle,
+            "on_stderr": functools.partial(self._plugin_output, m.id),
+            "exit_probe": group.exit_reason if group is not None else None,
+            "place": group.move_in if group is not None else None,
+        }
+        spare = self._take_spare()
+        if spare is not None:
+            spare.claim(**wiring)
+            worker = spare
+        else:
+            worker = WorkerProcess(python=self._python, **wiring)
         if group is not None:
             self._cgroups[worker] = group
         else:
             self._cgroup_why[worker] = why
         return worker
+
+    async def _start_worker(self, worker: WorkerProcess) -> None:
+        """Bring a worker from :meth:`_new_worker` up to initialized: a claimed spare is
+        already running, a new one is spawned. Raises what the start met."""
+        if self._spares_wanted:
+            # Whichever it was, the pool is now one short (or was empty): refill it.
+            self._tg_soon(self._fill_spares)
+        if worker in self._claimed_spares:
+            self._claimed_spares.discard(worker)
+            await worker.ready()
+        else:
+            await self._tg_start(functools.partial(self._run_worker, worker))
+
+    # -- warm spares ----------------------------------------------------------------------
+
+    def _take_spare(self) -> WorkerProcess | None:
+        while self._spares:
+            spare = self._spares.pop()
+            if spare.alive and spare.spare:
+                self._claimed_spares.add(spare)
+                return spare
+        return None
+
+    async def _fill_spares(self) -> None:
+        """Start spares until ``warm-workers`` wait (one fill at a time). A spare that fails
+        to start is logged and not retried here: the next claim tries again."""
+        if self._filling or self._closing:
+            return
+        self._filling = True
+        try:
+            while not self._closing and len(self._spares) < self._spares_wanted:
+                assert self.state_dir is not None
+                spare = WorkerProcess(
+                    plugin_id="(spare)",
+                    params=None,
+                    python=self._python,
+                    home=str(self.state_dir / "scratch"),
+                )
+                try:
+                    await self._tg_start(functools.partial(self._run_worker, spare))
+                except CordonError as exc:
+                    log.warning("spare.failed", error=exc.message)
+                    return
+                # Appended even if the runtime began closing meanwhile: leaving its task
+                # group kills whatever is still running.
+                self._spares.append(spare)
+                log.debug("spare.ready", pid=spare.pid)
+                self._spare_added.set()
+                self._spare_added = anyio.Event()
+        finally:
+            self._filling = False

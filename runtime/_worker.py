@@ -29,6 +29,7 @@ import structlog
 
 from cordon.protocol import (
     CANCEL,
+    DEFAULT_MAX_FRAME,
     HELLO,
     INITIALIZE,
     INVOKE,
@@ -51,6 +52,7 @@ from cordon.protocol import (
     Invalid,
     InvalidParams,
     InvalidRequest,
+    Limits,
     MethodNotFound,
     Notification,
     PermissionDenied,
@@ -303,7 +305,7 @@ class WorkerProcess:
         self,
         *,
         plugin_id: str,
-        params: InitializeParams,
+        params: InitializeParams | None,
         on_host_request: HostRequestHandler | None = None,
         on_stderr: StderrHandler | None = None,
         python: str | None = None,
@@ -311,7 +313,11 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         exit_probe: ExitProbe | None = None,
         place: Callable[[int], Awaitable[None]] | None = None,
+        home: str | None = None,
     ) -> None:
+        """``params=None`` makes a warm spare: it starts and says hello, then waits (``run``
+        reports it started at that point) until :meth:`claim` gives it a plugin; its
+        ``home`` is the directory it starts in until then."""
         self.plugin_id = plugin_id
         # Asked, for an exit the host did not cause, whether something outside the process
         # saw why (a cgroup's OOM killer): the SIGKILL alone does not say.
@@ -321,8 +327,15 @@ class WorkerProcess:
         self._place = place
         self._placed = anyio.Event()
         self._place_error: BaseException | None = None
-        self.params = params
-        self.max_frame = params.max_frame
+        self._params = params
+        self._home = home if home is not None else params.scratch_dir if params else "/"
+        self._claimed = anyio.Event()
+        if params is not None:
+            self._claimed.set()
+        # Set when run has finished starting (initialized, or failed: _startup_failure).
+        self._ready = anyio.Event()
+        self._startup_failure: BaseException | None = None
+        self.max_frame = params.max_frame if params is not None else DEFAULT_MAX_FRAME
         self._on_host_request = on_host_request
         self._on_stderr = on_stderr
         # ``argv`` replaces the worker command; tests use it to stand up misbehaving peers.
@@ -391,8 +404,10 @@ class WorkerProcess:
         env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
         env.setdefault("LANG", "C.UTF-8")
         env["PATH"] = "/usr/bin:/bin"
-        env["HOME"] = self.params.scratch_dir
-        env["TMPDIR"] = self.params.scratch_dir
+        # The worker points these at its own scratch dir once it knows it (a spare does not
+        # yet at spawn).
+        env["HOME"] = self._home
+        env["TMPDIR"] = self._home
         env["CORDON_HOST_PID"] = str(os.getpid())
         env.update(self._extra_env)
         return env
@@ -415,7 +430,7 @@ class WorkerProcess:
                 stdout=child_stdout,
                 stderr=PIPE,
                 env=self._env(),
-                cwd=self.params.scratch_dir,
+                cwd=self._home,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -442,11 +457,18 @@ class WorkerProcess:
                 tg.start_soon(self._writer)
                 tg.start_soon(self._timer)
                 tg.start_soon(self._reap)
-                tg.start_soon(self._run_place, process.pid)
-                if self.params.limits.cpu_seconds is not None:
-                    tg.start_soon(self._sample_cpu)
+                started = False
                 try:
-                    await self._handshake()
+                    await self._hello_phase()
+                    if self._params is None:
+                        # A warm spare: ready to be claimed; the rest starts on claim().
+                        task_status.started(self)
+                        started = True
+                        await self._wait_or_exit(self._claimed)
+                    tg.start_soon(self._run_place, process.pid)
+                    if self.params.limits.cpu_seconds is not None:
+                        tg.start_soon(self._sample_cpu)
+                    await self._initialize_phase()
                 except Exception as exc:
                     startup_error = exc
                     with anyio.CancelScope(shield=True):
@@ -454,19 +476,69 @@ class WorkerProcess:
                         with anyio.move_on_after(KILL_WAIT):
                             await self.exited.wait()
                 else:
-                    task_status.started(self)
+                    self._ready.set()
+                    if not started:
+                        task_status.started(self)
                     await self.exited.wait()
                 tg.cancel_scope.cancel()
         finally:
+            self._startup_failure = startup_error
+            self._ready.set()
             with anyio.CancelScope(shield=True):
                 if self.exit is None:
                     self.kill_nowait("shutdown")
                     await self._reap()
                 await self._close_pipes()
-        if startup_error is not None:
+        # A spare's start-up failure belongs to whoever claimed it (see ready()), not to the
+        # task group that runs it.
+        if startup_error is not None and not started:
             raise startup_error
 
-    async def _handshake(self) -> None:
+    @property
+    def params(self) -> InitializeParams:
+        if self._params is None:
+            raise RuntimeError("a warm spare has no plugin yet (claim it first)")
+        return self._params
+
+    @property
+    def spare(self) -> bool:
+        """A warm spare nobody has claimed yet."""
+        return self._params is None
+
+    def claim(
+        self,
+        *,
+        plugin_id: str,
+        params: InitializeParams,
+        on_host_request: HostRequestHandler | None = None,
+        on_stderr: StderrHandler | None = None,
+        exit_probe: ExitProbe | None = None,
+        place: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        """Give a warm spare its plugin: it is placed, initialized (limits, lock-down, the
+        plugin's import) and activated like any worker. Await :meth:`ready` for the outcome."""
+        if self._params is not None:
+            raise RuntimeError("this worker already has a plugin")
+        self.plugin_id = plugin_id
+        self._params = params
+        self._on_host_request = on_host_request
+        self._on_stderr = on_stderr
+        self._exit_probe = exit_probe
+        self._place = place
+        self.max_frame = params.max_frame
+        self._splitter.max_frame = params.max_frame
+        self._claimed.set()
+
+    async def ready(self) -> None:
+        """Wait until a claimed spare is initialized; raise what its start met."""
+        await self._ready.wait()
+        if self._startup_failure is not None:
+            raise self._startup_failure
+        if self.init_result is None:
+            assert self.exit is not None
+            raise self.exit.error(self.plugin_id)
+
+    async def _hello_phase(self) -> None:
         try:
             with anyio.fail_after(HELLO_TIMEOUT):
                 await self._wait_or_exit(self._hello_event)
@@ -479,6 +551,11 @@ class WorkerProcess:
         except CordonError:
             self.kill_nowait("protocol-violation", "incompatible protocol")
             raise
+
+    async def _initialize_phase(self) -> None:
+        if self.exit is not None:
+            raise self.exit.error(self.plugin_id)
+        assert self.protocol is not None
         self.params.protocol = self.protocol
         await self._wait_or_exit(self._placed)
         if self._place_error is not None:
@@ -533,7 +610,7 @@ class WorkerProcess:
             return
 
     def _limit_for(self, reason: str) -> int | float | None:
-        limits = self.params.limits
+        limits = self._params.limits if self._params is not None else Limits()
         return {
             "memory": limits.memory,
             "cpu": limits.cpu_seconds,
@@ -561,7 +638,7 @@ class WorkerProcess:
                 kill_reason,
                 stderr_tail=tail,
                 cpu_seconds=self.cpu_seconds,
-                cpu_limit=self.params.limits.cpu_seconds,
+                cpu_limit=self._params.limits.cpu_seconds if self._params else None,
             )
             self.exit = ExitInfo(
                 reason=reason,

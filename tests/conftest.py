@@ -66,7 +66,9 @@ def base_config(tmp_path: Path, **defaults: object) -> dict[str, object]:
     """A config for tests: state in tmp_path, quick health checks."""
     d: dict[str, object] = {"call-timeout": "10 s", "max-call-timeout": "60 s"}
     d.update({k.replace("_", "-"): v for k, v in defaults.items()})
-    return {"runtime": {"state-dir": str(tmp_path / "state")}, "defaults": d}
+    # No warm spares: one more process per runtime for every test would slow the suite by
+    # half; tests/test_spares.py covers them, and runtimes not built from here keep them.
+    return {"runtime": {"state-dir": str(tmp_path / "state"), "warm-workers": 0}, "defaults": d}
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The worker's launch sequence, as ordered steps in one place.
 
-    protect channel → announce → receive config → apply limits → lock down
+    protect channel → announce → preload → receive config → apply limits → lock down
     → import plugin → report ready → serve (activate arrives as the first request)
 
 Each step is a function of the shared :class:`Launch` state, so the sandbox and a later
@@ -114,6 +114,16 @@ def announce(st: Launch) -> None:
     st.write(encode_notification(HELLO, hello))
 
 
+def preload(st: Launch) -> None:
+    """Import what the later steps need (the event loop, the server, the sandbox) while the
+    host prepares ``initialize`` — or, for a warm spare, while it waits to be claimed. cordon's
+    own modules only: nothing of the plugin, no thread started (Landlock needs one thread)."""
+    import asyncio  # noqa: F401
+
+    from . import _server  # noqa: F401
+    from ._sandbox import _lockdown  # noqa: F401
+
+
 def receive_config(st: Launch) -> None:
     """Block until the host's ``initialize`` request; the host holds the deadline."""
     frames: list[Any] = []
@@ -173,6 +183,9 @@ def lock_down(st: Launch) -> None:
     sys.modules.pop("ctypes", None)
     with contextlib.suppress(OSError):
         os.chdir(init.scratch_dir)
+    # A warm spare was spawned before it knew its plugin: home and temp files go to the
+    # plugin's scratch dir, the one place it may write.
+    os.environ["HOME"] = os.environ["TMPDIR"] = init.scratch_dir
 
 
 def import_plugin(st: Launch) -> None:
@@ -241,6 +254,7 @@ def serve(st: Launch) -> None:
 STEPS: Final[tuple[Callable[[Launch], None], ...]] = (
     protect_channel,
     announce,
+    preload,
     receive_config,
     apply_limits,
     lock_down,
