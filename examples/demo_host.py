@@ -118,7 +118,7 @@ async def demo(config: Path) -> int:
         for s in rt.stats().values():
             p50 = f"{s.latency_p50_ms:.2f} ms" if s.latency_p50_ms is not None else "-"
             say(
-                f"   {s.plugin:12} state={s.state:8} calls={s.calls:3} restarts={s.restarts} "
+                f"   {s.plugin:12} state={s.state:10} calls={s.calls:3} restarts={s.restarts} "
                 f"errors={s.errors or {}} p50={p50} last_exit={s.last_exit_reason}"
             )
     say()
