@@ -169,6 +169,35 @@ class WorkerCgroup:
             return
         self.joined = True
 
+    def limit(self, plugin_id: str, *, memory: int | None, processes: int | None) -> None:
+        """Give a spare's group (made without limits) a plugin's limits, and its name where
+        the hierarchy allows a rename. Raises OSError (then the limits are not all set)."""
+        tasks = None if processes is None else processes + 1 + THREAD_ALLOWANCE
+        mem, pids = self.dirs["memory"], self.dirs["pids"]
+        if memory is not None:
+            if self.version == "v2":
+                _write(mem / "memory.max", str(memory))
+                with contextlib.suppress(FileNotFoundError):
+                    _write(mem / "memory.swap.max", "0")
+            else:
+                _write(mem / "memory.limit_in_bytes", str(memory))
+                with contextlib.suppress(FileNotFoundError):
+                    _write(mem / "memory.memsw.limit_in_bytes", str(memory))
+        if tasks is not None:
+            _write(pids / "pids.max", str(tasks))
+        self.memory, self.tasks = memory, tasks
+        self._oom_before = self.oom_kills()
+        renamed: dict[Path, Path] = {}
+        for controller, d in self.dirs.items():
+            target = renamed.get(d) or d.with_name(f"{plugin_id}-{d.name.rpartition('-')[2]}")
+            if d not in renamed:
+                try:
+                    d.rename(target)
+                except OSError:
+                    continue  # only cosmetic: the group works under any name
+                renamed[d] = target
+            self.dirs[controller] = target
+
     async def move_in(self, pid: int) -> None:
         """:meth:`attach` off the event loop: the migration blocks for a grace period."""
         await anyio.to_thread.run_sync(self.attach, pid)

@@ -1257,9 +1257,19 @@ class Runtime:
     def _new_worker(self, handle: PluginHandle, manifest: Manifest | None = None) -> WorkerProcess:
         s = handle.settings
         m = manifest if manifest is not None else handle.manifest
+        spare = self._take_spare()
         group: WorkerCgroup | None = None
+        placed = False
         why = f"unavailable: {self.cgroups.why}"
-        if self.cgroups.available:
+        if spare is not None and spare in self._cgroups:
+            # The spare sits in its own group since its spawn: give it this plugin's limits.
+            group, placed = self._cgroups[spare], True
+            try:
+                group.limit(m.id, memory=s.memory, processes=s.processes)
+            except OSError as exc:
+                group.joined = False
+                group.why_not = f"unavailable: cannot set the plugin's limits: {exc.strerror}"
+        elif self.cgroups.available:
             try:
                 group = self.cgroups.create(m.id, memory=s.memory, processes=s.processes)
             except OSError as exc:
@@ -1291,9 +1301,8 @@ class Runtime:
             "on_host_request": handle.host_api.handle,
             "on_stderr": functools.partial(self._plugin_output, m.id),
             "exit_probe": group.exit_reason if group is not None else None,
-            "place": group.move_in if group is not None else None,
+            "place": group.move_in if group is not None and not placed else None,
         }
-        spare = self._take_spare()
         if spare is not None:
             spare.claim(**wiring)
             worker = spare
@@ -1336,12 +1345,22 @@ class Runtime:
         try:
             while not self._closing and len(self._spares) < self._spares_wanted:
                 assert self.state_dir is not None
+                group: WorkerCgroup | None = None
+                if self.cgroups.available:
+                    # Made and joined now, overlapping the migration with the spare's start;
+                    # limited at claim (see _new_worker).
+                    with contextlib.suppress(OSError):
+                        group = self.cgroups.create("spare", memory=None, processes=None)
                 spare = WorkerProcess(
                     plugin_id="(spare)",
                     params=None,
                     python=self._python,
                     home=str(self.state_dir / "scratch"),
+                    exit_probe=group.exit_reason if group is not None else None,
+                    place=group.move_in if group is not None else None,
                 )
+                if group is not None:
+                    self._cgroups[spare] = group
                 try:
                     await self._tg_start(functools.partial(self._run_worker, spare))
                 except CordonError as exc:

@@ -458,6 +458,11 @@ class WorkerProcess:
                 tg.start_soon(self._timer)
                 tg.start_soon(self._reap)
                 started = False
+                # Placed while the interpreter starts, if we know where already (a spare
+                # may: its group gets the plugin's limits at claim); otherwise on claim.
+                placing = self._place is not None
+                if placing:
+                    tg.start_soon(self._run_place, process.pid)
                 try:
                     await self._hello_phase()
                     if self._params is None:
@@ -465,7 +470,8 @@ class WorkerProcess:
                         task_status.started(self)
                         started = True
                         await self._wait_or_exit(self._claimed)
-                    tg.start_soon(self._run_place, process.pid)
+                    if not placing:
+                        tg.start_soon(self._run_place, process.pid)
                     if self.params.limits.cpu_seconds is not None:
                         tg.start_soon(self._sample_cpu)
                     await self._initialize_phase()
@@ -523,8 +529,12 @@ class WorkerProcess:
         self._params = params
         self._on_host_request = on_host_request
         self._on_stderr = on_stderr
-        self._exit_probe = exit_probe
-        self._place = place
+        if exit_probe is not None:
+            self._exit_probe = exit_probe
+        if place is not None:
+            if self._place is not None:
+                raise RuntimeError("this spare was already placed at spawn")
+            self._place = place
         self.max_frame = params.max_frame
         self._splitter.max_frame = params.max_frame
         self._claimed.set()

@@ -17,6 +17,7 @@ import pytest
 from cordon.runtime import QuotaExceeded, Runtime, WorkerCrashed
 from cordon.runtime._worker import WorkerProcess
 from tests.conftest import EXAMPLES, TEST_PLUGINS, base_config
+from tests.test_cgroups import needs_cgroups
 
 pytestmark = pytest.mark.anyio
 
@@ -83,6 +84,29 @@ async def test_a_claimed_spare_runs_with_the_plugins_own_limits_sandbox_and_scra
             with pytest.raises(QuotaExceeded) as info:
                 await hog.call("memory_bomb")
             assert (info.value.kind, info.value.limit) == ("memory", 96 * 1024 * 1024)
+
+
+@needs_cgroups
+async def test_a_claimed_spare_gets_the_plugins_cgroup_limits_and_its_oom_is_a_memory_quota(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, memory="96 MiB", file_size="16 MiB", open_files=64)
+    with anyio.fail_after(60):
+        async with Runtime(config) as rt:
+            probe = await rt.load(PROBE)
+            hog = await rt.load(HOG)
+            await probe.call("pid")
+            spare = await _a_spare(rt)
+            assert await hog.call("pid") == spare.pid
+            assert hog.cgroup.startswith("applied") and "96 MiB" in hog.cgroup
+            group = rt._cgroups[spare]
+            limit_file = "memory.max" if group.version == "v2" else "memory.limit_in_bytes"
+            assert int((group.dirs["memory"] / limit_file).read_text()) == 96 * 1024 * 1024
+            assert spare.pid in group.members()
+            # memfd pages: past RLIMIT_AS's sight, stopped by the (spare's, now hog's) group.
+            with pytest.raises(QuotaExceeded) as info:
+                await hog.call("memfd_hoard", {"files": 8, "size": 16 * 1024 * 1024})
+            assert info.value.kind == "memory" and "OOM killer" in info.value.message
 
 
 async def test_a_spare_that_dies_while_waiting_is_never_handed_out(tmp_path: Path) -> None:
