@@ -1,6 +1,6 @@
 """The worker's launch sequence, as ordered steps in one place.
 
-    protect channel → announce → preload → receive config → apply limits → lock down
+    protect channel → preload → announce → receive config → apply limits → lock down
     → import plugin → report ready → serve (activate arrives as the first request)
 
 Each step is a function of the shared :class:`Launch` state, so the sandbox and a later
@@ -115,9 +115,10 @@ def announce(st: Launch) -> None:
 
 
 def preload(st: Launch) -> None:
-    """Import what the later steps need (the event loop, the server, the sandbox) while the
-    host prepares ``initialize`` — or, for a warm spare, while it waits to be claimed. cordon's
-    own modules only: nothing of the plugin, no thread started (Landlock needs one thread)."""
+    """Import what the later steps need (the event loop, the server, the sandbox) before the
+    hello: a warm spare is claimable from its hello on, and a claim must not wait for these.
+    A fresh worker pays the same either way. cordon's own modules only: nothing of the
+    plugin, no thread started (Landlock needs a single thread)."""
     import asyncio  # noqa: F401
 
     from . import _server  # noqa: F401
@@ -253,8 +254,8 @@ def serve(st: Launch) -> None:
 
 STEPS: Final[tuple[Callable[[Launch], None], ...]] = (
     protect_channel,
-    announce,
     preload,
+    announce,
     receive_config,
     apply_limits,
     lock_down,
