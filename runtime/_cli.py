@@ -59,6 +59,10 @@ from cordon.protocol import (
 
 from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
 from ._errors import ConfigError
+from ._registry import AmbiguousContribution
+from ._runtime import MiddlewareFailed, PluginInUse
+from ._scaffold import ScaffoldError
+from ._versions import DependencyError
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
@@ -83,6 +87,11 @@ EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
     (HostAlreadyRunning, 14),
     (HostNotRunning, 15),
     (ControlSocketError, 16),
+    (DependencyError, 17),
+    (ScaffoldError, 18),
+    (AmbiguousContribution, 19),
+    (MiddlewareFailed, 20),
+    (PluginInUse, 21),
 )
 
 

@@ -159,7 +159,21 @@ def test_new_plugin_scaffolds_a_loadable_plugin(tmp_path: Path) -> None:
     created = tmp_path / "weather"
     assert (created / "plugin.toml").exists()
     again = run("new", "plugin", "weather", "--dest", str(tmp_path), cwd=tmp_path)
-    assert again.returncode != 0
+    assert again.returncode == 18
+    assert "ScaffoldError" in again.stderr and "already exists" in again.stderr
+
+
+def test_every_exit_code_is_distinct_and_documented_in_the_readme() -> None:
+    from cordon.runtime._cli import EXIT_CODES
+    from tests.conftest import ROOT
+
+    codes = [code for _, code in EXIT_CODES]
+    # Shared only by the two "bad call" classes, on purpose.
+    assert len(set(codes)) == len(codes) - 1
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for cls, code in EXIT_CODES:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| {code} |")), "")
+        assert f"`{cls.__name__}`" in row, (cls.__name__, code)
 
 
 def test_a_usage_error_exits_two(tmp_path: Path) -> None:
