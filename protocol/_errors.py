@@ -329,4 +329,9 @@ def error_from_wire(error: ErrorObject) -> CordonError:
     if cls is None:
         return RemoteError(error.message, remote_code=error.code, remote_data=error.data)
     fields = {k: data[k] for k in cls._fields if k in data}
-    return cls(error.message, **fields)
+    try:
+        return cls(error.message, **fields)
+    except Exception:
+        # The peer's fields do not fit the class (a list where a constructor wants one, a
+        # number where it joins strings): keep the error verbatim rather than fail decoding.
+        return RemoteError(error.message, remote_code=error.code, remote_data=error.data)

@@ -108,28 +108,43 @@ def _read_counter(path: Path, key: str) -> int:
     return 0
 
 
-_RUNTIME_GROUP: Final = re.compile(r"^cordon-(\d+)-[0-9a-f]{6}$")
+#: ``cordon-<pid namespace inode>-<pid>-<random>``: a pid means something only in its own
+#: namespace, and runtimes in other containers may share this hierarchy.
+_RUNTIME_GROUP: Final = re.compile(r"^cordon-(\d+)-(\d+)-[0-9a-f]{6}$")
+
+
+def _pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def runtime_group_name() -> str:
+    return f"cordon-{_pid_namespace()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def sweep_stale(base: Path) -> list[Path]:
     """Remove the groups a runtime left in ``base`` when it died without closing them (a
-    SIGKILLed host): those of a pid that no longer runs, once empty. Returns what it removed.
-    A group that still holds a process, or whose pid was reused, is left alone."""
+    SIGKILLed host): those of a pid of *our* pid namespace that no longer runs, once empty.
+    Returns what it removed. A group that still holds a process, whose pid was reused, or
+    that belongs to another namespace's runtime is left alone."""
     removed: list[Path] = []
+    ours = _pid_namespace()
     try:
         entries = list(base.iterdir())
     except OSError:
         return removed
     for entry in entries:
         found = _RUNTIME_GROUP.match(entry.name)
-        if found is None or not entry.is_dir():
+        if found is None or int(found.group(1)) != ours or not entry.is_dir():
             continue
         try:
-            os.kill(int(found.group(1)), 0)
+            os.kill(int(found.group(2)), 0)
             continue  # that runtime is alive (or its pid was reused): not ours to touch
         except ProcessLookupError:
             pass
-        except PermissionError:
+        except (OSError, OverflowError, ValueError):
             continue
         with contextlib.suppress(OSError):
             for child in entry.iterdir():
@@ -171,7 +186,9 @@ class WorkerCgroup:
 
     def limit(self, plugin_id: str, *, memory: int | None, processes: int | None) -> None:
         """Give a spare's group (made without limits) a plugin's limits, and its name where
-        the hierarchy allows a rename. Raises OSError (then the limits are not all set)."""
+        the hierarchy allows a rename — only once the spare is in (``joined``): the move,
+        in a thread, opens ``cgroup.procs`` by path. Raises OSError (then the limits are not
+        all set)."""
         tasks = None if processes is None else processes + 1 + THREAD_ALLOWANCE
         mem, pids = self.dirs["memory"], self.dirs["pids"]
         if memory is not None:
@@ -187,6 +204,8 @@ class WorkerCgroup:
             _write(pids / "pids.max", str(tasks))
         self.memory, self.tasks = memory, tasks
         self._oom_before = self.oom_kills()
+        if not self.joined:
+            return
         renamed: dict[Path, Path] = {}
         for controller, d in self.dirs.items():
             target = renamed.get(d) or d.with_name(f"{plugin_id}-{d.name.rpartition('-')[2]}")
@@ -279,7 +298,7 @@ class CgroupSupport:
             own, v2_path = _own_groups()
         except OSError as exc:
             return cls.unavailable(f"cannot read the cgroup layout: {_why(exc)}")
-        name = f"cordon-{os.getpid()}-{secrets.token_hex(3)}"
+        name = runtime_group_name()
         problems: list[str] = []
         if all(c in mounts and c in own for c in _CONTROLLERS):
             parents: dict[str, Path] = {}

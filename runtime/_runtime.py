@@ -219,6 +219,11 @@ class PluginHandle:
         self._subscriptions: list[Any] = []
         #: The pending eager restart after a crash (cancelled by stop, disable, unload).
         self._restart_scope: anyio.CancelScope | None = None
+        #: Set by stop() (and unload): until the next call, start or reload asks for a
+        #: worker, a worker that dies — in its deactivate, say — is not restarted.
+        self._stopped = False
+        self._unloaded = False
+        self._restart_again = False
 
     # -- calling --------------------------------------------------------------------------
 
@@ -253,6 +258,7 @@ class PluginHandle:
         :class:`QuotaExceeded`, :class:`PluginUnavailable`, ...
         """
         limit = self._timeout(timeout)
+        self._stopped = False
         worker = await self._ensure_worker()
         # No checkpoint between choosing the worker and counting the call: a reload that
         # switches workers either sees this call in flight on the old one or it goes new.
@@ -294,6 +300,7 @@ class PluginHandle:
         """Start the worker now, as a first call would (a no-op while one serves). Raises
         what starting met: :class:`PluginUnavailable` (disabled, breaker open),
         :class:`WorkerCrashed`, :class:`SandboxUnavailable`, ..."""
+        self._stopped = False
         await self._ensure_worker()
 
     # -- supervision ----------------------------------------------------------------------
@@ -359,8 +366,20 @@ class PluginHandle:
         """Start a worker for ``manifest`` and activate it; it is not serving calls yet.
         ``record`` counts a failure towards the restart policy (not for a reload attempt)."""
         worker = self.runtime._new_worker(self, manifest)
+        if self.runtime._is_claimed_spare(worker):
+            try:
+                await self.runtime._start_worker(worker)
+            except CordonError as exc:
+                # A spare is a cache: if it fails its claim (it died waiting — killed, or
+                # OOM — or the plugin's start failed on it), try once more the plain way
+                # and count only that attempt.
+                with anyio.CancelScope(shield=True):
+                    await worker.stop(deactivate=False)
+                log.warning("spare.claim_failed", plugin=self.id, pid=worker.pid, error=exc.message)
+                worker = self.runtime._new_worker(self, manifest, spare=False)
         try:
-            await self.runtime._start_worker(worker)
+            if worker.init_result is None:
+                await self.runtime._start_worker(worker)
             log.info("worker.started", plugin=self.id, pid=worker.pid)
             with anyio.fail_after(ACTIVATE_TIMEOUT):
                 await worker.request(ACTIVATE, None, timeout=None)
@@ -542,8 +561,18 @@ class PluginHandle:
         if self.settings.restart.eager:
             self._schedule_restart()
 
+    def _wants_restart(self) -> bool:
+        return not (
+            self._stopped or self._unloaded or self.runtime._closing or not self.settings.enabled
+        )
+
     def _schedule_restart(self) -> None:
-        if self._restart_scope is not None or self.runtime._closing:
+        if not self._wants_restart():
+            return
+        if self._restart_scope is not None:
+            # One is running: the worker it started died while being adopted. Tell it to go
+            # round again rather than lose this restart.
+            self._restart_again = True
             return
         self._restart_scope = anyio.CancelScope()
         self.runtime._tg_soon(self._restart_after_backoff, self._restart_scope)
@@ -555,10 +584,13 @@ class PluginHandle:
         further, until the circuit breaker opens."""
         with scope:
             try:
-                while not self.runtime._closing and self.settings.enabled:
+                while self._wants_restart():
+                    self._restart_again = False
                     try:
                         await self._ensure_worker()
-                        return
+                        if not self._restart_again:
+                            return
+                        continue
                     except PluginUnavailable:
                         return  # the breaker is open or the plugin was disabled meanwhile
                     except CordonError as exc:
@@ -574,6 +606,7 @@ class PluginHandle:
 
     async def stop(self) -> None:
         """Stop the worker (it restarts on the next call), and any retired by a reload."""
+        self._stopped = True
         if self._restart_scope is not None:
             self._restart_scope.cancel()
             self._restart_scope = None
@@ -588,6 +621,7 @@ class PluginHandle:
 
     async def reload(self) -> None:
         """Hot reload: see :meth:`Runtime.reload`."""
+        self._stopped = False
         async with self._reload_lock:
             manifest = load_manifest(self.manifest.directory)
             check_cordon_compat(manifest, CORDON_VERSION)
@@ -1041,6 +1075,7 @@ class Runtime:
 
     async def _unload_one(self, plugin_id: str) -> None:
         handle = self.get(plugin_id)
+        handle._unloaded = True
         await handle.stop()
         handle.host_api.close()
         if self.log_sink is not None:
@@ -1075,6 +1110,7 @@ class Runtime:
         if handle.state == "disabled":
             handle.state = "stopped" if handle._starts else "discovered"
             handle.state_reason = None
+        handle._stopped = False
         if handle.settings.activate == "eager" or handle.manifest.activate == "eager":
             await handle._ensure_worker()
 
@@ -1254,16 +1290,20 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await group.destroy()
 
-    def _new_worker(self, handle: PluginHandle, manifest: Manifest | None = None) -> WorkerProcess:
+    def _new_worker(
+        self, handle: PluginHandle, manifest: Manifest | None = None, *, spare: bool = True
+    ) -> WorkerProcess:
+        """A worker wired for ``manifest``: a claimed warm spare when one waits (and
+        ``spare``), else a new one that :meth:`_start_worker` will spawn."""
         s = handle.settings
         m = manifest if manifest is not None else handle.manifest
-        spare = self._take_spare()
+        spare_worker = self._take_spare() if spare else None
         group: WorkerCgroup | None = None
         placed = False
         why = f"unavailable: {self.cgroups.why}"
-        if spare is not None and spare in self._cgroups:
+        if spare_worker is not None and spare_worker in self._cgroups:
             # The spare sits in its own group since its spawn: give it this plugin's limits.
-            group, placed = self._cgroups[spare], True
+            group, placed = self._cgroups[spare_worker], True
             try:
                 group.limit(m.id, memory=s.memory, processes=s.processes)
             except OSError as exc:
@@ -1303,9 +1343,9 @@ class Runtime:
             "exit_probe": group.exit_reason if group is not None else None,
             "place": group.move_in if group is not None and not placed else None,
         }
-        if spare is not None:
-            spare.claim(**wiring)
-            worker = spare
+        if spare_worker is not None:
+            spare_worker.claim(**wiring)
+            worker = spare_worker
         else:
             worker = WorkerProcess(python=self._python, **wiring)
         if group is not None:
@@ -1313,6 +1353,9 @@ class Runtime:
         else:
             self._cgroup_why[worker] = why
         return worker
+
+    def _is_claimed_spare(self, worker: WorkerProcess) -> bool:
+        return worker in self._claimed_spares
 
     async def _start_worker(self, worker: WorkerProcess) -> None:
         """Bring a worker from :meth:`_new_worker` up to initialized: a claimed spare is
@@ -1331,7 +1374,7 @@ class Runtime:
     def _take_spare(self) -> WorkerProcess | None:
         while self._spares:
             spare = self._spares.pop()
-            if spare.alive and spare.spare:
+            if spare.alive and spare.spare and not spare.terminated():
                 self._claimed_spares.add(spare)
                 return spare
         return None

@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import math
 import os
+import select
 import signal
 import sys
 import time
@@ -506,6 +507,23 @@ class WorkerProcess:
             raise RuntimeError("a warm spare has no plugin yet (claim it first)")
         return self._params
 
+    def terminated(self) -> bool:
+        """Has the process ended — even if not yet reaped (``exit`` is set only after the
+        reap and a grace for its last stderr)? Asked of a spare before it is handed out."""
+        if self.exit is not None or self.pid is None:
+            return self.exit is not None
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return True
+        try:
+            # A pidfd turns readable when the process terminates, zombie or not.
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        finally:
+            os.close(fd)
+
     @property
     def spare(self) -> bool:
         """A warm spare nobody has claimed yet."""
@@ -856,6 +874,13 @@ class WorkerProcess:
                 await self._serve_reader(self._loop)
             else:
                 await self._read_stdout()
+        except Exception as exc:
+            # Whatever the worker sent that we could not handle (a bug of ours, or input no
+            # check foresaw) ends this worker, never the runtime that owns every worker.
+            log.error("worker.frame_failed", plugin=self.plugin_id, error=repr(exc), exc_info=exc)
+            self.kill_nowait(
+                "protocol-violation", f"the host could not handle a frame: {exc!r}"[:500]
+            )
         finally:
             # The channel is gone: a worker without a channel is of no use. It should be
             # exiting already; make sure.
@@ -1033,7 +1058,9 @@ class WorkerProcess:
     def _vet(self, exc: CordonError) -> CordonError:
         """A worker's error is a claim, not a fact: only errors a worker can honestly raise
         pass as themselves, and the plugin they name is always the one on this channel."""
-        if not isinstance(exc, _WORKER_MAY_RAISE):
+        # The exact class: auto-registered host classes may subclass an allowed one
+        # (UnknownContribution is a MethodNotFound) and must not be forgeable through it.
+        if type(exc) not in _WORKER_MAY_RAISE:
             return PluginError(
                 f"plugin raised {type(exc).__name__}: {exc.message}",
                 exc_type=type(exc).__name__,

@@ -173,18 +173,24 @@ def test_groups_left_by_a_runtime_that_died_are_swept_when_the_next_one_starts()
     first.close()
     bases = {p.parent for p in first.parents.values()}
     dead_pid = _pid_of_finished_child()
-    stale = [b / f"cordon-{dead_pid}-abcdef" for b in bases]
-    alive = [b / f"cordon-{os.getpid()}-fedcba" for b in bases]
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    stale = [b / f"cordon-{ns}-{dead_pid}-abcdef" for b in bases]
+    alive = [b / f"cordon-{ns}-{os.getpid()}-fedcba" for b in bases]
+    # Another pid namespace's runtime: its pid means nothing here, so never swept; and a
+    # name no pid could have must not break the sweep.
+    foreign = [b / f"cordon-{ns + 1}-{dead_pid}-abcdef" for b in bases]
+    absurd = [b / f"cordon-{ns}-99999999999999999999-abcdef" for b in bases]
     try:
         for group in stale:
             (group / "hello-1").mkdir(parents=True)
-        for group in alive:
+        for group in [*alive, *foreign, *absurd]:
             group.mkdir()
         CgroupSupport.detect().close()
         assert not any(g.exists() for g in stale)
         assert all(g.exists() for g in alive)  # its runtime still runs: not ours to touch
+        assert all(g.exists() for g in [*foreign, *absurd])
     finally:
-        for group in [*stale, *alive]:
+        for group in [*stale, *alive, *foreign, *absurd]:
             for child in (group / "hello-1", group):
                 if child.exists():
                     child.rmdir()

@@ -154,3 +154,19 @@ async def test_with_warm_workers_0_no_spare_is_ever_started(tmp_path: Path) -> N
             await probe.call("pid")
             assert rt._spares == []
             assert [c.pid for c in psutil.Process().children()] != [pid]
+
+
+async def test_a_spare_killed_just_before_its_claim_costs_the_plugin_nothing(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            probe = await rt.load(PROBE)
+            await probe.call("pid")
+            spare = await _a_spare(rt)
+            await probe.stop()
+            # Not yet reaped (maybe not even dead) when the call claims it.
+            os.kill(spare.pid or 0, signal.SIGKILL)
+            assert await probe.call("pid") != spare.pid
+            stats = probe.stats()
+            assert (stats.state, stats.last_exit_reason, stats.crashes) == ("active", None, 0)
