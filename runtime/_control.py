@@ -264,10 +264,11 @@ def _check_path(path: Path) -> None:
 def _check_dir(directory: Path, sock: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     st = directory.stat()
-    if st.st_mode & stat.S_IWOTH:
+    if st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
         raise ControlSocketError(
             f"refusing to put the control socket in {directory}: the directory is "
-            "world-writable, so anyone could replace the socket; use a private directory",
+            "group- or world-writable, so others could replace the socket; use a private "
+            "directory",
             socket=str(sock),
             reason="world-writable-dir",
         )
@@ -529,6 +530,17 @@ def connect(path: Path) -> socket.socket:
     except BaseException:
         sock.close()
         raise
+    # Both ways: a host refuses clients of another uid, and a client will not hand its
+    # requests (or believe the answers) of a listener another user put there.
+    host_uid = _peer_uid(sock)
+    if host_uid not in (os.getuid(), 0):
+        sock.close()
+        raise ControlSocketError(
+            f"the listener on {path} runs as uid {host_uid}, not as this user "
+            f"({os.getuid()}) or root: not a cordon host of ours",
+            socket=str(path),
+            reason="foreign-host",
+        )
     return sock
 
 

@@ -434,6 +434,53 @@ async def test_a_peer_with_another_uid_is_refused(setup: Setup) -> None:
         assert (await call_greet(setup))["result"] == "Hello Ada"
 
 
+FOREIGN_LISTENER = textwrap.dedent(
+    """
+    import ctypes, os, socket, sys
+
+    os.setegid(65534)
+    os.seteuid(65534)
+    ctypes.CDLL(None, use_errno=True).setfsuid(0)  # may create the file in root's 0700 dir
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(sys.argv[1])
+    s.listen(8)
+    print("listening", flush=True)
+    while True:
+        conn, _ = s.accept()
+        try:
+            conn.sendall(b'{"jsonrpc": "2.0", "id": 1, "result": "state: hijacked"}\\n')
+        except OSError:
+            pass  # the client hung up on us: what the test expects
+        conn.close()
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+async def test_the_cli_will_not_talk_to_a_listener_another_user_put_on_the_socket(
+    setup: Setup,
+) -> None:
+    setup.state.mkdir(mode=0o700)
+    async with await anyio.open_process(
+        [sys.executable, "-c", FOREIGN_LISTENER, str(setup.socket)]
+    ) as impostor:
+        try:
+            assert impostor.stdout is not None
+            with anyio.fail_after(REQUEST_TIMEOUT):
+                ready = await BufferedByteReceiveStream(impostor.stdout).receive_until(
+                    b"\n", MAX_LINE
+                )
+            assert ready == b"listening"
+            r = await cordon(setup, *setup.args("plugin", "disable", "hello"))
+            assert r.returncode == 16, r.stderr.decode()
+            assert b"uid 65534" in r.stderr and b"hijacked" not in r.stdout
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                impostor.kill()
+            with anyio.fail_after(REQUEST_TIMEOUT), anyio.CancelScope(shield=True):
+                await impostor.wait()
+
+
 # -- --watch ----------------------------------------------------------------------------------
 
 
