@@ -255,6 +255,14 @@ class WorkerCgroup:
         return None
 
     def kill_all(self) -> None:
+        # cgroup v2 (5.14+) kills the group in the kernel: no window between reading a pid
+        # and signalling it, in which the pid could be reused by someone else.
+        for d in set(self.dirs.values()):
+            try:
+                _write(d / "cgroup.kill", "1")
+                return
+            except OSError:
+                break
         for pid in self.members():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
