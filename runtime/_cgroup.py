@@ -184,11 +184,8 @@ class WorkerCgroup:
             return
         self.joined = True
 
-    def limit(self, plugin_id: str, *, memory: int | None, processes: int | None) -> None:
-        """Give a spare's group (made without limits) a plugin's limits, and its name where
-        the hierarchy allows a rename — only once the spare is in (``joined``): the move,
-        in a thread, opens ``cgroup.procs`` by path. Raises OSError (then the limits are not
-        all set)."""
+    def _set_limits(self, memory: int | None, processes: int | None) -> None:
+        """Write the memory and task limits (``None``: leave unlimited). Raises OSError."""
         tasks = None if processes is None else processes + 1 + THREAD_ALLOWANCE
         mem, pids = self.dirs["memory"], self.dirs["pids"]
         if memory is not None:
@@ -198,12 +195,21 @@ class WorkerCgroup:
                     _write(mem / "memory.swap.max", "0")
             else:
                 _write(mem / "memory.limit_in_bytes", str(memory))
+                # Only where swap is accounted; the memsw limit may not be below the
+                # memory limit, so it is written second.
                 with contextlib.suppress(FileNotFoundError):
                     _write(mem / "memory.memsw.limit_in_bytes", str(memory))
         if tasks is not None:
             _write(pids / "pids.max", str(tasks))
         self.memory, self.tasks = memory, tasks
         self._oom_before = self.oom_kills()
+
+    def limit(self, plugin_id: str, *, memory: int | None, processes: int | None) -> None:
+        """Give a spare's group (made without limits) a plugin's limits, and its name where
+        the hierarchy allows a rename — only once the spare is in (``joined``): the move,
+        in a thread, opens ``cgroup.procs`` by path. Raises OSError (then the limits are not
+        all set)."""
+        self._set_limits(memory, processes)
         if not self.joined:
             return
         renamed: dict[Path, Path] = {}
@@ -366,39 +372,23 @@ class CgroupSupport:
         """A new group for one worker of ``plugin_id``, its limits set. Raises OSError."""
         self._seq += 1
         leaf = f"{plugin_id}-{self._seq}"
-        tasks = None if processes is None else processes + 1 + THREAD_ALLOWANCE
         dirs: dict[str, Path] = {}
         try:
             if self.version == "v2":
                 d = self.parents["memory"] / leaf
                 d.mkdir()
                 dirs = {c: d for c in _CONTROLLERS}
-                if memory is not None:
-                    _write(d / "memory.max", str(memory))
-                    with contextlib.suppress(FileNotFoundError):
-                        _write(d / "memory.swap.max", "0")
-                if tasks is not None:
-                    _write(d / "pids.max", str(tasks))
             else:
                 for c in _CONTROLLERS:
                     dirs[c] = self.parents[c] / leaf
                     dirs[c].mkdir()
-                mem = dirs["memory"]
-                if memory is not None:
-                    _write(mem / "memory.limit_in_bytes", str(memory))
-                    # Only where swap is accounted; the memsw limit may not be below the
-                    # memory limit, so it is written second.
-                    with contextlib.suppress(FileNotFoundError):
-                        _write(mem / "memory.memsw.limit_in_bytes", str(memory))
-                if tasks is not None:
-                    _write(dirs["pids"] / "pids.max", str(tasks))
+            group = WorkerCgroup(self.version, dirs, None, None)
+            group._set_limits(memory, processes)
         except OSError:
             for d in set(dirs.values()):
                 with contextlib.suppress(OSError):
                     d.rmdir()
             raise
-        group = WorkerCgroup(self.version, dirs, memory, tasks)
-        group._oom_before = group.oom_kills()
         return group
 
     def close(self) -> None:
