@@ -483,16 +483,7 @@ _RUNTIME_KEYS: Final = (
 
 
 def _parse_runtime(ck: Checker, table: Mapping[str, Any], base_dir: Path | None) -> RuntimeSettings:
-    known = (
-        "plugin-dirs",
-        "state-dir",
-        "strict-permissions",
-        "redact-patterns",
-        "middleware-order",
-        "cgroups",
-        "warm-workers",
-    )
-    ck.check_keys("runtime", table, known)
+    ck.check_keys("runtime", table, _RUNTIME_KEYS)
     rt = DEFAULT_CONFIG.runtime
     changes: dict[str, Any] = {}
     if "plugin-dirs" in table:
