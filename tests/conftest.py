@@ -6,7 +6,6 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from cordon.runtime import Runtime
@@ -19,10 +18,6 @@ TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def _open_fds() -> set[int]:
@@ -46,19 +41,15 @@ def no_leaked_fds() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
-    """Every test must leave no worker behind: cordon's core promise."""
+    """Every test must leave no worker behind: cordon's core promise. The check is the one
+    cordon.testing ships to users (imported here, not at the top: test_testing loads that
+    module as a pytest plugin during collection, and a module imported earlier would miss
+    pytest's assert rewriting)."""
+    from cordon.testing import _children, leaked_workers
+
     before = _children()
     yield
-    leaked = []
-    for pid in _children() - before:
-        try:
-            proc = psutil.Process(pid)
-            proc.wait(timeout=5)  # a worker still being reaped gets a bounded moment
-        except psutil.NoSuchProcess:
-            continue
-        except psutil.TimeoutExpired:
-            leaked.append(pid)
-            proc.kill()
+    leaked = leaked_workers(before)
     assert not leaked, f"test leaked worker processes: {leaked}"
 
 
