@@ -58,8 +58,10 @@ from ._plugin import Handler, Plugin
 
 __all__ = ["Server"]
 
-#: Bytes per read: large enough that a pipelined burst arrives in one syscall.
-READ_SIZE: Final = 256 * 1024
+#: Bytes per read: a pipe's default capacity, so a pipelined burst arrives in one syscall.
+#: Not more: ``os.read`` allocates the full size up front, and above glibc's mmap threshold
+#: (128 KiB) every read was an mmap, mremap and munmap (see runtime/_worker.py).
+READ_SIZE: Final = 64 * 1024
 #: Traceback text sent to the host is for humans; cap it so a deep recursion cannot bloat a frame.
 MAX_TRACEBACK: Final = 16 * 1024
 #: Threads for synchronous plugin functions; they cannot be cancelled, so keep the pool small.
