@@ -111,6 +111,23 @@ async def test_an_awaiting_call_does_not_block_other_calls(rt: Runtime, probe_di
         assert results == ["g1"]
 
 
+async def test_a_tool_runs_as_its_own_asyncio_task_from_its_first_line(
+    rt: Runtime, probe_dir: Path
+) -> None:
+    # The worker runs a tool's first step as soon as its request is read; it must still be
+    # the tool's own task then, in a context of its own, as on a later loop pass.
+    with anyio.fail_after(30):
+        probe = await rt.load(probe_dir)
+        first = await probe.call("task_facts", {"tag": "a"})
+        second = await probe.call("task_facts", {"tag": "b"})
+        async with anyio.create_task_group() as tg:
+            for tag in "cdef":
+                tg.start_soon(probe.call, "task_facts", {"tag": tag})
+    expected = {"in_task": True, "same_task_after_await": True, "context_seen": ""}
+    assert first == expected
+    assert second == expected
+
+
 async def test_progress_notifications_reach_the_caller(rt: Runtime, hello_dir: Path) -> None:
     seen: list[ProgressParams] = []
     with anyio.fail_after(30):

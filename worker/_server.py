@@ -172,14 +172,19 @@ class Server:
     # -- output ---------------------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        idle = not self._out and not self._tasks and not self._holding
+        idle = not self._out and not self._tasks
         self._out += frame
-        if idle and not self._writer_armed:
+        if self._holding or self._writer_armed:
+            # The read being dispatched writes everything it produced when it ends; an
+            # armed writer, when the pipe has room. A flush scheduled now would only cost
+            # a loop pass.
+            return
+        if idle:
             # Nothing else in flight or queued (a sequential caller waits on exactly this
             # frame): write now instead of a loop pass later. Under concurrency, frames
             # produced in one loop pass still coalesce into one write.
             self._flush()
-        elif not self._flush_scheduled and not self._writer_armed:
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
@@ -351,7 +356,28 @@ class Server:
         else:
             task = loop.create_task(coro)
         self._tasks[ident] = task
+        self._step_now(loop, task)
         return task
+
+    @staticmethod
+    def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        """Run a new task's first step now instead of on the next loop pass: what 3.12's
+        eager task factory does, which 3.11 lacks. A tool that never suspends (most do
+        not) is answered from the read that brought its request, saving a loop pass and
+        an ``epoll_wait`` per call (~12 us of a sequential call here). The step is the
+        task's own, taken off the ready queue it was just put on, so it runs as the task:
+        ``current_task()``, its context, cancellation and ``asyncio.timeout`` all behave
+        as on the next pass. Not from inside another task (initial frames), where asyncio
+        refuses to enter a second one, and only when the queue's last entry is that step.
+        """
+        ready = getattr(loop, "_ready", None)
+        if not ready or asyncio.current_task(loop) is not None:
+            return
+        handle = ready[-1]
+        if getattr(getattr(handle, "_callback", None), "__self__", None) is not task:
+            return
+        ready.pop()
+        handle._run()
 
     async def _complete(self, ident: Any, coro: Any, batched: bool) -> bytes | None:
         """Run one request and send its answer from the loop pass it finished in (a done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 from typing import Any
 
@@ -12,6 +13,7 @@ plugin = Plugin()
 
 EVENTS: list[str] = []
 GATES: dict[str, asyncio.Event] = {}
+LAST_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("last_caller", default="")
 
 
 def _gate(name: str) -> asyncio.Event:
@@ -80,6 +82,21 @@ async def add(ctx: Context, a: int, b: int = 0) -> int:
 @plugin.tool
 async def typed(ctx: Context, items: list[int], label: str | None = None) -> dict[str, Any]:
     return {"sum": sum(items), "label": label}
+
+
+@plugin.tool
+async def task_facts(ctx: Context, tag: str) -> dict[str, Any]:
+    """What a tool sees of asyncio on its first line and after it suspends."""
+    first = asyncio.current_task()
+    seen = LAST_CALLER.get()
+    LAST_CALLER.set(tag)
+    async with asyncio.timeout(30):  # refuses to work outside a task
+        await asyncio.sleep(0)
+    return {
+        "in_task": first is not None,
+        "same_task_after_await": asyncio.current_task() is first,
+        "context_seen": seen,
+    }
 
 
 @plugin.on_activate
