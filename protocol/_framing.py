@@ -45,6 +45,11 @@ class FrameSplitter:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes | _Oversize]:
+        if not self._buf and not self._discarding:
+            # One whole frame, the usual read of a sequential caller: no loop.
+            nl = data.find(b"\n")
+            if 0 < nl == len(data) - 1 and nl <= self.max_frame and not data[:1].isspace():
+                return [data[:nl]]
         out: list[bytes | _Oversize] = []
         if self._discarding:
             nl = data.find(b"\n")

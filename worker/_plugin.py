@@ -40,6 +40,13 @@ class Handler:
     is_async: bool
     options: dict[str, Any] = field(default_factory=dict)
     result_schema: dict[str, Any] = field(default_factory=dict)
+    #: Named arguments (an object) or positional ones (an array), in one pass: a decoder
+    #: made once per handler, not the type lookup ``msgspec.json.decode(type=...)`` does
+    #: per call.
+    _decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._decoder = msgspec.json.Decoder(self.params_type | list[Any])
 
     def contribution(self) -> Contribution:
         return Contribution(
@@ -55,10 +62,9 @@ class Handler:
         """Validate JSON arguments against the signature; :class:`InvalidParams` names the
         field. Arrays are accepted as positional arguments, as JSON-RPC allows."""
         try:
-            if not raw:
-                value = msgspec.json.decode(b"{}", type=self.params_type)
-            elif bytes(memoryview(raw)[:1]) == b"[":
-                items = msgspec.json.decode(raw, type=list[Any])
+            value = self._decoder.decode(raw or b"{}")
+            if type(value) is list:
+                items = value
                 if len(items) > len(self.param_names):
                     raise InvalidParams(
                         f"{self.kind} {self.name!r} takes {len(self.param_names)} "
@@ -68,8 +74,6 @@ class Handler:
                 value = msgspec.convert(
                     dict(zip(self.param_names, items, strict=False)), type=self.params_type
                 )
-            else:
-                value = msgspec.json.decode(raw, type=self.params_type)
         except msgspec.ValidationError as exc:
             text = str(exc)
             raise InvalidParams(
@@ -78,7 +82,8 @@ class Handler:
             ) from None
         except msgspec.DecodeError as exc:
             raise InvalidParams(f"arguments are not valid JSON: {exc}", field=None) from None
-        return {name: getattr(value, name) for name in self.param_names}
+        # The struct's fields are exactly the parameters, in order (see _build_handler).
+        return msgspec.structs.asdict(value)
 
 
 def _field_of(message: str) -> str | None:

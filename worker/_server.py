@@ -227,8 +227,11 @@ class Server:
         assert isinstance(frame, bytes)
         # The common frames, each decoded by one narrow struct alone: a tool call (its
         # params too), then any request; anything else is classified in full.
-        call = decode_invoke(frame)
         out: bytes | asyncio.Task[bytes | None] | None
+        try:
+            call: _InvokeCall | None = _invoke_call_decoder.decode(frame)  # decode_invoke, inlined
+        except msgspec.DecodeError:
+            call = None
         if call is not None:
             try:
                 out = self._invoke(call.id, call.params, False)
@@ -356,7 +359,8 @@ class Server:
         else:
             task = loop.create_task(coro)
         self._tasks[ident] = task
-        self._step_now(loop, task)
+        if self._holding:
+            self._step_now(loop, task)
         return task
 
     @staticmethod
@@ -367,11 +371,12 @@ class Server:
         an ``epoll_wait`` per call (~12 us of a sequential call here). The step is the
         task's own, taken off the ready queue it was just put on, so it runs as the task:
         ``current_task()``, its context, cancellation and ``asyncio.timeout`` all behave
-        as on the next pass. Not from inside another task (initial frames), where asyncio
-        refuses to enter a second one, and only when the queue's last entry is that step.
+        as on the next pass. Only from :meth:`_on_readable`, a plain callback: inside a
+        task (the initial frames) asyncio refuses to enter a second one. And only when the
+        queue's last entry is that step.
         """
         ready = getattr(loop, "_ready", None)
-        if not ready or asyncio.current_task(loop) is not None:
+        if not ready:
             return
         handle = ready[-1]
         if getattr(getattr(handle, "_callback", None), "__self__", None) is not task:
@@ -457,7 +462,14 @@ class Server:
             try:
                 if handler.is_async:
                     if handler.wants_ctx:
-                        result = await handler.fn(self._context(ident), **args)
+                        ctx = Context(
+                            plugin_id=self.plugin_id,
+                            scratch_dir=self.scratch_dir,
+                            call_id=ident,
+                            request=self.request_host,
+                            notify=self.notify,
+                        )
+                        result = await handler.fn(ctx, **args)
                     else:
                         result = await handler.fn(**args)
                 else:
@@ -480,11 +492,20 @@ class Server:
             except Exception as exc:
                 out = encode_error(ident, error_to_wire(self._plugin_error(exc)))
             else:
-                out = self._encode_result(ident, handler, result)
+                try:
+                    out = encode_result(ident, result)
+                except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+                    out = self._not_json(ident, handler, exc)
+                if len(out) > self.max_frame:
+                    out = self._too_large(ident, handler, len(out))
         finally:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
-        if not batched:
+        if batched:
+            return out
+        if self._holding:
+            self._out += out  # what send() does then: the read's dispatch writes it
+        else:
             self.send(out)
         return out
 
@@ -504,27 +525,24 @@ class Server:
             result = await result
         return result
 
-    def _encode_result(self, ident: Any, handler: Handler, result: Any) -> bytes:
-        try:
-            frame = encode_result(ident, result)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-            err = PluginError(
-                exc_type=type(exc).__name__,
-                exc_message=f"result of {handler.kind} {handler.name!r} is not JSON: {exc}",
-                plugin=self.plugin_id,
-            )
-            return encode_error(ident, error_to_wire(err))
-        if len(frame) > self.max_frame:
-            # Sending it would break the host's framing limit and get us killed; say why.
-            err2 = QuotaExceeded(
-                f"result of {handler.kind} {handler.name!r} is {len(frame)} bytes, over the "
-                f"{self.max_frame}-byte message limit",
-                kind="message-size",
-                limit=self.max_frame,
-                plugin=self.plugin_id,
-            )
-            return encode_error(ident, error_to_wire(err2))
-        return frame
+    def _not_json(self, ident: Any, handler: Handler, exc: Exception) -> bytes:
+        err = PluginError(
+            exc_type=type(exc).__name__,
+            exc_message=f"result of {handler.kind} {handler.name!r} is not JSON: {exc}",
+            plugin=self.plugin_id,
+        )
+        return encode_error(ident, error_to_wire(err))
+
+    def _too_large(self, ident: Any, handler: Handler, size: int) -> bytes:
+        # Sending it would break the host's framing limit and get us killed; say why.
+        err = QuotaExceeded(
+            f"result of {handler.kind} {handler.name!r} is {size} bytes, over the "
+            f"{self.max_frame}-byte message limit",
+            kind="message-size",
+            limit=self.max_frame,
+            plugin=self.plugin_id,
+        )
+        return encode_error(ident, error_to_wire(err))
 
     def _plugin_error(self, exc: BaseException) -> PluginError:
         tb = "".join(traceback.format_exception(exc))
