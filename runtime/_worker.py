@@ -74,7 +74,7 @@ from cordon.protocol import (
     error_to_wire,
     negotiate,
 )
-from cordon.protocol._messages import decode_success
+from cordon.protocol._messages import SUCCESS_DECODER, Success
 
 __all__ = [
     "CANCEL_GRACE",
@@ -227,7 +227,8 @@ class _FuturePending(_Pending):
         self.error = None
         self.expired = False
         self.on_progress = on_progress
-        self._fut: asyncio.Future[None] = loop.create_future()
+        # Not loop.create_future(): that is this same call behind a Python method.
+        self._fut: asyncio.Future[None] = asyncio.Future(loop=loop)
 
     def wake(self) -> None:
         if not self._fut.done():
@@ -243,6 +244,31 @@ class _FuturePending(_Pending):
 
     def rearm(self) -> None:
         self._fut = self._fut.get_loop().create_future()
+
+
+def _resume_now(fut: asyncio.Future[None]) -> None:
+    """Run the step that resumes the task waiting for ``call``'s answer now, rather than
+    on the loop's next pass: a sequential caller then sends its next request from the read
+    that brought this answer (one loop pass and one ``epoll_wait`` less per call, ~10 us
+    here). It is the task's own step (``Task.__wakeup``), taken off the ready queue that
+    ``set_result`` just put it on, so the task runs as it would have a moment later; only
+    its order relative to callbacks already queued changes, as with 3.12's eager tasks.
+    Left to the loop unless the queue's last entry is exactly that step.
+    """
+    loop = fut.get_loop()
+    ready = getattr(loop, "_ready", None)
+    if not ready:
+        return
+    handle = ready[-1]
+    args = getattr(handle, "_args", None)
+    if not args or args[0] is not fut:
+        return
+    if not isinstance(getattr(handle._callback, "__self__", None), asyncio.Task):
+        return
+    if asyncio.current_task(loop) is not None:
+        return  # asyncio cannot enter a task from inside another one
+    ready.pop()
+    handle._run()
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -978,13 +1004,23 @@ class WorkerProcess:
                 msg: Incoming | Batch | None = None
                 if frame is not OVERSIZE and self.reply_delay <= 0:
                     assert isinstance(frame, bytes)
-                    ok = decode_success(frame)
+                    try:
+                        ok: Success | None = SUCCESS_DECODER.decode(frame)  # decode_success
+                    except msgspec.DecodeError:
+                        ok = None
                     if ok is not None:
-                        # The common case, decoded by the narrow struct alone.
+                        # The common case, decoded by the narrow struct alone. Only the
+                        # asyncio path reads here, so every call waits on a future.
                         call = pending.pop(ok.id, None)
                         if call is not None:
+                            assert isinstance(call, _FuturePending)
                             call.result = ok.result
-                            call.wake()
+                            fut = call._fut
+                            if not fut.done():  # call.wake()
+                                fut.set_result(None)
+                                if i == len(frames) - 1:
+                                    # Nothing follows in this read: the caller can go on now.
+                                    _resume_now(fut)
                         continue
                     msg = decode_frame(frame)
                     if isinstance(msg, Response):
@@ -1180,7 +1216,13 @@ class WorkerProcess:
         self._next_id += 1
         ident = self._next_id
         loop = self._loop
-        pending = _FuturePending(on_progress, loop) if loop is not None else _Pending(on_progress)
+        pending: _Pending
+        fut: asyncio.Future[None] | None = None
+        if loop is not None:
+            pending = _FuturePending(on_progress, loop)
+            fut = pending._fut  # to await it without pending.wait()'s call
+        else:
+            pending = _Pending(on_progress)
         self._pending[ident] = pending
         try:
             frame = encode_request(ident, method, params)
@@ -1190,7 +1232,7 @@ class WorkerProcess:
                 # anyio's clock is the loop's: read it directly on asyncio (no backend lookup).
                 now = loop.time() if loop is not None else anyio.current_time()
                 self._arm(ident, now + timeout)
-            await pending.wait()
+            await (fut if fut is not None else pending.wait())
             if pending.expired and pending.result is None and pending.error is None:
                 assert timeout is not None
                 await self._cancel_after_timeout(ident, pending, label or method, timeout)
