@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
 
-from cordon.protocol import InvokeParams, Request, Response, decode_frame
+from cordon.protocol import FrameSplitter, InvokeParams, Request, Response, decode_frame
 from cordon.protocol._messages import decode_request, decode_success
 from cordon.runtime import Runtime
 from cordon.runtime._worker import WorkerProcess
@@ -132,6 +133,51 @@ async def test_calls_on_asyncio_take_the_reader_callback_path(rt: Runtime, hello
         assert worker is not None
         assert worker._loop is not None
         assert worker._reading
+
+
+async def test_a_caller_resumed_from_its_answers_read_is_still_its_own_task(
+    rt: Runtime, hello_dir: Path
+) -> None:
+    # The host resumes a sequential caller from inside the read that brought its answer;
+    # the caller must go on as itself: the same task, under its own cancel scopes.
+    with anyio.fail_after(30):
+        hello = await rt.load(hello_dir)
+        me = asyncio.current_task()
+        for i in range(50):
+            assert await hello.call("echo", {"value": i}) == i
+            assert asyncio.current_task() is me
+        with anyio.CancelScope() as scope:
+            assert await hello.call("echo", {"value": "x"}) == "x"
+            scope.cancel()
+            await anyio.lowlevel.checkpoint()
+        assert scope.cancelled_caught
+        assert await hello.call("echo", {"value": 2}) == 2
+
+
+READS = [
+    b'{"a":1}\n',
+    b"x\n",
+    b"\n",
+    b"  \n",
+    b' {"a":1}\n',
+    b"\t\n",
+    b'{"a":1}\n{"b":2}\n',
+    b'{"a":1}',
+    b'{"a":1}\n{"b"',
+    b"0123456789\n",
+    b"01234567890123456789\n",
+    b"\n\n",
+]
+
+
+@pytest.mark.parametrize("data", READS)
+def test_a_read_splits_the_same_whole_or_in_two_pieces(data: bytes) -> None:
+    # A fresh splitter takes a one-frame read without its loop; fed in two pieces, the
+    # same bytes go the general way. Both must give the same frames and leftovers.
+    whole, pieces = FrameSplitter(16), FrameSplitter(16)
+    got_whole = whole.feed(data) + whole.feed_eof()
+    got_pieces = pieces.feed(data[:1]) + pieces.feed(data[1:]) + pieces.feed_eof()
+    assert got_whole == got_pieces
 
 
 @pytest.fixture(autouse=True)
