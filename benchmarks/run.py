@@ -6,11 +6,20 @@ Prints: a raw Python pipe ping-pong (the floor any stdio RPC sits on), sequentia
 64-in-flight echo calls through the full stack (Runtime → worker → plugin → back), worker cold
 start (spawn → ready) and idle worker memory. Medians over repeated rounds; these machines are
 2 cores and noisy, so compare ratios from the same run rather than absolute numbers.
+
+Sequential figures are also given by placement. A ping-pong's speed depends above all on
+whether its two processes share a CPU: on one, a hand-off is a context switch; on two, the
+sleeping CPU must be woken (~35 us on these VMs). The scheduler puts the bare floor's pair on
+one CPU in some rounds and on two in others, and cordon's busier pair almost always on two,
+so an unpinned ratio can compare unlike with like. Each placement is therefore also measured
+pinned, for the floor and the stack alike: "two CPUs" (host and child each on its own) and
+"one CPU" (both on the same).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -46,7 +55,30 @@ _PONG = textwrap.dedent(
 )
 
 
-def raw_pipe_floor(n: int) -> float:
+#: Placements measured pinned: (this process's CPU, the child's CPU).
+PLACEMENTS: dict[str, tuple[int, int]] = {"two CPUs": (0, 1), "one CPU": (0, 0)}
+
+
+class _Pinned:
+    """Pin this thread (the event loop's) and a child process to CPUs, then restore both."""
+
+    def __init__(self, child_pid: int, cpus: tuple[int, int] | None) -> None:
+        self.child_pid, self.cpus = child_pid, cpus
+        self.mine = os.sched_getaffinity(0)
+        self.theirs = os.sched_getaffinity(child_pid)
+
+    def __enter__(self) -> None:
+        if self.cpus is not None:
+            os.sched_setaffinity(0, {self.cpus[0]})
+            os.sched_setaffinity(self.child_pid, {self.cpus[1]})
+
+    def __exit__(self, *exc: object) -> None:
+        os.sched_setaffinity(0, self.mine)
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(self.child_pid, self.theirs)
+
+
+def raw_pipe_floor(n: int, cpus: tuple[int, int] | None = None) -> float:
     """Sequential ping-pong of one small JSON line over a pipe to a bare Python child."""
     proc = subprocess.Popen(
         [sys.executable, "-I", "-c", _PONG], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -54,17 +86,26 @@ def raw_pipe_floor(n: int) -> float:
     assert proc.stdin is not None and proc.stdout is not None
     w, r = proc.stdin.fileno(), proc.stdout.fileno()
     msg = b'{"jsonrpc":"2.0","id":1,"method":"invoke","params":{"name":"echo"}}\n'
+    with _Pinned(proc.pid, cpus):
+        rate = _ping_pong(n, w, r, msg)
+    proc.stdin.close()
+    proc.wait()
+    proc.stdout.close()
+    return rate
+
+
+def _ping_pong(n: int, w: int, r: int, msg: bytes) -> float:
+    os.write(w, msg)  # the child is up and this path is warm before the clock starts
+    got = b""
+    while not got.endswith(b"\n"):
+        got += os.read(r, 65536)
     start = time.perf_counter()
     for _ in range(n):
         os.write(w, msg)
         got = b""
         while not got.endswith(b"\n"):
             got += os.read(r, 65536)
-    elapsed = time.perf_counter() - start
-    proc.stdin.close()
-    proc.wait()
-    proc.stdout.close()
-    return n / elapsed
+    return n / (time.perf_counter() - start)
 
 
 async def sequential(rt: Runtime, n: int) -> tuple[float, list[float]]:
@@ -144,6 +185,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             cpu1 = time.process_time(), sum(wproc.cpu_times()[:2])
             pipe = [await pipelined(rt, n_pipe) for _ in range(rounds)]
             cpu2 = time.process_time(), sum(wproc.cpu_times()[:2])
+            out["placed"] = {}
+            if len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0):
+                for name, cpus in PLACEMENTS.items():
+                    floors_p, stack_p = [], []
+                    for _ in range(rounds):  # interleaved, so drift hits both alike
+                        floors_p.append(raw_pipe_floor(n_seq // 2, cpus))
+                        with _Pinned(worker.pid, cpus):
+                            stack_p.append((await sequential(rt, n_seq // 2))[0])
+                    out["placed"][name] = (statistics.median(floors_p), statistics.median(stack_p))
             # CPU seconds per call on each side (coarse: the kernel counts in ticks).
             out["seq_cpu"] = [(b - a) / (n_seq * rounds) for a, b in zip(cpu0, cpu1, strict=True)]
             n_p = (n_pipe // 64) * 64 * rounds
@@ -211,6 +261,13 @@ def main() -> None:
         f"  idle worker memory            RSS {r['idle_rss'] / 2**20:.1f} MiB, "
         f"USS {r['idle_uss'] / 2**20:.1f} MiB"
     )
+    if r["placed"]:
+        print("  sequential by placement        floor msgs/s   stack calls/s")
+        unpinned = ("as scheduled (unpinned)", (floor, r["seq_rate"]))
+        for name, (f, s) in [unpinned, *r["placed"].items()]:
+            print(f"    {name:26s} {f:10.0f}      {s:10.0f}     ({s / f:.2f}x floor)")
+    else:
+        print("  sequential by placement        not measured: needs CPUs 0 and 1")
     applied = sorted(k for k, v in r["sandbox"].items() if v == "applied")
     print(f"  sandbox layers applied        {', '.join(applied) or 'none'}")
 
