@@ -123,7 +123,12 @@ async def test_a_tool_runs_as_its_own_asyncio_task_from_its_first_line(
         async with anyio.create_task_group() as tg:
             for tag in "cdef":
                 tg.start_soon(probe.call, "task_facts", {"tag": tag})
-    expected = {"in_task": True, "same_task_after_await": True, "context_seen": ""}
+    expected = {
+        "in_task": True,
+        "task_name": "cordon tool task_facts",
+        "same_task_after_await": True,
+        "context_seen": "",
+    }
     assert first == expected
     assert second == expected
 

@@ -44,9 +44,12 @@ class Handler:
     #: made once per handler, not the type lookup ``msgspec.json.decode(type=...)`` does
     #: per call.
     _decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
+    #: The name of the asyncio task each call runs in.
+    task: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._decoder = msgspec.json.Decoder(self.params_type | list[Any])
+        self.task = f"cordon {self.kind} {self.name}"
 
     def contribution(self) -> Contribution:
         return Contribution(

@@ -9,6 +9,7 @@ burst of responses produced in one loop iteration leaves in one ``write``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -127,11 +128,15 @@ class Server:
         self._closed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        #: The loop's ready queue (see :meth:`_spawn`); ``None`` on a loop without one.
+        self._ready: collections.deque[Any] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def serve(self, initial_frames: list[Any]) -> None:
         self._loop = asyncio.get_running_loop()
+        ready = getattr(self._loop, "_ready", None)
+        self._ready = ready if isinstance(ready, collections.deque) else None
         self._closed = asyncio.Event()
         os.set_blocking(self.rfd, False)
         os.set_blocking(self.wfd, False)
@@ -164,10 +169,19 @@ class Server:
                 self._dispatch(frame)
         finally:
             self._holding = False
-        # Answers produced while dispatching (ping, errors) leave in one write, now rather
-        # than a loop pass later.
-        if self._out and not self._writer_armed:
-            self._flush()
+        # Answers produced while dispatching leave in one write, now rather than a loop
+        # pass later; _flush only if it does not all fit (it arms the writer then).
+        out = self._out
+        if out and not self._writer_armed:
+            try:
+                written = os.write(self.wfd, out)
+            except OSError:
+                written = 0  # _flush tells a full pipe from a gone host
+            if written == len(out):
+                out.clear()
+            else:
+                del out[:written]
+                self._flush()
 
     # -- output ---------------------------------------------------------------------------
 
@@ -335,7 +349,7 @@ class Server:
         args = handler.decode_arguments(params.arguments)
         if ident in self._tasks:
             return self._duplicate(ident)
-        return self._spawn(ident, self._run_handler(ident, handler, args, batched))
+        return self._spawn(ident, self._run_handler(ident, handler, args, batched), handler.task)
 
     def _start(self, ident: Any, coro: Any, batched: bool) -> asyncio.Task[bytes | None] | bytes:
         if ident in self._tasks:
@@ -349,40 +363,37 @@ class Server:
             ident, error_to_wire(InvalidRequest(f"request id {ident!r} is already in use"))
         )
 
-    def _spawn(self, ident: Any, coro: Any) -> asyncio.Task[bytes | None]:
+    def _spawn(self, ident: Any, coro: Any, name: str | None = None) -> asyncio.Task[bytes | None]:
+        """Start a request's task and, from a read, run its first step at once.
+
+        The first step runs now instead of on the next loop pass: what 3.12's eager task
+        factory does, which 3.11 lacks. A tool that never suspends (most do not) is then
+        answered from the read that brought its request, saving a loop pass and an
+        ``epoll_wait`` per call (~12 us of a sequential call here). The step is the task's
+        own, taken off the ready queue it was just put on, so it runs as the task:
+        ``current_task()``, its context, cancellation and ``asyncio.timeout`` all behave as
+        on the next pass. Only while :meth:`_on_readable` dispatches (a plain callback:
+        inside a task, as for the initial frames, asyncio refuses to enter a second one),
+        and only when the queue's last entry is that step.
+        """
         loop = self._loop
         assert loop is not None
         task: asyncio.Task[bytes | None]
         if loop.get_task_factory() is None:
-            # loop.create_task is a Python wrapper around exactly this (~0.7 us a call).
-            task = asyncio.Task(coro, loop=loop)
+            # loop.create_task is a Python wrapper around exactly this (~0.7 us a call). A
+            # name spares the task formatting "Task-<n>" for itself.
+            task = asyncio.Task(coro, loop=loop, name=name)
         else:
-            task = loop.create_task(coro)
+            task = loop.create_task(coro, name=name)
         self._tasks[ident] = task
         if self._holding:
-            self._step_now(loop, task)
+            ready = self._ready
+            if ready:
+                handle = ready[-1]
+                if getattr(handle._callback, "__self__", None) is task:
+                    ready.pop()
+                    handle._run()
         return task
-
-    @staticmethod
-    def _step_now(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
-        """Run a new task's first step now instead of on the next loop pass: what 3.12's
-        eager task factory does, which 3.11 lacks. A tool that never suspends (most do
-        not) is answered from the read that brought its request, saving a loop pass and
-        an ``epoll_wait`` per call (~12 us of a sequential call here). The step is the
-        task's own, taken off the ready queue it was just put on, so it runs as the task:
-        ``current_task()``, its context, cancellation and ``asyncio.timeout`` all behave
-        as on the next pass. Only from :meth:`_on_readable`, a plain callback: inside a
-        task (the initial frames) asyncio refuses to enter a second one. And only when the
-        queue's last entry is that step.
-        """
-        ready = getattr(loop, "_ready", None)
-        if not ready:
-            return
-        handle = ready[-1]
-        if getattr(getattr(handle, "_callback", None), "__self__", None) is not task:
-            return
-        ready.pop()
-        handle._run()
 
     async def _complete(self, ident: Any, coro: Any, batched: bool) -> bytes | None:
         """Run one request and send its answer from the loop pass it finished in (a done

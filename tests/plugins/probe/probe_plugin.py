@@ -94,6 +94,7 @@ async def task_facts(ctx: Context, tag: str) -> dict[str, Any]:
         await asyncio.sleep(0)
     return {
         "in_task": first is not None,
+        "task_name": first.get_name() if first is not None else None,
         "same_task_after_await": asyncio.current_task() is first,
         "context_seen": seen,
     }
