@@ -268,7 +268,9 @@ class PluginHandle:
         # switches workers either sees this call in flight on the old one or it goes new.
         active = self._active_calls
         active[worker] = active.get(worker, 0) + 1
-        started = time.perf_counter()
+        # One clock for the latency and the idle timer (perf_counter is this same clock
+        # on Linux, at the same resolution).
+        started = time.monotonic()
         try:
             raw = await worker.invoke(
                 name,
@@ -278,7 +280,7 @@ class PluginHandle:
                 on_progress=on_progress,
             )
         except CordonError as exc:
-            self._stats.record(time.perf_counter() - started, exc)
+            self._stats.record(time.monotonic() - started, exc)
             if isinstance(exc, QuotaExceeded):
                 log.warning("quota.hit", plugin=self.id, kind=exc.kind, limit=exc.limit, call=name)
             if isinstance(exc, QuotaExceeded) and exc.kind == "memory":
@@ -286,23 +288,23 @@ class PluginHandle:
                 worker.kill_nowait("memory", "plugin hit its memory limit")
             raise
         finally:
-            self._call_done(worker)
-        self._stats.record(time.perf_counter() - started, None)
+            # The call is over (answered, failed or cancelled): uncount it, and wake a
+            # reload draining this worker.
+            left = active[worker] - 1
+            if left > 0:
+                active[worker] = left
+            else:
+                del active[worker]
+            self._last_call = now = time.monotonic()
+            finished = self._call_finished
+            if finished is not None:
+                self._call_finished = None
+                finished.set()
+        stats = self._stats  # stats.record(), inlined
+        stats.calls += 1
+        stats.latencies.append(now - started)
         self._failures = 0
         return decode_params(raw)
-
-    def _call_done(self, worker: WorkerProcess) -> None:
-        active = self._active_calls
-        left = active[worker] - 1
-        if left > 0:
-            active[worker] = left
-        else:
-            del active[worker]
-        self._last_call = time.monotonic()
-        finished = self._call_finished
-        if finished is not None:
-            self._call_finished = None
-            finished.set()
 
     async def start(self) -> None:
         """Start the worker now, as a first call would (a no-op while one serves). Raises

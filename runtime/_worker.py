@@ -246,24 +246,6 @@ class _FuturePending(_Pending):
         self._fut = self._fut.get_loop().create_future()
 
 
-def _resume_now(ready: deque[asyncio.Handle], fut: asyncio.Future[None]) -> None:
-    """Run the step that resumes the task waiting for ``call``'s answer now, rather than
-    on the loop's next pass: a sequential caller then sends its next request from the read
-    that brought this answer (one loop pass and one ``epoll_wait`` less per call, ~10 us
-    here). It is the task's own step (``Task.__wakeup``), taken off the ready queue that
-    ``set_result`` just put it on, so the task runs as it would have a moment later; only
-    its order relative to callbacks already queued changes, as with 3.12's eager tasks.
-    Left to the loop unless the queue's last entry is a callback of ``fut`` (whatever it
-    is, it would run next anyway), and never from inside a task, which asyncio refuses
-    to enter another from (a reader callback never is).
-    """
-    handle = ready[-1]
-    args = handle._args
-    if args and args[0] is fut and asyncio.current_task() is None:
-        ready.pop()
-        handle._run()
-
-
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
     """The running loop when anyio runs on its asyncio backend, else ``None`` (trio). anyio
     names the backend through its cancellation class (sniffio is not a dependency here)."""
@@ -388,7 +370,7 @@ class WorkerProcess:
         # _on_readable); anything but a response goes through _backlog to the pump task.
         self._rfd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: The asyncio loop's ready queue, when it has one (see :func:`_resume_now`).
+        #: The asyncio loop's ready queue, when it has one (see _on_readable).
         self._run_queue: deque[asyncio.Handle] | None = None
         #: ``loop.time`` without its Python method, where that is all it is.
         self._clock: Callable[[], float] = time.monotonic
@@ -871,10 +853,11 @@ class WorkerProcess:
         # Dropped when the queue is full or stdin is closing, as it always was.
         self._put(frame)
 
-    def _arm(self, ident: int, deadline: float) -> None:
-        """Start a call's timeout. One timer task serves every call's deadline: a cancel
-        scope per call cost more than the rest of the call's bookkeeping together."""
-        heapq.heappush(self._deadlines, (deadline, ident))
+    def _arm(self, deadline: float) -> None:
+        """After a call's deadline joined the heap (in :meth:`request`): wake the timer for
+        an earlier deadline, or drop answered calls' deadlines. One timer task serves every
+        call's deadline: a cancel scope per call cost more than the rest of the call's
+        bookkeeping together."""
         if deadline < self._timer_at:
             self._timer_wake.set()
         elif len(self._deadlines) > 2 * len(self._pending) + 64:
@@ -1022,8 +1005,22 @@ class WorkerProcess:
                                 fut.set_result(None)
                                 ready = self._run_queue
                                 if ready and i == len(frames) - 1:
-                                    # Nothing follows in this read: the caller can go on now.
-                                    _resume_now(ready, fut)
+                                    # Nothing follows in this read, so the caller goes on
+                                    # now rather than on the loop's next pass: it sends
+                                    # its next request from this read (one loop pass and
+                                    # one epoll_wait less per sequential call). The step
+                                    # run is the one set_result just queued for this
+                                    # future (the task's own wake-up), so the task runs as
+                                    # it would a moment later; only its order relative to
+                                    # callbacks already queued changes, as with 3.12's
+                                    # eager tasks. Never from inside a task, which asyncio
+                                    # refuses to enter another from (a reader callback
+                                    # never is).
+                                    handle = ready[-1]
+                                    args = handle._args
+                                    if args and args[0] is fut and asyncio.current_task() is None:
+                                        ready.pop()
+                                        handle._run()
                         continue
                     msg = decode_frame(frame)
                     if isinstance(msg, Response):
@@ -1233,8 +1230,11 @@ class WorkerProcess:
                 await self._send(frame)
             if timeout is not None:
                 # anyio's clock is the loop's: read it directly on asyncio (no backend lookup).
-                now = self._clock() if loop is not None else anyio.current_time()
-                self._arm(ident, now + timeout)
+                deadline = (self._clock() if loop is not None else anyio.current_time()) + timeout
+                deadlines = self._deadlines
+                heapq.heappush(deadlines, (deadline, ident))
+                if deadline < self._timer_at or len(deadlines) > 2 * len(self._pending) + 64:
+                    self._arm(deadline)
             await (fut if fut is not None else pending.wait())
             if pending.expired and pending.result is None and pending.error is None:
                 assert timeout is not None
