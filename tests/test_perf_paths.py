@@ -10,7 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -21,6 +24,7 @@ from cordon.protocol._messages import decode_request, decode_success
 from cordon.runtime import Runtime
 from cordon.runtime._worker import WorkerProcess
 from cordon.worker._server import decode_invoke
+from tests.conftest import TEST_PLUGINS, base_config
 from tests.test_calls import (
     test_a_plugin_exception_arrives_typed_and_the_worker_lives_on as _t_plugin_exception,
 )
@@ -152,6 +156,46 @@ async def test_a_caller_resumed_from_its_answers_read_is_still_its_own_task(
             await anyio.lowlevel.checkpoint()
         assert scope.cancelled_caught
         assert await hello.call("echo", {"value": 2}) == 2
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+        self.got = anyio.Event()
+
+    async def __call__(self, topic: str, payload: Any, source: str) -> None:
+        self.topics.append(topic)
+        self.got.set()
+
+
+@pytest.mark.parametrize(
+    ("arm", "sig", "topic"),
+    [
+        ("arm_signal", signal.SIGUSR1, "waker.signal"),
+        ("arm_thread", signal.SIGUSR2, "waker.thread"),
+    ],
+)
+async def test_an_idle_worker_still_runs_what_a_signal_or_a_thread_hands_its_loop(
+    tmp_path: Path, arm: str, sig: int, topic: str
+) -> None:
+    # Between a sequential caller's requests the worker waits outside its event loop; an
+    # asyncio signal handler, or a plugin thread's call_soon_threadsafe, must still run
+    # then, with no request coming to wake it.
+    config: dict[str, Any] = base_config(tmp_path)
+    config["plugins"] = {"waker": {"grant": ["events:emit:waker.*"]}}
+    async with Runtime(config) as rt:
+        with anyio.fail_after(30):
+            waker = await rt.load(TEST_PLUGINS / "waker")
+            inbox = _Inbox()
+            assert rt.events is not None
+            rt.events.subscribe("test", "waker.*", inbox)
+            assert await waker.call(arm) is True
+            assert await waker.call("echo", {"value": 1}) == 1  # idle from here on
+            assert waker.worker is not None and waker.worker.pid is not None
+            os.kill(waker.worker.pid, sig)
+            await inbox.got.wait()
+            assert inbox.topics == [topic]
+            assert await waker.call("echo", {"value": 2}) == 2
 
 
 READS = [

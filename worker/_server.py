@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import select
 import traceback
 from typing import Any, Final, Literal
 
@@ -130,6 +131,9 @@ class Server:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         #: The loop's ready queue (see :meth:`_spawn`); ``None`` on a loop without one.
         self._ready: collections.deque[Any] | None = None
+        self._idle_poll: select.poll | None = None
+        #: What the idle poll returns when only a request is waiting.
+        self._only_ours = [(rfd, select.POLLIN)]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class Server:
         for frame in initial_frames:
             self._dispatch(frame)
         self._loop.add_reader(self.rfd, self._on_readable)
+        self._idle_poll = self._make_idle_poll(self._loop)
         try:
             await self._closed.wait()
         finally:
@@ -152,36 +157,68 @@ class Server:
             self._flush()
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self.rfd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            # The host closed our stdin: that is how it says "shut down".
-            assert self._closed is not None
-            self._closed.set()
-            return
-        self._holding = True
-        try:
-            for frame in self.splitter.feed(data):
-                self._dispatch(frame)
-        finally:
-            self._holding = False
-        # Answers produced while dispatching leave in one write, now rather than a loop
-        # pass later; _flush only if it does not all fit (it arms the writer then).
-        out = self._out
-        if out and not self._writer_armed:
+        while True:
             try:
-                written = os.write(self.wfd, out)
+                data = os.read(self.rfd, READ_SIZE)
+            except BlockingIOError:
+                return
             except OSError:
-                written = 0  # _flush tells a full pipe from a gone host
-            if written == len(out):
-                out.clear()
-            else:
-                del out[:written]
-                self._flush()
+                data = b""
+            if not data:
+                # The host closed our stdin: that is how it says "shut down".
+                assert self._closed is not None
+                self._closed.set()
+                return
+            self._holding = True
+            try:
+                for frame in self.splitter.feed(data):
+                    self._dispatch(frame)
+            finally:
+                self._holding = False
+            # Answers produced while dispatching leave in one write, now rather than a
+            # loop pass later; _flush only if it does not all fit (it arms the writer).
+            out = self._out
+            if out and not self._writer_armed:
+                try:
+                    written = os.write(self.wfd, out)
+                except OSError:
+                    written = 0  # _flush tells a full pipe from a gone host
+                if written == len(out):
+                    out.clear()
+                else:
+                    del out[:written]
+                    self._flush()
+            if not self._wait_here():
+                return
+
+    def _wait_here(self) -> bool:
+        """Wait for the next request inside this callback while nothing else could need
+        the loop: no call in flight, no callback ready, no timer, no fd but ours and the
+        loop's self-pipe, no output waiting. A sequential caller's requests are then served
+        here, one poll each, without passing through asyncio's loop machinery. True: a
+        request is waiting. False: back to the loop, as when the self-pipe wakes (a signal,
+        ``call_soon_threadsafe`` from a plugin's thread) or the host hangs up.
+        """
+        poller = self._idle_poll
+        if poller is None or self._tasks or self._threaded or self._host_pending or self._out:
+            return False
+        loop: Any = self._loop  # a selector loop's internals, checked in _make_idle_poll
+        if loop._ready or loop._scheduled or len(loop._selector.get_map()) != 2:
+            return False
+        return poller.poll() == self._only_ours
+
+    def _make_idle_poll(self, loop: asyncio.AbstractEventLoop) -> select.poll | None:
+        """What :meth:`_wait_here` polls: our channel and the loop's self-pipe. ``None``
+        (never wait here) on a loop without the selector-loop internals it checks."""
+        ssock = getattr(loop, "_ssock", None)
+        if ssock is None or not all(
+            hasattr(loop, name) for name in ("_selector", "_ready", "_scheduled")
+        ):
+            return None
+        poller = select.poll()
+        poller.register(self.rfd, select.POLLIN)
+        poller.register(ssock.fileno(), select.POLLIN)
+        return poller
 
     # -- output ---------------------------------------------------------------------------
 
