@@ -194,14 +194,17 @@ class Server:
     def _wait_here(self) -> bool:
         """Wait for the next request inside this callback while nothing else could need
         the loop: no call in flight, no callback ready, no timer, no fd but ours and the
-        loop's self-pipe, no output waiting. A sequential caller's requests are then served
-        here, one poll each, without passing through asyncio's loop machinery. True: a
-        request is waiting. False: back to the loop, as when the self-pipe wakes (a signal,
-        ``call_soon_threadsafe`` from a plugin's thread) or the host hangs up.
+        loop's self-pipe, no output waiting, not closing. A sequential caller's requests
+        are then served here, one poll each, without passing through asyncio's loop
+        machinery. True: a request is waiting. False: back to the loop, as when the
+        self-pipe wakes (a signal, ``call_soon_threadsafe`` from a plugin's thread) or the
+        host hangs up.
         """
         poller = self._idle_poll
         if poller is None or self._tasks or self._threaded or self._host_pending or self._out:
             return False
+        if self._closed is None or self._closed.is_set():
+            return False  # the host is gone (a failed write): serve() must see it now
         loop: Any = self._loop  # a selector loop's internals, checked in _make_idle_poll
         if loop._ready or loop._scheduled or len(loop._selector.get_map()) != 2:
             return False
