@@ -214,8 +214,6 @@ class Success(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _success_decoder = msgspec.json.Decoder(Success)
-#: :func:`decode_success`'s decoder, for a caller that inlines it on its hot path.
-SUCCESS_DECODER: Final = _success_decoder
 
 
 def decode_success(frame: bytes) -> Success | None:

@@ -288,23 +288,26 @@ class PluginHandle:
                 worker.kill_nowait("memory", "plugin hit its memory limit")
             raise
         finally:
-            # The call is over (answered, failed or cancelled): uncount it, and wake a
-            # reload draining this worker.
-            left = active[worker] - 1
-            if left > 0:
-                active[worker] = left
-            else:
-                del active[worker]
-            self._last_call = now = time.monotonic()
-            finished = self._call_finished
-            if finished is not None:
-                self._call_finished = None
-                finished.set()
-        stats = self._stats  # stats.record(), inlined
-        stats.calls += 1
-        stats.latencies.append(now - started)
+            now = self._call_done(worker)
+        self._stats.record(now - started, None)
         self._failures = 0
         return decode_params(raw)
+
+    def _call_done(self, worker: WorkerProcess) -> float:
+        """The call is over (answered, failed or cancelled): uncount it, and wake a reload
+        draining this worker. Returns the time it ended."""
+        active = self._active_calls
+        left = active[worker] - 1
+        if left > 0:
+            active[worker] = left
+        else:
+            del active[worker]
+        self._last_call = now = time.monotonic()
+        finished = self._call_finished
+        if finished is not None:
+            self._call_finished = None
+            finished.set()
+        return now
 
     async def start(self) -> None:
         """Start the worker now, as a first call would (a no-op while one serves). Raises

@@ -74,7 +74,7 @@ from cordon.protocol import (
     error_to_wire,
     negotiate,
 )
-from cordon.protocol._messages import SUCCESS_DECODER, Success
+from cordon.protocol._messages import decode_success
 
 __all__ = [
     "CANCEL_GRACE",
@@ -384,7 +384,7 @@ class WorkerProcess:
         self._broken = False
         self._writer_wake = anyio.Event()
         self._drained: anyio.Event | None = None
-        # Every call's deadline in one heap, served by one timer task (see _arm).
+        # Every call's deadline in one heap, served by one timer task (see request and _timer).
         self._deadlines: list[tuple[float, int]] = []
         self._timer_at = math.inf
         self._timer_wake = anyio.Event()
@@ -853,17 +853,13 @@ class WorkerProcess:
         # Dropped when the queue is full or stdin is closing, as it always was.
         self._put(frame)
 
-    def _arm(self, deadline: float) -> None:
-        """After a call's deadline joined the heap (in :meth:`request`): wake the timer for
-        an earlier deadline, or drop answered calls' deadlines. One timer task serves every
-        call's deadline: a cancel scope per call cost more than the rest of the call's
-        bookkeeping together."""
-        if deadline < self._timer_at:
-            self._timer_wake.set()
-        elif len(self._deadlines) > 2 * len(self._pending) + 64:
-            # Answered calls leave their deadline behind; drop those now and then.
-            self._deadlines = [d for d in self._deadlines if d[1] in self._pending]
-            heapq.heapify(self._deadlines)
+    def _prune_deadlines(self) -> None:
+        """Answered calls leave their deadline in the heap (see :meth:`request`, which
+        pushes each call's and wakes the timer for an earlier one); drop those now and
+        then. One timer task serves every call's deadline: a cancel scope per call cost
+        more than the rest of the call's bookkeeping together."""
+        self._deadlines = [d for d in self._deadlines if d[1] in self._pending]
+        heapq.heapify(self._deadlines)
 
     async def _timer(self) -> None:
         """Wake each call whose deadline passed with ``expired`` set; the caller then asks
@@ -989,10 +985,7 @@ class WorkerProcess:
                 msg: Incoming | Batch | None = None
                 if frame is not OVERSIZE and self.reply_delay <= 0:
                     assert isinstance(frame, bytes)
-                    try:
-                        ok: Success | None = SUCCESS_DECODER.decode(frame)  # decode_success
-                    except msgspec.DecodeError:
-                        ok = None
+                    ok = decode_success(frame)
                     if ok is not None:
                         # The common case, decoded by the narrow struct alone. Only the
                         # asyncio path reads here, so every call waits on a future.
@@ -1233,8 +1226,10 @@ class WorkerProcess:
                 deadline = (self._clock() if loop is not None else anyio.current_time()) + timeout
                 deadlines = self._deadlines
                 heapq.heappush(deadlines, (deadline, ident))
-                if deadline < self._timer_at or len(deadlines) > 2 * len(self._pending) + 64:
-                    self._arm(deadline)
+                if deadline < self._timer_at:
+                    self._timer_wake.set()
+                elif len(deadlines) > 2 * len(self._pending) + 64:
+                    self._prune_deadlines()
             await (fut if fut is not None else pending.wait())
             if pending.expired and pending.result is None and pending.error is None:
                 assert timeout is not None

@@ -206,7 +206,7 @@ class Server:
         if self._closed is None or self._closed.is_set():
             return False  # the host is gone (a failed write): serve() must see it now
         loop: Any = self._loop  # a selector loop's internals, checked in _make_idle_poll
-        if loop._ready or loop._scheduled or len(loop._selector.get_map()) != 2:
+        if self._ready or loop._scheduled or len(loop._selector.get_map()) != 2:
             return False
         return poller.poll() == self._only_ours
 
@@ -214,9 +214,9 @@ class Server:
         """What :meth:`_wait_here` polls: our channel and the loop's self-pipe. ``None``
         (never wait here) on a loop without the selector-loop internals it checks."""
         ssock = getattr(loop, "_ssock", None)
-        if ssock is None or not all(
-            hasattr(loop, name) for name in ("_selector", "_ready", "_scheduled")
-        ):
+        if ssock is None or self._ready is None:
+            return None
+        if not (hasattr(loop, "_selector") and hasattr(loop, "_scheduled")):
             return None
         poller = select.poll()
         poller.register(self.rfd, select.POLLIN)
@@ -282,10 +282,7 @@ class Server:
         # The common frames, each decoded by one narrow struct alone: a tool call (its
         # params too), then any request; anything else is classified in full.
         out: bytes | asyncio.Task[bytes | None] | None
-        try:
-            call: _InvokeCall | None = _invoke_call_decoder.decode(frame)  # decode_invoke, inlined
-        except msgspec.DecodeError:
-            call = None
+        call = decode_invoke(frame)
         if call is not None:
             try:
                 out = self._invoke(call.id, call.params, False)
@@ -513,14 +510,7 @@ class Server:
             try:
                 if handler.is_async:
                     if handler.wants_ctx:
-                        ctx = Context(
-                            plugin_id=self.plugin_id,
-                            scratch_dir=self.scratch_dir,
-                            call_id=ident,
-                            request=self.request_host,
-                            notify=self.notify,
-                        )
-                        result = await handler.fn(ctx, **args)
+                        result = await handler.fn(self._context(ident), **args)
                     else:
                         result = await handler.fn(**args)
                 else:
@@ -552,11 +542,7 @@ class Server:
         finally:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
-        if batched:
-            return out
-        if self._holding:
-            self._out += out  # what send() does then: the read's dispatch writes it
-        else:
+        if not batched:
             self.send(out)
         return out
 
