@@ -28,6 +28,7 @@ from cordon.protocol import (
 )
 
 from ._config import Config, PluginSettings, load_config, parse_config
+from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
 from ._errors import ConfigError, ManifestError, Problem
 from ._manifest import Manifest, load_manifest
 from ._registry import (
@@ -46,7 +47,9 @@ from ._runtime import (
     PluginInUse,
     Runtime,
 )
+from ._scaffold import ScaffoldError
 from ._stats import PluginStats
+from ._versions import DependencyError
 
 __all__ = [
     "PLUGIN_STATES",
@@ -56,8 +59,12 @@ __all__ = [
     "Config",
     "ConfigError",
     "ContributionInfo",
+    "ControlSocketError",
     "CordonError",
+    "DependencyError",
     "FrameTooLarge",
+    "HostAlreadyRunning",
+    "HostNotRunning",
     "IncompatibleProtocol",
     "InternalError",
     "InvalidParams",
@@ -83,6 +90,7 @@ __all__ = [
     "RemoteError",
     "Runtime",
     "SandboxUnavailable",
+    "ScaffoldError",
     "UnknownContribution",
     "UnknownExtensionPoint",
     "WorkerCrashed",

@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -34,7 +35,7 @@ import msgspec
 
 from ._redact import Redactor
 
-__all__ = ["AuditEntry", "AuditTrail"]
+__all__ = ["AuditEntry", "AuditTrail", "iso8601"]
 
 MAX_SUMMARY: Final = 300
 MAX_METHOD: Final = 100
@@ -57,6 +58,13 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_by_plugin ON audit(plugin, id);
 """
+
+
+def iso8601(ts: float) -> str:
+    """``ts`` (seconds since the epoch) as ISO 8601 in UTC to the millisecond, e.g.
+    ``2026-11-29T10:04:27.123Z``: what a person reads, sortable as text."""
+    when = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return when.removesuffix("+00:00") + "Z"
 
 
 class AuditEntry(msgspec.Struct):

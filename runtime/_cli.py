@@ -1,29 +1,9 @@
 """The ``cordon`` command line.
 
 Errors print one line on stderr (``cordon: <ErrorType>: message``) and exit with the code of
-their class, so scripts can tell a plugin's failure from a timeout from a bad config:
-
-====  ===========================================================
-code  meaning
-====  ===========================================================
-0     success
-1     internal error (a bug in cordon: please report it)
-2     usage error (bad command-line arguments)
-3     invalid configuration or manifest (ConfigError, ManifestError)
-4     the plugin raised (PluginError)
-5     bad call: unknown tool or invalid arguments (MethodNotFound, InvalidParams)
-6     the call timed out (CallTimeout)
-7     the worker crashed (WorkerCrashed)
-8     a quota was exceeded (QuotaExceeded)
-9     permission denied (PermissionDenied)
-10    plugin unavailable: breaker open, disabled, not loaded (PluginUnavailable)
-11    the strict sandbox cannot be applied here (SandboxUnavailable)
-12    protocol error (ProtocolError, IncompatibleProtocol, FrameTooLarge)
-13    the call was cancelled (CallCancelled)
-14    another host is already running on the control socket (HostAlreadyRunning)
-15    no running host to talk to (HostNotRunning), e.g. ``cordon plugin reload`` without one
-16    the control socket cannot be used safely or at all (ControlSocketError)
-====  ===========================================================
+their class, so scripts can tell a plugin's failure from a timeout from a bad config. The codes
+live in one table, :data:`cordon.runtime._exitcodes.TABLE`, which also writes ``cordon --help``'s
+list and the README's.
 
 Commands that talk to a running host (``plugin enable|disable|reload``, and ``stats``,
 ``plugin list``, ``plugin info`` when one is reachable) connect to ``--socket PATH``, else to
@@ -43,55 +23,20 @@ import anyio
 import msgspec
 
 from cordon.protocol import (
-    CallCancelled,
-    CallTimeout,
     CordonError,
     InvalidParams,
-    MethodNotFound,
-    PermissionDenied,
-    PluginError,
     PluginUnavailable,
-    ProtocolError,
-    QuotaExceeded,
-    SandboxUnavailable,
-    WorkerCrashed,
 )
 
-from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
+from ._control import ControlSocketError, HostNotRunning
 from ._errors import ConfigError
-from ._registry import AmbiguousContribution
-from ._runtime import MiddlewareFailed, PluginInUse
-from ._scaffold import ScaffoldError
-from ._versions import DependencyError
+from ._exitcodes import EXIT_INTERNAL, EXIT_OK, TABLE, help_text
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
-EXIT_OK: Final = 0
-EXIT_INTERNAL: Final = 1
-EXIT_USAGE: Final = 2
-
 #: Most specific first: the first matching class decides the exit code.
-EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = (
-    (ConfigError, 3),
-    (PluginError, 4),
-    (MethodNotFound, 5),
-    (InvalidParams, 5),
-    (CallTimeout, 6),
-    (WorkerCrashed, 7),
-    (QuotaExceeded, 8),
-    (PermissionDenied, 9),
-    (PluginUnavailable, 10),
-    (SandboxUnavailable, 11),
-    (ProtocolError, 12),
-    (CallCancelled, 13),
-    (HostAlreadyRunning, 14),
-    (HostNotRunning, 15),
-    (ControlSocketError, 16),
-    (DependencyError, 17),
-    (ScaffoldError, 18),
-    (AmbiguousContribution, 19),
-    (MiddlewareFailed, 20),
-    (PluginInUse, 21),
+EXIT_CODES: Final[tuple[tuple[type[BaseException], int], ...]] = tuple(
+    (cls, row.code) for row in TABLE for cls in row.errors
 )
 
 
@@ -521,7 +466,7 @@ def _cmd_plugin_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from ._audit import AuditTrail
+    from ._audit import AuditTrail, iso8601
     from ._config import find_config
 
     cfg = find_config(args.config)
@@ -542,11 +487,24 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     entries = anyio.run(read)
     if args.json:
-        _print_json(entries)
+        # Tools keep the numbers (epoch seconds, as the `audit` control method returns them)
+        # and get the readable form next to them, so neither has to convert.
+        _print_json(
+            [
+                {
+                    **msgspec.to_builtins(e),
+                    "time": iso8601(e.ts),
+                    "last_time": iso8601(e.last_ts or e.ts),
+                }
+                for e in entries
+            ]
+        )
     else:
         for e in entries:
             verdict = "allowed" if e.allowed else "DENIED "
-            print(f"{e.ts:.3f} {verdict} {e.method:20} x{e.count:<4} {e.summary} {e.outcome}")
+            print(
+                f"{iso8601(e.ts)} {verdict} {e.method:20} x{e.count:<4} {e.summary} {e.outcome}"
+            )
     return EXIT_OK
 
 
@@ -565,10 +523,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cordon",
         description="Run untrusted Python plugins in sandboxed, supervised workers.",
-        epilog="Exit codes: 0 ok, 1 internal, 2 usage, 3 config, 4 plugin error, 5 bad call, "
-        "6 timeout, 7 worker crashed, 8 quota, 9 permission, 10 unavailable, 11 sandbox, "
-        "12 protocol, 13 cancelled, 14 a host already runs on the socket, 15 no running host, "
-        "16 control socket unusable.",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
