@@ -4,6 +4,9 @@
     python3 .ci/dev.py demo    # the demo host: loads examples/plugins under examples/cordon.toml
     python3 .ci/dev.py test    # ruff, mypy --strict, then the test suite
 
+    python3 .ci/dev.py test --repeat 5 [--load]   # the suite 5 times in a row (optionally with
+                                                  # a busy loop on every CPU), counts per run
+
 The first run creates `.venv/` and installs cordon into it in *strict* editable mode: the
 default editable mode maps `cordon.*` through an import hook that mypy cannot follow.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +76,61 @@ def run(*argv: str) -> int:
     return subprocess.run(argv, cwd=ROOT).returncode
 
 
+def _take_option(rest: list[str], name: str, *, value: bool) -> str | None:
+    """Remove ``name`` (and its value) from ``rest``; pytest never sees our own options."""
+    if name not in rest:
+        return None
+    i = rest.index(name)
+    if not value:
+        del rest[i]
+        return name
+    if i + 1 >= len(rest):
+        sys.exit(f"{name} needs a value")
+    found = rest[i + 1]
+    del rest[i : i + 2]
+    return found
+
+
+_SUMMARY = re.compile(r"^=+ (?P<counts>.*\b(passed|failed|error)\b.*) in [0-9.]+s")
+
+
+def repeat_suite(times: int, load: bool, rest: list[str]) -> int:
+    """Run pytest ``times`` times in a row and print one line per run: a flaky test shows up
+    as a run that is not like the others. ``load`` keeps every CPU busy meanwhile, the way
+    a shared CI machine is (a test that needs an idle machine is a flaky test)."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    hogs = [subprocess.Popen(spin) for _ in range(os.cpu_count() or 1)] if load else []
+    clean = 0
+    worst = 0
+    try:
+        for i in range(1, times + 1):
+            proc = subprocess.run(
+                [str(PY), "-m", "pytest", "-q", "-p", "no:cacheprovider", *rest],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            out = proc.stdout.splitlines()
+            summary = next(
+                (m["counts"] for m in map(_SUMMARY.match, reversed(out)) if m),
+                f"no summary (exit {proc.returncode})",
+            )
+            print(f"run {i}: {summary}", flush=True)
+            if proc.returncode:
+                worst = worst or proc.returncode
+                for line in out:
+                    if line.startswith(("FAILED", "ERROR")):
+                        print(f"    {line}", flush=True)
+            else:
+                clean += 1
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    print(f"repeat: {clean} of {times} runs clean{' (machine loaded)' if load else ''}")
+    return worst
+
+
 def main() -> int:
     job = sys.argv[1] if len(sys.argv) > 1 else "help"
     rest = sys.argv[2:]
@@ -97,6 +156,10 @@ def main() -> int:
             return rc
     if job == "lint":
         return 0
+    repeat = _take_option(rest, "--repeat", value=True)
+    load = _take_option(rest, "--load", value=False) is not None
+    if repeat is not None:
+        return repeat_suite(int(repeat), load, rest)
     return run(str(PY), "-m", "pytest", *rest)
 
 
