@@ -91,7 +91,7 @@ def _take_option(rest: list[str], name: str, *, value: bool) -> str | None:
     return found
 
 
-_SUMMARY = re.compile(r"^=+ (?P<counts>.*\b(passed|failed|error)\b.*) in [0-9.]+s")
+_SUMMARY = re.compile(r"^(?:=+ )?(?P<counts>.*\b(passed|failed|error)\b.*) in [0-9.]+s")
 
 
 def repeat_suite(times: int, load: bool, rest: list[str]) -> int:
