@@ -509,10 +509,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
-    from ._scaffold import scaffold_plugin
+    from ._scaffold import scaffold_plugin, write_grants
 
     path = scaffold_plugin(args.name, Path(args.dest))
     print(f"created {path}")
+    if args.no_config:
+        return EXIT_OK
+    note = write_grants(args.name, Path(args.dest), Path.cwd())
+    if note.action == "unchanged":
+        print(
+            f"cordon: left {note.path} alone ({note.why}); to run the plugin from here, "
+            f"grant what it requests:{note.section}",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{note.action} {note.path} (grants {args.name} what it requests)")
     return EXIT_OK
 
 
@@ -634,6 +645,11 @@ def _parser() -> argparse.ArgumentParser:
     np = new_sub.add_parser("plugin", help="a plugin dir with a test that runs it sandboxed")
     np.add_argument("name")
     np.add_argument("--dest", default=".", help="parent directory (default: .)")
+    np.add_argument(
+        "--no-config",
+        action="store_true",
+        help="do not create or extend ./cordon.toml with the grants the plugin requests",
+    )
     np.set_defaults(func=_cmd_new_plugin)
     return p
 

@@ -4,12 +4,27 @@ The generated test does not import the plugin module: it loads the folder throug
 :class:`~cordon.runtime.Runtime`, so the plugin runs in its real sandboxed worker — the only
 place its code will ever run — and a missing permission or a non-JSON return value fails the
 author's first ``pytest``, not a user's first call.
+
+**Why a ``cordon.toml`` too.** A plugin gets a permission only when its manifest asks for it
+*and* the operator grants it, and cordon grants nothing by default: the built-in defaults are
+for untrusted code. The scaffold's plugin asks for ``log``, so ``cordon call NAME greet`` would
+be refused (``PermissionDenied: plugin 'NAME' lacks permission 'log'``) unless someone grants
+it. Rather than weaken the defaults for every plugin an operator will ever run (granting
+``log`` to all), :func:`write_grants` writes the operator's side for this one plugin: a
+``[plugins.NAME]`` section granting exactly what its manifest requests, in the ``cordon.toml``
+of the folder the command ran in (created, with ``plugin-dirs`` pointing at the new plugin's
+parent, when there is none; appended to when there is one without a section for NAME; never
+touched when it already has one or the result would not parse). The grant is visible and
+editable, as every grant should be.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -21,9 +36,12 @@ from ._manifest import MANIFEST_FILENAME
 from ._validate import PLUGIN_ID
 from ._versions import CORDON_VERSION
 
-__all__ = ["ScaffoldError", "scaffold_plugin"]
+__all__ = ["ConfigNote", "ScaffoldError", "scaffold_plugin", "write_grants"]
 
 _SUFFIX: Final = "_plugin"
+#: What the scaffold's plugin asks for (its manifest) and therefore what is granted to it.
+REQUESTED: Final = ("log",)
+CONFIG_FILENAME: Final = "cordon.toml"
 
 
 class ScaffoldError(CordonError):
@@ -78,6 +96,10 @@ def _requires_cordon() -> str:
     return f"^{major}.{minor}"
 
 
+def _toml_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
 def _manifest(plugin_id: str, module: str) -> str:
     return f"""\
 [plugin]
@@ -88,7 +110,7 @@ description = "TODO: one line on what {plugin_id} does."
 entry = "{module}:plugin"
 requires-cordon = "{_requires_cordon()}"
 # Everything the plugin may ask the host for; an operator's config can only narrow this.
-permissions = ["log"]
+permissions = {_toml_list(REQUESTED)}
 
 [contributes]
 tools = [{{ name = "greet", description = "Greet someone by name." }}]
@@ -137,7 +159,7 @@ from cordon.runtime import Runtime
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 # What an operator writes in cordon.toml: a plugin gets only what it asks for *and* is granted.
-CONFIG = {{"plugins": {{"{plugin_id}": {{"grant": ["log"]}}}}}}
+CONFIG = {{"plugins": {{"{plugin_id}": {{"grant": {_toml_list(REQUESTED)}}}}}}}
 
 
 @pytest.mark.anyio
@@ -191,3 +213,52 @@ def scaffold_plugin(name: str, dest: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         raise
     return target
+
+
+@dataclass(frozen=True)
+class ConfigNote:
+    """What :func:`write_grants` did to ``path``: ``created``, ``appended``, or ``unchanged``
+    (then ``why``, and the ``section`` to add by hand)."""
+
+    path: Path
+    action: str
+    section: str
+    why: str = ""
+
+
+def _grant_section(plugin_id: str) -> str:
+    return (
+        f"\n# Written by `cordon new plugin {plugin_id}`: grants exactly what its manifest\n"
+        f"# requests (cordon grants nothing by default). Edit to narrow it.\n"
+        f"[plugins.{plugin_id}]\ngrant = {_toml_list(REQUESTED)}\n"
+    )
+
+
+def write_grants(plugin_id: str, plugin_parent: Path, where: Path) -> ConfigNote:
+    """Grant the scaffolded ``plugin_id`` what it requests in ``where/cordon.toml`` (see the
+    module docstring); ``plugin_parent`` is the folder the plugin was created in."""
+    path = where / CONFIG_FILENAME
+    section = _grant_section(plugin_id)
+    try:
+        current = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        rel = os.path.relpath(plugin_parent.resolve(), where.resolve())
+        header = f'[runtime]\nplugin-dirs = ["{Path(rel).as_posix()}"]\n'
+        try:
+            # "x": never clobber a file that appeared since we looked.
+            with path.open("x", encoding="utf-8") as f:
+                f.write(header + section)
+        except FileExistsError:
+            return write_grants(plugin_id, plugin_parent, where)
+        return ConfigNote(path, "created", section)
+    try:
+        existing = tomllib.loads(current)
+        tomllib.loads(current + "\n" + section)
+    except tomllib.TOMLDecodeError as exc:
+        return ConfigNote(path, "unchanged", section, f"it is not valid TOML as it is: {exc}")
+    plugins = existing.get("plugins")
+    if isinstance(plugins, dict) and plugin_id in plugins:
+        return ConfigNote(path, "unchanged", section, f"it already has [plugins.{plugin_id}]")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(("" if current.endswith("\n") or not current else "\n") + section)
+    return ConfigNote(path, "appended", section)

@@ -151,3 +151,71 @@ def test_the_generated_test_passes_when_the_author_runs_pytest(tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+# -- the operator's side: a scaffold runs as made -------------------------------------------------
+
+CORDON = str(Path(sys.executable).parent / "cordon")
+
+
+def cordon(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CORDON, *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False
+    )
+
+
+def test_a_new_plugin_answers_cordon_call_from_the_folder_it_was_created_in(
+    tmp_path: Path,
+) -> None:
+    made = cordon("new", "plugin", "x", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    r = cordon("call", "x", "greet", "--params", '{"name": "Ada"}', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == '"Hello Ada"'
+
+
+def test_without_the_written_grant_the_new_plugin_is_refused_what_it_requests(
+    tmp_path: Path,
+) -> None:
+    # The control: cordon grants nothing by default, so the grant is what makes it run.
+    assert cordon("new", "plugin", "x", "--no-config", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "cordon.toml").exists()
+    r = cordon("call", "x", "greet", "--params", '{"name": "Ada"}', cwd=tmp_path)
+    assert r.returncode == 9, r.stderr
+    assert "PermissionDenied" in r.stderr and "'log'" in r.stderr
+
+
+def test_the_written_config_grants_exactly_what_the_manifest_requests(tmp_path: Path) -> None:
+    from cordon.runtime import load_config
+
+    assert cordon("new", "plugin", "x", "--dest", "plugins", cwd=tmp_path).returncode == 0
+    cfg = load_config(tmp_path / "cordon.toml")
+    manifest = load_manifest(tmp_path / "plugins" / "x")
+    assert cfg.for_plugin("x").grant == manifest.permissions
+    assert [Path(d) for d in cfg.runtime.plugin_dirs] == [tmp_path / "plugins"]
+    r = cordon("call", "plugins/x", "greet", "--params", '{"name": "Ada"}', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_existing_config_keeps_its_settings_and_gains_only_the_new_grant(
+    tmp_path: Path,
+) -> None:
+    from cordon.runtime import load_config
+
+    (tmp_path / "cordon.toml").write_text(
+        '[runtime]\nstate-dir = "st"\n[plugins.other]\ngrant = []\n'
+    )
+    assert cordon("new", "plugin", "x", cwd=tmp_path).returncode == 0
+    cfg = load_config(tmp_path / "cordon.toml")
+    assert Path(cfg.runtime.state_dir) == tmp_path / "st"
+    assert cfg.for_plugin("x").grant == ("log",)
+    assert cfg.for_plugin("other").grant == ()
+
+
+def test_a_config_that_already_configures_the_plugin_is_never_rewritten(tmp_path: Path) -> None:
+    text = "[plugins.x]\ngrant = []\n"
+    (tmp_path / "cordon.toml").write_text(text)
+    r = cordon("new", "plugin", "x", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cordon.toml").read_text() == text
+    assert "[plugins.x]" in r.stderr and 'grant = ["log"]' in r.stderr
