@@ -27,6 +27,7 @@ from cordon.protocol import (
     WorkerCrashed,
 )
 
+from . import versions
 from ._config import Config, PluginSettings, load_config, parse_config
 from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
 from ._errors import ConfigError, ManifestError, Problem
@@ -50,6 +51,7 @@ from ._runtime import (
 from ._scaffold import ScaffoldError
 from ._stats import PluginStats
 from ._versions import DependencyError
+from .versions import InvalidVersionError, NoMigrationPath, VersionError
 
 __all__ = [
     "PLUGIN_STATES",
@@ -69,12 +71,14 @@ __all__ = [
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
+    "InvalidVersionError",
     "LoadFailure",
     "LoadReport",
     "Manifest",
     "ManifestError",
     "MethodNotFound",
     "MiddlewareFailed",
+    "NoMigrationPath",
     "ParseError",
     "PermissionDenied",
     "PluginError",
@@ -93,8 +97,10 @@ __all__ = [
     "ScaffoldError",
     "UnknownContribution",
     "UnknownExtensionPoint",
+    "VersionError",
     "WorkerCrashed",
     "load_config",
     "load_manifest",
     "parse_config",
+    "versions",
 ]
