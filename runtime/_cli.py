@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,18 @@ from cordon.protocol import (
 from ._control import ControlSocketError, HostNotRunning
 from ._errors import ConfigError
 from ._exitcodes import EXIT_INTERNAL, EXIT_OK, TABLE, help_text
+from ._oplog import (
+    DEFAULT_LOG_BACKUPS,
+    DEFAULT_LOG_FILE_SIZE,
+    DEFAULT_LOG_FORMAT,
+    DEFAULT_LOG_LEVEL,
+    ENV_LOG_FORMAT,
+    ENV_LOG_LEVEL,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LoggingSetup,
+    configure_logging,
+)
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
@@ -553,7 +566,47 @@ def _parser() -> argparse.ArgumentParser:
             help="the running host's control socket (default: <state-dir>/cordon.sock)",
         )
 
+    def log_opts(sp: argparse.ArgumentParser, *, file: bool = False) -> None:
+        # For commands that run plugins: what the operator sees of the host's log.
+        sp.add_argument(
+            "--log-level",
+            type=str.lower,
+            choices=LOG_LEVELS,
+            help=f"show records at this level and above (default: ${ENV_LOG_LEVEL}, else "
+            f"[runtime] log-level, else {DEFAULT_LOG_LEVEL}); plugins' ctx.log.info lines "
+            "need info",
+        )
+        sp.add_argument(
+            "--log-format",
+            type=str.lower,
+            choices=LOG_FORMATS,
+            help=f"log lines on stderr (default: ${ENV_LOG_FORMAT}, else [runtime] log-format, "
+            f"else {DEFAULT_LOG_FORMAT})",
+        )
+        if not file:
+            return
+        sp.add_argument(
+            "--log-file",
+            metavar="PATH",
+            help="also append JSON lines to PATH, rotated by size (default: [runtime] log-file)",
+        )
+        sp.add_argument(
+            "--log-file-size",
+            metavar="SIZE",
+            type=_size_arg,
+            default=DEFAULT_LOG_FILE_SIZE,
+            help="rotate the log file before it grows past SIZE (default: 10 MiB)",
+        )
+        sp.add_argument(
+            "--log-file-backups",
+            metavar="N",
+            type=_count_arg,
+            default=DEFAULT_LOG_BACKUPS,
+            help=f"rotated log files to keep (default: {DEFAULT_LOG_BACKUPS})",
+        )
+
     c = sub.add_parser("call", help="load one plugin, call one tool, print the result as JSON")
+    log_opts(c)
     c.add_argument("plugin_dir", help="directory holding plugin.toml")
     c.add_argument("tool", help="name of the tool (or other contribution) to call")
     c.add_argument("--params", metavar="JSON", help="arguments as a JSON object or array")
@@ -583,6 +636,13 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(run)
     socket_opt(run)
     run.add_argument("--watch", action="store_true", help="reload plugins when files change")
+    log_opts(run, file=True)
+    run.add_argument(
+        "--no-entry-points",
+        action="store_true",
+        help="load only the plugins under plugin-dirs, not installed distributions' "
+        "cordon.plugins entry points (config: [runtime] entry-points = false)",
+    )
     channels = run.add_mutually_exclusive_group()
     channels.add_argument(
         "--no-stdin",
@@ -601,6 +661,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     config_opt(st)
     socket_opt(st)
+    log_opts(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_stats)
 
@@ -654,23 +715,80 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configure_logging() -> None:
-    # stdout is for results (JSON); the host's own log lines go to stderr.
-    import structlog
+def _size_arg(text: str) -> int:
+    from ._units import parse_size
 
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(30),
-    )
+    try:
+        n = parse_size(text)
+    except (ValueError, CordonError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 10 MiB ({exc})") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a log file needs a positive size")
+    return n
+
+
+def _count_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return n
+
+
+def _from_env(parser: argparse.ArgumentParser, name: str, choices: Sequence[str]) -> str | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    value = raw.strip().lower()
+    if value not in choices:
+        parser.error(f"environment variable {name}={raw!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _configure_logging(parser: argparse.ArgumentParser, args: argparse.Namespace) -> LoggingSetup:
+    """The operator's log settings: flag, else environment, else config, else default (stdout
+    is for results and JSON-RPC; log lines go to stderr)."""
+    if not hasattr(args, "log_level"):
+        return configure_logging()
+    level = args.log_level or _from_env(parser, ENV_LOG_LEVEL, LOG_LEVELS)
+    fmt = args.log_format or _from_env(parser, ENV_LOG_FORMAT, LOG_FORMATS)
+    takes_file = hasattr(args, "log_file")
+    file = args.log_file if takes_file else None
+    if level is None or fmt is None or (takes_file and file is None):
+        from ._config import find_config
+
+        rt = find_config(args.config).runtime
+        level = level or rt.log_level
+        fmt = fmt or rt.log_format
+        file = file or (rt.log_file if takes_file else None)
+    level = level or DEFAULT_LOG_LEVEL
+    fmt = fmt or DEFAULT_LOG_FORMAT
+    if file is None:
+        return configure_logging(level, fmt)
+    try:
+        return configure_logging(
+            level,
+            fmt,
+            Path(file).expanduser(),
+            max_bytes=args.log_file_size,
+            backups=args.log_file_backups,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open the log file {file}: {exc.strerror or exc}", source=str(file), problems=[]
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _configure_logging()
     if getattr(args, "config", None) is not None:
         args.config = Path(args.config)
+    setup: LoggingSetup | None = None
     try:
+        setup = _configure_logging(parser, args)
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
@@ -683,3 +801,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             exc = inner
             group = inner if isinstance(inner, BaseExceptionGroup) else None
         return _fail(exc)
+    finally:
+        if setup is not None:
+            setup.close()

@@ -129,6 +129,12 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     middleware_order: tuple[str, ...]
     cgroups: Literal["auto", "off"] = "auto"
     warm_workers: int = 1
+    #: Whether ``cordon run`` loads installed distributions' ``cordon.plugins`` entry points.
+    entry_points: bool = True
+    #: The operator's log settings (``cordon run``/``call``); ``None``: the CLI's default.
+    log_level: str | None = None
+    log_format: str | None = None
+    log_file: str | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +164,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 "middleware-order": list(rt.middleware_order),
                 "cgroups": rt.cgroups,
                 "warm-workers": rt.warm_workers,
+                "entry-points": rt.entry_points,
+                # TOML has no null: unset log settings are left out.
+                **{
+                    key: value
+                    for key, value in (
+                        ("log-level", rt.log_level),
+                        ("log-format", rt.log_format),
+                        ("log-file", rt.log_file),
+                    )
+                    if value is not None
+                },
             },
             "defaults": _settings_to_dict(self.defaults, with_settings=False),
             "plugins": {pid: _settings_to_dict(s) for pid, s in sorted(self.plugins.items())},
@@ -479,6 +496,10 @@ _RUNTIME_KEYS: Final = (
     "middleware-order",
     "cgroups",
     "warm-workers",
+    "entry-points",
+    "log-level",
+    "log-format",
+    "log-file",
 )
 
 
@@ -508,6 +529,18 @@ def _parse_runtime(ck: Checker, table: Mapping[str, Any], base_dir: Path | None)
         changes["warm_workers"] = ck.expect_int(
             "runtime.warm-workers", table["warm-workers"], minimum=0
         )
+    if "entry-points" in table:
+        changes["entry_points"] = ck.expect_bool("runtime.entry-points", table["entry-points"])
+    if "log-level" in table:
+        changes["log_level"] = ck.expect_choice(
+            "runtime.log-level", table["log-level"], ("debug", "info", "warning", "error")
+        )
+    if "log-format" in table:
+        changes["log_format"] = ck.expect_choice(
+            "runtime.log-format", table["log-format"], ("console", "json")
+        )
+    if "log-file" in table:
+        changes["log_file"] = _path(ck, "runtime.log-file", table["log-file"], base_dir)
     return msgspec.structs.replace(
         rt, **{k: v for k, v in changes.items() if not isinstance(v, Invalid)}
     )
