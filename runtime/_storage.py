@@ -11,9 +11,22 @@ call has returned survives a crash of the host process (or the machine). The quo
 checked inside the write transaction (``BEGIN IMMEDIATE`` takes the write lock first), so
 two concurrent writers cannot both squeeze under it and a refused write leaves nothing.
 
-Threading: one connection, used from worker threads one operation at a time (an anyio
-``CapacityLimiter(1)`` queues callers without parking a thread each; a ``threading.Lock``
-makes the one-at-a-time rule hold for synchronous callers too).
+Group commit, fair across plugins: every operation is queued under the plugin that asked
+for it, and one *leader* at a time runs queued operations in batches, each batch one
+``BEGIN IMMEDIATE`` ... ``COMMIT`` (one fsync) on a worker thread. A batch takes one
+operation from each plugin with work in turn (round-robin) up to :data:`BATCH_MAX`, so a
+plugin's write storm adds at most one batch to another plugin's wait instead of its whole
+queue (one fsync per write made a 30,000-write storm stall everyone else for 13-16 s).
+Each operation runs inside its own ``SAVEPOINT``: a refused write (quota, bad value) is
+rolled back alone and fails alone. Nothing is acknowledged before its batch's ``COMMIT``
+has returned, so "returned = durable" holds as before; if the commit fails, every
+operation of the batch fails. The leader is whichever caller found no leader; once its own
+operation is done it hands the role to the owner of a queued one, so no caller works off
+another plugin's storm for longer than its own batch.
+
+Threading: one connection, used from worker threads one batch at a time (an anyio
+``CapacityLimiter(1)``; a ``threading.Lock`` makes the one-at-a-time rule hold for
+synchronous callers too).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -32,6 +46,7 @@ import msgspec
 from cordon.protocol import InvalidParams, QuotaExceeded
 
 __all__ = [
+    "BATCH_MAX",
     "DEFAULT_QUOTA",
     "MAX_KEY_BYTES",
     "MAX_LIST",
@@ -51,6 +66,10 @@ MAX_VALUE_BYTES: Final = 1024 * 1024
 #: Keys returned by one ``list`` call (page with ``after``).
 MAX_LIST: Final = 1000
 SHARED_NAMESPACE: Final = "shared"
+#: Operations per transaction (one fsync). Large enough to amortise the fsync over a storm
+#: (each op is a few SQLite statements, ~10-30 us), small enough that a batch stays a few
+#: milliseconds: a bystander's operation waits at most about one batch.
+BATCH_MAX: Final = 128
 
 T = TypeVar("T")
 
@@ -113,10 +132,32 @@ def _encode_value(value: Any) -> bytes:
         raise InvalidParams(f"value is not JSON-encodable: {exc}", field="value") from None
 
 
+class _Op:
+    """One queued operation and, once its batch committed, its outcome."""
+
+    __slots__ = ("done", "error", "fn", "lead", "result", "woken")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        #: Set when this op's owner is to lead (run batches) rather than wait.
+        self.lead = False
+        #: Set once: the op is done, or its owner was made the leader.
+        self.woken = anyio.Event()
+
+
 class Storage:
     """The host's key-value store. Open with ``await Storage.open(path)``."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, default_quota: int) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        default_quota: int,
+        batch_max: int = BATCH_MAX,
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self.path = path
         self.default_quota = default_quota
@@ -124,18 +165,31 @@ class Storage:
         self._quotas: dict[str, int] = {}
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
+        #: ``1`` is the old behaviour (a transaction and an fsync per operation); the
+        #: storage benchmark uses it to compare.
+        self.batch_max = batch_max
+        # Queued operations per plugin; dict order is the round-robin order (a plugin
+        # served goes to the back).
+        self._queues: dict[str, deque[_Op]] = {}
+        self._leading = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, default_quota: int = DEFAULT_QUOTA
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        default_quota: int = DEFAULT_QUOTA,
+        batch_max: int = BATCH_MAX,
     ) -> Storage:
         """Open (creating if needed) the database at ``path``."""
+        if batch_max < 1:
+            raise ValueError("batch_max must be at least 1")
         p = Path(path)
         conn = await anyio.to_thread.run_sync(cls._connect, p)
         # Built here, not in the thread: anyio primitives belong to the event loop.
-        return cls(conn, p, default_quota)
+        return cls(conn, p, default_quota, batch_max)
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -184,16 +238,113 @@ class Storage:
 
     # -- operations -----------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                if self._conn is None:
-                    raise RuntimeError("storage is closed")
-                return fn(self._conn)
+    async def _run(self, plugin_id: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue ``fn`` under ``plugin_id`` and return its result once its batch committed.
 
-        # Not abandon_on_cancel: once a write has started it finishes (commit or rollback);
-        # a cancelled caller just does not hear about it.
-        return await anyio.to_thread.run_sync(locked, limiter=self._limiter)
+        Not abandoned on cancel once its batch has started: it finishes (commit or
+        rollback) and a cancelled caller just does not hear about it. A caller cancelled
+        while its op is still queued takes it out of the queue: it never runs.
+        """
+        op = _Op(fn)
+        queue = self._queues.get(plugin_id)
+        if queue is None:
+            queue = self._queues[plugin_id] = deque()
+        queue.append(op)
+        if not self._leading:
+            self._leading = True
+            op.lead = True
+        try:
+            if not op.lead:
+                await op.woken.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if op.lead and not op.done:
+                    # Made the leader as it was cancelled: the queue must not stall.
+                    await self._lead(op)
+                elif not op.done:
+                    self._unqueue(plugin_id, op)
+            raise
+        if op.lead and not op.done:
+            with anyio.CancelScope(shield=True):
+                await self._lead(op)
+        if op.error is not None:
+            raise op.error
+        return op.result  # type: ignore[no-any-return]
+
+    def _unqueue(self, plugin_id: str, op: _Op) -> None:
+        queue = self._queues.get(plugin_id)
+        if queue is not None and op in queue:
+            queue.remove(op)
+            if not queue:
+                del self._queues[plugin_id]
+
+    def _take(self) -> list[_Op]:
+        """The next batch: one op per plugin in turn, until :attr:`batch_max` or empty."""
+        batch: list[_Op] = []
+        queues = self._queues
+        while queues and len(batch) < self.batch_max:
+            for plugin_id in list(queues):
+                queue = queues.pop(plugin_id)
+                batch.append(queue.popleft())
+                if queue:
+                    queues[plugin_id] = queue  # to the back of the round
+                if len(batch) >= self.batch_max:
+                    break
+        return batch
+
+    async def _lead(self, own: _Op) -> None:
+        """Run batches until ``own`` is done, then hand the role on (or drop it)."""
+        try:
+            while not own.done:
+                batch = self._take()
+                if not batch:  # pragma: no cover - own is queued or done, never neither
+                    break
+                try:
+                    await anyio.to_thread.run_sync(self._run_batch, batch, limiter=self._limiter)
+                finally:
+                    # Whatever happened, every op of the batch has its outcome: no waiter
+                    # is left behind.
+                    for op in batch:
+                        op.done = True
+                        op.woken.set()
+        finally:
+            nxt = next((q[0] for q in self._queues.values()), None)
+            if nxt is None:
+                self._leading = False
+            else:
+                nxt.lead = True
+                nxt.woken.set()
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        """One transaction for the whole batch; each op in its own savepoint."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                for op in batch:
+                    op.error = RuntimeError("storage is closed")
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        op.result = op.fn(conn)
+                    except Exception as exc:
+                        # This op alone is undone (a quota refusal leaves nothing).
+                        conn.execute("ROLLBACK TO op")
+                        op.error = exc
+                    conn.execute("RELEASE op")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # Nothing of the batch is durable: nothing of it is acknowledged.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                for op in batch:
+                    if op.error is None:
+                        op.result = None
+                        op.error = exc
+                if not isinstance(exc, Exception):
+                    raise
 
     async def get(
         self, plugin_id: str, key: str, *, shared: bool = False, raw: bool = False
@@ -206,7 +357,7 @@ class Storage:
             row = conn.execute("SELECT value FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
             return None if row is None else bytes(row[0])
 
-        data = await self._run(op)
+        data = await self._run(plugin_id, op)
         if data is None:
             return False, None
         return True, (msgspec.Raw(data) if raw else msgspec.json.decode(data))
@@ -228,37 +379,32 @@ class Storage:
         limit = self.quota(plugin_id, shared)
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT size FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
-                old = row[0] if row is not None else 0
-                urow = conn.execute("SELECT bytes FROM usage WHERE ns=?", (ns,)).fetchone()
-                used = urow[0] if urow is not None else 0
-                if used - old + size > limit:
-                    raise QuotaExceeded(
-                        f"storage quota of {limit} bytes exceeded: {used} used, this write "
-                        f"needs {size - old} more",
-                        kind="storage",
-                        limit=limit,
-                        plugin=plugin_id,
-                    )
-                conn.execute(
-                    "INSERT INTO kv(ns, key, value, size) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value, size=excluded.size",
-                    (ns, key, data, size),
+            # Inside the batch's write transaction: the quota check sees every write
+            # committed or batched before this one.
+            row = conn.execute("SELECT size FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
+            old = row[0] if row is not None else 0
+            urow = conn.execute("SELECT bytes FROM usage WHERE ns=?", (ns,)).fetchone()
+            used = urow[0] if urow is not None else 0
+            if used - old + size > limit:
+                raise QuotaExceeded(
+                    f"storage quota of {limit} bytes exceeded: {used} used, this write "
+                    f"needs {size - old} more",
+                    kind="storage",
+                    limit=limit,
+                    plugin=plugin_id,
                 )
-                conn.execute(
-                    "INSERT INTO usage(ns, bytes, keys) VALUES (?, ?, 1) "
-                    "ON CONFLICT(ns) DO UPDATE SET bytes=bytes+?, keys=keys+?",
-                    (ns, size, size - old, 0 if row is not None else 1),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            conn.execute(
+                "INSERT INTO kv(ns, key, value, size) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(ns, key) DO UPDATE SET value=excluded.value, size=excluded.size",
+                (ns, key, data, size),
+            )
+            conn.execute(
+                "INSERT INTO usage(ns, bytes, keys) VALUES (?, ?, 1) "
+                "ON CONFLICT(ns) DO UPDATE SET bytes=bytes+?, keys=keys+?",
+                (ns, size, size - old, 0 if row is not None else 1),
+            )
 
-        await self._run(op)
+        await self._run(plugin_id, op)
 
     async def delete(self, plugin_id: str, key: str, *, shared: bool = False) -> bool:
         """Remove ``key``; ``True`` when it existed."""
@@ -266,22 +412,13 @@ class Storage:
         ns = _namespace(plugin_id, shared)
 
         def op(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT size FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
-                if row is not None:
-                    conn.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key))
-                    conn.execute(
-                        "UPDATE usage SET bytes=bytes-?, keys=keys-1 WHERE ns=?", (row[0], ns)
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            row = conn.execute("SELECT size FROM kv WHERE ns=? AND key=?", (ns, key)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key))
+                conn.execute("UPDATE usage SET bytes=bytes-?, keys=keys-1 WHERE ns=?", (row[0], ns))
             return row is not None
 
-        return await self._run(op)
+        return await self._run(plugin_id, op)
 
     async def list(
         self,
@@ -321,7 +458,7 @@ class Storage:
                 out.append(k)
             return out
 
-        return await self._run(op)
+        return await self._run(plugin_id, op)
 
     async def usage(self, plugin_id: str, *, shared: bool = False) -> StorageUsage:
         ns = _namespace(plugin_id, shared)
@@ -330,9 +467,9 @@ class Storage:
             row = conn.execute("SELECT bytes, keys FROM usage WHERE ns=?", (ns,)).fetchone()
             return (row[0], row[1]) if row is not None else (0, 0)
 
-        used, keys = await self._run(op)
+        used, keys = await self._run(plugin_id, op)
         return StorageUsage(bytes=used, keys=keys, quota=self.quota(plugin_id, shared))
 
     async def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: ``"ok"`` for a healthy database."""
-        return await self._run(lambda c: str(c.execute("PRAGMA integrity_check").fetchone()[0]))
+        return await self._run("", lambda c: str(c.execute("PRAGMA integrity_check").fetchone()[0]))
