@@ -1,20 +1,51 @@
 """Run an allowlisted command on the host for a plugin (the worker itself cannot exec).
 
-Rules, all enforced here on the host:
+The threat: the plugin chooses the arguments and controls files (its scratch dir, its
+``fs-write`` paths, its own source tree). A command that reads *configuration or code* from
+any of those — ``$HOME/.gitconfig`` with ``core.fsmonitor``, ``$HOME/.kube/config`` with an
+exec credential plugin, ``$HOME/.docker/cli-plugins/``, a repo config reached by ``git -C``,
+``--kubeconfig=<scratch>/x``, ``/proc/<worker>/root/...`` — would run the plugin's code on the
+host, outside every sandbox layer. Rules, all enforced here on the host:
 
 * ``argv[0]`` is a bare command name (``git``, ``rg``): no ``/``, no ``..``, nothing but
   ``[A-Za-z0-9_.+-]``. It is resolved on the policy's ``PATH`` (the host's, unless the
-  operator set one), so a plugin cannot point at a file of its own.
-* The permission is ``exec:<argv[0]>``, checked by the caller (HostAPI) before :meth:`run`.
-* argv only, never a shell; stdin is ``/dev/null``; the environment is minimal (``PATH``,
-  ``LANG``, ``HOME`` = the working directory) — the host's secrets in its environment do not
-  pass through.
+  operator set one) with every entry inside a plugin-writable or denied tree, and every
+  relative or empty entry, dropped.
+* The permission is ``exec:<argv[0]>`` (checked by HostAPI); the operator may narrow it to
+  argument patterns (:mod:`._exec_rules`), checked by :meth:`ExecPolicy.check`.
+* **A fresh, empty, host-owned directory per run** (``mkdtemp``, mode 0700, under a base that
+  is no plugin-writable path) is the command's ``cwd``, ``HOME`` and ``TMPDIR``; it is removed
+  after the run, on success, error, timeout or cancellation alike. So no dotfile a plugin
+  wrote is ever where the command looks for its own configuration.
+* **The environment is an allowlist**: ``PATH`` (filtered), ``LANG=C.UTF-8``, ``HOME`` and
+  ``TMPDIR`` = the fresh dir, plus what the operator's ``env`` table for the command sets.
+  Nothing passes through from the host's environment; ``XDG_*`` are left unset, so they
+  default under the fresh ``HOME``.
+* **The command runs under a Landlock lock-down of its own** (:mod:`._exec_landlock`): it may
+  read and execute the system but not the state dir (every scratch dir, the databases), any
+  plugin directory or any ``fs-write`` path, and may write only its fresh dir, ``/dev/null``
+  and the operator's ``write`` paths; signals cannot leave it; ``no_new_privs`` is set. This is
+  the layer that defends the class: however an argument, a config file or ``/proc`` spells a
+  path into a plugin's files, the kernel refuses the open. With ``lockdown="require"`` (the
+  runtime's choice for ``sandbox = "strict"``) a host without Landlock runs no command.
+* Arguments are also checked, for a clear early error and as a second layer where Landlock is
+  missing: an argument, any text after an ``=`` in it, or an ``@file`` name that resolves
+  (from the fresh cwd, following symlinks) into a plugin-writable or denied tree, or that
+  names anything under ``/proc``, is refused with :class:`PermissionDenied`. Its limit: only
+  those spellings are seen (not ``-fPATH`` glued to a short option, not a path inside a value
+  like ``key:path``) — which is why the lock-down exists.
+* argv only, never a shell; stdin is ``/dev/null``.
 * The command runs in its own session (process group). On timeout the whole group is killed
   and :class:`ExecTimeout` raised; a grandchild that keeps the pipes open does not keep us
   waiting past the deadline either.
 * stdout and stderr are each kept up to ``max_output`` bytes; the rest is read and thrown
   away (so the command never blocks on a full pipe) and ``truncated`` is set.
 * At most ``max_concurrent`` commands per policy (one policy per plugin) run at once.
+
+What stays: ``exec:X`` is as powerful as X with the arguments a pattern admits; a daemon the
+command talks to (dockerd, a Kubernetes API server) and the network are outside the
+lock-down. ``cordon plugin info``/``doctor`` flag known escalators
+(:data:`._exec_rules.ESCALATORS`).
 """
 
 from __future__ import annotations
@@ -24,20 +55,41 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from subprocess import DEVNULL, PIPE
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 import anyio
 import anyio.abc
 import msgspec
 
-from cordon.protocol import CallTimeout, CommandNotFound, InvalidParams
+from cordon.protocol import (
+    CallTimeout,
+    CommandNotFound,
+    InvalidParams,
+    PermissionDenied,
+)
 
-__all__ = ["CommandNotFound", "ExecPolicy", "ExecResult", "ExecTimeout", "check_argv"]
+from . import _exec_landlock as landlock
+from ._exec_rules import ExecRule, matches_any
 
-_COMMAND: Final = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,63}$")
+__all__ = [
+    "CommandNotFound",
+    "ExecPolicy",
+    "ExecResult",
+    "ExecRule",
+    "ExecTimeout",
+    "Lockdown",
+    "check_argv",
+]
+
+#: "require": no Landlock, no command (sandbox = "strict"); "auto": use it where the kernel
+#: has it; "off": never (tests' control runs only).
+Lockdown: TypeAlias = Literal["require", "auto", "off"]
+
+_COMMAND: Final = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,63}")
 MAX_ARGS: Final = 256
 MAX_ARGV_BYTES: Final = 128 * 1024
 #: After the command exits, how long its pipes may stay open (a daemonised grandchild).
@@ -82,7 +134,7 @@ def check_argv(argv: object) -> list[str]:
     if total > MAX_ARGV_BYTES:
         raise InvalidParams(f"argv is over {MAX_ARGV_BYTES} bytes", field="argv")
     cmd = argv[0]
-    if not _COMMAND.match(cmd) or cmd in (".", ".."):
+    if not _COMMAND.fullmatch(cmd) or cmd in (".", ".."):
         raise InvalidParams(
             f"argv[0] must be a bare command name (no path), got {cmd!r}", field="argv[0]"
         )
@@ -90,33 +142,92 @@ def check_argv(argv: object) -> list[str]:
 
 
 class ExecPolicy:
-    """How one plugin's ``host/exec`` calls run. The permission check is not here."""
+    """How one plugin's ``host/exec`` calls run. The permission check is HostAPI's; the
+    argument patterns and argument paths are checked by :meth:`check` (and again by
+    :meth:`run`).
+
+    ``scratch`` (``cwd`` is its old name) and ``writable`` are the plugin-writable trees,
+    ``deny`` further trees the command must not read (the state dir, plugin directories).
+    ``rules`` maps a command to the operator's :class:`ExecRule`. ``run_base`` is where the
+    fresh per-run directories are made (a temp dir when unset); it must not lie inside a
+    plugin-writable tree.
+    """
 
     def __init__(
         self,
         *,
         path: str | None = None,
+        scratch: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        writable: Iterable[str | os.PathLike[str]] = (),
+        deny: Iterable[str | os.PathLike[str]] = (),
+        rules: Mapping[str, ExecRule] | None = None,
+        run_base: str | os.PathLike[str] | None = None,
+        lockdown: Lockdown = "auto",
         max_output: int = 1024 * 1024,
         default_timeout: float = 10.0,
         max_timeout: float = 60.0,
         max_concurrent: int = 4,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.path = path if path is not None else os.environ.get("PATH", os.defpath)
-        self.cwd = os.fspath(cwd) if cwd is not None else tempfile.gettempdir()
+        if scratch is None:
+            scratch = cwd
+        self.scratch = os.fspath(scratch) if scratch is not None else None
+        roots = [self.scratch] if self.scratch else []
+        roots += [os.fspath(w) for w in writable]
+        self.writable = tuple(_real(p) for p in roots)
+        self.denied = tuple(dict.fromkeys((*self.writable, *(_real(os.fspath(d)) for d in deny))))
+        self.rules: dict[str, ExecRule] = dict(rules or {})
+        for command, rule in self.rules.items():
+            for w in rule.write:
+                if _inside_any(_real(w), self.writable):
+                    raise ValueError(
+                        f"exec.{command}.write: {w!r} is inside a plugin-writable path"
+                    )
+        base = os.fspath(run_base) if run_base is not None else tempfile.gettempdir()
+        self.run_base = _real(base)
+        if _inside_any(self.run_base, self.writable):
+            raise ValueError(f"the exec run directory {base!r} is inside a plugin-writable path")
+        self.lockdown: Lockdown = lockdown
+        self.path = self._safe_path(path if path is not None else os.environ.get("PATH", ""))
         self.max_output = max_output
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
-        self.env = dict(env) if env is not None else None
+        self.env = dict(env) if env is not None else {}
         self._slots = anyio.Semaphore(max_concurrent)
+
+    def _safe_path(self, path: str) -> str:
+        """``path`` without entries a plugin could have put a program in (or that depend on
+        the working directory)."""
+        keep = [
+            entry
+            for entry in path.split(os.pathsep)
+            if entry and os.path.isabs(entry) and not _inside_any(_real(entry), self.denied)
+        ]
+        return os.pathsep.join(dict.fromkeys(keep)) or os.defpath
 
     def resolve(self, command: str, *, plugin: str | None = None) -> str:
         """Absolute path of ``command`` on the policy's PATH, or :class:`CommandNotFound`."""
-        found = shutil.which(command, path=self.path)
+        found = shutil.which(command, path=self._path_for(command))
         if found is None:
             raise CommandNotFound(command=command, plugin=plugin)
-        return os.path.abspath(found)
+        exe = os.path.abspath(found)
+        if _inside_any(_real(exe), self.denied):
+            # A symlink on a clean PATH entry pointing into a plugin's files.
+            raise CommandNotFound(
+                f"command {command!r} resolves into a plugin-writable path",
+                command=command,
+                plugin=plugin,
+            )
+        return exe
+
+    def _path_for(self, command: str) -> str:
+        rule = self.rules.get(command)
+        if rule is not None and "PATH" in rule.env:
+            return self._safe_path(rule.env["PATH"])
+        if "PATH" in self.env:
+            return self._safe_path(self.env["PATH"])
+        return self.path
 
     def timeout_for(self, timeout: float | None) -> float:
         if timeout is None:
@@ -129,22 +240,123 @@ class ExecPolicy:
             )
         return float(timeout)
 
-    def _env(self) -> dict[str, str]:
-        if self.env is not None:
-            return dict(self.env)
-        return {"PATH": self.path, "LANG": "C.UTF-8", "HOME": self.cwd}
+    def check(self, argv: Sequence[str], *, plugin: str | None = None) -> list[str]:
+        """``argv`` if the operator's patterns admit it and no argument reaches into a
+        plugin-writable path, else :class:`PermissionDenied` saying which rule refused it."""
+        args = check_argv(list(argv))
+        command = args[0]
+        rule = self.rules.get(command)
+        if rule is not None and rule.allow is not None and not matches_any(rule.allow, args[1:]):
+            shown = ", ".join(repr(p) for p in rule.allow) or "none"
+            raise PermissionDenied(
+                f"exec:{command}: arguments {args[1:]!r} match none of the operator's "
+                f"patterns ({shown})",
+                permission=f"exec:{command}",
+                plugin=plugin,
+            )
+        for i, arg in enumerate(args[1:], start=1):
+            why = self._argument_problem(arg)
+            if why is not None:
+                raise PermissionDenied(
+                    f"exec:{command}: argv[{i}] {why}",
+                    permission=f"exec:{command}",
+                    plugin=plugin,
+                )
+        return args
+
+    def _argument_problem(self, arg: str) -> str | None:
+        candidates = [arg, *(arg[i + 1 :] for i, ch in enumerate(arg) if ch == "=")]
+        if arg.startswith("@"):
+            candidates.append(arg[1:])
+        for text in candidates:
+            if not text:
+                continue
+            # Relative to where the command will run: some fresh dir under run_base.
+            joined = os.path.normpath(os.path.join(self.run_base, "run", text))
+            if joined == "/proc" or joined.startswith("/proc/"):
+                return f"{_clip(arg)} names a path under /proc (another process's files)"
+            # realpath follows symlinks as the host sees them; a path through /proc/self
+            # would be the host's own, so /proc is refused above before any resolution.
+            real = _real(joined)
+            if real.startswith("/proc/") or _inside_any(real, self.denied):
+                return f"{_clip(arg)} names a path inside a plugin-writable or private tree"
+        return None
+
+    def _env(self, command: str, fresh: str) -> dict[str, str]:
+        env = {"PATH": self.path, "LANG": "C.UTF-8"}
+        env.update(self.env)
+        rule = self.rules.get(command)
+        if rule is not None:
+            env.update(rule.env)
+        env["PATH"] = self._path_for(command)
+        # Last, so nothing configured can move them: the run's own empty directory.
+        env.update(HOME=fresh, TMPDIR=fresh, PWD=fresh)
+        return env
+
+    def _lockdown_abi(self, permission: str, plugin: str | None) -> int | None:
+        if self.lockdown == "off":
+            return None
+        try:
+            return landlock.abi_version()
+        except landlock.LandlockUnavailable as exc:
+            if self.lockdown == "require":
+                # Not SandboxUnavailable: that one is the worker launch's to report.
+                raise PermissionDenied(
+                    f"cannot lock the command down ({exc.strerror}); sandbox = 'strict' runs "
+                    "no command without Landlock",
+                    permission=permission,
+                    plugin=plugin,
+                ) from None
+            return None
 
     async def run(
         self, argv: Sequence[str], *, timeout: float | None = None, plugin: str | None = None
     ) -> ExecResult:
-        args = check_argv(list(argv))
+        args = self.check(argv, plugin=plugin)
         limit = self.timeout_for(timeout)
         exe = self.resolve(args[0], plugin=plugin)
+        abi = self._lockdown_abi(f"exec:{args[0]}", plugin)
         async with self._slots:
-            return await self._run([exe, *args[1:]], args[0], limit, plugin)
+            fresh = _fresh_dir(self.run_base)
+            try:
+                return await self._run_in(fresh, exe, args, limit, plugin, abi)
+            finally:
+                _remove_tree(fresh)
+
+    async def _run_in(
+        self,
+        fresh: str,
+        exe: str,
+        args: list[str],
+        timeout: float,
+        plugin: str | None,
+        abi: int | None,
+    ) -> ExecResult:
+        name = args[0]
+        env = self._env(name, fresh)
+        if abi is None:
+            return await self._run([exe, *args[1:]], name, timeout, plugin, fresh, env, ())
+        rule = self.rules.get(name)
+        ruleset = landlock.build_ruleset(
+            abi=abi,
+            deny=self.denied,
+            read_write=[fresh, *(rule.write if rule is not None else ())],
+        )
+        try:
+            argv = landlock.launcher_argv(ruleset, exe, args[1:])
+            return await self._run(argv, name, timeout, plugin, fresh, env, (ruleset,))
+        finally:
+            os.close(ruleset)
 
     async def _run(
-        self, argv: list[str], name: str, timeout: float, plugin: str | None
+        self,
+        argv: list[str],
+        name: str,
+        timeout: float,
+        plugin: str | None,
+        cwd: str,
+        env: dict[str, str],
+        pass_fds: tuple[int, ...],
     ) -> ExecResult:
         try:
             proc = await anyio.open_process(
@@ -152,9 +364,10 @@ class ExecPolicy:
                 stdin=DEVNULL,
                 stdout=PIPE,
                 stderr=PIPE,
-                cwd=self.cwd,
-                env=self._env(),
+                cwd=cwd,
+                env=env,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         except FileNotFoundError:
             raise CommandNotFound(command=name, plugin=plugin) from None
@@ -230,3 +443,45 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _inside_any(path: str, roots: Iterable[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _clip(arg: str) -> str:
+    return repr(arg if len(arg) <= 200 else arg[:200] + "...")
+
+
+#: Mode of a run's directory: the host's user only (the command runs as that user).
+RUN_DIR_MODE: Final = 0o700
+
+
+def _fresh_dir(base: str) -> str:
+    os.makedirs(base, mode=RUN_DIR_MODE, exist_ok=True)
+    fresh = tempfile.mkdtemp(prefix="cordon-exec-", dir=base)
+    os.chmod(fresh, RUN_DIR_MODE)
+    return fresh
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a run's directory whatever the command did to it (a mode 000 subdirectory,
+    a read-only file): make each failing parent writable and retry once."""
+
+    def retry(func: object, p: str, _exc: object) -> None:
+        try:
+            parent = os.path.dirname(p)
+            os.chmod(parent, stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)
