@@ -12,7 +12,7 @@
     warm-workers = 1                     # workers pre-started to their hello, claimed on start
 
     [defaults]                           # every plugin, unless its own section says otherwise
-    memory = "256 MiB"                   # sizes: bytes or "256 MiB" / "1.5 GB"; or "unlimited"
+    memory = "256 MiB"                   # sizes need a unit: "256 MiB" / "1.5 GB"; or "unlimited"
     cpu-time = "30 s"                    # durations: seconds or "500 ms" / "2 min"
     ...
 
@@ -45,8 +45,9 @@ from typing import Any, Final, Literal, TypeAlias
 import msgspec
 
 from ._errors import ConfigError
-from ._permissions import check_grant_string
-from ._units import format_duration, format_size, parse_duration, parse_size
+from ._exec_rules import ExecRule, check_env_name, check_pattern
+from ._permissions import check_grant_string, check_permission_string
+from ._units import format_duration, format_size, parse_duration, parse_size, unitless_size
 from ._validate import INVALID, PLUGIN_ID, Checker, Invalid, join, read_toml, show
 
 __all__ = [
@@ -73,6 +74,21 @@ UNLIMITED: Final = "unlimited"
 
 #: Frames must at least fit the handshake and an error object; below this nothing works.
 MIN_MAX_MESSAGE: Final = 4096
+#: host-requests: past this the bound stops being one (each is a host task); 64 (the
+#: default) already keeps a storage batch full.
+MAX_HOST_REQUESTS: Final = 4096
+#: host-request-memory: below a few requests' worth the bound only adds latency (one request
+#: is always admitted whatever its size).
+MIN_HOST_REQUEST_MEMORY: Final = 64 * 1024
+#: The least memory a worker can start and idle in. Measured (Linux 6.18, CPython 3.11, strict
+#: sandbox, examples/plugins/hello serving calls through health pings): 23 MiB with a memory
+#: cgroup, 28 MiB with cgroups off (below it the worker dies of SIGSEGV growing its stack
+#: under RLIMIT_AS); idle RSS is ~23 MiB. 48 MiB leaves room for another Python or libc.
+#: Below it every start fails, which ``config check`` should say rather than every call.
+MIN_WORKER_MEMORY: Final = 48 * 1024 * 1024
+#: The fewest open files a worker starts with: it needs 8 (channel, stderr, event loop,
+#: self-pipe, the module files it imports), so 16 leaves a margin.
+MIN_WORKER_OPEN_FILES: Final = 16
 
 CONFIG_FILENAME: Final = "cordon.toml"
 
@@ -119,6 +135,12 @@ class PluginSettings(msgspec.Struct, frozen=True, kw_only=True):
     enabled: bool
     middleware_policy: MiddlewarePolicy
     settings: dict[str, Any]
+    #: Worker → host requests served at once, and the bytes of params they may hold.
+    host_requests: int = 64
+    host_request_memory: int = 16 * 1024 * 1024
+    #: ``[plugins.<id>.exec.<command>]``: the operator's narrowing of each exec grant
+    #: (argument patterns, extra environment, writable paths); see ``_exec_rules``.
+    exec_rules: dict[str, ExecRule] = {}
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,7 +260,7 @@ DEFAULT_CONFIG: Final = Config(
 
 _Parse: TypeAlias = Callable[[Checker, str, object, "Path | None"], Any]
 
-_SIZE_HINT: Final = 'a size (a number of bytes or a string like "256 MiB")'
+_SIZE_HINT: Final = 'a size with a unit (a string like "256 MiB")'
 _DURATION_HINT: Final = 'a duration (a number of seconds or a string like "500 ms")'
 
 
@@ -246,18 +268,45 @@ def _or_unlimited(expected: str, nullable: bool) -> str:
     return f'{expected} or "{UNLIMITED}"' if nullable else expected
 
 
-def _size(*, minimum: int = 0, nullable: bool = False) -> _Parse:
+def _size(*, minimum: int = 0, nullable: bool = False, why: str = "") -> _Parse:
+    """A size that must carry a unit (but 0); ``why`` says what ``minimum`` is for."""
+
     def parse(ck: Checker, path: str, value: object, _base: Path | None) -> int | Invalid | None:
         if nullable and (value is None or value == UNLIMITED):
             return None
         if isinstance(value, bool) or not isinstance(value, int | str):
             return ck.wrong_type(path, _or_unlimited(_SIZE_HINT, nullable), value)
+        bare = unitless_size(value)
+        if bare is not None:
+            return ck.add(
+                path,
+                f'{show(value)} has no unit: write "{bare} MiB" (or "{bare} B" if you mean bytes)',
+            )
         n = ck.expect_parsed(path, value, parse_size, _SIZE_HINT)
         if isinstance(n, int) and n < minimum:
-            return ck.add(path, f"{show(value)} is too small (at least {format_size(minimum)})")
+            return ck.add(
+                path, f"{show(value)} is too small{why} (at least {format_size(minimum)})"
+            )
         return n
 
     return parse
+
+
+def _open_files(ck: Checker, path: str, value: object, base: Path | None) -> int | Invalid | None:
+    n = _count(minimum=1, nullable=True)(ck, path, value, base)
+    if isinstance(n, int) and n < MIN_WORKER_OPEN_FILES:
+        return ck.add(
+            path, f"{n} is too few for a worker to start (at least {MIN_WORKER_OPEN_FILES})"
+        )
+    return n
+
+
+def _host_requests(ck: Checker, path: str, value: object, base: Path | None) -> int | Invalid:
+    n: int | Invalid | None = _count(minimum=1)(ck, path, value, base)
+    if isinstance(n, int) and n > MAX_HOST_REQUESTS:
+        return ck.add(path, f"{n} is too many to be a bound (at most {MAX_HOST_REQUESTS})")
+    assert n is not None  # not nullable
+    return n
 
 
 def _duration(*, positive: bool = False, nullable: bool = False) -> _Parse:
@@ -386,11 +435,14 @@ _RESTART_KEYS: Final[dict[str, tuple[str, _Parse]]] = {
 
 # key -> (attribute, parser). "restart" and "settings" are handled by _parse_section.
 _FIELDS: Final[dict[str, tuple[str, _Parse]]] = {
-    "memory": ("memory", _size(minimum=1, nullable=True)),
+    "memory": (
+        "memory",
+        _size(minimum=MIN_WORKER_MEMORY, nullable=True, why=" for a worker to start"),
+    ),
     "cpu-time": ("cpu_time", _duration(positive=True, nullable=True)),
     "call-timeout": ("call_timeout", _duration(positive=True)),
     "max-call-timeout": ("max_call_timeout", _duration(positive=True)),
-    "open-files": ("open_files", _count(minimum=1, nullable=True)),
+    "open-files": ("open_files", _open_files),
     "processes": ("processes", _count(minimum=0, nullable=True)),
     "file-size": ("file_size", _size(nullable=True)),
     "max-message": ("max_message", _size(minimum=MIN_MAX_MESSAGE)),
@@ -403,12 +455,18 @@ _FIELDS: Final[dict[str, tuple[str, _Parse]]] = {
     "deny": ("deny", _permissions(deny=True)),
     "storage-quota": ("storage_quota", _size()),
     "log-rate": ("log_rate", _rate),
+    "host-requests": ("host_requests", _host_requests),
+    "host-request-memory": (
+        "host_request_memory",
+        _size(minimum=MIN_HOST_REQUEST_MEMORY, why=" for worker → host requests"),
+    ),
     "activate": ("activate", _choice(ACTIVATIONS)),
     "idle-timeout": ("idle_timeout", _duration()),
     "enabled": ("enabled", _bool),
     "middleware-policy": ("middleware_policy", _choice(MIDDLEWARE_POLICIES)),
 }
-_DEFAULTS_KEYS: Final = (*_FIELDS, "restart")
+_DEFAULTS_KEYS: Final = (*_FIELDS, "restart", "exec")
+_EXEC_KEYS: Final = ("allow", "env", "write")
 _PLUGIN_KEYS: Final = (*_DEFAULTS_KEYS, "settings")
 
 
@@ -434,6 +492,59 @@ def _parse_restart(
             f"({format_duration(merged.max_backoff)})",
         )
     return merged
+
+
+def _parse_exec(
+    ck: Checker,
+    path: str,
+    value: object,
+    base: Mapping[str, ExecRule],
+    base_dir: Path | None,
+) -> dict[str, ExecRule]:
+    """``[<section>.exec.<command>]`` tables, merged command by command over ``base`` (a
+    plugin section naming ``docker`` must not drop the defaults' narrowing of ``git``)."""
+    out = dict(base)
+    table = ck.expect_table(path, value)
+    if isinstance(table, Invalid):
+        return out
+    for command, spec in table.items():
+        where = join(path, str(command))
+        if (why := check_permission_string(f"exec:{command}")) is not None:
+            ck.add(where, f"{show(command)} is not a command name (no path, no spaces)")
+            continue
+        entry = ck.expect_table(where, spec)
+        if isinstance(entry, Invalid):
+            continue
+        ck.check_keys(where, entry, _EXEC_KEYS)
+        allow: tuple[str, ...] | None = None
+        if "allow" in entry:
+            items = ck.expect_list(join(where, "allow"), entry["allow"])
+            if not isinstance(items, Invalid):
+                bad = [
+                    ck.add(join(join(where, "allow"), i), f"not an argument pattern: {why}")
+                    for i, item in enumerate(items)
+                    if (why := check_pattern(item)) is not None
+                ]
+                allow = None if bad else tuple(items)
+        env: dict[str, str] = {}
+        if "env" in entry:
+            env_table = ck.expect_table(join(where, "env"), entry["env"])
+            if not isinstance(env_table, Invalid):
+                for name, text in env_table.items():
+                    at = join(join(where, "env"), str(name))
+                    if (why := check_env_name(str(name))) is not None:
+                        ck.add(at, why)
+                    elif not isinstance(text, str) or "\x00" in text:
+                        ck.wrong_type(at, "a string without NUL", text)
+                    else:
+                        env[str(name)] = text
+        write: tuple[str, ...] = ()
+        if "write" in entry:
+            paths = _paths(ck, join(where, "write"), entry["write"], base_dir)
+            if not isinstance(paths, Invalid):
+                write = paths
+        out[str(command)] = ExecRule(allow=allow, env=env, write=write)
+    return out
 
 
 def _parse_section(
@@ -463,6 +574,10 @@ def _parse_section(
                 changes[attr] = v
     if "deny" in changes and is_plugin:
         changes["deny"] = tuple(dict.fromkeys((*base.deny, *changes["deny"])))
+    if "exec" in table:
+        changes["exec_rules"] = _parse_exec(
+            ck, join(path, "exec"), table["exec"], base.exec_rules, base_dir
+        )
     if "restart" in table:
         changes["restart"] = _parse_restart(
             ck, join(path, "restart"), table["restart"], base.restart, base_dir
@@ -673,13 +788,28 @@ def _settings_to_dict(s: PluginSettings, *, with_settings: bool = True) -> dict[
         "deny": list(s.deny),
         "storage-quota": format_size(s.storage_quota),
         "log-rate": int(s.log_rate) if s.log_rate.is_integer() else s.log_rate,
+        "host-requests": s.host_requests,
+        "host-request-memory": format_size(s.host_request_memory),
         "activate": s.activate,
         "idle-timeout": format_duration(s.idle_timeout),
         "enabled": s.enabled,
         "middleware-policy": s.middleware_policy,
     }
+    if s.exec_rules:
+        out["exec"] = {cmd: _exec_rule_to_dict(r) for cmd, r in sorted(s.exec_rules.items())}
     if with_settings:
         out["settings"] = copy.deepcopy(s.settings)
+    return out
+
+
+def _exec_rule_to_dict(rule: ExecRule) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if rule.allow is not None:
+        out["allow"] = list(rule.allow)
+    if rule.env:
+        out["env"] = dict(rule.env)
+    if rule.write:
+        out["write"] = list(rule.write)
     return out
 
 

@@ -73,9 +73,11 @@ from cordon.protocol import (
 )
 
 from . import _exec_landlock as landlock
+from ._config import Config, PluginSettings
 from ._exec_rules import ExecRule, matches_any
 
 __all__ = [
+    "RUN_DIR",
     "CommandNotFound",
     "ExecPolicy",
     "ExecResult",
@@ -268,17 +270,25 @@ class ExecPolicy:
         candidates = [arg, *(arg[i + 1 :] for i, ch in enumerate(arg) if ch == "=")]
         if arg.startswith("@"):
             candidates.append(arg[1:])
+        # Relative arguments resolve against the run's fresh dir; this stand-in for it has
+        # the same depth under run_base.
+        here = os.path.join(self.run_base, "run")
         for text in candidates:
             if not text:
                 continue
-            # Relative to where the command will run: some fresh dir under run_base.
-            joined = os.path.normpath(os.path.join(self.run_base, "run", text))
+            joined = os.path.normpath(os.path.join(here, text))
             if joined == "/proc" or joined.startswith("/proc/"):
                 return f"{_clip(arg)} names a path under /proc (another process's files)"
             # realpath follows symlinks as the host sees them; a path through /proc/self
             # would be the host's own, so /proc is refused above before any resolution.
             real = _real(joined)
-            if real.startswith("/proc/") or _inside_any(real, self.denied):
+            if _inside_any(real, (here,)):
+                continue
+            if (
+                real.startswith("/proc/")
+                or _inside_any(real, self.denied)
+                or _inside_any(real, (self.run_base,))  # another run's directory
+            ):
                 return f"{_clip(arg)} names a path inside a plugin-writable or private tree"
         return None
 
@@ -443,6 +453,39 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+#: Under the state dir: where each run's fresh directory is made.
+RUN_DIR: Final = "exec"
+
+
+def policy_for_plugin(
+    settings: PluginSettings,
+    *,
+    state_dir: str | os.PathLike[str],
+    scratch: str | os.PathLike[str],
+    plugin_dir: str | os.PathLike[str],
+    config: Config,
+) -> ExecPolicy:
+    """The runtime's policy for one plugin: its scratch and ``fs-write`` paths are
+    plugin-writable; the state dir, every plugin directory and every plugin's ``fs-write``
+    paths are denied to the command; the operator's ``exec`` tables narrow it; a strict
+    sandbox requires the command's lock-down."""
+    others = [config.defaults, *config.plugins.values()]
+    deny = [
+        os.fspath(state_dir),
+        os.fspath(plugin_dir),
+        *config.runtime.plugin_dirs,
+        *(w for s in others for w in s.fs_write),
+    ]
+    return ExecPolicy(
+        scratch=scratch,
+        writable=settings.fs_write,
+        deny=deny,
+        rules=settings.exec_rules,
+        run_base=os.path.join(os.fspath(state_dir), RUN_DIR),
+        lockdown="require" if settings.sandbox == "strict" else "auto",
+    )
 
 
 def _real(path: str) -> str:

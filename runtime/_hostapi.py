@@ -260,7 +260,12 @@ class HostAPI:
             # cordon.* is the host's lifecycle namespace; a plugin's event there would be a
             # forgery of the runtime's own, whatever the operator granted.
             return False
-        return self.permissions.allows(permission)
+        allowed = self.permissions.allows(permission)
+        if allowed and method == EXEC and self.exec_policy is not None:
+            # The operator's argument patterns and the argument-path rule are part of the
+            # decision: a refusal is recorded as denied, with the reason in its message.
+            self.exec_policy.check(p.argv, plugin=self.plugin_id)
+        return allowed
 
     async def subscribe(self, topic_glob: str, deliver: Deliver) -> Subscription:
         """Subscribe this plugin to ``topic_glob`` on the bus; each event is delivered only

@@ -49,7 +49,7 @@ from ._cgroup import CgroupSupport, WorkerCgroup
 from ._config import Config, PluginSettings, find_config, parse_config
 from ._discovery import discover
 from ._events import EventBus
-from ._exec import ExecPolicy
+from ._exec import policy_for_plugin
 from ._hostapi import HostAPI
 from ._logsink import LogSink
 from ._manifest import Manifest, check_cordon_compat, load_manifest
@@ -996,6 +996,7 @@ class Runtime:
         perms = self._permissions_for(manifest, settings)
         assert self.storage is not None and self.audit_trail is not None
         assert self.log_sink is not None and self.events is not None
+        assert self.state_dir is not None
         self.storage.set_quota(manifest.id, settings.storage_quota)
         host_api = HostAPI(
             manifest.id,
@@ -1005,7 +1006,13 @@ class Runtime:
             log_sink=self.log_sink,
             settings=settings.settings,
             events=self.events,
-            exec_policy=ExecPolicy(cwd=self._scratch_dir(manifest.id)),
+            exec_policy=policy_for_plugin(
+                settings,
+                state_dir=self.state_dir,
+                scratch=self._scratch_dir(manifest.id),
+                plugin_dir=manifest.directory,
+                config=self.config,
+            ),
         )
         handle = PluginHandle(self, manifest, settings, perms, host_api)
         if not settings.enabled:
@@ -1361,6 +1368,8 @@ class Runtime:
             worker = spare_worker
         else:
             worker = WorkerProcess(python=self._python, **wiring)
+        worker.host_requests_max = s.host_requests
+        worker.host_request_bytes_max = s.host_request_memory
         if group is not None:
             self._cgroups[worker] = group
         else:
