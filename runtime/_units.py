@@ -17,7 +17,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Final
 
-__all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_duration", "parse_size", "unitless_size"]
 
 # A plain decimal: no sign (negatives get their own message), no exponent (`1e3 MiB` is more
 # likely a typo than intent), underscores allowed as in TOML and Python integers.
@@ -113,6 +113,25 @@ def parse_size(value: str | int) -> int:
     if amount.denominator != 1:
         raise ValueError(f"{_quote(value)} is not a size: not a whole number of bytes")
     return int(amount)
+
+
+def unitless_size(value: object) -> str | None:
+    """The number, as written, when ``value`` is a non-zero size without a unit (``12``,
+    ``"12"``), else ``None``. The configuration refuses those: ``memory = 12`` reads as 12
+    bytes, which no worker can run in, while the operator almost certainly meant 12 MiB. Zero
+    is the same in every unit, so it stays accepted."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value) if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    m = _QUANTITY.match(value)
+    if m is None or m["unit"] or m["sign"] == "-" or m["num"].strip("_.") == "":
+        return None
+    if _fraction(m["num"]) == 0:
+        return None
+    return m["num"]
 
 
 def parse_duration(value: str | int | float) -> float:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -148,11 +151,11 @@ def test_a_plugin_without_a_section_gets_the_defaults() -> None:
     assert cfg.for_plugin("unlisted").memory == 1024 * MiB
 
 
-def test_plain_numbers_are_bytes_and_seconds_and_unlimited_lifts_a_limit() -> None:
+def test_plain_numbers_are_seconds_and_unlimited_lifts_a_limit() -> None:
     cfg = parse_config(
         {
             "defaults": {
-                "memory": 1048576,
+                "memory": "1 GiB",
                 "call-timeout": 2.5,
                 "file-size": "unlimited",
                 "open-files": "unlimited",
@@ -163,7 +166,7 @@ def test_plain_numbers_are_bytes_and_seconds_and_unlimited_lifts_a_limit() -> No
     )
     d = cfg.defaults
     assert (d.memory, d.call_timeout, d.file_size, d.open_files, d.processes) == (
-        MiB,
+        1024 * MiB,
         2.5,
         None,
         None,
@@ -284,12 +287,12 @@ def test_an_unknown_key_is_an_error_with_a_did_you_mean(
         ({"defaults": {"enabled": "yes"}}, 'defaults.enabled: expected true or false, got "yes"'),
         (
             {"defaults": {"memory": True}},
-            'defaults.memory: expected a size (a number of bytes or a string like "256 MiB") '
+            'defaults.memory: expected a size with a unit (a string like "256 MiB") '
             'or "unlimited", got true',
         ),
         (
             {"defaults": {"memory": 1.5}},
-            'defaults.memory: expected a size (a number of bytes or a string like "256 MiB") '
+            'defaults.memory: expected a size with a unit (a string like "256 MiB") '
             'or "unlimited", got 1.5',
         ),
         (
@@ -322,7 +325,10 @@ def test_a_value_of_the_wrong_type_is_named_with_what_was_expected(
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"defaults": {"memory": "0 B"}}, 'defaults.memory: "0 B" is too small (at least 1 B)'),
+        (
+            {"defaults": {"memory": "0 B"}},
+            'defaults.memory: "0 B" is too small for a worker to start (at least 48 MiB)',
+        ),
         (
             {"defaults": {"max-message": "1 KiB"}},
             'defaults.max-message: "1 KiB" is too small (at least 4 KiB)',
@@ -332,6 +338,10 @@ def test_a_value_of_the_wrong_type_is_named_with_what_was_expected(
             'defaults.call-timeout: "0 s" must be longer than zero',
         ),
         ({"defaults": {"open-files": 0}}, "defaults.open-files: must be at least 1, got 0"),
+        (
+            {"defaults": {"open-files": 7}},
+            "defaults.open-files: 7 is too few for a worker to start (at least 16)",
+        ),
         ({"defaults": {"processes": -1}}, "defaults.processes: must be at least 0, got -1"),
         ({"defaults": {"log-rate": 0}}, "defaults.log-rate: must be a positive number, got 0"),
         (
@@ -540,9 +550,9 @@ def test_find_config_uses_the_built_in_defaults_when_there_is_no_file(tmp_path: 
 def test_find_config_uses_the_process_working_directory_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write(tmp_path, "[defaults]\nopen-files = 7\n")
+    write(tmp_path, "[defaults]\nopen-files = 70\n")
     monkeypatch.chdir(tmp_path)
-    assert find_config(None).defaults.open_files == 7
+    assert find_config(None).defaults.open_files == 70
 
 
 def test_an_explicit_config_that_does_not_exist_is_an_error_not_a_fallback(
@@ -619,3 +629,103 @@ def test_public_types_are_msgspec_structs_usable_by_the_runtime() -> None:
     assert isinstance(s, PluginSettings)
     assert isinstance(DEFAULT_CONFIG, Config)
     assert os.fspath(Path(DEFAULT_CONFIG.runtime.state_dir)) == ".cordon"
+
+
+# -- sizes need units; limits no worker can start under are refused -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"defaults": {"memory": 12}},
+            'defaults.memory: 12 has no unit: write "12 MiB" (or "12 B" if you mean bytes)',
+        ),
+        (
+            {"defaults": {"memory": "12"}},
+            'defaults.memory: "12" has no unit: write "12 MiB" (or "12 B" if you mean bytes)',
+        ),
+        (
+            {"plugins": {"hello": {"file-size": 1024}}},
+            'plugins.hello.file-size: 1024 has no unit: write "1024 MiB" (or "1024 B" if you '
+            "mean bytes)",
+        ),
+        (
+            {"defaults": {"max-message": "65536"}},
+            'defaults.max-message: "65536" has no unit: write "65536 MiB" (or "65536 B" if you '
+            "mean bytes)",
+        ),
+        (
+            {"defaults": {"storage-quota": 1.5}},
+            'defaults.storage-quota: expected a size with a unit (a string like "256 MiB"), '
+            "got 1.5",
+        ),
+    ],
+)
+def test_a_size_without_a_unit_is_refused_naming_the_field_and_the_likely_unit(
+    data: dict[str, Any], expected: str
+) -> None:
+    assert problems_of(data) == [expected]
+
+
+def test_zero_needs_no_unit_and_bytes_can_still_be_said_explicitly() -> None:
+    cfg = parse_config({"defaults": {"file-size": 0, "storage-quota": "0", "memory": "50331648 B"}})
+    assert (cfg.defaults.file_size, cfg.defaults.storage_quota) == (0, 0)
+    assert cfg.defaults.memory == 48 * MiB
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"defaults": {"memory": "16 MiB"}},
+            'defaults.memory: "16 MiB" is too small for a worker to start (at least 48 MiB)',
+        ),
+        (
+            {"plugins": {"hello": {"memory": "47 MiB"}}},
+            'plugins.hello.memory: "47 MiB" is too small for a worker to start (at least 48 MiB)',
+        ),
+        (
+            {"plugins": {"hello": {"open-files": 4}}},
+            "plugins.hello.open-files: 4 is too few for a worker to start (at least 16)",
+        ),
+    ],
+)
+def test_a_limit_no_worker_can_start_under_is_refused_naming_the_minimum(
+    data: dict[str, Any], expected: str
+) -> None:
+    assert problems_of(data) == [expected]
+
+
+def test_the_smallest_allowed_limits_are_accepted() -> None:
+    cfg = parse_config({"defaults": {"memory": "48 MiB", "open-files": 16}})
+    assert (cfg.defaults.memory, cfg.defaults.open_files) == (48 * MiB, 16)
+
+
+def test_config_check_refuses_a_unitless_memory_before_any_worker_runs(tmp_path: Path) -> None:
+    cordon = str(Path(sys.executable).parent / "cordon")
+    path = tmp_path / "cordon.toml"
+    path.write_text('[defaults]\nmemory = 12\n[plugins.hello]\nmemory = "20 MiB"\n')
+    r = subprocess.run(
+        [cordon, "config", "check", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert r.returncode == 3, r.stderr
+    problems = {p["path"]: p["message"] for p in json.loads(r.stdout)["problems"]}
+    assert problems == {
+        "defaults.memory": '12 has no unit: write "12 MiB" (or "12 B" if you mean bytes)',
+        "plugins.hello.memory": '"20 MiB" is too small for a worker to start (at least 48 MiB)',
+    }
+
+
+def test_a_runtime_refuses_a_config_whose_memory_no_worker_can_start_in(tmp_path: Path) -> None:
+    from cordon.runtime import Runtime
+
+    with pytest.raises(ConfigError) as err:
+        Runtime({"runtime": {"state-dir": str(tmp_path)}, "defaults": {"memory": 12}})
+    assert [p["path"] for p in err.value.problems or []] == ["defaults.memory"]
+    assert "12 MiB" in err.value.message

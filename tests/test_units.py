@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from cordon.runtime._units import format_duration, format_size, parse_duration, parse_size
+from cordon.runtime._units import (
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+    unitless_size,
+)
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
@@ -197,3 +203,25 @@ def test_formatting_refuses_what_is_not_a_size(bad: object) -> None:
 def test_formatting_refuses_what_is_not_a_duration(bad: float) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
         format_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (12, "12"),
+        ("12", "12"),
+        (" 1_024 ", "1_024"),
+        ("1.5", "1.5"),
+        ("-12", None),
+        (0, None),
+        ("0", None),
+        ("0.0", None),
+        ("12 MiB", None),
+        ("12 B", None),
+        ("lots", None),
+        (True, None),
+        (1.5, None),
+    ],
+)
+def test_a_size_written_without_a_unit_is_recognised(value: object, expected: str | None) -> None:
+    assert unitless_size(value) == expected
