@@ -114,6 +114,17 @@ SEND_BUFFER: Final = 4 * 1024 * 1024
 #: and above glibc's 128 KiB mmap threshold that was an mmap + mremap + munmap and fresh
 #: zeroed pages on every read, which cost a sequential call ~25 us on each side.
 READ_SIZE: Final = 64 * 1024
+#: Worker → host requests served at once per worker, unless configured (``host-requests``).
+#: Past it the host stops reading that worker's channel until one finishes: each request is
+#: a task and its params in host memory, and a plugin firing requests without waiting for
+#: answers must not turn that into unbounded host memory or starve the other plugins.
+HOST_REQUESTS: Final = 64
+#: Bytes of request params held by those requests at once (``host-request-memory``); one
+#: request is always admitted whatever its size (it is at most one frame), so this bounds
+#: the rest.
+HOST_REQUEST_BYTES: Final = 16 * 1024 * 1024
+#: Per request, on top of its params: the task, the decoded message, the audit record.
+HOST_REQUEST_OVERHEAD: Final = 1024
 #: How often the CPU time of a worker with a cpu-time limit is sampled, so that a SIGKILL the
 #: kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any other SIGKILL.
 CPU_SAMPLE: Final = 0.25
@@ -396,6 +407,16 @@ class WorkerProcess:
         self.reply_delay = 0.0
         #: CPU seconds (user + system) last sampled; sampled only with a cpu-time limit.
         self.cpu_seconds: float | None = None
+        #: The bounds on worker → host requests (see _on_request); the runtime sets them
+        #: from the plugin's config.
+        self.host_requests_max = HOST_REQUESTS
+        self.host_request_bytes_max = HOST_REQUEST_BYTES
+        self._host_inflight = 0
+        self._host_bytes = 0
+        # Requests of the frame being handled that did not fit: at most one frame's worth
+        # (one request, or one batch's), since the pump admits them all before it reads on.
+        self._host_waiting: deque[Request] = deque()
+        self._host_slot = anyio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -923,6 +944,8 @@ class WorkerProcess:
             for frame in splitter.feed(data):
                 if not self._on_frame(frame):
                     return
+                if self._host_waiting:
+                    await self._admit_waiting()
 
     async def _serve_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """asyncio: :meth:`_on_readable` runs as a reader callback and resolves the callers'
@@ -944,6 +967,9 @@ class WorkerProcess:
                     frame, msg = backlog.popleft()
                     if not self._on_frame(frame, msg):
                         return
+                    if self._host_waiting:
+                        # Reading stays paused meanwhile: backpressure on the worker.
+                        await self._admit_waiting()
                 if self._stdout_eof:
                     return
                 self._resume_reading()
@@ -1123,26 +1149,79 @@ class WorkerProcess:
                 except Exception:
                     log.exception("progress_callback_failed", plugin=self.plugin_id)
 
-    def _on_request(self, msg: Request) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(self._serve_host_request, msg)
+    # -- worker → host requests -------------------------------------------------------------
+    #
+    # Bounded per worker: at most host_requests_max served at once, holding at most
+    # host_request_bytes_max of params (one is always admitted). A request that does not
+    # fit waits in _host_waiting and the pump, which is the only reader of the channel,
+    # admits it before it reads another byte: so past the bound the host stops reading
+    # this worker (its pipe fills, its writes block or buffer in its own memory) instead of
+    # buffering. A slot is held until the answer is queued for the worker's stdin, so a
+    # worker that does not read its answers is stopped the same way.
+    #
+    # No deadlock: the same channel carries the worker's answers to the host's own calls,
+    # which wait unread while reading is paused; but no host request handler waits on a
+    # worker's answer (storage, config, log, exec are the host's own work; events.emit only
+    # queues), so every slot frees by itself and reading resumes. A worker that does not
+    # read its stdin stalls only itself; its host calls end by their own timeouts.
 
-    async def _serve_host_request(self, msg: Request) -> None:
+    def _host_fits(self, msg: Request) -> bool:
+        if self._host_inflight >= self.host_requests_max:
+            return False
+        return self._host_inflight == 0 or (
+            self._host_bytes + len(msg.params) + HOST_REQUEST_OVERHEAD
+            <= self.host_request_bytes_max
+        )
+
+    def _on_request(self, msg: Request) -> None:
+        if self._host_waiting or not self._host_fits(msg):
+            self._host_waiting.append(msg)
+            return
+        self._start_host_request(msg)
+
+    def _start_host_request(self, msg: Request) -> None:
+        assert self._tg is not None
+        size = len(msg.params) + HOST_REQUEST_OVERHEAD
+        self._host_inflight += 1
+        self._host_bytes += size
+        self._tg.start_soon(self._serve_host_request, msg, size)
+
+    async def _admit_waiting(self) -> None:
+        """Start the waiting requests as slots free; the channel is not read meanwhile."""
+        waiting = self._host_waiting
+        while waiting:
+            if self._host_fits(waiting[0]):
+                self._start_host_request(waiting.popleft())
+                continue
+            self._host_slot = anyio.Event()
+            await self._host_slot.wait()
+
+    async def _serve_host_request(self, msg: Request, size: int) -> None:
         try:
-            if self._on_host_request is None:
-                raise MethodNotFound(f"method {msg.method!r} not found", method=msg.method)
-            result = await self._on_host_request(msg.method, msg.params)
-            frame = encode_result(msg.id, result)
-        except CordonError as exc:
-            frame = encode_error(msg.id, error_to_wire(exc))
-        except Exception as exc:
-            log.exception("host_api_failed", plugin=self.plugin_id, method=msg.method)
-            frame = encode_error(msg.id, error_to_wire(InternalError(f"host error: {exc}")))
-        if len(frame) > self.max_frame:
-            frame = encode_error(
-                msg.id, error_to_wire(FrameTooLarge(limit=self.max_frame, size=len(frame)))
-            )
-        self._send_nowait(frame)
+            try:
+                if self._on_host_request is None:
+                    raise MethodNotFound(f"method {msg.method!r} not found", method=msg.method)
+                result = await self._on_host_request(msg.method, msg.params)
+                frame = encode_result(msg.id, result)
+            except CordonError as exc:
+                frame = encode_error(msg.id, error_to_wire(exc))
+            except Exception as exc:
+                log.exception("host_api_failed", plugin=self.plugin_id, method=msg.method)
+                frame = encode_error(msg.id, error_to_wire(InternalError(f"host error: {exc}")))
+            if len(frame) > self.max_frame:
+                frame = encode_error(
+                    msg.id, error_to_wire(FrameTooLarge(limit=self.max_frame, size=len(frame)))
+                )
+            try:
+                # Waits while the worker's stdin queue is full: the answer is never dropped,
+                # and the slot stays taken until the worker takes its answers.
+                await self._send(frame)
+            except CordonError:
+                pass  # the worker is gone; nobody is left to answer
+        finally:
+            self._host_inflight -= 1
+            self._host_bytes -= size
+            self._host_slot.set()
 
     async def _pump_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
