@@ -110,7 +110,7 @@ def _read_counter(path: Path, key: str) -> int:
 
 #: ``cordon-<pid namespace inode>-<pid>-<random>``: a pid means something only in its own
 #: namespace, and runtimes in other containers may share this hierarchy.
-_RUNTIME_GROUP: Final = re.compile(r"^cordon-(\d+)-(\d+)-[0-9a-f]{6}$")
+_RUNTIME_GROUP: Final = re.compile(r"cordon-(\d+)-(\d+)-[0-9a-f]{6}")
 
 
 def _pid_namespace() -> int:
@@ -136,7 +136,7 @@ def sweep_stale(base: Path) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        found = _RUNTIME_GROUP.match(entry.name)
+        found = _RUNTIME_GROUP.fullmatch(entry.name)
         if found is None or int(found.group(1)) != ours or not entry.is_dir():
             continue
         try:

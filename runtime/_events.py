@@ -51,8 +51,8 @@ log = structlog.get_logger("cordon")
 LIFECYCLE_SOURCE: Final = "cordon"
 LIFECYCLE_PREFIX: Final = "cordon."
 MAX_TOPIC: Final = 200
-_TOPIC: Final = re.compile(r"^[A-Za-z0-9_\-]+(?:[./][A-Za-z0-9_\-]+)*$")
-_GLOB: Final = re.compile(r"^[A-Za-z0-9_.*?\-/\[\]!]{1,200}$")
+_TOPIC: Final = re.compile(r"[A-Za-z0-9_\-]+(?:[./][A-Za-z0-9_\-]+)*")
+_GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\-/\[\]!]{1,200}")
 
 #: ``await deliver(topic, payload, source)``
 Deliver = Callable[[str, Any, str], Awaitable[None]]
@@ -63,7 +63,7 @@ def check_topic(topic: object, field: str = "topic") -> str:
     """``topic`` if it is a valid concrete topic, else :class:`InvalidParams`."""
     if not isinstance(topic, str) or not topic:
         raise InvalidParams(f"{field} must be a non-empty string", field=field)
-    if len(topic) > MAX_TOPIC or not _TOPIC.match(topic):
+    if len(topic) > MAX_TOPIC or not _TOPIC.fullmatch(topic):
         raise InvalidParams(
             f"{field} must be up to {MAX_TOPIC} characters of words (letters, digits, _ and -) "
             "separated by . or /",
@@ -189,7 +189,7 @@ class EventBus:
         given, which it allows as ``events:subscribe:<topic>``) to ``deliver``."""
         if self._tg is None:
             raise RuntimeError("the event bus is not running (use `async with EventBus()`)")
-        if not isinstance(topic_glob, str) or not _GLOB.match(topic_glob):
+        if not isinstance(topic_glob, str) or not _GLOB.fullmatch(topic_glob):
             raise InvalidParams(f"{topic_glob!r} is not a topic glob", field="topic")
         sub = Subscription(self, subscriber_id, topic_glob, deliver, permissions, self.queue_size)
         self._subs.append(sub)

@@ -55,9 +55,9 @@ __all__ = [
 ]
 
 _SIMPLE: Final = frozenset({"log", "storage", "storage:shared", "config"})
-_TOPIC_GLOB: Final = re.compile(r"^[A-Za-z0-9_.*?\-/\[\]!]{1,200}$")
-_COMMAND: Final = re.compile(r"^[A-Za-z0-9_.+\-]{1,64}$")
-_COMMAND_GLOB: Final = re.compile(r"^[A-Za-z0-9_.+\-*?\[\]!]{1,64}$")
+_TOPIC_GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\-/\[\]!]{1,200}")
+_COMMAND: Final = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
+_COMMAND_GLOB: Final = re.compile(r"[A-Za-z0-9_.+\-*?\[\]!]{1,64}")
 _SCOPED_KINDS: Final = ("events:emit:", "events:subscribe:", "exec:")
 
 
@@ -74,7 +74,7 @@ def check_permission_string(perm: object) -> str | None:
     ):
         if perm.startswith(prefix):
             rest = perm[len(prefix) :]
-            if not pattern.match(rest):
+            if not pattern.fullmatch(rest):
                 return f"{perm!r}: {rest!r} is not {what}"
             return None
     return (
@@ -95,7 +95,7 @@ def check_grant_string(pattern: object, *, deny: bool = False) -> str | None:
         and deny
         and isinstance(pattern, str)
         and pattern.startswith("exec:")
-        and _COMMAND_GLOB.match(pattern[len("exec:") :])
+        and _COMMAND_GLOB.fullmatch(pattern[len("exec:") :])
     ):
         return None
     return problem

@@ -21,7 +21,7 @@ __all__ = ["Handler", "Plugin", "PluginDefinitionError"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
 
 
 class PluginDefinitionError(TypeError):
@@ -123,7 +123,7 @@ def _build_handler(
     if not callable(fn):
         raise PluginDefinitionError(f"@{kind} needs a function, got {fn!r}")
     handler_name = name or fn.__name__
-    if not _NAME.match(handler_name):
+    if not _NAME.fullmatch(handler_name):
         raise PluginDefinitionError(f"{kind} name {handler_name!r} is not a valid name")
     sig = inspect.signature(fn)
     try:
