@@ -13,6 +13,7 @@ Commands that talk to a running host (``plugin enable|disable|reload``, and ``st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -138,6 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             socket_path=_explicit_socket(args),
             use_socket=not args.no_socket,
             use_stdin=not args.no_stdin,
+            entry_points=False if args.no_entry_points else None,
         )
     )
 
@@ -521,6 +523,47 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(_json.encode(record).decode() + "\n")
+    else:
+        rest = {
+            k: v
+            for k, v in record.items()
+            if k not in ("seq", "ts", "plugin", "level", "event", "msg", "line")
+        }
+        text = record.get("msg", record.get("line", ""))
+        extra = " ".join(f"{k}={_json.encode(v).decode()}" for k, v in rest.items())
+        level = str(record.get("level", "")).upper()
+        print(
+            f"{record.get('ts', '-')} {level:7} {record.get('event', '')} {text} {extra}".rstrip()
+        )
+    sys.stdout.flush()
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from ._control import stream
+
+    params = {"plugin": args.plugin_id, "limit": args.limit}
+    if not args.follow:
+        for record in _ask_host(args, "logs", params):
+            _print_record(record, args.json)
+        return EXIT_OK
+    try:
+        for method, record in stream(_socket_for(args), "logs", {**params, "follow": True}):
+            if method == "log" and isinstance(record, dict):
+                _print_record(record, args.json)
+    except KeyboardInterrupt:
+        # Interrupting a follow is how it is meant to end.
+        return EXIT_OK
+    except BrokenPipeError:
+        # `cordon logs --follow | head`: the reader has what it wanted.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    return EXIT_OK
+
+
 def _cmd_new_plugin(args: argparse.Namespace) -> int:
     from ._scaffold import scaffold_plugin, write_grants
 
@@ -700,6 +743,21 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(au)
     au.add_argument("--json", action="store_true")
     au.set_defaults(func=_cmd_audit)
+
+    lg = sub.add_parser(
+        "logs", help="a plugin's recent log records from the running host (--follow: and new ones)"
+    )
+    lg.add_argument("plugin_id")
+    lg.add_argument(
+        "--limit", type=_count_arg, default=100, help="recent records to show first (default: 100)"
+    )
+    lg.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new records until interrupted"
+    )
+    lg.add_argument("--json", action="store_true", help="one JSON object per record and line")
+    config_opt(lg)
+    socket_opt(lg)
+    lg.set_defaults(func=_cmd_logs)
 
     new = sub.add_parser("new", help="scaffold a new plugin")
     new_sub = new.add_subparsers(dest="new_command", required=True, metavar="WHAT")

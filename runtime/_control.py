@@ -69,6 +69,7 @@ __all__ = [
     "overrides_path",
     "read_overrides",
     "request",
+    "stream",
     "write_override",
 ]
 
@@ -324,8 +325,9 @@ def _peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-#: Sends one frame to the client that sent the request being answered.
-Send = Callable[[bytes], Awaitable[None]]
+#: Sends one frame to the client that sent the request being answered; ``False`` once the
+#: client is gone (a stream of records, ``logs --follow``, then stops).
+Send = Callable[[bytes], Awaitable[bool]]
 #: Handles one frame (or the oversize marker) read from a client, answering through ``send``.
 #: Each frame runs in a task of its own, so requests are served concurrently.
 FrameHandler = Callable[[bytes | _Oversize, Send], Awaitable[None]]
@@ -461,15 +463,16 @@ async def _serve_client(stream: anyio.abc.SocketStream, handle_frame: FrameHandl
     write_lock = anyio.Lock()
     gone = False
 
-    async def send(frame: bytes) -> None:
+    async def send(frame: bytes) -> bool:
         nonlocal gone
         if gone:
-            return
+            return False
         async with write_lock:
             try:
                 await stream.send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
                 gone = True
+        return not gone
 
     slots = anyio.Semaphore(MAX_IN_FLIGHT_PER_CLIENT)
 
@@ -587,3 +590,39 @@ def request(path: Path, method: str, params: dict[str, Any] | None = None) -> An
                 timeout=REQUEST_TIMEOUT,
                 method=method,
             ) from None
+
+
+def stream(
+    path: Path, method: str, params: dict[str, Any] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """Send one request whose answer is a stream (``logs`` with ``follow``) and yield each
+    notification the host sends for it, as ``(method, params)``, with no time limit. Ends
+    when the host answers (its error raised as the typed exception it is); a host that
+    closes the connection instead (it stopped) is :class:`HostNotRunning` (``stopped``)."""
+    from cordon.protocol import Notification, Response
+
+    sock = connect(path)
+    # A follower waits as long as the operator likes; the host's heartbeats keep it honest.
+    sock.settimeout(None)
+    with sock:
+        sock.sendall(encode_request(1, method, params or {}))
+        splitter = FrameSplitter(DEFAULT_MAX_FRAME)
+        while True:
+            try:
+                data = sock.recv(READ_CHUNK)
+            except ConnectionResetError:
+                data = b""
+            for frame in splitter.feed(data) if data else splitter.feed_eof():
+                if not isinstance(frame, bytes):
+                    continue
+                msg = decode_frame(frame)
+                if isinstance(msg, Notification):
+                    yield msg.method, msgspec.json.decode(msg.params or b"null")
+                elif isinstance(msg, Response) and msg.id in (1, None):
+                    if msg.error is not None:
+                        raise _rebuild(msg.error)
+                    return
+            if not data:
+                raise HostNotRunning(
+                    f"the cordon host on {path} stopped", socket=str(path), reason="stopped"
+                )

@@ -29,13 +29,50 @@ import structlog
 
 from ._redact import REDACTED, Redactor
 
-__all__ = ["LEVELS", "LogSink", "LogStats"]
+__all__ = ["LEVELS", "LogSink", "LogStats", "LogSubscriber"]
 
 LEVELS: Final = ("debug", "info", "warning", "error")
 
 _PEM_BEGIN: Final = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----")
 _PEM_END: Final = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY-----")
 _json = msgspec.json.Encoder()
+
+
+#: Called with every record a sink writes, before the host's level filter: the level, the
+#: event name, and the record's fields (``plugin`` among them). Must not block or raise.
+LogSubscriber = Callable[[str, str, dict[str, Any]], None]
+
+
+class _Tee:
+    """The sink's logger, handing each record to the subscribers first (e.g. the running
+    host's ring of recent records per plugin behind ``cordon logs``). Every record a sink
+    writes goes through here, whichever method writes it, so no path can miss the ring."""
+
+    __slots__ = ("_logger", "subscribers")
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+        self.subscribers: list[LogSubscriber] = []
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> Any:
+        for subscriber in self.subscribers:
+            subscriber(level, event, fields)
+        return getattr(self._logger, level)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        return self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        return self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> Any:
+        return self._emit("error", event, fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 @dataclass(slots=True)
@@ -87,7 +124,7 @@ class LogSink:
     ) -> None:
         if rate <= 0:
             raise ValueError("log rate must be positive")
-        self._logger = logger if logger is not None else structlog.get_logger("cordon.plugin")
+        self._logger = _Tee(logger if logger is not None else structlog.get_logger("cordon.plugin"))
         self.rate = float(rate)
         self.burst = float(burst) if burst is not None else 2.0 * self.rate
         self.max_event = max_event
@@ -99,6 +136,17 @@ class LogSink:
         self._plugins: dict[str, _PluginState] = {}
 
     # -- public ---------------------------------------------------------------------------
+
+    def subscribe(self, subscriber: LogSubscriber) -> Callable[[], None]:
+        """Hand every record this sink writes (clean, whatever the host's log level) to
+        ``subscriber`` too; returns the function that stops it."""
+        self._logger.subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._logger.subscribers:
+                self._logger.subscribers.remove(subscriber)
+
+        return unsubscribe
 
     def log(
         self, plugin_id: str, level: str, event: str, fields: Mapping[str, Any] | None = None

@@ -12,6 +12,13 @@ One JSON text per line, as between host and worker, on both channels. Methods:
   survive a restart
 - ``emit {topic, payload?}`` → delivers an application event, returns the subscriber count
 - ``audit {plugin, limit?}`` → the plugin's host-API audit trail
+- ``logs {plugin, limit?, follow?}`` → the plugin's last ``limit`` log records (from the
+  host's bounded ring, :mod:`._logring`), oldest first. With ``follow: true`` (control socket
+  only) the answer is a stream instead: a ``log`` notification per record — the last
+  ``limit`` first, then each new one as it is logged — and a ``heartbeat`` notification after
+  :data:`FOLLOW_HEARTBEAT` seconds without one (so a follower that left is noticed); it ends
+  when the client disconnects or the host stops. An unknown plugin is a
+  ``PluginUnavailable`` error.
 
 Errors are cordon's typed wire errors (the same codes as between host and worker); a line that
 is not JSON gets a parse error (-32700) and the connection keeps working. Requests are served
@@ -70,6 +77,7 @@ from ._control import (
     overrides_path,
     write_override,
 )
+from ._logring import LogRing
 from ._runtime import Runtime
 
 __all__ = ["Host", "serve"]
@@ -78,6 +86,15 @@ log = structlog.get_logger("cordon")
 
 #: Bytes per read from stdin.
 STDIN_CHUNK: Final = 65536
+#: A ``logs --follow`` stream with nothing to say sends a heartbeat this often: writing is
+#: the only way to learn that the follower disconnected, and an idle plugin must not keep a
+#: dead follower's task alive for long.
+FOLLOW_HEARTBEAT: Final = 5.0
+#: Records sent by ``logs`` when the request names no ``limit``.
+DEFAULT_LOG_RECORDS: Final = 100
+
+# Log records carry plugin-chosen values: anything msgspec cannot encode goes as its repr.
+_records = msgspec.json.Encoder(enc_hook=repr)
 
 
 class _Call(msgspec.Struct, forbid_unknown_fields=True):
@@ -91,6 +108,12 @@ class _Call(msgspec.Struct, forbid_unknown_fields=True):
 class _PluginRef(msgspec.Struct, forbid_unknown_fields=True):
     plugin: str
     limit: int = 100
+
+
+class _Logs(msgspec.Struct, forbid_unknown_fields=True):
+    plugin: str
+    limit: int = DEFAULT_LOG_RECORDS
+    follow: bool = False
 
 
 class _Emit(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,12 +131,17 @@ def _params(raw: msgspec.Raw, typ: type[msgspec.Struct]) -> Any:
 class Host:
     """The JSON-RPC face of a running :class:`Runtime`, shared by every channel.
 
-    ``overrides`` is the file ``enable``/``disable`` persist to (``None``: not persisted).
+    ``overrides`` is the file ``enable``/``disable`` persist to (``None``: not persisted);
+    ``ring`` holds the plugins' recent log records (a fresh one, fed by the runtime's log
+    sink, by default).
     """
 
-    def __init__(self, rt: Runtime, overrides: Path | None = None) -> None:
+    def __init__(
+        self, rt: Runtime, overrides: Path | None = None, ring: LogRing | None = None
+    ) -> None:
         self.rt = rt
         self.overrides = overrides
+        self.ring = ring if ring is not None else LogRing()
         # enable/disable persist, then apply: two racing ones must apply in the order they
         # were persisted, or the file and the live state would disagree.
         self._lifecycle = anyio.Lock()
@@ -162,7 +190,51 @@ class Host:
         if method == "audit":
             ref = _params(raw, _PluginRef)
             return msgspec.to_builtins(await rt.audit(ref.plugin, ref.limit))
+        if method == "logs":
+            q = self._logs_params(raw)
+            if q.follow:
+                raise InvalidParams(
+                    "logs with follow streams records: ask on the control socket, alone "
+                    "(not on stdin, not in a batch)",
+                    field="follow",
+                )
+            return self.ring.recent(q.plugin, q.limit)
         raise MethodNotFound(f"method {method!r} not found", method=method)
+
+    def _logs_params(self, raw: msgspec.Raw) -> _Logs:
+        q: _Logs = _params(raw, _Logs)
+        if q.limit < 0:
+            raise InvalidParams("limit must be >= 0", field="limit")
+        if not self.ring.knows(q.plugin):
+            self.rt.get(q.plugin)  # PluginUnavailable for a plugin this host never had
+        return q
+
+    async def follow_logs(self, req: Request, send: Send) -> None:
+        """Stream ``req``'s plugin's records to ``send`` until the client is gone."""
+        try:
+            q = self._logs_params(req.params)
+        except CordonError as exc:
+            await send(encode_error(req.id, error_to_wire(exc)))
+            return
+        with self.ring.follow(q.plugin) as follower:
+            # Subscribed before the backlog is read (no await in between): nothing is
+            # missed and nothing is sent twice.
+            for record in self.ring.recent(q.plugin, q.limit):
+                if not await send(_notification("log", record)):
+                    return
+            while True:
+                with anyio.move_on_after(FOLLOW_HEARTBEAT):
+                    record = await follower.receive.receive()
+                    if follower.dropped:
+                        lost, follower.dropped = follower.dropped, 0
+                        note = {"plugin": q.plugin, "level": "warning", "event": "logs.dropped"}
+                        if not await send(_notification("log", {**note, "dropped": lost})):
+                            return
+                    if not await send(_notification("log", record)):
+                        return
+                    continue
+                if not await send(_notification("heartbeat", None)):
+                    return
 
     async def answer(self, req: Request) -> bytes:
         try:
@@ -177,13 +249,22 @@ class Host:
             return encode_error(req.id, error_to_wire(exc))
 
     async def handle_frame(self, frame: bytes | _Oversize, send: Send) -> None:
-        """Answer one frame from a client through ``send`` (nothing, for notifications and
-        stray responses)."""
+        """Answer one frame from a control socket client through ``send`` (nothing, for
+        notifications and stray responses)."""
+        await self._handle(frame, send, streams=True)
+
+    async def handle_stdin_frame(self, frame: bytes | _Oversize, send: Send) -> None:
+        """As :meth:`handle_frame`, for stdin: no streams (stdin's EOF must stop the host)."""
+        await self._handle(frame, send, streams=False)
+
+    async def _handle(self, frame: bytes | _Oversize, send: Send, *, streams: bool) -> None:
         if not isinstance(frame, bytes):
             await send(encode_error(None, error_to_wire(InvalidParams("frame too large"))))
             return
         msg = decode_frame(frame)
-        if isinstance(msg, Request):
+        if streams and isinstance(msg, Request) and msg.method == "logs" and _follows(msg):
+            await self.follow_logs(msg, send)
+        elif isinstance(msg, Request):
             await send(await self.answer(msg))
         elif isinstance(msg, Batch):
             parts = []
@@ -198,9 +279,24 @@ class Host:
             await send(encode_error(msg.id, msg.error))
 
 
-async def _load_configured(rt: Runtime) -> None:
+def _notification(method: str, params: Any) -> bytes:
+    return _records.encode({"jsonrpc": "2.0", "method": method, "params": params}) + b"\n"
+
+
+def _follows(req: Request) -> bool:
+    try:
+        return bool(msgspec.json.decode(req.params or b"{}", type=_Logs).follow)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False  # answered (as invalid params) by the ordinary path
+
+
+async def _load_configured(rt: Runtime, *, entry_points: bool | None = None) -> None:
+    """Load every configured plugin; installed entry points too unless ``entry_points`` (by
+    default the config's ``[runtime] entry-points``) is false."""
+    if entry_points is None:
+        entry_points = rt.config.runtime.entry_points
     # Dependency order; a broken plugin is reported and never stops the others.
-    report = await rt.load_all()
+    report = await rt.load_all(entry_points=entry_points)
     for failure in report.failed:
         log.error(
             "plugin.load_failed", plugin=failure.plugin, path=failure.path, reason=failure.reason
@@ -217,8 +313,9 @@ def _write_stdout(frame: bytes) -> None:
         pass
 
 
-async def _send_stdout(frame: bytes) -> None:
+async def _send_stdout(frame: bytes) -> bool:
     _write_stdout(frame)
+    return True
 
 
 async def _read_stdin() -> bytes:
@@ -244,9 +341,9 @@ async def _serve_stdin(host: Host) -> None:
     async with anyio.create_task_group() as tg:
         while data := await _read_stdin():
             for frame in splitter.feed(data):
-                tg.start_soon(host.handle_frame, frame, _send_stdout)
+                tg.start_soon(host.handle_stdin_frame, frame, _send_stdout)
         for frame in splitter.feed_eof():
-            tg.start_soon(host.handle_frame, frame, _send_stdout)
+            tg.start_soon(host.handle_stdin_frame, frame, _send_stdout)
         # EOF: the task group waits for requests still in flight, then the host stops.
 
 
@@ -265,8 +362,12 @@ async def serve(
     socket_path: Path | None = None,
     use_socket: bool = True,
     use_stdin: bool = True,
+    entry_points: bool | None = None,
 ) -> int:
     """Run a host until stdin's EOF (if ``use_stdin``) or SIGTERM/SIGINT; see the module doc.
+
+    ``entry_points``: whether installed distributions' ``cordon.plugins`` entry points are
+    loaded (``None``: as the config's ``[runtime] entry-points`` says, by default yes).
 
     Raises :class:`~cordon.runtime._control.HostAlreadyRunning` before starting any plugin
     when another host serves the socket.
@@ -282,7 +383,14 @@ async def serve(
             async with anyio.create_task_group() as signals:
                 signals.start_soon(_stop_on_signal, stopping)
                 async with Runtime(cfg) as rt:
-                    await _serve_channels(rt, cfg, control, watch=watch, use_stdin=use_stdin)
+                    await _serve_channels(
+                        rt,
+                        cfg,
+                        control,
+                        watch=watch,
+                        use_stdin=use_stdin,
+                        entry_points=entry_points,
+                    )
                 signals.cancel_scope.cancel()
     finally:
         if control is not None:
@@ -291,10 +399,35 @@ async def serve(
 
 
 async def _serve_channels(
-    rt: Runtime, cfg: Config, control: ControlSocket | None, *, watch: bool, use_stdin: bool
+    rt: Runtime,
+    cfg: Config,
+    control: ControlSocket | None,
+    *,
+    watch: bool,
+    use_stdin: bool,
+    entry_points: bool | None,
 ) -> None:
     host = Host(rt, overrides_path(cfg))
-    await _load_configured(rt)
+    assert rt.log_sink is not None
+    stop_ring = rt.log_sink.subscribe(host.ring.add)
+    try:
+        await _serve_host(
+            host, control, watch=watch, use_stdin=use_stdin, entry_points=entry_points
+        )
+    finally:
+        stop_ring()
+
+
+async def _serve_host(
+    host: Host,
+    control: ControlSocket | None,
+    *,
+    watch: bool,
+    use_stdin: bool,
+    entry_points: bool | None,
+) -> None:
+    rt = host.rt
+    await _load_configured(rt, entry_points=entry_points)
     async with anyio.create_task_group() as tg:
         if watch:
             tg.start_soon(rt.watch)
