@@ -20,17 +20,29 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
     "DEFAULT_SECRET_KEYS",
+    "MAX_KEY",
+    "MAX_MESSAGE",
+    "MAX_TRACEBACK",
     "REDACTED",
+    "RULES",
     "Redactor",
+    "Rule",
     "is_secret_key",
     "neutralise",
 ]
 
 REDACTED: Final = "[REDACTED]"
+#: Longest plugin text kept for one message (an error's message, a log event).
+MAX_MESSAGE: Final = 4096
+#: Longest traceback kept (its end).
+MAX_TRACEBACK: Final = 16384
+#: Longest field name kept: names are labels, not payloads.
+MAX_KEY: Final = 128
 
 #: Substrings that make a field name secret, compared after lower-casing and dropping
 #: ``-``, ``_``, ``.`` and spaces (so ``X-Api-Key``, ``api_key`` and ``apiKey`` all hit).
@@ -64,62 +76,138 @@ _KEYWORDS = (
     r"cookie|private[_-]?key|credentials?|session[_-]?id|access[_-]?key"
 )
 #: Between a label and its value: ``=``, ``:``, quotes (also JSON-escaped ones), spaces.
-_SEP = r"""((?:\\?["'])?\s*[=:]\s*(?:\\?["'])?)"""
+_SEP = r"""((?:\\?["'])?\s*+[=:]\s*+(?:\\?["'])?)"""
 
-#: (pattern, replacement). Replacements keep the harmless prefix so the line stays readable.
-_VALUE_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+# Every pattern below must run in time linear in its input, whatever the input: a plugin
+# chooses the text, and the host's event loop runs the regex. Super-linear matching needs the
+# engine to scan the same characters more than once, which the patterns rule out by
+#  - making every unbounded quantifier possessive (``*+``, ``++``: never given back), and
+#    following it only by something its class cannot match, so giving back could not help;
+#  - never letting an attempt start inside a run an earlier attempt already scanned to its
+#    end and failed on: either the start is fenced by a look-behind on the run's own class, or
+#    the quantifier after the start is bounded (``{0,32}``), or the run can only fail at a
+#    bounded length (``{16,}`` at the end of a pattern either matches the whole run or failed
+#    within 16 characters).
+# tests/test_redact_adversarial.py generates near-miss inputs for every rule from the pattern
+# itself and checks the cost per byte does not grow with the size; a new rule is covered
+# without writing a test for it.
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One redaction: ``pattern`` replaced by ``repl``, tried only when one of ``needles``
+    occurs in the text (lower-cased first when ``fold``). The needle check is a substring
+    search at memory speed, so ordinary text pays for the few rules that could match it."""
+
+    name: str
+    pattern: re.Pattern[str]
+    repl: str
+    needles: tuple[str, ...] = ()
+    fold: bool = False
+
+    def apply(self, text: str, folded: str | None = None) -> str:
+        if self.needles:
+            hay = (folded if folded is not None else text.lower()) if self.fold else text
+            if not any(n in hay for n in self.needles):
+                return text
+        return self.pattern.sub(self.repl, text)
+
+
+#: The built-in rules, in order. Replacements keep the harmless prefix so a line stays
+#: readable.
+RULES: Final[tuple[Rule, ...]] = (
     # PEM private key blocks, including a block cut short (one line of stderr, a truncation).
-    (
+    # The label is bounded, and ``.*?`` stops at the first END or the end of the text.
+    Rule(
+        "pem-private-key",
         re.compile(
-            r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+            r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----"
+            r".*?(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----|\Z)",
             re.DOTALL,
         ),
         REDACTED,
+        ("-----BEGIN",),
     ),
     # HTTP auth schemes: "Bearer abc.def", "Basic dXNlcjpwYXNz", "Token xyz".
-    (
-        re.compile(r"(?i)\b(bearer|basic|token|digest)(\s+)[A-Za-z0-9\-._~+/]{8,}=*"),
+    Rule(
+        "http-auth-scheme",
+        re.compile(r"(?i)\b(bearer|basic|token|digest)(\s++)[A-Za-z0-9\-._~+/]{8,}+=*+"),
         r"\1\2" + REDACTED,
+        ("bearer", "basic", "token", "digest"),
+        fold=True,
     ),
-    # JWTs (header.payload.signature, signature possibly empty for alg=none).
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_\-]*"), REDACTED),
+    # JWTs (header.payload.signature, signature possibly empty for alg=none). The look-behind
+    # keeps an attempt from starting inside a segment an earlier attempt already scanned.
+    Rule(
+        "jwt",
+        re.compile(
+            r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]*+"
+        ),
+        REDACTED,
+        ("eyJ",),
+    ),
     # OpenAI / Anthropic style: sk-..., sk-proj-..., sk-ant-...
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), REDACTED),
+    Rule("sk-key", re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}+"), REDACTED, ("sk-",)),
     # Stripe live/test secret and restricted keys.
-    (re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"), REDACTED),
+    Rule(
+        "stripe-key",
+        re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+"),
+        REDACTED,
+        ("k_live_", "k_test_"),
+    ),
     # GitHub tokens: classic (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained.
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
-    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), REDACTED),
+    Rule(
+        "github-token",
+        re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}+"),
+        REDACTED,
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    ),
+    Rule("github-pat", re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}+"), REDACTED, ("github_pat_",)),
     # GitLab personal access tokens.
-    (re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}"), REDACTED),
+    Rule("gitlab-pat", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20,}+"), REDACTED, ("glpat-",)),
     # Slack bot/user/app/refresh tokens.
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), REDACTED),
+    Rule("slack-token", re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}+"), REDACTED, ("xox",)),
     # Google API keys.
-    (re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), REDACTED),
+    Rule("google-api-key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}"), REDACTED, ("AIza",)),
     # AWS access key ids (long-term AKIA, temporary ASIA).
-    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),
+    Rule(
+        "aws-access-key-id",
+        re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+        REDACTED,
+        ("AKIA", "ASIA"),
+    ),
     # AWS secret access keys have no prefix; recognise them by the label next to them.
-    (
+    Rule(
+        "aws-secret-key",
         re.compile(
             r"(?i)(aws[_-]?secret[_-]?access[_-]?key|aws[_-]?secret|secret[_-]?access[_-]?key)"
             + _SEP
             + r"[A-Za-z0-9/+=]{40}"
         ),
         r"\1\2" + REDACTED,
+        ("secret",),
+        fold=True,
     ),
-    # Credentials in URLs: scheme://user:password@host.
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]+:)[^\s@/]+@"), r"\1" + REDACTED + "@"),
+    # Credentials in URLs: scheme://user:password@host. The scheme is bounded (RFC 3986
+    # schemes are short): unbounded, every letter of "a.a.a.a..." would start a scan to the end.
+    Rule(
+        "url-credentials",
+        re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{0,31}://[^\s:/@]++:)[^\s@/]++@"),
+        r"\1" + REDACTED + "@",
+        ("://",),
+    ),
     # key=value / key: value / "key": "value" in free text (stderr lines, f-strings), where
     # the label *ends* with a secret word (db_password=, githubToken:, but not token_count=).
-    (
+    # The label's head is not part of the match (it is kept anyway): matching it, as
+    # ``[\w-]*?password``, tried every start in a long word - quadratic.
+    Rule(
+        "key-value",
         re.compile(
-            r"(?i)\b([\w\-]*?(?:"
-            + _KEYWORDS
-            + r"))"
-            + _SEP
-            + r"""(?!\[REDACTED\])[^\s"'\\,;&{}\[\]]+"""
+            r"(?i)(" + _KEYWORDS + r")" + _SEP + r"""(?!\[REDACTED\])[^\s"'\\,;&{}\[\]]++"""
         ),
         r"\1\2" + REDACTED,
+        ("pass", "pw", "secret", "token", "key", "auth", "cookie", "credential", "session"),
+        fold=True,
     ),
 )
 
@@ -141,6 +229,8 @@ def _escape(m: re.Match[str]) -> str:
 
 
 _json_decoder = json.JSONDecoder()
+#: JSON values parsed out of one text; each parse may scan the rest of it.
+_JSON_ATTEMPTS: Final = 8
 
 
 def _next_open(text: str, start: int) -> int:
@@ -168,15 +258,18 @@ class Redactor:
 
     ``extra_patterns``: regexes whose whole match is replaced (compiled as given, so pass
     ``(?i)`` for case-insensitivity). ``extra_keys``: more field-name substrings, matched like
-    :data:`DEFAULT_SECRET_KEYS`.
+    :data:`DEFAULT_SECRET_KEYS`. The built-in rules are linear in their input; an operator's
+    pattern cannot be checked for that here, which is why every caller caps the text before
+    redacting it (and the log sink bounds each plugin's redaction time).
     """
 
     def __init__(
         self, extra_patterns: Iterable[str | re.Pattern[str]] = (), extra_keys: Iterable[str] = ()
     ) -> None:
-        self._patterns: list[tuple[re.Pattern[str], str]] = list(_VALUE_PATTERNS)
-        for p in extra_patterns:
-            self._patterns.append((re.compile(p) if isinstance(p, str) else p, REDACTED))
+        self.rules: tuple[Rule, ...] = RULES + tuple(
+            Rule(f"operator-{i}", re.compile(p) if isinstance(p, str) else p, REDACTED)
+            for i, p in enumerate(extra_patterns, 1)
+        )
         self._extra_keys = tuple(_KEY_NORMALISE.sub("", k.lower()) for k in extra_keys)
         self._key_cache: dict[str, bool] = {}
 
@@ -189,16 +282,50 @@ class Redactor:
         return hit
 
     def text(self, text: str) -> str:
-        """Redact secret-looking substrings (does not neutralise)."""
+        """Redact secret-looking substrings (does not neutralise). Linear in ``len(text)``
+        for the built-in rules; callers cap ``text`` first."""
         if "{" in text or "[" in text:
             text = self._embedded_json(text)
-        for pattern, repl in self._patterns:
-            text = pattern.sub(repl, text)
+        folded = text.lower()
+        for rule in self.rules:
+            out = rule.apply(text, folded)
+            if out is not text:
+                text = out
+                folded = text.lower()
         return text
 
     def clean_text(self, text: str) -> str:
         """Redact, then neutralise: what may be written to a log."""
         return neutralise(self.text(text))
+
+    def clean_message(self, text: str, limit: int = MAX_MESSAGE) -> str:
+        """Plugin text for one line of a log, a terminal or an error string: capped before
+        any pattern runs (twice the limit is scanned, so a secret straddling the cut is still
+        recognised), redacted, neutralised, cut to ``limit``."""
+        clean = self.clean_text(text[: 2 * limit])
+        if len(text) <= limit and len(clean) <= limit:
+            return clean
+        return f"{clean[:limit]}…[cut, {len(text)} chars]"
+
+    def clean_lines(self, text: str, limit: int = MAX_TRACEBACK) -> str:
+        """Like :meth:`clean_message`, for text a human reads as lines (a traceback): the
+        line breaks survive, every other control character is escaped, and the *end* is kept
+        (where a traceback says what happened)."""
+        head = text[-2 * limit :]
+        lines = [neutralise(line) for line in self.text(head).split("\n")]
+        clean = "\n".join(lines)
+        if len(text) <= limit and len(clean) <= limit:
+            return clean
+        return f"[cut, {len(text)} chars]…{clean[-limit:]}"
+
+    def clean_key(self, name: str, limit: int = MAX_KEY) -> str | None:
+        """A field *name* as it may be shown: neutralised and capped; ``None`` when the name
+        itself looks like a secret (``{"ghp_...": 1}``), to be shown as a placeholder."""
+        head = name[: 2 * limit]
+        if self.text(head) != head:
+            return None
+        clean = neutralise(head)
+        return clean if len(clean) <= limit and len(name) <= limit else f"{clean[:limit]}…"
 
     def _embedded_json(self, text: str) -> str:
         """JSON printed as text (a JSON log line on stderr, ``json.dumps`` in a message):
@@ -208,11 +335,12 @@ class Redactor:
         attempts = 0
         i = _next_open(text, 0)
         # Bounded: each attempt may scan the rest of the text.
-        while i >= 0 and attempts < 8:
+        while i >= 0 and attempts < _JSON_ATTEMPTS:
             attempts += 1
             try:
                 obj, end = _json_decoder.raw_decode(text, i)
-            except ValueError:
+            except (ValueError, RecursionError):
+                # RecursionError: "[[[[..." nests deeper than the C scanner will go.
                 i = _next_open(text, i + 1)
                 continue
             red = self._value(obj, 16, neutral=False)
@@ -240,9 +368,20 @@ class Redactor:
             return "[too deep]"
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
+            hidden = 0
             for k, v in value.items():
                 key = k if isinstance(k, str) else str(k)
-                out[neutralise(key) if neutral else key] = (
+                shown: str | None = key
+                if neutral:
+                    shown = self.clean_key(key)
+                    if shown is None:
+                        # The name is a credential: neither it nor what it labels is shown.
+                        hidden += 1
+                        out[f"[redacted-key-{hidden}]"] = REDACTED
+                        continue
+                    if shown in out:  # two names that differ only past the cap
+                        shown = f"{shown}#{len(out)}"
+                out[shown] = (
                     REDACTED
                     if self.is_secret_key(key)
                     else self._value(v, depth - 1, neutral=neutral)
