@@ -37,6 +37,19 @@ _PEM_BEGIN: Final = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----")
 _PEM_END: Final = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY-----")
 _json = msgspec.json.Encoder()
 
+#: Share of one CPU a plugin's log text may cost the host to clean, over time (5%: with
+#: linear redaction, a worst-case 4 KiB line costs ~1 ms, so ~50 such lines a second). A
+#: plugin over it has its lines dropped and counted until its budget refills.
+REDACT_SHARE: Final = 0.05
+#: The most cleaning time a plugin may have banked, in seconds; each record's own cost is
+#: bounded anyway by the caps below, so this only smooths bursts.
+REDACT_BURST: Final = 0.05
+#: Characters past a cap that are still scanned, so a secret straddling the cut is
+#: recognised (and redacted) rather than half shown. Tokens are far shorter.
+SCAN_MARGIN: Final = 1024
+#: Values (strings, numbers, containers) walked per record; the rest is cut and counted.
+MAX_NODES: Final = 2000
+
 
 #: Called with every record a sink writes, before the host's level filter: the level, the
 #: event name, and the record's fields (``plugin`` among them). Must not block or raise.
@@ -84,16 +97,24 @@ class LogStats:
     dropped: int = 0
     truncated: int = 0
     unreported: int = 0
+    #: Of ``dropped``: lines dropped because the plugin's cleaning-time budget ran out.
+    over_budget: int = 0
 
 
 class _PluginState:
-    __slots__ = ("in_pem", "last", "stats", "tokens")
+    __slots__ = ("in_pem", "last", "stats", "tokens", "work")
 
     def __init__(self, burst: float, now: float) -> None:
         self.tokens = burst
+        #: Seconds of cleaning this plugin may still spend (see REDACT_SHARE).
+        self.work = REDACT_BURST
         self.last = now
         self.in_pem = False
         self.stats = LogStats()
+
+
+#: What a value past a record's budget becomes.
+_CUT: Final = "[cut]"
 
 
 def _cut(text: str, limit: int) -> tuple[str, bool]:
@@ -121,6 +142,8 @@ class LogSink:
         max_depth: int = 8,
         redactor: Redactor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timer: Callable[[], float] = time.perf_counter,
+        redact_share: float = REDACT_SHARE,
     ) -> None:
         if rate <= 0:
             raise ValueError("log rate must be positive")
@@ -133,6 +156,9 @@ class LogSink:
         self.max_depth = max_depth
         self.redactor = redactor or Redactor()
         self._clock = clock
+        # What cleaning a record cost is measured with ``timer`` and charged to its plugin.
+        self._timer = timer
+        self.redact_share = redact_share
         self._plugins: dict[str, _PluginState] = {}
 
     # -- public ---------------------------------------------------------------------------
@@ -157,8 +183,12 @@ class LogSink:
         st = self._admit(plugin_id)
         if st is None:
             return False
-        msg, cut = _cut(self.redactor.clean_text(event[: self.max_event * 4]), self.max_event)
+        t0 = self._timer()
+        msg, cut = _cut(
+            self.redactor.clean_text(event[: self.max_event + SCAN_MARGIN]), self.max_event
+        )
         clean_fields, cut2 = self._clean_fields(fields or {})
+        st.work -= self._timer() - t0
         if cut or cut2:
             st.stats.truncated += 1
         getattr(self._logger, level)("plugin.log", plugin=plugin_id, msg=msg, fields=clean_fields)
@@ -169,7 +199,10 @@ class LogSink:
         st = self._admit(plugin_id)
         if st is None:
             return False
-        text = line.decode("utf-8", "replace")
+        t0 = self._timer()
+        # Capped before any pattern runs: the cost of a line is bounded by the cap, not by
+        # what the plugin wrote.
+        text = line[: self.max_line + SCAN_MARGIN].decode("utf-8", "replace")
         # A PEM block printed to stderr arrives one line at a time; the regex alone would
         # only catch its first line. Track "inside a key block" across lines.
         if st.in_pem:
@@ -182,9 +215,10 @@ class LogSink:
         begins = list(_PEM_BEGIN.finditer(text))
         if begins and _PEM_END.search(text, begins[-1].end()) is None:
             st.in_pem = True
-        clean, cut = _cut(self.redactor.clean_text(text[: self.max_line * 4]), self.max_line)
-        if cut:
+        clean, cut = _cut(self.redactor.clean_text(text), self.max_line)
+        if cut or len(line) > len(text):
             st.stats.truncated += 1
+        st.work -= self._timer() - t0
         self._logger.info("plugin.output", plugin=plugin_id, line=clean)
         return True
 
@@ -210,7 +244,7 @@ class LogSink:
         for pid in ids:
             st = self._plugins.get(pid)
             s = st.stats if st is not None else LogStats()
-            out[pid] = LogStats(s.accepted, s.dropped, s.truncated, s.unreported)
+            out[pid] = LogStats(s.accepted, s.dropped, s.truncated, s.unreported, s.over_budget)
         return out
 
     def forget(self, plugin_id: str) -> None:
@@ -226,11 +260,16 @@ class LogSink:
         if st is None:
             st = self._plugins[plugin_id] = _PluginState(self.burst, now)
         else:
-            st.tokens = min(self.burst, st.tokens + (now - st.last) * self.rate)
+            elapsed = now - st.last
+            st.tokens = min(self.burst, st.tokens + elapsed * self.rate)
+            st.work = min(REDACT_BURST, st.work + elapsed * self.redact_share)
             st.last = now
-        if st.tokens < 1.0:
+        if st.tokens < 1.0 or st.work <= 0.0:
+            # Dropping costs next to nothing: no pattern runs on a dropped line.
             st.stats.dropped += 1
             st.stats.unreported += 1
+            if st.tokens >= 1.0:
+                st.stats.over_budget += 1
             return None
         st.tokens -= 1.0
         if st.stats.unreported:
@@ -245,6 +284,7 @@ class LogSink:
             plugin=plugin_id,
             dropped=n,
             dropped_total=st.stats.dropped,
+            over_budget_total=st.stats.over_budget,
             rate=self.rate,
         )
 
@@ -255,7 +295,7 @@ class LogSink:
             nonlocal cut
             if isinstance(value, str):
                 text, c = _cut(value, self.max_field)
-                cut = cut or c
+                cut = cut or c or value == _CUT
                 return text
             if isinstance(value, dict):
                 if depth <= 0:
@@ -287,16 +327,29 @@ class LogSink:
             return {"_truncated": f"{size} bytes of fields cut to: {preview}"}, True
         return cleaned, cut
 
-    def _pre_trim(self, value: Any, depth: int) -> Any:
+    def _pre_trim(self, value: Any, depth: int, budget: list[int] | None = None) -> Any:
+        """The fields as far as the record's budgets reach, before any pattern runs: each
+        string capped at ``max_field`` (plus the scan margin), at most ``max_line`` (plus the
+        margin) characters in all, ``MAX_NODES`` values; past a budget, values become
+        ``[cut]``. So the cost of one record is bounded whatever the plugin sent."""
+        if budget is None:
+            budget = [self.max_line + SCAN_MARGIN, MAX_NODES]
+        if budget[1] <= 0 or budget[0] <= 0:
+            return _CUT
+        budget[1] -= 1
         if isinstance(value, str):
-            return value[: self.max_field * 4]
+            text = value[: min(self.max_field + SCAN_MARGIN, budget[0])]
+            budget[0] -= len(text)
+            return text
         if depth <= 0:
             return "[too deep]"
         if isinstance(value, Mapping):
-            return {
-                str(k)[: self.max_event * 4]: self._pre_trim(v, depth - 1)
-                for k, v in list(value.items())[:101]
-            }
+            out: dict[str, Any] = {}
+            for k, v in list(value.items())[:101]:
+                key = str(k)[: self.max_event + SCAN_MARGIN]
+                budget[0] -= len(key)
+                out[key] = self._pre_trim(v, depth - 1, budget)
+            return out
         if isinstance(value, list | tuple):
-            return [self._pre_trim(v, depth - 1) for v in value[:101]]
+            return [self._pre_trim(v, depth - 1, budget) for v in value[:101]]
         return value
