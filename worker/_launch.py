@@ -1,7 +1,8 @@
 """The worker's launch sequence, as ordered steps in one place.
 
     protect channel → preload → announce → receive config → apply limits → lock down
-    → import plugin → report ready → serve (activate arrives as the first request)
+    → capture logging → import plugin → report ready → serve (activate arrives as the
+    first request)
 
 Each step is a function of the shared :class:`Launch` state, so the sandbox and a later
 pre-forked launcher slot in by replacing or reordering entries of :data:`STEPS`, not by
@@ -11,10 +12,10 @@ rewriting the sequence. Nothing from the plugin is imported before ``lock_down``
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,8 +82,14 @@ class Launch:
     init: InitializeParams | None = None
     report: dict[str, str] = field(default_factory=dict)
     plugin: Any = None
+    #: Plugin threads may log (one frame per record, see capture_logging) while we write.
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def write(self, frame: bytes) -> None:
+        with self.write_lock:
+            self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
         view = memoryview(frame)
         while view:
             n = os.write(self.wfd, view)
@@ -180,8 +187,6 @@ def lock_down(st: Launch) -> None:
         )
     except CordonError as exc:
         raise LaunchAbort(EXIT_SANDBOX_REFUSED, exc) from None
-    # The plugin gets no ctypes handed to it: the lock-down module used it and let go.
-    sys.modules.pop("ctypes", None)
     with contextlib.suppress(OSError):
         os.chdir(init.scratch_dir)
     # A warm spare was spawned before it knew its plugin: home and temp files go to the
@@ -189,7 +194,16 @@ def lock_down(st: Launch) -> None:
     os.environ["HOME"] = os.environ["TMPDIR"] = init.scratch_dir
 
 
+def capture_logging(st: Launch) -> None:
+    """From here on, standard ``logging`` records (the plugin's import included) go to the
+    host as structured records; the server takes over sending them once it serves."""
+    from ._logging import install
+
+    install(st.write)
+
+
 def import_plugin(st: Launch) -> None:
+    from ._entry import import_entry_module
     from ._plugin import Plugin
 
     assert st.init is not None
@@ -197,7 +211,7 @@ def import_plugin(st: Launch) -> None:
     sys.dont_write_bytecode = True
     sys.path.insert(0, st.init.plugin_dir)
     try:
-        module = importlib.import_module(module_name)
+        module = import_entry_module(module_name, st.init.plugin_dir)
         plugin = getattr(module, attr or "plugin")
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))[-16384:]
@@ -259,6 +273,7 @@ STEPS: Final[tuple[Callable[[Launch], None], ...]] = (
     receive_config,
     apply_limits,
     lock_down,
+    capture_logging,
     import_plugin,
     report_ready,
     serve,

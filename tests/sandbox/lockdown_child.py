@@ -243,9 +243,11 @@ def int80_getpid() -> int:
     import mmap
 
     code = bytes([0xB8, 20, 0, 0, 0, 0xCD, 0x80, 0xC3])  # mov eax, 20; int 0x80; ret
-    m = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     m.write(code)
     addr = CT.addressof(CT.c_char.from_buffer(m))
+    # Written, then made executable (never both at once: W^X allows this order).
+    sys_call(10, addr, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_EXEC)
     return int(CT.CFUNCTYPE(CT.c_int)(addr)())
 
 
@@ -325,15 +327,78 @@ def pipe_write() -> int:
     return os.write(ARGS["fd"], b"through the pipe")
 
 
-def ctypes_dropped() -> dict[str, Any]:
-    import gc
-    import weakref
+def ctypes_after_lock_down() -> int:
+    import ctypes
 
-    ref = weakref.ref(sys.modules["ctypes"])
-    del sys.modules["ctypes"]
-    gc.collect()
-    again = outcome(lambda: __import__("ctypes"))
-    return {"module_freed": ref() is None, "reimport": again}
+    return int(ctypes.CDLL(None).getpid())
+
+
+def tamper_audit_then_system() -> int:
+    """Rewrite everything the audit hook could read at call time, then try os.system."""
+    import builtins
+
+    from cordon.worker._sandbox import _audit
+
+    _audit.REFUSED = frozenset()  # type: ignore[misc]
+    vars(_audit).clear()
+    os.getpid = lambda: ARGS.get("pid", 1)
+    saved = builtins.PermissionError, builtins.len
+    builtins.PermissionError = RuntimeError  # type: ignore[misc]
+    builtins.len = lambda _x: 0
+    try:
+        return os.system("true")
+    finally:
+        builtins.PermissionError, builtins.len = saved  # type: ignore[misc]
+
+
+def raw_syscall() -> int:
+    """``syscall(nr, *args)``: ints as longs, ``"@fd"`` the fd of ``open`` ([path, flags]),
+    ``"@self"`` our pid, ``"buf:N"`` N zeroed bytes, other strings as C strings."""
+    keep: list[Any] = []
+    fd = os.open(ARGS["open"][0], ARGS["open"][1]) if ARGS.get("open") else -1
+    cargs: list[int] = []
+    for a in ARGS["args"]:
+        if a == "@fd":
+            cargs.append(fd)
+        elif a == "@self":
+            cargs.append(os.getpid())
+        elif isinstance(a, str):
+            size = int(a[4:]) if a.startswith("buf:") else 0
+            buf = CT.create_string_buffer(size) if size else CT.create_string_buffer(a.encode())
+            keep.append(buf)
+            cargs.append(CT.addressof(buf))
+        else:
+            cargs.append(a)
+    try:
+        return sys_call(ARGS["nr"], *cargs)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def mmap_rwx() -> int:
+    import mmap
+
+    with mmap.mmap(-1, mmap.PAGESIZE, prot=ARGS["prot"]) as m:
+        return len(m)
+
+
+def shutil_copy() -> dict[str, Any]:
+    import shutil
+
+    src = os.path.join(ARGS["scratch"], "src.txt")
+    with open(src, "w") as f:
+        f.write("data")
+    shutil.copyfile(src, os.path.join(ARGS["scratch"], "copyfile.txt"))
+    copy = outcome(lambda: shutil.copy(src, os.path.join(ARGS["scratch"], "copy.txt")))
+    return {"copyfile": "ok", "copy": copy}
+
+
+def numpy_matmul() -> float:
+    import numpy as np
+
+    a = np.arange(10000.0).reshape(100, 100)
+    return float((a @ a).trace())
 
 
 def write_big() -> int:
@@ -382,7 +447,12 @@ ACTIONS: dict[str, Callable[[], Any]] = {
     "threads": threads,
     "scratch_work": scratch_work,
     "pipe_write": pipe_write,
-    "ctypes_dropped": ctypes_dropped,
+    "ctypes_after_lock_down": ctypes_after_lock_down,
+    "tamper_audit_then_system": tamper_audit_then_system,
+    "raw_syscall": raw_syscall,
+    "mmap_rwx": mmap_rwx,
+    "shutil_copy": shutil_copy,
+    "numpy_matmul": numpy_matmul,
     "write_big": write_big,
     "cpu_count": cpu_count,
     "nothing": lambda: None,

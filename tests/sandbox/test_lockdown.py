@@ -31,6 +31,7 @@ KERNEL = [
     "rlimits",
     "netns",
     "userns",
+    "ipcns",
     "no-new-privs",
     "landlock-fs",
     "landlock-net",
@@ -144,7 +145,8 @@ def test_strict_refuses_to_start_when_the_container_denies_namespaces(box: Box) 
     assert out.returncode == 3
     assert out.report["lockdown_error"] == "SandboxUnavailable"
     assert "netns: unshare(NEWNET): Operation not permitted" in out.report["fields"]
-    assert "userns: unshare(NEWUSER|NEWNET): Operation not permitted" in out.report["fields"]
+    assert "userns: unshare(NEWUSER|NEWNET|NEWIPC): Operation not permitted" in out.report["fields"]
+    assert "ipcns: unshare(NEWIPC): Operation not permitted" in out.report["fields"]
 
 
 def test_best_effort_reports_a_missing_layer_and_applies_the_rest(box: Box) -> None:
@@ -152,7 +154,9 @@ def test_best_effort_reports_a_missing_layer_and_applies_the_rest(box: Box) -> N
               mode="best-effort")  # fmt: skip
     assert out.report["netns"].startswith("unavailable: ")
     assert out.report["userns"].startswith("unavailable: ")
-    assert {k for k, v in out.report.items() if v == "applied"} == set(ALL) - {"netns", "userns"}
+    assert out.report["ipcns"].startswith("unavailable: ")
+    missing = {"netns", "userns", "ipcns"}
+    assert {k for k, v in out.report.items() if v == "applied"} == set(ALL) - missing
     assert out.errno == errno.EACCES
 
 
@@ -496,11 +500,16 @@ def test_os_cpu_count_still_answers(box: Box) -> None:
     assert run(box, "cpu_count").result == {"ok": True, "value": os.cpu_count()}
 
 
-def test_ctypes_is_freed_once_dropped_and_cannot_come_back(box: Box) -> None:
-    out = run(box, "ctypes_dropped")
-    assert out.result["value"]["module_freed"] is True
-    reimport = out.result["value"]["reimport"]
-    assert reimport["msg"] == "[Errno 1] cordon sandbox refuses import ctypes"
+def test_ctypes_imports_and_calls_libc_after_lock_down(box: Box) -> None:
+    out = run(box, "ctypes_after_lock_down")
+    assert out.result["ok"] is True, out.result
+    assert out.result["value"] > 0
+
+
+def test_the_audit_hook_holds_after_its_module_and_builtins_are_rewritten(box: Box) -> None:
+    out = run(box, "tamper_audit_then_system", {"pid": os.getpid()})
+    assert out.result["exc"] == "PermissionError"
+    assert out.result["msg"] == "[Errno 1] cordon sandbox refuses os.system"
 
 
 # -- probe ------------------------------------------------------------------------------------
@@ -521,6 +530,7 @@ def test_probe_reports_what_this_machine_supports() -> None:
     assert found["seccomp"] == {"available": True}
     assert found["user_namespaces"] is True
     assert found["net_namespaces"] is True
+    assert found["ipc_namespaces"] is True
     with open("/proc/self/mountinfo") as f:
         fstypes = {line.partition(" - ")[2].split()[0] for line in f}
     cgroups = found["cgroups"]

@@ -1,4 +1,4 @@
-"""The worker's kernel lock-down: resource limits, no network, Landlock, seccomp, audit hook.
+"""The worker's kernel lock-down: resource limits, namespaces, Landlock, seccomp, audit hook.
 
 Called by the worker's launch sequence while it is still single-threaded, after the
 JSON-RPC channel is set up and before any plugin code is imported::
@@ -6,11 +6,11 @@ JSON-RPC channel is set up and before any plugin code is imported::
     report = apply_limits(init.limits)
     report |= lock_down(plugin_id=..., policy=..., limits=..., plugin_dir=..., scratch_dir=...,
                         read_paths=[...], keep_fds=[0, 1, 2, rfd, wfd])
-    del sys.modules["ctypes"]   # nothing in this package keeps a reference to it
 
 The report maps each layer (see :data:`LAYERS`) to ``"applied"``, ``"unavailable: <why>"``
 or ``"off"``. :func:`probe` says what this machine supports, for ``cordon doctor``.
-Linux x86_64 only; stdlib only (``ctypes`` for the raw syscalls).
+Linux x86_64 only; stdlib only (``ctypes`` for the raw syscalls). Plugins may use ctypes
+too: every guarantee is the kernel's, which native code meets exactly as Python does.
 """
 
 from __future__ import annotations

@@ -4,13 +4,15 @@ Order matters and is fixed:
 
 1. ``fds``          close every inherited fd not explicitly kept (nothing leaks in).
 2. ``rlimits``      kernel resource limits (idempotent; the launch sequence sets them first).
-3. ``netns``        new user+net namespaces: no network, capabilities dropped (``userns``).
+3. ``netns``        new user+net+IPC namespaces: no network, capabilities dropped (``userns``),
+                    private SysV IPC and POSIX message queues (``ipcns``).
 4. ``no-new-privs`` required by Landlock and seccomp for a non-root caller, and after the
                     user namespace the worker is non-root as far as the host is concerned.
 5. ``landlock-*``   filesystem, TCP and IPC scoping; per thread, so before any thread exists.
 6. ``seccomp``      last of the kernel layers, because it denies ``unshare`` and ``seccomp``
-                    which the steps above use; TSYNC covers any thread anyway.
-7. ``audit-hook``   Python-level defence in depth, after every ctypes call this package makes.
+                    which the steps above use; TSYNC covers any thread anyway. Built for this
+                    worker's pid (scheduling and signal calls may name only the worker).
+7. ``audit-hook``   Python-level defence in depth only: no guarantee rests on it.
 
 A layer the kernel or container cannot provide is reported as ``"unavailable: <why>"``, never
 skipped silently; ``strict`` turns any such report into :class:`SandboxUnavailable`.
@@ -35,6 +37,7 @@ LAYERS: Final = (
     "rlimits",
     "netns",
     "userns",
+    "ipcns",
     "no-new-privs",
     "landlock-fs",
     "landlock-net",
@@ -182,7 +185,7 @@ def lock_down(
         timed("rlimits", t0)
 
         t0 = clock()
-        if wanted("netns", "userns"):
+        if wanted("netns", "userns", "ipcns"):
             report.update(_namespaces.unshare_network())
         timed("netns", t0)
 
@@ -211,14 +214,13 @@ def lock_down(
         t0 = clock()
         if wanted("seccomp"):
             try:
-                _seccomp.install()
+                _seccomp.install(os.getpid())
                 report["seccomp"] = "applied"
             except OSError as exc:
                 report["seccomp"] = _why(exc)
         timed("seccomp", t0)
     finally:
-        # Before the audit hook (which refuses ctypes calls) and whatever happens above:
-        # the plugin must not find our CDLL.
+        # Whatever happens above: nothing of the lock-down's native helper outlives it.
         _native.release()
 
     t0 = clock()

@@ -1,4 +1,5 @@
-"""No network: a fresh, empty network namespace, entered through a user namespace.
+"""No network and no shared IPC: fresh network and IPC namespaces, entered through a user
+namespace.
 
 ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` leaves the worker with only a loopback interface
 that is down: every connect, even to 127.0.0.1, fails with ENETUNREACH. The user namespace
@@ -11,6 +12,12 @@ it creates in scratch are owned as before, and the host-made scratch dir stays w
 its owner bits) while no host uid is mapped inside, which is exactly what makes the
 capabilities above useless against host files. Mapping 0→0 would hand root's DAC override
 back for every root-owned file.
+
+The IPC namespace gives the worker its own, empty SysV IPC tables (shared memory, message
+queues, semaphores) and its own POSIX message-queue filesystem: nothing it creates is visible
+to the host or a sibling plugin (no covert channel, nothing to exhaust the host's
+``kernel.shm*``/``msg*`` limits with), nothing of the host's is visible to it, and the kernel
+destroys the namespace, with every segment in it, when the worker's last thread exits.
 """
 
 from __future__ import annotations
@@ -23,26 +30,34 @@ __all__ = ["unshare_network"]
 
 CLONE_NEWUSER: Final = 0x10000000
 CLONE_NEWNET: Final = 0x40000000
+CLONE_NEWIPC: Final = 0x08000000
 
 
 def unshare_network() -> dict[str, str]:
-    """Enter new user+net namespaces; report ``netns`` and ``userns``.
+    """Enter new user+net+IPC namespaces; report ``netns``, ``userns`` and ``ipcns``.
 
-    Falls back to a bare ``CLONE_NEWNET`` (possible with CAP_SYS_ADMIN, i.e. as root when user
-    namespaces are disabled): the network is still gone, but the capability drop is not, and
-    the report says so.
+    Falls back to ``CLONE_NEWNET | CLONE_NEWIPC`` without the user namespace (possible with
+    CAP_SYS_ADMIN, i.e. as root when user namespaces are disabled): network and IPC are still
+    private, but the capability drop is not, and the report says so.
     """
     nat = native()
     try:
-        nat.syscall(NR.UNSHARE, CLONE_NEWUSER | CLONE_NEWNET, name="unshare(NEWUSER|NEWNET)")
-        return {"netns": "applied", "userns": "applied"}
+        nat.syscall(
+            NR.UNSHARE,
+            CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC,
+            name="unshare(NEWUSER|NEWNET|NEWIPC)",
+        )
+        return {"netns": "applied", "userns": "applied", "ipcns": "applied"}
     except OSError as exc:
         user_err = exc
-    try:
-        nat.syscall(NR.UNSHARE, CLONE_NEWNET, name="unshare(NEWNET)")
-    except OSError as exc:
-        return {
-            "netns": f"unavailable: {exc.strerror}",
-            "userns": f"unavailable: {user_err.strerror}",
-        }
-    return {"netns": "applied", "userns": f"unavailable: {user_err.strerror}"}
+    report = {"userns": f"unavailable: {user_err.strerror}"}
+    for flag, layer, name in (
+        (CLONE_NEWNET, "netns", "unshare(NEWNET)"),
+        (CLONE_NEWIPC, "ipcns", "unshare(NEWIPC)"),
+    ):
+        try:
+            nat.syscall(NR.UNSHARE, flag, name=name)
+            report[layer] = "applied"
+        except OSError as exc:
+            report[layer] = f"unavailable: {exc.strerror}"
+    return report

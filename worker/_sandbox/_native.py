@@ -1,10 +1,9 @@
 """The only module of the lock-down that touches ``ctypes``.
 
 Everything native goes through one raw ``syscall(2)`` entry point, built on first use and
-dropped by :func:`release` once the lock-down is done. No module-level name here (or anywhere
-else in the package) refers to ``ctypes`` or to an object built from it, so after
-``release()`` the caller's ``del sys.modules["ctypes"]`` really lets the module go: the plugin
-finds no ``CDLL`` lying around to call ``execve`` with.
+dropped by :func:`release` once the lock-down is done. Plugins may load ctypes themselves
+(nothing rests on keeping it from them: the kernel layers refuse native calls exactly as
+Python ones); dropping ours is hygiene, so the worker keeps no libc handle it does not use.
 
 Why raw syscalls and not libc wrappers: Landlock and ``seccomp(2)`` have no glibc wrappers
 on older distributions, and ``prctl``/``unshare`` through ``syscall`` keeps one calling

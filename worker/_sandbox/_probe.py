@@ -131,10 +131,11 @@ def probe_here() -> dict[str, object]:
     ns = _namespaces.unshare_network()
     out["user_namespaces"] = ns["userns"] == "applied"
     out["net_namespaces"] = ns["netns"] == "applied"
+    out["ipc_namespaces"] = ns["ipcns"] == "applied"
     out["namespaces_detail"] = ns
     try:
         native().syscall(NR.PRCTL, 38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        _seccomp.install()
+        _seccomp.install(os.getpid())
         out["seccomp"] = {"available": True}
     except OSError as exc:
         out["seccomp"] = {"available": False, "error": _err(exc)}

@@ -21,6 +21,34 @@ see ``include/uapi/linux/seccomp.h``): our ``ERRNO`` beats any later ``ALLOW``. 
 ``seccomp()`` and ``prctl(PR_SET_SECCOMP)``: a stacked filter is extra kernel-verified code
 run on every syscall (attack surface and a cheap way to slow the worker down), and a
 ``SECCOMP_RET_USER_NOTIF`` listener would hand a plugin a supervisor-style fd.
+
+What is refused outright, by class, is in :mod:`._syscalls`. What depends on arguments:
+
+* **Only itself** (scheduling, priorities, signals, limits). The filter is built in the
+  worker, which knows its pid: calls naming a pid accept 0 (the caller) or that pid,
+  ``get/setpriority`` only ``PRIO_PROCESS`` and ``ioprio_*`` only ``IOPRIO_WHO_PROCESS``.
+  A plugin thread has its own tid, which the filter (built before any plugin thread) cannot
+  know: a thread acts on *itself* through 0 (what ``os.nice``, ``os.sched_setaffinity(0)``,
+  OpenBLAS and glibc do) and on the whole worker through the pid; naming a sibling thread's
+  tid is refused. A pid namespace would hide other pids too, but a process cannot enter one
+  itself (``unshare(CLONE_NEWPID)`` only affects its children, and the worker has none), and
+  the host spawns workers with plain ``posix_spawn``: argument filters it is.
+* **W^X**: ``mmap``/``mprotect``/``pkey_mprotect`` with PROT_WRITE and PROT_EXEC together,
+  and ``shmat`` with SHM_EXEC unless read-only, are refused. Hardening, not a boundary:
+  ctypes is allowed, so a plugin runs native code anyway (RW then RX is still allowed, as
+  JITs need); every guarantee holds against native code. numpy, OpenBLAS and ctypes
+  callbacks work (libffi's closures use static trampolines, never RWX, on this platform).
+* **ioctl**: an allow list of commands (see :data:`ALLOWED_IOCTLS`), ENOTTY for the rest.
+
+Why seccomp and not a distinct uid for file metadata: a uid the worker does not share with
+the host's files would make the kernel's own owner checks refuse chmod/chown/utime/xattrs,
+scratch aside. But only a root host can hand one out (an unprivileged host cannot setuid and
+the worker's user namespace cannot map another host uid), it needs a uid per plugin (a
+shared one lets plugins signal and trace each other) and a host that chowns each scratch
+dir. Seccomp holds the same line for every host, root or not, and costs nothing. Its price:
+BPF sees only numbers, not which file a path or fd names, so the metadata family is refused
+in scratch as well (``shutil.copy``'s mode copy fails; ``shutil.copyfile`` works). Files are
+created with the mode ``open``/``mkdir`` asks for under the umask, which stays settable.
 """
 
 from __future__ import annotations
@@ -33,8 +61,9 @@ from . import _bpf
 from ._bpf import ARCH, NR, Label, jeq, jset, ld, ret
 from ._native import NR as SYS
 from ._native import native
+from ._syscalls import DENIED
 
-__all__ = ["DENIED", "build", "install"]
+__all__ = ["ALLOWED_IOCTLS", "DENIED", "build", "install"]
 
 AUDIT_ARCH_X86_64: Final = 0xC000003E
 X32_SYSCALL_BIT: Final = 0x40000000
@@ -60,75 +89,89 @@ CLONE_NEW_ANY: Final = (
     | 0x40000000  # CLONE_NEWNET
 )
 
-#: x86_64 numbers of syscalls denied outright with EPERM.
-DENIED: Final[dict[str, int]] = {
-    # no network: every socket family (socketpair stays: asyncio's self-pipe needs it)
-    "socket": 41,
-    # no programs, no processes (threads are clone with CLONE_THREAD, handled below)
-    "execve": 59,
-    "execveat": 322,
-    "fork": 57,
-    "vfork": 58,
-    # no looking into or steering other processes
-    "ptrace": 101,
-    "process_vm_readv": 310,
-    "process_vm_writev": 311,
-    "kcmp": 312,
-    "pidfd_getfd": 438,
-    # no mount or namespace games (new mount API included)
-    "mount": 165,
-    "umount2": 166,
-    "pivot_root": 155,
-    "chroot": 161,
-    "unshare": 272,
-    "setns": 308,
-    "open_tree": 428,
-    "move_mount": 429,
-    "fsopen": 430,
-    "fsconfig": 431,
-    "fsmount": 432,
-    "fspick": 433,
-    "mount_setattr": 442,
-    "open_by_handle_at": 304,
-    "name_to_handle_at": 303,
-    # large kernel attack surfaces a plugin has no use for
-    "bpf": 321,
-    "io_uring_setup": 425,
-    "io_uring_enter": 426,
-    "io_uring_register": 427,
-    "keyctl": 250,
-    "add_key": 248,
-    "request_key": 249,
-    "perf_event_open": 298,
-    "userfaultfd": 323,
-    "personality": 135,
-    # loading kernel code, rebooting, hardware access
-    "kexec_load": 246,
-    "kexec_file_load": 320,
-    "init_module": 175,
-    "finit_module": 313,
-    "delete_module": 176,
-    "reboot": 169,
-    "iopl": 172,
-    "ioperm": 173,
-    "swapon": 167,
-    "swapoff": 168,
-    "acct": 163,
-    # limits are set once by the worker; the struct behind setrlimit cannot be read from
-    # BPF, so every write is refused (prlimit64 below still allows reads)
-    "setrlimit": 160,
-    # no further filters (see the module docstring)
-    "seccomp": 317,
-}
-
 CLONE: Final = 56
 CLONE3: Final = 435
 PRLIMIT64: Final = 302
 PRCTL: Final = 157
 
+#: Hot syscalls allowed before the deny list is walked (every read/write/futex/poll of the
+#: worker would otherwise pay ~150 comparisons). None of them is in any list below.
+FAST_ALLOW: Final = (0, 1, 202, 7, 232, 281, 271, 270, 23, 3)
 
-def build() -> list[tuple[int, int, int, int]]:
-    """The filter, assembled. Pure: the tests evaluate it without installing it."""
+# -- scheduling and signals: only the worker itself ------------------------------------------
+#: ``(which, who)`` calls: only ``which == PRIO_PROCESS`` and ``who`` = 0 or the worker's pid
+#: (``PRIO_PGRP``/``PRIO_USER`` reach other processes: ``PRIO_USER, 0`` renices every process
+#: of the uid, and getpriority over pids enumerates them).
+PRIORITY: Final = {"getpriority": 140, "setpriority": 141}
+PRIO_PROCESS: Final = 0
+IOPRIO: Final = {"ioprio_set": 251, "ioprio_get": 252}
+IOPRIO_WHO_PROCESS: Final = 1
+#: Calls whose first argument is a pid: only 0 (the caller) or the worker's own pid.
+OWN_PID_OR_ZERO: Final = {
+    "sched_setparam": 142,
+    "sched_getparam": 143,
+    "sched_setscheduler": 144,
+    "sched_getscheduler": 145,
+    "sched_rr_get_interval": 148,
+    "sched_setaffinity": 203,
+    "sched_getaffinity": 204,
+    "sched_setattr": 314,
+    "sched_getattr": 315,
+    "migrate_pages": 256,
+    "move_pages": 279,
+    "get_robust_list": 274,
+    "getpgid": 121,
+    "getsid": 124,
+}
+#: Signal calls whose first argument is a thread group: only the worker's own (kill(0) and
+#: kill(-pgrp) address a process group, kill(-1) everyone: all refused). Landlock's signal
+#: scope (ABI 6) already stops delivery outside the worker; this also stops the ESRCH/EPERM
+#: difference from enumerating which pids exist.
+OWN_PID: Final = {
+    "kill": 62,
+    "tgkill": 234,
+    "rt_sigqueueinfo": 129,
+    "rt_tgsigqueueinfo": 297,
+    "pidfd_open": 434,
+}
+
+# -- W^X --------------------------------------------------------------------------------------
+#: ``prot`` is the third argument of each; a mapping may be writable or executable, not both.
+PROT_CALLS: Final = {"mmap": 9, "mprotect": 10, "pkey_mprotect": 329}
+PROT_WRITE: Final = 0x2
+PROT_EXEC: Final = 0x4
+SHMAT: Final = 30
+SHM_RDONLY: Final = 0o10000
+SHM_EXEC: Final = 0o100000
+
+# -- ioctl: an allow list of commands ----------------------------------------------------------
+IOCTL: Final = 16
+#: ioctl reaches every driver and filesystem: chattr (FS_IOC_SETFLAGS), project ids
+#: (FS_IOC_FSSETXATTR), fs-verity (makes a file permanently read-only), btrfs snapshots,
+#: TIOCSTI (types into a terminal) ... work on a file opened *read-only*, and Landlock's
+#: IOCTL_DEV right covers device files only. So only these commands pass; every other
+#: answers ENOTTY, the errno code already expects for "this fd does not do that".
+ALLOWED_IOCTLS: Final = {
+    "TCGETS": 0x5401,  # isatty(), which io.open calls on every file
+    "TIOCGWINSZ": 0x5413,  # os.get_terminal_size
+    "TIOCGPGRP": 0x540F,
+    "FIONREAD": 0x541B,
+    "FIONBIO": 0x5421,
+    "FIONCLEX": 0x5450,
+    "FIOCLEX": 0x5451,
+    "FIOASYNC": 0x5452,
+    "FIGETBSZ": 0x2,
+    "FS_IOC_GETFLAGS": 0x80086601,
+    "FS_IOC32_GETFLAGS": 0x80046601,
+    "FS_IOC_FSGETXATTR": 0x801C581F,
+    "FICLONE": 0x40049409,  # the destination fd must be open for writing: Landlock's call
+    "FICLONERANGE": 0x4020940D,
+}
+
+
+def build(pid: int) -> list[tuple[int, int, int, int]]:
+    """The filter for a worker whose pid is ``pid``, assembled. Pure: the tests evaluate it
+    without installing it."""
     eperm = RET_ERRNO | errno.EPERM
     prog: list[_bpf.Insn | Label] = [
         # 1. Architecture: anything but native x86_64 (i386 via int 0x80, ...) dies.
@@ -138,25 +181,68 @@ def build() -> list[tuple[int, int, int, int]]:
         ld(NR),
         jset(X32_SYSCALL_BIT, jt="kill"),
     ]
-    for nr in sorted(set(DENIED.values())):
-        prog.append(jeq(nr, jt="eperm"))
+    prog += [jeq(nr, jt="allow") for nr in FAST_ALLOW]
+    prog += [jeq(nr, jt="eperm") for nr in sorted(set(DENIED.values()))]
+    dispatch: list[tuple[str, dict[str, int]]] = [
+        ("priority", PRIORITY),
+        ("ioprio", IOPRIO),
+        ("own_or_zero", OWN_PID_OR_ZERO),
+        ("own", OWN_PID),
+        ("prot", PROT_CALLS),
+        ("shmat", {"shmat": SHMAT}),
+        ("ioctl", {"ioctl": IOCTL}),
+        ("clone", {"clone": CLONE}),
+        ("prlimit64", {"prlimit64": PRLIMIT64}),
+        ("prctl", {"prctl": PRCTL}),
+    ]
+    for label, table in dispatch:
+        prog += [jeq(nr, jt=label) for nr in sorted(table.values())]
     prog += [
         jeq(CLONE3, jt="enosys"),
-        jeq(CLONE, jt="clone"),
-        jeq(PRLIMIT64, jt="prlimit64"),
-        jeq(PRCTL, jt="prctl"),
         ret(RET_ALLOW),
+        # Arguments are C ints (pid_t, which, option, ioctl's cmd) unless noted: the kernel
+        # reads only their low 32 bits, so that word is all of them.
+        Label("priority"),
+        ld(_bpf.ARG_LO(0)),
+        jeq(PRIO_PROCESS, jt="who_arg1", jf="eperm"),
+        Label("ioprio"),
+        ld(_bpf.ARG_LO(0)),
+        jeq(IOPRIO_WHO_PROCESS, jf="eperm"),
+        Label("who_arg1"),
+        ld(_bpf.ARG_LO(1)),
+        jeq(0, jt="allow"),
+        jeq(pid, jt="allow", jf="eperm"),
+        # prlimit64(pid, resource, new, old): reading (new == NULL) one's own limits only.
+        Label("prlimit64"),
+        ld(_bpf.ARG_LO(2)),
+        jeq(0, jf="eperm"),
+        ld(_bpf.ARG_HI(2)),
+        jeq(0, jt="own_or_zero", jf="eperm"),
+        Label("own_or_zero"),
+        ld(_bpf.ARG_LO(0)),
+        jeq(0, jt="allow"),
+        jeq(pid, jt="allow", jf="eperm"),
+        Label("own"),
+        ld(_bpf.ARG_LO(0)),
+        jeq(pid, jt="allow", jf="eperm"),
+        # prot: W^X. Unknown high bits are EINVAL or ignored by the kernel, never W or X.
+        Label("prot"),
+        ld(_bpf.ARG_LO(2)),
+        jset(PROT_WRITE, jf="allow"),
+        jset(PROT_EXEC, jt="eperm", jf="allow"),
+        Label("shmat"),
+        ld(_bpf.ARG_LO(2)),
+        jset(SHM_EXEC, jf="allow"),
+        jset(SHM_RDONLY, jt="allow", jf="eperm"),
+        Label("ioctl"),
+        ld(_bpf.ARG_LO(1)),
+        *[jeq(cmd, jt="allow") for cmd in sorted(ALLOWED_IOCTLS.values())],
+        ret(RET_ERRNO | errno.ENOTTY),
         # clone(flags, ...): only a thread, and a thread with no new namespace.
         Label("clone"),
         ld(_bpf.ARG_LO(0)),  # the kernel reads only the low 32 bits of clone's flags
         jset(CLONE_NEW_ANY, jt="eperm"),
         jset(CLONE_THREAD, jt="allow", jf="eperm"),
-        # prlimit64(pid, resource, new, old): reading (new == NULL) is fine, writing is not.
-        Label("prlimit64"),
-        ld(_bpf.ARG_LO(2)),
-        jeq(0, jf="eperm"),
-        ld(_bpf.ARG_HI(2)),
-        jeq(0, jt="allow", jf="eperm"),
         # prctl(option, ...): option is an int in the kernel, so the low word is all of it.
         Label("prctl"),
         ld(_bpf.ARG_LO(0)),
@@ -173,14 +259,15 @@ def build() -> list[tuple[int, int, int, int]]:
     return _bpf.assemble(prog)
 
 
-def install() -> None:
-    """Install the filter on every thread (TSYNC); needs no_new_privs set first.
+def install(pid: int) -> None:
+    """Install the filter for the worker ``pid`` on every thread (TSYNC); needs no_new_privs
+    set first.
 
     Raises ``OSError`` when the kernel refuses (no CONFIG_SECCOMP_FILTER, EINVAL) or when
     another thread could not be synchronised (the syscall then returns that thread's id).
     """
     nat = native()
-    code = _bpf.to_bytes(build())
+    code = _bpf.to_bytes(build(pid))
     buf, addr = nat.buffer(code)
     # struct sock_fprog { unsigned short len; /* pad */ struct sock_filter *filter; }
     fprog = struct.pack("<H6xQ", len(code) // 8, addr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from typing import Any
 
 from cordon.worker import Context, Plugin
@@ -102,13 +101,69 @@ async def reuse_sandbox_native(ctx: Context) -> int:
 
 
 @plugin.tool
-async def ctypes_in_sys_modules(ctx: Context) -> bool:
-    return "ctypes" in sys.modules
-
-
-@plugin.tool
 async def scratch_roundtrip(ctx: Context) -> str:
     with open("note.txt", "w") as f:  # cwd is the scratch dir
         f.write("kept")
     with open("note.txt") as f:
         return f.read()
+
+
+def _raw_syscall(nr: int, args: list[Any], fd: int) -> int:
+    """``syscall(2)`` through ctypes: no audit event, nothing Python-level in the way.
+
+    Arguments: ints as C longs; ``"@fd"`` the fd opened for the call; ``"@self"`` this
+    worker's pid; ``"buf:N"`` the address of N zeroed bytes; any other string its address
+    as a NUL-terminated C string."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    keep: list[Any] = []
+    cargs: list[Any] = []
+    for a in args:
+        if a == "@fd":
+            cargs.append(ctypes.c_long(fd))
+        elif a == "@self":
+            cargs.append(ctypes.c_long(os.getpid()))
+        elif isinstance(a, str):
+            size = int(a[4:]) if a.startswith("buf:") else 0
+            buf = (
+                ctypes.create_string_buffer(size)
+                if size
+                else ctypes.create_string_buffer(a.encode())
+            )
+            keep.append(buf)
+            cargs.append(ctypes.c_long(ctypes.addressof(buf)))
+        else:
+            cargs.append(ctypes.c_long(a))
+    ctypes.set_errno(0)
+    rc = int(libc.syscall(ctypes.c_long(nr), *cargs))
+    if rc == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return rc
+
+
+@plugin.tool
+async def syscall(
+    ctx: Context, nr: int, args: list[Any], open_path: str | None = None, open_flags: int = 0
+) -> int:
+    fd = os.open(open_path, open_flags) if open_path is not None else -1
+    try:
+        return _raw_syscall(nr, args, fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+@plugin.tool
+async def pid(ctx: Context) -> int:
+    return os.getpid()
+
+
+@plugin.tool
+async def ipc_get(ctx: Context, kind: str, key: int, create: bool) -> int:
+    """shmget/msgget/semget through ctypes; an id, or the kernel's errno as OSError."""
+    nr, size = {"shm": (29, 4096), "msg": (68, 0), "sem": (64, 1)}[kind]
+    flags = 0o1600 if create else 0  # IPC_CREAT | 0600
+    return _raw_syscall(nr, [key, size, flags] if kind != "msg" else [key, flags], -1)
