@@ -38,6 +38,8 @@ import msgspec
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from cordon.protocol._entry import split_entry_module
+
 from ._errors import ManifestError, Problem
 from ._permissions import check_permission_string
 from ._validate import INVALID, PLUGIN_ID, Checker, Invalid, join, read_toml, show
@@ -294,9 +296,12 @@ def _parse_entry(
             'like "hello_plugin:plugin")',
         )
     if directory is not None:
-        base = directory.joinpath(*module.split("."))
+        # Relative to the folder, or through the folder's own package path (an installed
+        # distribution's "greeter_pkg.core"): the rule the worker imports by.
+        _package, below = split_entry_module(module, directory)
+        base = directory.joinpath(*below)
         if not (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()):
-            rel = "/".join(module.split("."))
+            rel = "/".join(below)
             return ck.add(
                 path,
                 f"module {show(module)} not found in the plugin directory "

@@ -132,6 +132,11 @@ CPU_SAMPLE: Final = 0.25
 QUOTA_REASONS: Final = ("memory", "cpu", "file-size")
 #: Only the worker's own pipes and these variables cross into it.
 ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ")
+#: glibc gives each new thread its own malloc arena, reserving 64 MiB of address space that
+#: RLIMIT_AS counts: under the default 256 MiB limit four sync-tool threads exhausted it
+#: ("can't start new thread"). Python holds the GIL anyway, so one arena costs nothing
+#: measurable. glibc reads it once, at process start: it must be in the worker's env.
+MALLOC_ARENA_MAX: Final = "1"
 
 #: What a worker may answer a call with. Anything else (say, a forged WorkerCrashed or
 #: PluginUnavailable) is reported as the PluginError it really is.
@@ -155,6 +160,11 @@ StderrHandler = Callable[[bytes], None]
 ExitProbe = Callable[[int | None], "tuple[str, str] | None"]
 
 
+#: A worker → host notification (``host/log``), served synchronously in channel order;
+#: may return background work (an audit write) for the worker's task group to run.
+HostNotificationHandler = Callable[
+    [str, msgspec.Raw], Callable[[], Coroutine[Any, Any, None]] | None
+]
 @dataclass(slots=True)
 class ExitInfo:
     """How a worker ended: the classified reason plus the raw status."""
@@ -329,6 +339,7 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         exit_probe: ExitProbe | None = None,
         place: Callable[[int], Awaitable[None]] | None = None,
+        on_host_notification: HostNotificationHandler | None = None,
         home: str | None = None,
     ) -> None:
         """``params=None`` makes a warm spare: it starts and says hello, then waits (``run``
@@ -358,7 +369,11 @@ class WorkerProcess:
         self._argv = argv or [python or sys.executable, "-I", "-m", "cordon.worker"]
         self._extra_env = extra_env or {}
         self.process: anyio.abc.Process | None = None
+        self._on_host_notification = on_host_notification
         self.pid: int | None = None
+        #: Called (synchronously) the moment the exit is known, before any call in flight
+        #: is failed with it: whoever keeps statistics is current when callers see it.
+        self.exit_listeners: list[Callable[[WorkerProcess], None]] = []
         self.protocol: int | None = None
         self.init_result: InitializeResult | None = None
         self.exit: ExitInfo | None = None
@@ -444,6 +459,7 @@ class WorkerProcess:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[WorkerProcess]) -> None:
         """Run the worker for its whole life. ``task_status.started`` fires once it is
+        env["MALLOC_ARENA_MAX"] = MALLOC_ARENA_MAX
         initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
         self._loop = loop = _asyncio_loop() if self._asyncio_fast_path else None
         if loop is not None:
@@ -575,6 +591,7 @@ class WorkerProcess:
     ) -> None:
         """Give a warm spare its plugin: it is placed, initialized (limits, lock-down, the
         plugin's import) and activated like any worker. Await :meth:`ready` for the outcome."""
+        on_host_notification: HostNotificationHandler | None = None,
         if self._params is not None:
             raise RuntimeError("this worker already has a plugin")
         self.plugin_id = plugin_id
@@ -585,6 +602,7 @@ class WorkerProcess:
             self._exit_probe = exit_probe
         if place is not None:
             if self._place is not None:
+        self._on_host_notification = on_host_notification
                 raise RuntimeError("this spare was already placed at spawn")
             self._place = place
         self.max_frame = params.max_frame
@@ -715,6 +733,11 @@ class WorkerProcess:
 
     def _fail_all(self, exc: CordonError) -> None:
         pending, self._pending = self._pending, {}
+            for listener in self.exit_listeners:
+                try:
+                    listener(self)
+                except Exception:
+                    log.exception("exit_listener_failed", plugin=self.plugin_id)
         for p in pending.values():
             # Not "not woken": a call whose deadline just passed was woken but has no
             # answer yet, and must see the crash rather than wait out a cancel grace.
@@ -1155,6 +1178,16 @@ class WorkerProcess:
     # host_request_bytes_max of params (one is always admitted). A request that does not
     # fit waits in _host_waiting and the pump, which is the only reader of the channel,
     # admits it before it reads another byte: so past the bound the host stops reading
+        elif self._on_host_notification is not None and self._hello is not None:
+            # A log record (host/log as a notification): served now, in channel order, so
+            # it is in the host's log before the result the worker sent after it.
+            try:
+                follow_up = self._on_host_notification(msg.method, msg.params)
+            except Exception:
+                log.exception("host_notification_failed", plugin=self.plugin_id)
+                return
+            if follow_up is not None and self._tg is not None:
+                self._tg.start_soon(follow_up)
     # this worker (its pipe fills, its writes block or buffer in its own memory) instead of
     # buffering. A slot is held until the answer is queued for the worker's stdin, so a
     # worker that does not read its answers is stopped the same way.
