@@ -76,6 +76,8 @@ from cordon.protocol import (
 )
 from cordon.protocol._messages import decode_success
 
+from ._redact import Redactor
+
 __all__ = [
     "CANCEL_GRACE",
     "HELLO_TIMEOUT",
@@ -85,6 +87,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("cordon")
+#: Used by workers the runtime gives no redactor of its own (tests, tools).
+_DEFAULT_REDACTOR: Final = Redactor()
 
 #: The worker's first frame must arrive within this: interpreter start plus msgspec import is
 #: ~50 ms here, but a 2-core CI box under a parallel test load can be 100x slower.
@@ -106,6 +110,12 @@ KILL_WAIT: Final = 5.0
 STDERR_LINE_MAX: Final = 4096
 #: Lines of stderr kept for WorkerCrashed.stderr_tail.
 STDERR_TAIL_LINES: Final = 20
+#: Characters of each of those lines shown (cleaned lazily, when the worker ends: bounded
+#: work once per exit, none per line).
+STDERR_TAIL_CHARS: Final = 512
+#: The stderr pump lets the event loop run after handling this many bytes of lines from one
+#: read, so a read full of lines never holds the loop for more than one line's cleaning.
+STDERR_YIELD_BYTES: Final = 4096
 #: Bytes queued for the worker's stdin before callers wait (and host answers and cancel
 #: notices are dropped): backpressure, not a memory leak.
 SEND_BUFFER: Final = 4 * 1024 * 1024
@@ -154,17 +164,22 @@ _WORKER_MAY_RAISE: Final = (
     RemoteError,
 )
 
+#: Errors only the launch (hello, initialize: lock-down before any plugin code) may report.
+#: From a running plugin they are a claim about the host it cannot know (and would send the
+#: operator off to weaken the sandbox): they arrive as a PluginError.
+_LAUNCH_ONLY: Final = (SandboxUnavailable, IncompatibleProtocol)
+
 HostRequestHandler = Callable[[str, msgspec.Raw], Awaitable[Any]]
-StderrHandler = Callable[[bytes], None]
-#: ``(returncode) -> (reason, detail)`` for an exit the host did not cause, or ``None``.
-ExitProbe = Callable[[int | None], "tuple[str, str] | None"]
-
-
 #: A worker → host notification (``host/log``), served synchronously in channel order;
 #: may return background work (an audit write) for the worker's task group to run.
 HostNotificationHandler = Callable[
     [str, msgspec.Raw], Callable[[], Coroutine[Any, Any, None]] | None
 ]
+StderrHandler = Callable[[bytes], None]
+#: ``(returncode) -> (reason, detail)`` for an exit the host did not cause, or ``None``.
+ExitProbe = Callable[[int | None], "tuple[str, str] | None"]
+
+
 @dataclass(slots=True)
 class ExitInfo:
     """How a worker ended: the classified reason plus the raw status."""
@@ -334,13 +349,14 @@ class WorkerProcess:
         params: InitializeParams | None,
         on_host_request: HostRequestHandler | None = None,
         on_stderr: StderrHandler | None = None,
+        on_host_notification: HostNotificationHandler | None = None,
         python: str | None = None,
         argv: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         exit_probe: ExitProbe | None = None,
         place: Callable[[int], Awaitable[None]] | None = None,
-        on_host_notification: HostNotificationHandler | None = None,
         home: str | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         """``params=None`` makes a warm spare: it starts and says hello, then waits (``run``
         reports it started at that point) until :meth:`claim` gives it a plugin; its
@@ -364,16 +380,19 @@ class WorkerProcess:
         self._startup_failure: BaseException | None = None
         self.max_frame = params.max_frame if params is not None else DEFAULT_MAX_FRAME
         self._on_host_request = on_host_request
+        self._on_host_notification = on_host_notification
         self._on_stderr = on_stderr
+        #: Everything the plugin says that the host turns into text (its errors, its stderr
+        #: tail) is redacted and neutralised with this, once, where it enters the host.
+        self.redactor = redactor or _DEFAULT_REDACTOR
+        #: Called (synchronously) the moment the exit is known, before any call in flight
+        #: is failed with it: whoever keeps statistics is current when callers see it.
+        self.exit_listeners: list[Callable[[WorkerProcess], None]] = []
         # ``argv`` replaces the worker command; tests use it to stand up misbehaving peers.
         self._argv = argv or [python or sys.executable, "-I", "-m", "cordon.worker"]
         self._extra_env = extra_env or {}
         self.process: anyio.abc.Process | None = None
-        self._on_host_notification = on_host_notification
         self.pid: int | None = None
-        #: Called (synchronously) the moment the exit is known, before any call in flight
-        #: is failed with it: whoever keeps statistics is current when callers see it.
-        self.exit_listeners: list[Callable[[WorkerProcess], None]] = []
         self.protocol: int | None = None
         self.init_result: InitializeResult | None = None
         self.exit: ExitInfo | None = None
@@ -454,12 +473,12 @@ class WorkerProcess:
         env["HOME"] = self._home
         env["TMPDIR"] = self._home
         env["CORDON_HOST_PID"] = str(os.getpid())
+        env["MALLOC_ARENA_MAX"] = MALLOC_ARENA_MAX
         env.update(self._extra_env)
         return env
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[WorkerProcess]) -> None:
         """Run the worker for its whole life. ``task_status.started`` fires once it is
-        env["MALLOC_ARENA_MAX"] = MALLOC_ARENA_MAX
         initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
         self._loop = loop = _asyncio_loop() if self._asyncio_fast_path else None
         if loop is not None:
@@ -586,23 +605,26 @@ class WorkerProcess:
         params: InitializeParams,
         on_host_request: HostRequestHandler | None = None,
         on_stderr: StderrHandler | None = None,
+        on_host_notification: HostNotificationHandler | None = None,
         exit_probe: ExitProbe | None = None,
         place: Callable[[int], Awaitable[None]] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         """Give a warm spare its plugin: it is placed, initialized (limits, lock-down, the
         plugin's import) and activated like any worker. Await :meth:`ready` for the outcome."""
-        on_host_notification: HostNotificationHandler | None = None,
         if self._params is not None:
             raise RuntimeError("this worker already has a plugin")
         self.plugin_id = plugin_id
         self._params = params
         self._on_host_request = on_host_request
+        self._on_host_notification = on_host_notification
         self._on_stderr = on_stderr
+        if redactor is not None:
+            self.redactor = redactor
         if exit_probe is not None:
             self._exit_probe = exit_probe
         if place is not None:
             if self._place is not None:
-        self._on_host_notification = on_host_notification
                 raise RuntimeError("this spare was already placed at spawn")
             self._place = place
         self.max_frame = params.max_frame
@@ -676,7 +698,7 @@ class WorkerProcess:
             plugin=self.plugin_id,
             reason="unresponsive",
             detail=what,
-            stderr_tail=list(self._stderr_tail),
+            stderr_tail=self._clean_tail(),
         )
 
     async def _sample_cpu(self) -> None:
@@ -707,7 +729,7 @@ class WorkerProcess:
             # stderr may still hold the dying words; give the pump a moment to read them.
             with anyio.move_on_after(0.5):
                 await self._stderr_done.wait()
-            tail = list(self._stderr_tail)
+            tail = self._clean_tail()
             kill_reason, kill_detail = self._kill_reason, self._kill_detail
             if kill_reason is None and self._exit_probe is not None:
                 found = self._exit_probe(returncode)
@@ -728,16 +750,16 @@ class WorkerProcess:
                 stderr_tail=tail,
                 limit=self._limit_for(reason),
             )
-            self._fail_all(self.exit.error(self.plugin_id))
-            self.exited.set()
-
-    def _fail_all(self, exc: CordonError) -> None:
-        pending, self._pending = self._pending, {}
             for listener in self.exit_listeners:
                 try:
                     listener(self)
                 except Exception:
                     log.exception("exit_listener_failed", plugin=self.plugin_id)
+            self._fail_all(self.exit.error(self.plugin_id))
+            self.exited.set()
+
+    def _fail_all(self, exc: CordonError) -> None:
+        pending, self._pending = self._pending, {}
         for p in pending.values():
             # Not "not woken": a call whose deadline just passed was woken but has no
             # answer yet, and must see the crash rather than wait out a cancel grace.
@@ -1112,7 +1134,7 @@ class WorkerProcess:
                     self._on_notification(item)
             return True
         assert isinstance(msg, Invalid)
-        preview = frame[:80].decode("utf-8", "replace")
+        preview = self.redactor.clean_message(frame[:80].decode("utf-8", "replace"), 80)
         return self._violation(f"wrote garbage on the protocol channel: {preview!r}")
 
     def _on_response(self, msg: Response) -> None:
@@ -1131,7 +1153,9 @@ class WorkerProcess:
             # A response to nothing we asked (or already gave up on): harmless, ignored.
             return
         if msg.error is not None:
-            pending.error = self._vet(error_from_wire(msg.error))
+            # Every string in it is the plugin's: redacted and neutralised here, where a
+            # worker's error enters the host, so no caller, log or terminal sees it raw.
+            pending.error = self.redactor.clean_error(self._vet(error_from_wire(msg.error)))
         else:
             pending.result = msg.result
         pending.wake()
@@ -1141,7 +1165,9 @@ class WorkerProcess:
         pass as themselves, and the plugin they name is always the one on this channel."""
         # The exact class: auto-registered host classes may subclass an allowed one
         # (UnknownContribution is a MethodNotFound) and must not be forgeable through it.
-        if type(exc) not in _WORKER_MAY_RAISE:
+        if type(exc) not in _WORKER_MAY_RAISE or (
+            self.init_result is not None and type(exc) in _LAUNCH_ONLY
+        ):
             return PluginError(
                 f"plugin raised {type(exc).__name__}: {exc.message}",
                 exc_type=type(exc).__name__,
@@ -1171,13 +1197,6 @@ class WorkerProcess:
                     pending.on_progress(prog)
                 except Exception:
                     log.exception("progress_callback_failed", plugin=self.plugin_id)
-
-    # -- worker → host requests -------------------------------------------------------------
-    #
-    # Bounded per worker: at most host_requests_max served at once, holding at most
-    # host_request_bytes_max of params (one is always admitted). A request that does not
-    # fit waits in _host_waiting and the pump, which is the only reader of the channel,
-    # admits it before it reads another byte: so past the bound the host stops reading
         elif self._on_host_notification is not None and self._hello is not None:
             # A log record (host/log as a notification): served now, in channel order, so
             # it is in the host's log before the result the worker sent after it.
@@ -1188,6 +1207,13 @@ class WorkerProcess:
                 return
             if follow_up is not None and self._tg is not None:
                 self._tg.start_soon(follow_up)
+
+    # -- worker → host requests -------------------------------------------------------------
+    #
+    # Bounded per worker: at most host_requests_max served at once, holding at most
+    # host_request_bytes_max of params (one is always admitted). A request that does not
+    # fit waits in _host_waiting and the pump, which is the only reader of the channel,
+    # admits it before it reads another byte: so past the bound the host stops reading
     # this worker (its pipe fills, its writes block or buffer in its own memory) instead of
     # buffering. A slot is held until the answer is queued for the worker's stdin, so a
     # worker that does not read its answers is stopped the same way.
@@ -1268,7 +1294,13 @@ class WorkerProcess:
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     break
                 buf += data
+                handled = 0
                 while True:
+                    if handled >= STDERR_YIELD_BYTES:
+                        # Each line is cleaned (redacted) on the loop: let other plugins'
+                        # work run between lines rather than after the whole read.
+                        handled = 0
+                        await anyio.lowlevel.checkpoint()
                     nl = buf.find(b"\n")
                     if nl < 0:
                         if len(buf) > STDERR_LINE_MAX:
@@ -1285,14 +1317,20 @@ class WorkerProcess:
                     if len(line) > STDERR_LINE_MAX:
                         self.stderr_dropped += len(line) - STDERR_LINE_MAX
                         line = line[:STDERR_LINE_MAX] + b" [truncated]"
+                    handled += len(line) + 1
                     self._line(line)
             if buf and not skipping:
                 self._line(buf[:STDERR_LINE_MAX])
         finally:
             self._stderr_done.set()
 
+    def _clean_tail(self) -> list[str]:
+        return [
+            self.redactor.clean_message(line, STDERR_TAIL_CHARS) for line in self._stderr_tail
+        ]
+
     def _line(self, line: bytes) -> None:
-        self._stderr_tail.append(line.decode("utf-8", "replace"))
+        self._stderr_tail.append(line[: 2 * STDERR_TAIL_CHARS].decode("utf-8", "replace"))
         if self._on_stderr is not None:
             try:
                 self._on_stderr(line)
