@@ -21,7 +21,11 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+from cordon.protocol import CordonError, PluginError
+
+_E = TypeVar("_E", bound=CordonError)
 
 __all__ = [
     "DEFAULT_SECRET_KEYS",
@@ -327,6 +331,57 @@ class Redactor:
         clean = neutralise(head)
         return clean if len(clean) <= limit and len(name) <= limit else f"{clean[:limit]}…"
 
+    def clean_error(self, exc: _E) -> _E | PluginError:
+        """The same error with every string in it - message and fields, at any depth -
+        capped, redacted and neutralised (a ``traceback`` keeps its line breaks). What a
+        peer sent that does not rebuild comes back as a :class:`PluginError` saying so."""
+        budget = [MAX_TRACEBACK]
+        fields: dict[str, Any] = {}
+        for name, value in exc.fields().items():
+            if name == "traceback" and isinstance(value, str):
+                fields[name] = self.clean_lines(value)
+            else:
+                fields[name] = self._bounded(value, budget, 8)
+        message = self.clean_message(exc.message)
+        try:
+            return type(exc)(message, **fields)
+        except Exception:
+            return PluginError(
+                f"plugin raised {type(exc).__name__}: {message}",
+                exc_type=type(exc).__name__,
+                exc_message=message,
+                plugin=fields.get("plugin"),
+            )
+
+    def _bounded(self, value: Any, budget: list[int], depth: int) -> Any:
+        """A JSON-like value cleaned like :meth:`value`, within ``budget[0]`` characters in
+        all (past it, ``[cut]``), so a peer's error data costs bounded work."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if budget[0] <= 0 or depth <= 0:
+            return "[cut]"
+        if isinstance(value, str):
+            clean = self.clean_message(value, min(MAX_MESSAGE, budget[0]))
+            budget[0] -= len(clean)
+            return clean
+        if isinstance(value, Mapping):
+            out: dict[str, Any] = {}
+            hidden = 0
+            for k, v in list(value.items())[:100]:
+                key = self.clean_key(str(k))
+                if key is None:
+                    hidden += 1
+                    out[f"[redacted-key-{hidden}]"] = REDACTED
+                    continue
+                budget[0] -= len(key)
+                out[key] = (
+                    REDACTED if self.is_secret_key(str(k)) else self._bounded(v, budget, depth - 1)
+                )
+            return out
+        if isinstance(value, list | tuple):
+            return [self._bounded(v, budget, depth - 1) for v in value[:100]]
+        return self.clean_message(repr(value)[:MAX_MESSAGE])
+
     def _embedded_json(self, text: str) -> str:
         """JSON printed as text (a JSON log line on stderr, ``json.dumps`` in a message):
         parse it and redact by key, which no regex can do for ``{"token": {...}}``."""
@@ -371,16 +426,14 @@ class Redactor:
             hidden = 0
             for k, v in value.items():
                 key = k if isinstance(k, str) else str(k)
-                shown: str | None = key
-                if neutral:
-                    shown = self.clean_key(key)
-                    if shown is None:
-                        # The name is a credential: neither it nor what it labels is shown.
-                        hidden += 1
-                        out[f"[redacted-key-{hidden}]"] = REDACTED
-                        continue
-                    if shown in out:  # two names that differ only past the cap
-                        shown = f"{shown}#{len(out)}"
+                shown = self.clean_key(key) if neutral else key
+                if shown is None:
+                    # The name is a credential: neither it nor what it labels is shown.
+                    hidden += 1
+                    out[f"[redacted-key-{hidden}]"] = REDACTED
+                    continue
+                if neutral and shown in out:  # two names that differ only past the cap
+                    shown = f"{shown}#{len(out)}"
                 out[shown] = (
                     REDACTED
                     if self.is_secret_key(key)
