@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
 from cordon.protocol import InvalidParams, QuotaExceeded
-from cordon.runtime._storage import MAX_KEY_BYTES, Storage
+from cordon.runtime._storage import BATCH_MAX, MAX_KEY_BYTES, Storage
 
 
 @pytest.fixture
@@ -219,6 +220,80 @@ async def test_many_plugins_writing_at_once_lose_no_writes(tmp_path: Path) -> No
             for i in range(writes):
                 assert await store.get(f"plugin{p}", f"k{i}") == (True, {"p": p, "i": i})
         assert (await store.usage("anyone", shared=True)).keys == plugins * writes
+
+
+async def test_a_write_storm_from_one_plugin_does_not_queue_another_plugins_write_behind_it(
+    store: Storage,
+) -> None:
+    storm = 20 * BATCH_MAX
+    finished: list[str] = []
+
+    async def write(plugin: str, i: int) -> None:
+        await store.set(plugin, f"k{i}", i)
+        finished.append(plugin)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for i in range(storm):
+                tg.start_soon(write, "storm", i)
+            await anyio.lowlevel.checkpoint()  # every storm write is queued first
+            tg.start_soon(write, "bystander", 0)
+    # First come, first served would have put it last; round-robin serves it within the
+    # first two batches (the one running when it arrived, and the next).
+    assert finished.index("bystander") <= 2 * BATCH_MAX
+    assert len(finished) == storm + 1
+
+
+async def test_in_a_shared_batch_a_refused_write_fails_alone_and_the_others_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    outcomes: dict[str, object] = {}
+    async with await Storage.open(path) as store:
+        store.set_quota("greedy", 50)
+
+        async def write(plugin: str, size: int) -> None:
+            try:
+                await store.set(plugin, "k", "x" * size)
+                outcomes[plugin] = "ok"
+            except QuotaExceeded as exc:
+                outcomes[plugin] = exc
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for plugin, size in (("a", 10), ("greedy", 100), ("b", 10), ("c", 10)):
+                    tg.start_soon(write, plugin, size)
+    assert isinstance(outcomes.pop("greedy"), QuotaExceeded)
+    assert outcomes == {"a": "ok", "b": "ok", "c": "ok"}
+    async with await Storage.open(path) as store:
+        assert await store.get("greedy", "k") == (False, None)
+        assert (await store.usage("greedy")).bytes == 0
+        for plugin in "abc":
+            assert await store.get(plugin, "k") == (True, "x" * 10)
+
+
+async def test_callers_cancelled_while_queued_or_leading_never_stall_the_others(
+    store: Storage,
+) -> None:
+    done: list[int] = []
+
+    async def write(i: int) -> None:
+        await store.set(f"p{i % 7}", f"k{i}", i)
+        done.append(i)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg, anyio.create_task_group() as doomed:
+            for i in range(500):
+                doomed.start_soon(write, -1 - i)  # the first of these leads
+            await anyio.lowlevel.checkpoint()
+            for i in range(300):
+                tg.start_soon(write, i)
+            await anyio.lowlevel.checkpoint()
+            doomed.cancel_scope.cancel()
+    # Every write not cancelled completed; the cancelled ones either ran or never did.
+    assert sorted(i for i in done if i >= 0) == list(range(300))
+    await store.set("after", "k", 1)
+    assert await store.get("after", "k") == (True, 1)
 
 
 async def test_the_database_is_in_wal_mode_and_survives_reopening(tmp_path: Path) -> None:

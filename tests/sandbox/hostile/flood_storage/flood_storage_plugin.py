@@ -10,8 +10,10 @@ writes such an error frame itself.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import stat
 from typing import Any
 
 from cordon.protocol import IncompatibleProtocol, SandboxUnavailable
@@ -44,10 +46,26 @@ async def storm(ctx: Context, n: int, size: int = 0) -> dict[str, Any]:
     return out
 
 
+def _channel() -> int:
+    """The worker's write end of the protocol channel, found as any plugin could: the one
+    write-only pipe that is not stderr (fd 1 is a copy of stderr)."""
+    stderr = os.fstat(2).st_ino
+    for fd in range(3, 256):
+        try:
+            st = os.fstat(fd)
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            continue
+        if stat.S_ISFIFO(st.st_mode) and st.st_ino != stderr and mode == os.O_WRONLY:
+            return fd
+    raise RuntimeError("no channel found")
+
+
 @plugin.tool
 async def raw_storm(ctx: Context, n: int, per_frame: int) -> int:
     """Write n storage.set requests as raw batch frames (ids the worker never issued) and
     return the bytes written; the host's answers go nowhere."""
+    channel = _channel()
     written = 0
     ident = 10**9
     for start in range(0, n, per_frame):
@@ -65,7 +83,7 @@ async def raw_storm(ctx: Context, n: int, per_frame: int) -> int:
         data = (json.dumps(batch) + "\n").encode()
         while data:
             try:
-                k = os.write(1, data)
+                k = os.write(channel, data)
             except BlockingIOError:
                 await asyncio.sleep(0.001)  # the host stopped reading: that is the point
                 continue
