@@ -14,10 +14,17 @@ Topics are dot-separated words (``build.done``, ``git/push.ok``): letters, digit
 exact. Subscription globs use :func:`fnmatch.fnmatchcase` (``*`` crosses dots).
 
 Delivery never makes the emitter wait: each subscription has its own bounded queue and its
-own delivery task. When a queue is full the new event is dropped *for that subscriber* and
-counted (``Subscription.dropped``); other subscribers are unaffected. A delivery that raises
-or exceeds ``deliver_timeout`` is counted as failed and the next event is delivered.
+own delivery task, so one subscriber's events arrive in the order they were emitted. When a
+queue is full the new event is dropped *for that subscriber*, counted
+(``Subscription.dropped``) and logged (``event.dropped`` once when a subscriber starts
+dropping, ``event.queue_recovered`` with the count once it accepts events again, so a flood
+costs two log lines, not one per event); other subscribers are unaffected. A delivery that
+raises or exceeds ``deliver_timeout`` is counted as failed and the next event is delivered.
 Payloads are shared between subscribers: treat them as read-only.
+
+A subscription may hold several globs (a plugin's, one per topic it handles) and a ``gate``:
+while the gate says no (the plugin is disabled, say) the subscription takes no events and
+is not counted by :meth:`EventBus.emit`.
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ __all__ = [
     "LIFECYCLE_SOURCE",
     "Deliver",
     "EventBus",
+    "Gate",
     "Subscription",
+    "check_glob",
     "check_topic",
 ]
 
@@ -56,7 +65,16 @@ _GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\-/\[\]!]{1,200}")
 
 #: ``await deliver(topic, payload, source)``
 Deliver = Callable[[str, Any, str], Awaitable[None]]
+#: Whether a subscriber takes events now.
+Gate = Callable[[], bool]
 _Event = tuple[str, Any, str]
+
+
+def check_glob(topic_glob: object) -> str:
+    """``topic_glob`` if it is a valid subscription glob, else :class:`InvalidParams`."""
+    if not isinstance(topic_glob, str) or not _GLOB.fullmatch(topic_glob):
+        raise InvalidParams(f"{topic_glob!r} is not a topic glob", field="topic")
+    return topic_glob
 
 
 def check_topic(topic: object, field: str = "topic") -> str:
@@ -79,26 +97,43 @@ class Subscription:
         self,
         bus: EventBus,
         subscriber_id: str,
-        topic_glob: str,
+        topic_globs: tuple[str, ...],
         deliver: Deliver,
         permissions: PermissionSet | None,
         queue_size: int,
+        gate: Gate | None = None,
     ) -> None:
         self.bus = bus
         self.subscriber_id = subscriber_id
-        self.topic_glob = topic_glob
+        self.topic_globs = topic_globs
         self.deliver = deliver
         self.permissions = permissions
+        self.gate = gate
         self.delivered = 0
         self.dropped = 0
         self.failed = 0
         self.closed = False
+        # Drops since the queue last accepted an event: logged as one episode.
+        self._dropping = 0
         send, recv = anyio.create_memory_object_stream[_Event](queue_size)
         self._send: MemoryObjectSendStream[_Event] = send
         self._recv: MemoryObjectReceiveStream[_Event] = recv
 
+    @property
+    def topic_glob(self) -> str:
+        """The globs as one string, for display."""
+        return ", ".join(self.topic_globs)
+
+    def set_globs(self, topic_globs: tuple[str, ...]) -> None:
+        """Replace the globs in place: queued events stay queued, none falls between."""
+        for g in topic_globs:
+            check_glob(g)
+        self.topic_globs = topic_globs
+
     def wants(self, topic: str, source: str) -> bool:
-        if not fnmatchcase(topic, self.topic_glob):
+        if not any(fnmatchcase(topic, g) for g in self.topic_globs):
+            return False
+        if self.gate is not None and not self.gate():
             return False
         if self.permissions is None:
             return True
@@ -111,9 +146,26 @@ class Subscription:
             self._send.send_nowait(event)
         except anyio.WouldBlock:
             self.dropped += 1
+            self._dropping += 1
+            if self._dropping == 1:
+                log.warning(
+                    "event.dropped",
+                    subscriber=self.subscriber_id,
+                    topic=event[0],
+                    queue=self.bus.queue_size,
+                    why="the subscriber's queue is full; dropping until it drains",
+                )
             return False
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return False
+        if self._dropping:
+            log.warning(
+                "event.queue_recovered",
+                subscriber=self.subscriber_id,
+                dropped=self._dropping,
+                dropped_total=self.dropped,
+            )
+            self._dropping = 0
         return True
 
     def close(self) -> None:
@@ -180,18 +232,21 @@ class EventBus:
     def subscribe(
         self,
         subscriber_id: str,
-        topic_glob: str,
+        topic_glob: str | tuple[str, ...],
         deliver: Deliver,
         *,
         permissions: PermissionSet | None = None,
+        gate: Gate | None = None,
     ) -> Subscription:
-        """Deliver events whose topic matches ``topic_glob`` (and, when ``permissions`` is
-        given, which it allows as ``events:subscribe:<topic>``) to ``deliver``."""
+        """Deliver events whose topic matches ``topic_glob`` (one glob or several; and, when
+        ``permissions`` is given, which it allows as ``events:subscribe:<topic>``; and while
+        ``gate()`` is true, when given) to ``deliver``, one at a time, in order."""
         if self._tg is None:
             raise RuntimeError("the event bus is not running (use `async with EventBus()`)")
-        if not isinstance(topic_glob, str) or not _GLOB.fullmatch(topic_glob):
-            raise InvalidParams(f"{topic_glob!r} is not a topic glob", field="topic")
-        sub = Subscription(self, subscriber_id, topic_glob, deliver, permissions, self.queue_size)
+        globs = (topic_glob,) if isinstance(topic_glob, str) else tuple(topic_glob)
+        for g in globs:
+            check_glob(g)
+        sub = Subscription(self, subscriber_id, globs, deliver, permissions, self.queue_size, gate)
         self._subs.append(sub)
         self._tg.start_soon(sub._run, self.deliver_timeout)
         return sub
@@ -208,7 +263,8 @@ class EventBus:
             pass
 
     async def emit(self, topic: str, payload: Any, *, source: str) -> int:
-        """Queue ``topic`` for every subscriber that may see it; returns how many got it.
+        """Queue ``topic`` for every subscriber that may see it; returns how many took it
+        (delivered to or queued for; a full queue's drop is not counted).
 
         Never waits on a subscriber. Checks the topic's shape; the *emit* permission is the
         caller's to check (the runtime's own lifecycle events need none).

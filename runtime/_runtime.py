@@ -8,6 +8,7 @@ of :meth:`WorkerProcess.stop`, so nothing outlives the runtime.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import os
@@ -18,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -31,6 +33,7 @@ from cordon.protocol import (
     ACTIVATE,
     DEFAULT_MAX_FRAME,
     PROTOCOL_VERSION,
+    CallTimeout,
     CordonError,
     InitializeParams,
     InvalidParams,
@@ -48,7 +51,7 @@ from ._audit import AuditEntry, AuditTrail
 from ._cgroup import CgroupSupport, WorkerCgroup
 from ._config import Config, PluginSettings, find_config, parse_config
 from ._discovery import discover
-from ._events import EventBus
+from ._events import EventBus, Subscription, check_glob
 from ._exec import policy_for_plugin
 from ._hostapi import HostAPI
 from ._logsink import LogSink
@@ -157,6 +160,24 @@ class LoadReport:
         return not self.failed
 
 
+class _Start:
+    """One start of a plugin's worker (backoff, spawn, initialize, activate), run by the
+    runtime and shared by every caller waiting for it: a caller whose deadline passes stops
+    waiting, the start goes on for the callers after it. ``stop()`` cancels it."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.scope = anyio.CancelScope()
+        self.worker: WorkerProcess | None = None
+        self.error: BaseException | None = None
+
+
+def _rethrow(exc: BaseException) -> BaseException:
+    # One start's error goes to every waiter: each gets its own instance, so tracebacks
+    # raised in different tasks do not pile up on one object.
+    return copy.copy(exc) if isinstance(exc, CordonError) else exc
+
+
 def restart_backoff(
     failures: int,
     backoff: float,
@@ -187,7 +208,6 @@ class PluginHandle:
         self.settings = settings
         self.permissions = permissions
         self.host_api = host_api
-        self._subscribed = False
         self.id = manifest.id
         #: One of :data:`PLUGIN_STATES`.
         self.state = "discovered"
@@ -216,7 +236,11 @@ class PluginHandle:
         self._last_call = time.monotonic()
         self._retiring: set[WorkerProcess] = set()
         self._reload_lock = anyio.Lock()
-        self._subscriptions: list[Any] = []
+        #: The plugin's one event subscription: its declared and handled topics, made at
+        #: load so an event can start the plugin (see _sync_subscription).
+        self._subscription: Subscription | None = None
+        #: The worker start in progress, if any.
+        self._starting: _Start | None = None
         #: The pending eager restart after a crash (cancelled by stop, disable, unload).
         self._restart_scope: anyio.CancelScope | None = None
         #: Set by stop() (and unload): until the next call, start or reload asks for a
@@ -263,7 +287,9 @@ class PluginHandle:
         self._stopped = False
         worker = self._worker
         if worker is None or not worker.alive:
-            worker = await self._ensure_worker()
+            # The caller's deadline covers waiting for a worker too (backoff, spawn,
+            # initialize, activate): only what is left of it goes to the call itself.
+            worker, limit = await self._worker_within(name, limit)
         # No checkpoint between choosing the worker and counting the call: a reload that
         # switches workers either sees this call in flight on the old one or it goes new.
         active = self._active_calls
@@ -296,6 +322,27 @@ class PluginHandle:
     def _call_done(self, worker: WorkerProcess) -> float:
         """The call is over (answered, failed or cancelled): uncount it, and wake a reload
         draining this worker. Returns the time it ended."""
+    async def _worker_within(self, name: str, limit: float) -> tuple[WorkerProcess, float]:
+        """A serving worker, waited for at most ``limit`` seconds, and the time left;
+        :class:`CallTimeout` when the deadline passes first (the start carries on)."""
+        began = time.monotonic()
+        worker: WorkerProcess | None = None
+        with anyio.move_on_after(limit):
+            worker = await self._ensure_worker()
+        left = limit - (time.monotonic() - began)
+        if worker is None or left <= 0:
+            exc = CallTimeout(
+                f"call {name!r} to plugin {self.id!r} timed out after {limit} s waiting for "
+                f"its worker to start (state {self.state!r}"
+                + (f": {self.state_reason})" if self.state_reason else ")"),
+                timeout=limit,
+                method=name,
+                plugin=self.id,
+            )
+            self._stats.record(time.monotonic() - began, exc)
+            raise exc
+        return worker, left
+
         active = self._active_calls
         left = active[worker] - 1
         if left > 0:
@@ -341,22 +388,60 @@ class PluginHandle:
         worker = self._worker
         if worker is not None and worker.alive:
             return worker
-        async with self._start_lock:
-            worker = self._worker
-            if worker is not None and worker.alive:
-                return worker
-            if not self.settings.enabled:
-                raise PluginUnavailable(
-                    f"plugin {self.id!r} is disabled", plugin=self.id, reason="disabled"
+        """The serving worker, starting one if needed. The start runs in the runtime's task
+        group, not in the caller's task: a caller that gives up (its deadline, its
+        cancellation) leaves it running for the next caller, and every caller waiting at the
+        same time shares it and its outcome."""
+        # What would refuse the start refuses the caller at once, without a task.
+        self._check_startable()
+        start = self._starting
+        if start is None:
+            start = self._starting = _Start()
+            self.runtime._tg_soon(self._run_start, start)
+        await start.done.wait()
+        if start.error is not None:
+            raise _rethrow(start.error)
+        assert start.worker is not None
+        return start.worker
+
+    def _check_startable(self) -> None:
+        if not self.settings.enabled:
+            raise PluginUnavailable(
+                f"plugin {self.id!r} is disabled", plugin=self.id, reason="disabled"
+            )
+        self._check_breaker()
+
+    async def _run_start(self, start: _Start) -> None:
+        try:
+            with start.scope:
+                async with self._start_lock:
+                    worker = self._worker
+                    if worker is not None and worker.alive:
+                        start.worker = worker
+                        return
+                    self._check_startable()
+                    delay = self._backoff_until - time.monotonic()
+                    if delay > 0:
+                        # Calls queued behind a crash wait out the backoff (as far as their
+                        # deadlines allow) and are then served by the restarted worker: not
+                        # dropped, not run twice.
+                        self.state = "backoff"
+                        await anyio.sleep(delay)
+                    start.worker = await self._start()
+        except Exception as exc:
+            # The waiters' error, never the runtime task group's (it would end the runtime).
+            start.error = exc
+        finally:
+            if start.worker is None and start.error is None:
+                # Cancelled: stop(), disable, unload, or the runtime closing.
+                start.error = PluginUnavailable(
+                    f"plugin {self.id!r} was stopped while its worker was starting",
+                    plugin=self.id,
+                    reason="disabled" if not self.settings.enabled else "stopped",
                 )
-            self._check_breaker()
-            delay = self._backoff_until - time.monotonic()
-            if delay > 0:
-                # Calls queued behind a crash wait out the backoff and are then served by
-                # the restarted worker: not dropped, not run twice.
-                self.state = "backoff"
-                await anyio.sleep(delay)
-            return await self._start()
+            if self._starting is start:
+                self._starting = None
+            start.done.set()
 
     async def _start(self) -> WorkerProcess:
         self.state = "loading"
@@ -436,36 +521,112 @@ class PluginHandle:
                 "sandbox.incomplete", plugin=self.id, missing={k: self.sandbox[k] for k in missing}
             )
         self.runtime._tg_soon(self._watch, worker)
-        await self._subscribe_event_handlers()
+        await self._sync_subscription()
         await self.runtime._emit("cordon.plugin.started", {"plugin": self.id, "pid": worker.pid})
 
-    async def _subscribe_event_handlers(self, *, again: bool = False) -> None:
-        """Subscribe the event handlers (once; ``again`` after a reload: the new version's
-        subscriptions are made before the old ones end, so no event falls between)."""
-        if self._subscribed and not again:
+    # -- events ---------------------------------------------------------------------------
+
+    def _event_globs(self) -> tuple[str, ...]:
+        """The topics the plugin takes: those its manifest declares (known before it ever
+        runs, so they can start it) and those its running worker's handlers subscribe to."""
+        declared = [e.topic for e in self.manifest.contributes.events]
+        handled = [
+            str(c.options.get("topic", "")) for c in self.contributions if c.kind == "event_handler"
+        ]
+        return tuple(dict.fromkeys([*declared, *handled]))
+
+    def _takes_events(self) -> bool:
+        """Whether an event may be delivered now, starting the plugin if it is not running
+        (VS Code's activation events): not when it is disabled, unloaded, its breaker is
+        open, or its last start failed with no restart coming (an event must not retry a
+        broken plugin in a loop; a call, start, reload or reset does)."""
+        if not self.settings.enabled or self._unloaded or self.runtime._closing:
+            return False
+        if self._breaker_until is not None and time.monotonic() < self._breaker_until:
+            return False
+        worker = self._worker
+        if worker is not None and worker.alive:
+            return True
+        return self.state != "failed" or self._restart_scope is not None
+
+    async def _sync_subscription(self) -> None:
+        """Make the plugin's one subscription match :meth:`_event_globs` (made at load; its
+        globs replaced in place after each start and reload, so queued events stay queued
+        and none falls between two versions). One subscription per plugin gives its events
+        one bounded queue, in emit order, while a start is under way."""
+        events = self.runtime.events
+        if events is None or self._unloaded:
             return
-        self._subscribed = True
-        old, self._subscriptions = self._subscriptions, []
-        for c in self.contributions:
-            if c.kind != "event_handler":
-                continue
-            topic = str(c.options.get("topic", ""))
-
-            async def deliver(t: str, payload: Any, source: str, _name: str = c.name) -> None:
-                await self.call(
-                    _name,
-                    {"topic": t, "payload": payload, "source": source},
-                    kind="event_handler",
-                )
-
+        wanted: list[str] = []
+        for topic in self._event_globs():
             try:
-                self._subscriptions.append(await self.host_api.subscribe(topic, deliver))
+                wanted.append(check_glob(topic))
             except CordonError as exc:
                 log.warning(
                     "events.subscribe_refused", plugin=self.id, topic=topic, error=exc.message
                 )
-        for sub in old:
-            sub.close()
+        sub = self._subscription
+        have = set(sub.topic_globs) if sub is not None else set()
+        declared = {e.topic for e in self.manifest.contributes.events}
+        for topic in wanted:
+            if topic not in have:
+                if topic not in declared:
+                    log.warning(
+                        "events.undeclared",
+                        plugin=self.id,
+                        topic=topic,
+                        hint="declare it in plugin.toml [contributes] events so an event on "
+                        "it can start the plugin",
+                    )
+                if self.runtime.audit_trail is not None:
+                    await self.runtime.audit_trail.record(
+                        self.id, "events.subscribe", topic, allowed=True
+                    )
+        if sub is None:
+            if wanted:
+                self._subscription = events.subscribe(
+                    self.id,
+                    tuple(wanted),
+                    self._deliver_event,
+                    permissions=self.permissions,
+                    gate=self._takes_events,
+                )
+            return
+        sub.permissions = self.permissions
+        sub.set_globs(tuple(wanted))
+
+    async def _deliver_event(self, topic: str, payload: Any, source: str) -> None:
+        """One event, to each of the running worker's handlers whose glob matches it; a
+        plugin that is not running is started first (the caller is the event's queue, so
+        later events wait behind this one). Every handler is tried; the first error raised
+        counts the delivery as failed."""
+        worker = self._worker
+        if worker is None or not worker.alive:
+            if not self._takes_events():
+                log.info("event.not_delivered", plugin=self.id, topic=topic, state=self.state)
+                return
+            self._stopped = False
+            await self._ensure_worker()
+        names = [
+            c.name
+            for c in self.contributions
+            if c.kind == "event_handler" and fnmatchcase(topic, str(c.options.get("topic", "")))
+        ]
+        if not names:
+            log.warning("event.no_handler", plugin=self.id, topic=topic)
+            return
+        first: CordonError | None = None
+        for name in names:
+            try:
+                await self.call(
+                    name,
+                    {"topic": topic, "payload": payload, "source": source},
+                    kind="event_handler",
+                )
+            except CordonError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def _record_failure(self, worker: WorkerProcess) -> None:
         info = worker.exit
@@ -618,7 +779,8 @@ class PluginHandle:
                     self._restart_scope = None
 
     async def stop(self) -> None:
-        """Stop the worker (it restarts on the next call), and any retired by a reload."""
+        """Stop the worker (it restarts on the next call), and any retired by a reload; a
+        start under way is cancelled (its waiters get ``PluginUnavailable``)."""
         self._stopped = True
         if self._restart_scope is not None:
             self._restart_scope.cancel()
@@ -655,6 +817,8 @@ class PluginHandle:
             self.state, self.state_reason = "reloading", f"to version {manifest.version}"
             # Only one worker start at a time: a crash restart must not race the new worker.
             async with self._start_lock:
+        if self._starting is not None:
+            self._starting.scope.cancel()
                 try:
                     new = await self._launch(manifest, record=False)
                 except BaseException as exc:
@@ -672,7 +836,6 @@ class PluginHandle:
                     self._retiring.add(old)
                 await self._adopt(new)
             log.info("plugin.reloaded", plugin=self.id, version=manifest.version, pid=new.pid)
-            await self._subscribe_event_handlers(again=True)
             await self.runtime._emit(
                 "cordon.plugin.reloaded",
                 {"plugin": self.id, "version": manifest.version, "pid": new.pid},
@@ -1051,6 +1214,8 @@ class Runtime:
         table = plugin_table(h.manifest for h in self._plugins.values())
         table.update(plugin_table(m for m in manifests.values() if m.id not in self._plugins))
         order, failures = partition_loadable(table)
+        # After its own "loaded" event: a plugin declaring cordon.* is not started by that.
+        await handle._sync_subscription()
         for pid, err in sorted(failures.items()):
             if pid in manifests and pid not in self._plugins:
                 report.failed.append(LoadFailure(pid, manifests[pid].directory, err.message, err))
@@ -1124,11 +1289,16 @@ class Runtime:
         await watch(self, plugin_ids, **kw)
 
     async def enable(self, plugin_id: str) -> None:
-        """Allow the plugin's worker to start again (eagerly, if configured so)."""
+        """Allow the plugin's worker to start again (eagerly, if configured so). A restart
+        backoff still pending from before the plugin was disabled is waived: enabling is the
+        operator's go-ahead, and the next call must not wait out (or time out in) a backoff
+        whose restart disabling cancelled. Crash history and the breaker stay as they are."""
         handle = self.get(plugin_id)
         handle.settings = msgspec.structs.replace(handle.settings, enabled=True)
         if handle.state == "disabled":
             handle.state = "stopped" if handle._starts else "discovered"
+        if handle._subscription is not None:
+            handle._subscription.close()
             handle.state_reason = None
         handle._stopped = False
         if handle.settings.activate == "eager" or handle.manifest.activate == "eager":
@@ -1149,7 +1319,16 @@ class Runtime:
             await self.events.emit(topic, payload, source="cordon")
 
     async def emit(self, topic: str, payload: Any = None, *, source: str = "app") -> int:
-        """Publish an application event to subscribed plugins."""
+        """Publish an application event to subscribed plugins; returns how many plugins (and
+        host subscribers) took it: delivered, or queued until the plugin is ready.
+
+        A plugin takes a topic its manifest declares (``[contributes] events``) or a running
+        handler subscribes to, if it holds ``events:subscribe:<topic>``. One that is not
+        running is started by the event (an activation event), which is delivered once it is
+        ready; events meanwhile wait in its queue (bounded: overflow is dropped, counted and
+        logged, and not counted here). A disabled plugin, one whose breaker is open and one
+        whose last start failed take nothing and are not started. Delivery is asynchronous:
+        this returns once the event is queued, never waiting for a handler."""
         if self.events is None:
             raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
         return await self.events.emit(topic, payload, source=source)
@@ -1159,6 +1338,7 @@ class Runtime:
         if self.audit_trail is None:
             raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
         return await self.audit_trail.read(plugin_id, limit)
+        handle._backoff_until = 0.0
 
     async def call(self, plugin_id: str, name: str, arguments: Any = None, **kw: Any) -> Any:
         return await self.get(plugin_id).call(name, arguments, **kw)
