@@ -57,15 +57,22 @@ DEVICES: Final = ("/dev/null", "/dev/zero", "/dev/full")
 #: The launcher: lock itself down, then become the command. ``-I -S``: no site, no user
 #: paths, no PYTHON* variables (the command's environment is the operator's to shape).
 _LAUNCHER: Final = """\
-import ctypes, os, sys
+import ctypes, os, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 L = ctypes.c_long
 fd = int(sys.argv[1])
-if libc.prctl(38, L(1), L(0), L(0), L(0)) != 0 or libc.syscall(L(446), L(fd), L(0)) != 0:
+own = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC)  # this pid is the command's
+rule = ctypes.create_string_buffer(struct.pack("<Qi", %(proc_rights)d, own), 12)
+if (
+    libc.syscall(L(445), L(fd), L(1), L(ctypes.addressof(rule)), L(0)) != 0
+    or libc.prctl(38, L(1), L(0), L(0), L(0)) != 0
+    or libc.syscall(L(446), L(fd), L(0)) != 0
+):
     e = ctypes.get_errno()
     os.write(2, b"cordon: cannot lock the command down: " + os.strerror(e).encode() + b"\\n")
     os._exit(126)
 os.close(fd)
+os.close(own)
 try:
     os.execv(sys.argv[2], sys.argv[2:])
 except OSError as exc:
@@ -149,7 +156,8 @@ def _inside(path: str, root: str) -> bool:
 
 def _grant_all_but(ruleset: int, denied: list[str], rights: int) -> None:
     """Rules giving ``rights`` on everything under ``/`` except the ``denied`` trees."""
-    ancestors: set[str] = set()
+    # /proc is always walked into, so no other process's /proc/<pid> gets a rule.
+    ancestors: set[str] = {"/", "/proc"}
     for d in denied:
         parent = os.path.dirname(d)
         while True:
@@ -168,7 +176,9 @@ def _grant_all_but(ruleset: int, denied: list[str], rights: int) -> None:
             continue
         for name in names:
             p = os.path.join(here, name)
-            if p in denied:
+            if p in denied or (here == "/proc" and name.isdigit()):
+                # No other process's /proc entry (its environ, its root, its fds): the
+                # launcher grants the command its own before locking itself down.
                 continue
             if p in ancestors:
                 stack.append(p)
@@ -201,4 +211,5 @@ def build_ruleset(
 
 def launcher_argv(ruleset_fd: int, exe: str, args: list[str]) -> list[str]:
     """The argv that runs ``exe`` (with ``args`` after argv[0]) under the ruleset."""
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(ruleset_fd), exe, *args]
+    code = _LAUNCHER % {"proc_rights": FS_READ_FILE | FS_READ_DIR}
+    return [sys.executable, "-I", "-S", "-c", code, str(ruleset_fd), exe, *args]

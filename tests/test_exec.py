@@ -1,4 +1,6 @@
-"""Host-side exec: bare allowlisted names, argv only, bounded in time and output."""
+"""Host-side exec: bare allowlisted names, argv only, bounded in time and output; a fresh
+host-owned directory per run, an allowlisted environment, arguments and the command's own
+file access kept out of every plugin-writable tree."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cordon.protocol import CallTimeout, InvalidParams
-from cordon.runtime._exec import CommandNotFound, ExecPolicy, ExecTimeout, check_argv
+from cordon.protocol import CallTimeout, InvalidParams, PermissionDenied
+from cordon.runtime._exec import CommandNotFound, ExecPolicy, ExecRule, ExecTimeout, check_argv
+from cordon.runtime._exec_landlock import LandlockUnavailable, abi_version
 
 
 @pytest.fixture
@@ -20,9 +23,44 @@ def anyio_backend() -> str:
 pytestmark = pytest.mark.anyio
 
 
+def _landlock() -> bool:
+    try:
+        abi_version()
+    except LandlockUnavailable:
+        return False
+    return True
+
+
+needs_landlock = pytest.mark.skipif(not _landlock(), reason="no Landlock on this kernel")
+
+
 @pytest.fixture
-def policy(tmp_path: Path) -> ExecPolicy:
-    return ExecPolicy(cwd=tmp_path, path="/usr/bin:/bin", max_output=1000, default_timeout=10)
+def scratch(tmp_path: Path) -> Path:
+    d = tmp_path / "scratch"
+    d.mkdir()
+    (d / "secret.txt").write_text("plugin-written\n")
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def policy(scratch: Path, runs: Path) -> ExecPolicy:
+    return ExecPolicy(
+        scratch=scratch,
+        run_base=runs,
+        path="/usr/bin:/bin",
+        max_output=1000,
+        default_timeout=10,
+        lockdown="auto",
+    )
+
+
+def _policy(scratch: Path, runs: Path, **kw: object) -> ExecPolicy:
+    return ExecPolicy(scratch=scratch, run_base=runs, path="/usr/bin:/bin", **kw)  # type: ignore[arg-type]
 
 
 async def test_a_command_runs_and_returns_code_and_output(policy: ExecPolicy) -> None:
@@ -40,17 +78,50 @@ async def test_stdin_is_empty(policy: ExecPolicy) -> None:
     assert (r.returncode, r.stdout) == (0, "")
 
 
-async def test_the_host_environment_does_not_leak_into_the_command(
+async def test_the_environment_is_the_allowlist_and_nothing_from_the_host(
     policy: ExecPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CORDON_TEST_SECRET", "leak")
-    r = await policy.run(["env"])
-    assert "CORDON_TEST_SECRET" not in r.stdout
-    assert "PATH=/usr/bin:/bin" in r.stdout
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/somewhere")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/somewhere/gitconfig")
+    r = await policy.run(["sh", "-c", "env; pwd"])
+    *lines, cwd = r.stdout.splitlines()
+    env = dict(line.split("=", 1) for line in lines)
+    assert "leak" not in r.stdout
+    # sh adds PWD (and SHLVL/_ on some shells) itself; everything else is ours.
+    assert set(env) - {"PWD", "SHLVL", "_", "OLDPWD"} == {"PATH", "LANG", "HOME", "TMPDIR"}
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert env["HOME"] == env["TMPDIR"] == cwd
 
 
-async def test_it_runs_in_the_policys_working_directory(policy: ExecPolicy, tmp_path: Path) -> None:
-    assert (await policy.run(["pwd"])).stdout.strip() == str(tmp_path)
+async def test_each_run_gets_a_fresh_empty_private_directory_removed_afterwards(
+    policy: ExecPolicy, runs: Path, scratch: Path
+) -> None:
+    probe = "pwd; ls -A; stat -c %a .; touch left-behind; mkdir -p d/e; chmod 000 d"
+    first = (await policy.run(["sh", "-c", probe])).stdout.splitlines()
+    second = (await policy.run(["sh", "-c", probe])).stdout.splitlines()
+    assert first[0] != second[0], "a new directory per run"
+    for lines in (first, second):
+        cwd, mode = Path(lines[0]), lines[-1]
+        assert lines[1:-1] == [], "empty: nothing from an earlier run, nothing of the plugin's"
+        assert mode == "700"
+        assert cwd.parent == runs.resolve()
+        assert not cwd.exists(), "removed after the run, even with a mode-000 subdirectory"
+        assert not cwd.is_relative_to(scratch)
+    assert list(runs.iterdir()) == []
+
+
+async def test_the_run_directory_is_removed_after_a_timeout_too(
+    policy: ExecPolicy, runs: Path
+) -> None:
+    with pytest.raises(ExecTimeout):
+        await policy.run(["sh", "-c", "touch here; sleep 30"], timeout=0.5)
+    assert list(runs.iterdir()) == []
+
+
+def test_a_run_base_inside_a_plugin_writable_tree_is_refused(scratch: Path) -> None:
+    with pytest.raises(ValueError, match="plugin-writable"):
+        ExecPolicy(scratch=scratch, run_base=scratch / "runs")
 
 
 async def test_output_past_the_limit_is_truncated_and_flagged(policy: ExecPolicy) -> None:
@@ -61,9 +132,12 @@ async def test_output_past_the_limit_is_truncated_and_flagged(policy: ExecPolicy
 
 
 async def test_a_command_past_its_timeout_is_killed_with_its_whole_group(
-    policy: ExecPolicy, tmp_path: Path
+    scratch: Path, runs: Path, tmp_path: Path
 ) -> None:
-    pidfile = tmp_path / "child.pid"
+    out = tmp_path / "out"
+    out.mkdir()
+    policy = _policy(scratch, runs, rules={"sh": ExecRule(write=(str(out),))})
+    pidfile = out / "child.pid"
     started = time.monotonic()
     with pytest.raises(ExecTimeout) as err:
         await policy.run(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; sleep 30"], timeout=0.5)
@@ -71,7 +145,16 @@ async def test_a_command_past_its_timeout_is_killed_with_its_whole_group(
     assert isinstance(err.value, CallTimeout), "arrives typed on the worker side"
     assert err.value.fields()["method"] == "exec:sh"
     grandchild = int(pidfile.read_text())
-    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"
+    # SIGKILL is sent by the time run() returns; its delivery is the kernel's to finish.
+    gone, alive = psutil.wait_procs(_procs(grandchild), timeout=5)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+
+
+def _procs(pid: int) -> list[psutil.Process]:
+    try:
+        return [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 async def test_a_daemonised_grandchild_holding_the_pipes_does_not_hold_the_call(
@@ -90,7 +173,8 @@ async def test_a_missing_command_is_a_typed_error(policy: ExecPolicy) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv0", ["/bin/sh", "./sh", "../sh", "..", ".", "bin/sh", "sh -c", "", "-rf", "a\x00b"]
+    "argv0",
+    ["/bin/sh", "./sh", "../sh", "..", ".", "bin/sh", "sh -c", "", "-rf", "a\x00b", "sh\n"],
 )
 def test_argv0_must_be_a_bare_command_name(argv0: str) -> None:
     with pytest.raises(InvalidParams) as err:
@@ -111,12 +195,178 @@ async def test_timeouts_outside_the_policy_are_invalid(policy: ExecPolicy, timeo
         await policy.run(["true"], timeout=timeout)
 
 
-async def test_a_command_is_resolved_only_on_the_policys_path(tmp_path: Path) -> None:
+async def test_a_command_is_resolved_only_on_the_policys_path(tmp_path: Path, runs: Path) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     tool = bindir / "mytool"
     tool.write_text("#!/bin/sh\necho mine\n")
     tool.chmod(0o755)
-    assert (await ExecPolicy(path=str(bindir), cwd=tmp_path).run(["mytool"])).stdout == "mine\n"
+    assert (await ExecPolicy(path=str(bindir), run_base=runs).run(["mytool"])).stdout == "mine\n"
     with pytest.raises(CommandNotFound):
-        await ExecPolicy(path="/usr/bin:/bin", cwd=tmp_path).run(["mytool"])
+        await ExecPolicy(path="/usr/bin:/bin", run_base=runs).run(["mytool"])
+
+
+async def test_path_entries_inside_plugin_writable_trees_are_dropped(
+    scratch: Path, tmp_path: Path, runs: Path
+) -> None:
+    planted = scratch / "bin"
+    planted.mkdir()
+    (planted / "true").write_text("#!/bin/sh\necho planted\n")
+    (planted / "true").chmod(0o755)
+    link = tmp_path / "innocent"
+    link.symlink_to(planted)
+    path = f"{planted}:{link}:relative/bin::/usr/bin:/bin"
+    policy = ExecPolicy(scratch=scratch, run_base=runs, path=path)
+    assert policy.path == "/usr/bin:/bin"
+    r = await policy.run(["true"])
+    assert (r.returncode, r.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "{scratch}/secret.txt",
+        "--kubeconfig={scratch}/secret.txt",
+        "--config={scratch}",
+        "@{scratch}/secret.txt",
+        "{scratch}/../scratch/./secret.txt",
+        "{link}/secret.txt",
+        "../../scratch/secret.txt",
+        "/proc/self/cwd",
+        "/proc/1/root/etc/passwd",
+        "--upload-pack=/proc/self/root/bin/sh",
+        "{runs}/cordon-exec-other/config",
+    ],
+)
+async def test_arguments_that_reach_a_plugin_writable_tree_or_proc_are_refused(
+    scratch: Path, tmp_path: Path, arg: str
+) -> None:
+    runs = tmp_path / "runs"
+    link = tmp_path / "alias"
+    link.symlink_to(scratch)
+    # run_base next to scratch, so "../../scratch" from a run dir lands in it.
+    policy = ExecPolicy(scratch=scratch, run_base=runs, path="/usr/bin:/bin")
+    text = arg.format(scratch=scratch, link=link, runs=runs)
+    with pytest.raises(PermissionDenied) as err:
+        await policy.run(["cat", text], plugin="p1")
+    assert err.value.permission == "exec:cat"
+    assert "argv[1]" in (err.value.message or "")
+
+
+async def test_relative_arguments_inside_the_runs_own_directory_are_fine(
+    policy: ExecPolicy,
+) -> None:
+    r = await policy.run(["ls", "-a", ".", "./sub/..", "--color=never"])
+    assert r.returncode == 2, "ran (and found no ./sub): not refused"
+    assert r.stdout.split() == [".:", ".", ".."]
+
+
+@needs_landlock
+async def test_the_lockdown_stops_the_command_reading_plugin_files_however_spelled(
+    scratch: Path, runs: Path
+) -> None:
+    """The argument check cannot see a path inside a shell string; the kernel can."""
+    policy = _policy(scratch, runs, lockdown="require")
+    script = f'cat "{scratch}/secret.txt"; ls "{scratch}"; cat /proc/$PPID/cwd/x'
+    r = await policy.run(["sh", "-c", script])
+    assert "plugin-written" not in r.stdout
+    assert r.stderr.count("Permission denied") >= 2, r.stderr
+
+
+async def test_control_without_the_lockdown_the_same_command_reads_the_plugins_file(
+    scratch: Path, runs: Path
+) -> None:
+    policy = _policy(scratch, runs, lockdown="off")
+    r = await policy.run(["sh", "-c", f'cat "{scratch}/secret.txt"'])
+    assert r.stdout == "plugin-written\n"
+
+
+@needs_landlock
+async def test_the_locked_down_command_writes_only_its_run_directory_and_operator_paths(
+    scratch: Path, runs: Path, tmp_path: Path
+) -> None:
+    allowed = tmp_path / "repo"
+    allowed.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    policy = _policy(
+        scratch, runs, lockdown="require", rules={"sh": ExecRule(write=(str(allowed),))}
+    )
+    script = (
+        f"echo a > here; echo b > {allowed}/ok; echo c > {elsewhere}/no; "
+        f"echo d > {scratch}/planted; echo e > /dev/null; cat here"
+    )
+    r = await policy.run(["sh", "-c", script])
+    assert r.stdout == "a\n"
+    assert (allowed / "ok").read_text() == "b\n"
+    assert not (elsewhere / "no").exists()
+    assert not (scratch / "planted").exists()
+
+
+def test_operator_write_paths_inside_plugin_writable_trees_are_refused(
+    scratch: Path, runs: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"exec\.git\.write"):
+        ExecPolicy(scratch=scratch, run_base=runs, rules={"git": ExecRule(write=(str(scratch),))})
+
+
+# -- argument patterns -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "ok"),
+    [
+        (["echo", "ps"], True),
+        (["echo", "ps", "web", "db"], True),
+        (["echo", "ps", "--format", "{{.ID}}"], False),
+        (["echo", "ps", "web", "-a"], False),
+        (["echo", "ps", "+x"], False),
+        (["echo", "ps", "@file"], False),
+        (["echo", "ps", "--", "--format"], False),
+        (["echo", "ps", "--all"], True),
+        (["echo", "ps", "--all", "web"], True),
+        (["echo", "logs", "--tail=100", "web"], True),
+        (["echo", "logs", "--tail=100", "--follow"], False),
+        (["echo", "logs", "--since=1h", "web"], False),
+        (["echo", "rm", "--", "-weird-name"], True),
+        (["echo", "rm", "-weird-name"], False),
+        (["echo", "version"], True),
+        (["echo", "version", "x"], False),
+        (["echo"], True),
+        (["echo", "build", "."], False),
+        (["echo", "run", "--privileged", "alpine"], False),
+    ],
+)
+async def test_argument_patterns_allow_only_what_they_spell(
+    scratch: Path, runs: Path, argv: list[str], ok: bool
+) -> None:
+    rule = ExecRule(allow=("ps *", "ps --all *", "logs --tail=* *", "rm -- *", "version", ""))
+    policy = _policy(scratch, runs, rules={"echo": rule})
+    if ok:
+        assert (await policy.run(argv)).returncode == 0
+    else:
+        with pytest.raises(PermissionDenied) as err:
+            await policy.run(argv, plugin="p1")
+        message = err.value.message or ""
+        assert "exec:echo" in message and "'ps *'" in message, message
+
+
+async def test_an_empty_allow_list_refuses_every_call(scratch: Path, runs: Path) -> None:
+    policy = _policy(scratch, runs, rules={"echo": ExecRule(allow=())})
+    with pytest.raises(PermissionDenied):
+        await policy.run(["echo"])
+
+
+async def test_without_an_allow_list_any_arguments_pass(scratch: Path, runs: Path) -> None:
+    policy = _policy(scratch, runs, rules={"echo": ExecRule()})
+    assert (await policy.run(["echo", "--anything", "goes"])).stdout == "--anything goes\n"
+
+
+async def test_operator_env_reaches_the_command_but_cannot_move_home(
+    scratch: Path, runs: Path
+) -> None:
+    rule = ExecRule(env={"DOCKER_HOST": "unix:///run/x.sock", "PATH": f"{scratch}:/bin"})
+    policy = _policy(scratch, runs, rules={"sh": rule})
+    r = await policy.run(["sh", "-c", 'echo "$DOCKER_HOST|$PATH|$HOME"; pwd'])
+    line, cwd = r.stdout.splitlines()
+    assert line == f"unix:///run/x.sock|/bin|{cwd}", "PATH filtered, HOME the run's own"

@@ -157,14 +157,8 @@ async def test_a_planted_gitconfig_fsmonitor_never_runs_in_the_operators_repo(en
 
 
 async def test_a_planted_kubeconfig_exec_credential_never_runs(env: Env) -> None:
-    kubeconfig = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "users": [
-            {"name": "u", "user": {"exec": {"command": "/bin/sh", "args": ["-c", "x"]}}}
-        ],
-    }
-    kubeconfig["users"][0]["user"]["exec"]["args"] = ["-c", env.payload("kube")]
+    credential = {"command": "/bin/sh", "args": ["-c", env.payload("kube")]}
+    kubeconfig = {"apiVersion": "v1", "users": [{"name": "u", "user": {"exec": credential}}]}
     await env.plant({".kube/config": json.dumps(kubeconfig)})
     result = await env.run(["kubectl", "get", "pods"])
     assert result["returncode"] == 0, result
@@ -218,9 +212,13 @@ async def test_a_repo_config_in_scratch_is_refused_however_the_argument_spells_i
     assert refused(result), result
     assert "argv[" in result["message"]
     assert not env.ran("repo")
-    subprocess.run([GIT or "git", "-C", str(env.scratch / "repo"), "status"], check=False,
-                   env={"HOME": str(env.markers), "PATH": "/usr/bin:/bin"},
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        [GIT or "git", "-C", str(env.scratch / "repo"), "status"],
+        check=False,
+        env={"HOME": str(env.markers), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=30,
+    )
     assert env.ran("repo"), "control: git run on that repo runs its fsmonitor hook"
 
 
@@ -338,7 +336,10 @@ async def test_argument_patterns_narrow_a_grant_and_refuse_option_injection(
     for argv, result in zip(escapes, results, strict=True):
         assert refused(result), (argv, result)
         assert "'ps *'" in result["message"] and "exec:docker" in result["message"]
-    calls = [json.loads(line)["argv"] for line in (bindir / "docker.calls.jsonl").read_text().splitlines()]
+    calls = [
+        json.loads(line)["argv"]
+        for line in (bindir / "docker.calls.jsonl").read_text().splitlines()
+    ]
     assert calls == [["ps"], ["ps", "--all"]], "no refused call ever ran"
     denied = [e for e in trail if e.method == "host/exec" and not e.allowed]
     assert len(denied) == len(escapes)
