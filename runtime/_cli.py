@@ -45,6 +45,7 @@ from ._oplog import (
     LoggingSetup,
     configure_logging,
 )
+from ._redact import Redactor
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
@@ -68,14 +69,24 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(_json.encode(value), indent=2).decode() + "\n")
 
 
+def _shown(text: object) -> str:
+    """Text for the terminal that may carry a plugin's words (an error it raised, its
+    manifest's description, an audit summary): redacted and neutralised, one line, whatever
+    the host cleaned before - this is the last step before an operator's terminal."""
+    return _REDACTOR.clean_message(str(text))
+
+
+_REDACTOR: Final = Redactor()
+
+
 def _fail(exc: BaseException) -> int:
     if isinstance(exc, CordonError):
         first, *rest = str(exc.message).splitlines() or [""]
-        print(f"cordon: {type(exc).__name__}: {first}", file=sys.stderr)
+        print(f"cordon: {type(exc).__name__}: {_shown(first)}", file=sys.stderr)
         for line in rest:
-            print(f"  {line}", file=sys.stderr)
+            print(f"  {_shown(line)}", file=sys.stderr)
     else:
-        print(f"cordon: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"cordon: internal error: {type(exc).__name__}: {_shown(exc)}", file=sys.stderr)
     return exit_code_for(exc)
 
 
@@ -180,7 +191,7 @@ def _live(args: argparse.Namespace, method: str) -> Any | None:
 
 def _print_kv(row: dict[str, Any]) -> None:
     for key, value in row.items():
-        print(f"{key:12} {value}")
+        print(f"{key:12} {_shown(value)}")
 
 
 def _cmd_plugin_toggle(args: argparse.Namespace) -> int:
@@ -259,7 +270,8 @@ def _stats_snapshot(args: argparse.Namespace) -> dict[str, Any]:
                     await handle.start()
                 except CordonError as exc:
                     print(
-                        f"cordon: {handle.id}: {type(exc).__name__}: {exc.message}", file=sys.stderr
+                        f"cordon: {handle.id}: {type(exc).__name__}: {_shown(exc.message)}",
+                        file=sys.stderr,
                     )
             return {k: msgspec.to_builtins(v) for k, v in rt.stats().items()}
 
@@ -284,6 +296,8 @@ def _predicted_missing(report: dict[str, Any]) -> list[str]:
         missing.append("userns")
     if not report.get("net_namespaces"):
         missing.append("netns")
+    if not report.get("ipc_namespaces"):
+        missing.append("ipcns")
     return missing
 
 
@@ -308,7 +322,7 @@ def _cgroup_verdict(setting: str) -> dict[str, Any]:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from cordon.worker._sandbox import probe
+    from cordon.worker._sandbox import LAYERS, probe
 
     from ._config import find_config
     from ._discovery import discover
@@ -348,8 +362,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         "seccomp",
         "user_namespaces",
         "net_namespaces",
+        "ipc_namespaces",
     ):
         print(f"{key:18} {report.get(key)}")
+    print(f"{'layers':18} {', '.join(LAYERS)}")
     cg = report["cgroup_limits"]
     print(f"{'cgroups':18} {cg['verdict']}")
     print(f"{'missing layers':18} {', '.join(missing) or 'none'}")
@@ -454,9 +470,12 @@ def _cmd_plugin_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in rows:
         if r["state"] == "broken":
-            print(f"{r.get('id') or '?':16} BROKEN   {r['error']}")
+            print(f"{_shown(r.get('id') or '?'):16} BROKEN   {_shown(r['error'])}")
         else:
-            print(f"{r['id']:16} {r['version']:10} {r['state']:9} {r['description']}")
+            print(
+                f"{_shown(r['id']):16} {_shown(r['version']):10} {r['state']:9} "
+                f"{_shown(r['description'])}"
+            )
     return EXIT_OK
 
 
@@ -518,7 +537,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         for e in entries:
             verdict = "allowed" if e.allowed else "DENIED "
             print(
-                f"{iso8601(e.ts)} {verdict} {e.method:20} x{e.count:<4} {e.summary} {e.outcome}"
+                f"{iso8601(e.ts)} {verdict} {_shown(e.method):20} x{e.count:<4} "
+                f"{_shown(e.summary)} {_shown(e.outcome)}"
             )
     return EXIT_OK
 
