@@ -146,7 +146,7 @@ async def test_a_command_past_its_timeout_is_killed_with_its_whole_group(
     assert err.value.fields()["method"] == "exec:sh"
     grandchild = int(pidfile.read_text())
     # SIGKILL is sent by the time run() returns; its delivery is the kernel's to finish.
-    gone, alive = psutil.wait_procs(_procs(grandchild), timeout=5)
+    _gone, alive = psutil.wait_procs(_procs(grandchild), timeout=5)
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
 
 
