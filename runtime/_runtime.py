@@ -319,9 +319,6 @@ class PluginHandle:
         self._failures = 0
         return decode_params(raw)
 
-    def _call_done(self, worker: WorkerProcess) -> float:
-        """The call is over (answered, failed or cancelled): uncount it, and wake a reload
-        draining this worker. Returns the time it ended."""
     async def _worker_within(self, name: str, limit: float) -> tuple[WorkerProcess, float]:
         """A serving worker, waited for at most ``limit`` seconds, and the time left;
         :class:`CallTimeout` when the deadline passes first (the start carries on)."""
@@ -343,6 +340,9 @@ class PluginHandle:
             raise exc
         return worker, left
 
+    def _call_done(self, worker: WorkerProcess) -> float:
+        """The call is over (answered, failed or cancelled): uncount it, and wake a reload
+        draining this worker. Returns the time it ended."""
         active = self._active_calls
         left = active[worker] - 1
         if left > 0:
@@ -385,13 +385,13 @@ class PluginHandle:
         )
 
     async def _ensure_worker(self) -> WorkerProcess:
-        worker = self._worker
-        if worker is not None and worker.alive:
-            return worker
         """The serving worker, starting one if needed. The start runs in the runtime's task
         group, not in the caller's task: a caller that gives up (its deadline, its
         cancellation) leaves it running for the next caller, and every caller waiting at the
         same time shares it and its outcome."""
+        worker = self._worker
+        if worker is not None and worker.alive:
+            return worker
         # What would refuse the start refuses the caller at once, without a task.
         self._check_startable()
         start = self._starting
@@ -785,6 +785,8 @@ class PluginHandle:
         if self._restart_scope is not None:
             self._restart_scope.cancel()
             self._restart_scope = None
+        if self._starting is not None:
+            self._starting.scope.cancel()
         worker = self._worker
         async with anyio.create_task_group() as tg:
             for old in list(self._retiring):
@@ -817,8 +819,6 @@ class PluginHandle:
             self.state, self.state_reason = "reloading", f"to version {manifest.version}"
             # Only one worker start at a time: a crash restart must not race the new worker.
             async with self._start_lock:
-        if self._starting is not None:
-            self._starting.scope.cancel()
                 try:
                     new = await self._launch(manifest, record=False)
                 except BaseException as exc:
@@ -1182,6 +1182,8 @@ class Runtime:
             handle.state, handle.state_reason = "disabled", "enabled = false in the config"
         self._plugins[manifest.id] = handle
         await self._emit("cordon.plugin.loaded", {"plugin": manifest.id})
+        # After its own "loaded" event: a plugin declaring cordon.* is not started by that.
+        await handle._sync_subscription()
         eager = handle.settings.activate == "eager" or manifest.activate == "eager"
         if eager and settings.enabled:
             await handle._ensure_worker()
@@ -1214,8 +1216,6 @@ class Runtime:
         table = plugin_table(h.manifest for h in self._plugins.values())
         table.update(plugin_table(m for m in manifests.values() if m.id not in self._plugins))
         order, failures = partition_loadable(table)
-        # After its own "loaded" event: a plugin declaring cordon.* is not started by that.
-        await handle._sync_subscription()
         for pid, err in sorted(failures.items()):
             if pid in manifests and pid not in self._plugins:
                 report.failed.append(LoadFailure(pid, manifests[pid].directory, err.message, err))
@@ -1262,6 +1262,8 @@ class Runtime:
         handle = self.get(plugin_id)
         handle._unloaded = True
         await handle.stop()
+        if handle._subscription is not None:
+            handle._subscription.close()
         handle.host_api.close()
         if self.log_sink is not None:
             self.log_sink.forget(plugin_id)
@@ -1295,10 +1297,9 @@ class Runtime:
         whose restart disabling cancelled. Crash history and the breaker stay as they are."""
         handle = self.get(plugin_id)
         handle.settings = msgspec.structs.replace(handle.settings, enabled=True)
+        handle._backoff_until = 0.0
         if handle.state == "disabled":
             handle.state = "stopped" if handle._starts else "discovered"
-        if handle._subscription is not None:
-            handle._subscription.close()
             handle.state_reason = None
         handle._stopped = False
         if handle.settings.activate == "eager" or handle.manifest.activate == "eager":
@@ -1338,7 +1339,6 @@ class Runtime:
         if self.audit_trail is None:
             raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
         return await self.audit_trail.read(plugin_id, limit)
-        handle._backoff_until = 0.0
 
     async def call(self, plugin_id: str, name: str, arguments: Any = None, **kw: Any) -> Any:
         return await self.get(plugin_id).call(name, arguments, **kw)
