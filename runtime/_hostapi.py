@@ -15,7 +15,9 @@ method                       params                                        resul
 ===========================  ============================================  ===================
 ``host/log``                 ``{level?: "debug"|"info"|"warning"|          ``true``, or
                              "error" = "info", event: str,                 ``false`` when
-                             fields?: object}``                            rate-limited
+                             fields?: object}``; the worker sends it as    rate-limited;
+                             a notification (no id, see :meth:`notify`)    none as a
+                                                                           notification
 ``host/storage.get``         ``{key: str, shared?: bool}``                 ``{found: bool,
                                                                            value: any}``
 ``host/storage.set``         ``{key: str, value: any, shared?: bool}``     ``null``
@@ -41,10 +43,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Final, Literal
 
 import msgspec
+import structlog
 
 from cordon.protocol import CordonError, InvalidParams, MethodNotFound, PermissionDenied
 
@@ -68,6 +71,8 @@ __all__ = [
     "STORAGE_USAGE",
     "HostAPI",
 ]
+
+log = structlog.get_logger("cordon")
 
 LOG: Final = "host/log"
 STORAGE_GET: Final = "host/storage.get"
@@ -213,6 +218,8 @@ class HostAPI:
         self.events = events
         self.exec_policy = exec_policy
         self._subscriptions: list[Subscription] = []
+        self._flush_pending = False
+        self._log_denied_told = False
         self._methods: dict[str, tuple[type[_P], Callable[[Any], tuple[str, str]], _Handler]] = {
             LOG: (LogParams, self._describe_log, self._log),
             STORAGE_GET: (KeyParams, self._describe_key, self._storage_get),
@@ -254,6 +261,70 @@ class HostAPI:
             await self.audit.record(
                 self.plugin_id, method, summary, allowed=allowed, outcome=outcome
             )
+
+    def notify(self, method: str, params: Any) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """Serve one worker → host *notification*: ``host/log`` sent without an id, which is
+        how ``ctx.log`` and the worker's stdlib logging send records (no answer, so the
+        plugin never waits). Synchronous, so a record reaches the sink before any frame the
+        worker sent after it is handled (the call's result among them). The same checks as
+        a ``host/log`` request: params decoded, ``log`` required, audited; rate limit and
+        redaction in the sink. Nothing goes back: a bad or refused record is audited and
+        dropped. Without ``log``, the text of warnings and errors is written as the
+        plugin's stderr would be (``plugin.output``, redacted, same rate limit): the
+        permission decides whether a plugin's records enter the host's log *as records*
+        (levels, fields), and stderr is always forwarded.
+
+        Returns the audit flush to run in the background (``None`` when one is already
+        pending), which the caller starts: the record is in the trail's batch already.
+        """
+        if method != LOG:
+            # JSON-RPC: an unknown notification is ignored; the trail still shows it.
+            self.audit.add(self.plugin_id, method[:100], "", allowed=False, outcome="ignored")
+            return self._flush_soon()
+        try:
+            p = _decode(params, LogParams)
+        except InvalidParams:
+            self.audit.add(self.plugin_id, method, "", allowed=False, outcome="InvalidParams")
+            return self._flush_soon()
+        permission, summary = self._describe_log(p)
+        if not self.permissions.allows(permission):
+            self.audit.add(
+                self.plugin_id, method, summary, allowed=False, outcome="PermissionDenied"
+            )
+            if not self._log_denied_told:
+                self._log_denied_told = True
+                log.warning(
+                    "plugin.log_denied",
+                    plugin=self.plugin_id,
+                    hint="the plugin logs without the 'log' permission: its debug and info "
+                    "records are dropped, warnings and errors shown as plugin.output",
+                )
+            if p.level in ("warning", "error"):
+                # The text only, as a stdlib handler on stderr would print it: fields are
+                # structure, which is what the permission is about.
+                logger = p.fields.get("logger")
+                where = f"{logger}: " if isinstance(logger, str) else ""
+                line = f"{p.level.upper()}: {where}{p.event}"
+                self.log_sink.plugin_output(self.plugin_id, line.encode())
+            return self._flush_soon()
+        written = self.log_sink.log(self.plugin_id, p.level, p.event, p.fields)
+        outcome = "ok" if written else "dropped"
+        self.audit.add(self.plugin_id, method, summary, allowed=True, outcome=outcome)
+        return self._flush_soon()
+
+    def _flush_soon(self) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        if self._flush_pending:
+            return None
+        self._flush_pending = True
+        return self._flush_audit
+
+    async def _flush_audit(self) -> None:
+        # Records added while this flush writes are written by it too (it loops until the
+        # batch is empty); one added after it ends schedules the next.
+        try:
+            await self.audit.flush()
+        finally:
+            self._flush_pending = False
 
     def _may(self, permission: str, method: str, p: Any) -> bool:
         if method == EVENTS_EMIT and p.topic.startswith(LIFECYCLE_PREFIX):

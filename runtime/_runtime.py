@@ -226,6 +226,9 @@ class PluginHandle:
         self._failures = 0
         self.restarts = 0
         self.crashes = 0
+        #: The last worker whose exit _count_exit took in, and what it was.
+        self._exit_counted: WorkerProcess | None = None
+        self._exit_kind: str | None = None
         self._starts = 0
         self._stats = CallStats()
         # Calls in flight per worker (counted here, not by the worker, so health pings do
@@ -520,6 +523,8 @@ class PluginHandle:
             log.warning(
                 "sandbox.incomplete", plugin=self.id, missing={k: self.sandbox[k] for k in missing}
             )
+        # Counted the moment the exit is known, before callers get its error (see _count_exit).
+        worker.exit_listeners.append(self._count_exit)
         self.runtime._tg_soon(self._watch, worker)
         await self._sync_subscription()
         await self.runtime._emit("cordon.plugin.started", {"plugin": self.id, "pid": worker.pid})
@@ -702,21 +707,49 @@ class PluginHandle:
         if rss > limit:
             worker.kill_nowait("memory", f"RSS {rss} bytes over the {limit}-byte limit")
 
-    async def _on_exit(self, worker: WorkerProcess) -> None:
+    def _count_exit(self, worker: WorkerProcess) -> None:
+        """Bring state, ``crashes`` and the exit history up to date with ``worker``'s exit,
+        once. The worker calls this the moment its exit is known, before it fails the calls
+        in flight, so a caller holding ``WorkerCrashed`` already sees it in ``stats()``;
+        :meth:`_on_exit` (the watcher, later) does the rest: logs, events, restart."""
+        if worker is self._exit_counted:
+            return
         info = worker.exit
+        if info is None:
+            return
+        kind = "crash"
         if self._worker is not None and self._worker is not worker:
             # A worker retired by a reload: its successor is serving; nothing to supervise.
-            if info is not None and info.reason != "shutdown":
-                log.warning("worker.retired_exit", plugin=self.id, reason=info.reason)
-            return
-        if self._worker is worker:
-            self._worker = None
-        if info is None or info.reason == "shutdown":
+            kind = "retired"
+        else:
+            if self._worker is worker:
+                self._worker = None
+            if info.reason == "shutdown":
+                kind = "shutdown"
+                if self.state == "active":
+                    self.state = "stopped"
+            else:
+                self.state = "crashed"
+                self.crashes += 1
+                self._record_failure(worker)
+        self._exit_counted, self._exit_kind = worker, kind
+
+    async def _on_exit(self, worker: WorkerProcess) -> None:
+        info = worker.exit
+        if info is None:
+            if self._worker is worker:
+                self._worker = None
             if self.state == "active":
                 self.state = "stopped"
             return
-        self.state = "crashed"
-        self.crashes += 1
+        self._count_exit(worker)
+        kind = self._exit_kind if worker is self._exit_counted else None
+        if kind == "retired":
+            if info.reason != "shutdown":
+                log.warning("worker.retired_exit", plugin=self.id, reason=info.reason)
+            return
+        if kind != "crash":
+            return
         log.warning(
             "worker.crashed",
             plugin=self.id,
@@ -728,7 +761,6 @@ class PluginHandle:
         )
         if info.reason in QUOTA_REASONS:
             log.warning("quota.hit", plugin=self.id, kind=info.reason, limit=info.limit)
-        self._record_failure(worker)
         await self.runtime._emit(
             "cordon.plugin.crashed", {"plugin": self.id, "reason": info.reason}
         )
@@ -1539,6 +1571,7 @@ class Runtime:
             "plugin_id": m.id,
             "params": params,
             "on_host_request": handle.host_api.handle,
+            "on_host_notification": handle.host_api.notify,
             "on_stderr": functools.partial(self._plugin_output, m.id),
             "exit_probe": group.exit_reason if group is not None else None,
             "place": group.move_in if group is not None and not placed else None,

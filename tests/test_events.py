@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from cordon.protocol import InvalidParams
 from cordon.runtime._events import EventBus, check_topic
 from cordon.runtime._permissions import effective_permissions
+from cordon.worker import Context, Plugin, PluginDefinitionError
 
 
 @pytest.fixture
@@ -161,3 +164,86 @@ async def test_subscribing_needs_a_running_bus() -> None:
     bus = EventBus()
     with pytest.raises(RuntimeError):
         bus.subscribe("p", "*", Inbox())
+
+
+# -- event handler signatures (cordon.worker) ------------------------------------------------
+
+
+def test_handlers_in_the_shapes_people_write_them_are_accepted() -> None:
+    plugin = Plugin()
+
+    @plugin.on_event("a.*")
+    async def everything(ctx: Context, topic: str, payload: Any, source: str) -> None: ...
+
+    @plugin.on_event("a.*")
+    async def no_source(ctx, topic, payload: object):
+        ...
+
+    @plugin.on_event("a.*")
+    def payload_only(payload: dict[str, Any]) -> None: ...
+
+    @plugin.on_event("a.*")
+    async def by_kwargs(ctx: Context, **event: Any) -> None: ...
+
+    wire = msgspec.Raw(b'{"topic": "a.b", "payload": {"x": [1]}, "source": "p1"}')
+    got = {name: h.decode_arguments(wire) for (_, name), h in plugin.handlers.items()}
+    assert got == {
+        "everything": {"topic": "a.b", "payload": {"x": [1]}, "source": "p1"},
+        "no_source": {"topic": "a.b", "payload": {"x": [1]}},
+        "payload_only": {"payload": {"x": [1]}},
+        "by_kwargs": {"topic": "a.b", "payload": {"x": [1]}, "source": "p1"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("async def h(ctx, event): ...", "parameter 'event' is not one the host passes"),
+        ("async def h(context, topic): ...", "parameter 'context' is not one the host passes"),
+        ("async def h(ctx, *args): ...", "*args cannot receive an event"),
+        ("async def h(ctx, topic, /): ...", "'topic' is positional-only"),
+        ("async def h(ctx, topic: int): ...", "topic is always a str"),
+    ],
+)
+def test_a_handler_the_host_could_never_call_is_refused_when_defined(
+    source: str, problem: str
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    with pytest.raises(PluginDefinitionError) as err:
+        Plugin().on_event("a.*")(namespace["h"])
+    assert "event handler 'h'" in str(err.value)
+    assert problem in str(err.value)
+    assert "write handler(ctx, topic, payload, source)" in str(err.value)
+
+
+async def test_a_handler_with_an_untyped_payload_gets_every_event_through_a_worker(
+    tmp_path: Path,
+) -> None:
+    from cordon.runtime import Runtime
+    from tests.conftest import TEST_PLUGINS, base_config
+
+    config = base_config(tmp_path)
+    config["plugins"] = {"author": {"grant": ["events:subscribe:build.*"]}}
+    with anyio.fail_after(30):
+        async with Runtime(config) as rt:
+            author = await rt.load(TEST_PLUGINS / "author")
+            await author.call("pid")  # started: its handler is subscribed
+            assert await rt.emit("build.done", {"ok": [1, "x"]}) == 1
+            got = await author.call("wait_event")
+    assert got == {"topic": "build.done", "payload": {"ok": [1, "x"]}}
+
+
+async def test_a_plugin_with_an_uncallable_handler_fails_to_load_naming_it(
+    tmp_path: Path,
+) -> None:
+    from cordon.runtime import PluginError, Runtime
+    from tests.conftest import TEST_PLUGINS, base_config
+
+    with anyio.fail_after(30):
+        async with Runtime(base_config(tmp_path)) as rt:
+            bad = await rt.load(TEST_PLUGINS / "bad_handler")
+            with pytest.raises(PluginError) as err:
+                await bad.call("ok")
+    assert err.value.fields()["exc_type"] == "PluginDefinitionError"
+    assert "event handler 'on_build': parameter 'event'" in err.value.message

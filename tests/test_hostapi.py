@@ -25,6 +25,7 @@ from cordon.protocol import (
     CordonError,
     InvalidParams,
     MethodNotFound,
+    Notification,
     PermissionDenied,
     QuotaExceeded,
     RemoteError,
@@ -32,6 +33,7 @@ from cordon.protocol import (
     decode_frame,
     decode_params,
     encode,
+    encode_notification,
     encode_request,
     error_from_wire,
     error_to_wire,
@@ -143,13 +145,35 @@ def loopback(api: HostAPI) -> Request_:
     return request
 
 
+Notify_ = Callable[[str, Any], None]
+
+
+def notify_loopback(api: HostAPI, flushes: list[Any]) -> Notify_:
+    """The worker core's notify function, minus the pipe: a notification frame, served by
+    ``HostAPI.notify`` as the worker process does; the audit flushes it asks for are kept
+    in ``flushes`` for the test to run."""
+
+    def notify(method: str, params: Any) -> None:
+        msg = decode_frame(encode_notification(method, params).rstrip(b"\n"))
+        assert isinstance(msg, Notification)
+        follow_up = api.notify(msg.method, msg.params)
+        if follow_up is not None:
+            flushes.append(follow_up)
+
+    return notify
+
+
+async def run_flushes(flushes: list[Any]) -> None:
+    while flushes:
+        await flushes.pop()()
+
+
 # -- identity and shape ----------------------------------------------------------------------
 
 
 async def test_every_api_without_a_grant_is_denied_with_a_typed_error(host: Host) -> None:
     req = loopback(host.api("p1", effective_permissions(ALL, [], [])))
     calls: list[tuple[Callable[[], Awaitable[Any]], str]] = [
-        (lambda: LogAPI(req).info("hi"), "log"),
         (lambda: StorageAPI(req).get("k"), "storage"),
         (lambda: StorageAPI(req).set("k", 1), "storage"),
         (lambda: StorageAPI(req).delete("k"), "storage"),
@@ -411,10 +435,9 @@ async def test_exec_past_its_timeout_is_a_call_timeout_on_the_worker_side(host: 
 
 
 async def test_log_lines_reach_the_sink_tagged_redacted_and_neutralised(host: Host) -> None:
-    log = LogAPI(loopback(host.api("p1", granted("log"))))
-    assert await log.warning(
-        "login\n[error] forged", user="ada", password="hunter2", obj=object(), plugin="p2"
-    )
+    flushes: list[Any] = []
+    log = LogAPI(notify_loopback(host.api("p1", granted("log")), flushes))
+    log.warning("login\n[error] forged", user="ada", password="hunter2", obj=object(), plugin="p2")
     (rec,) = host.records()
     assert rec["event"] == "plugin.log"
     assert rec["plugin"] == "p1"
@@ -428,12 +451,15 @@ async def test_log_lines_reach_the_sink_tagged_redacted_and_neutralised(host: Ho
 
 async def test_a_log_flood_is_dropped_counted_and_reported(tmp_path: Path, host: Host) -> None:
     host.sink = LogSink(host.sink._logger, rate=20)
-    log = LogAPI(loopback(host.api("p1", granted("log"))))
+    flushes: list[Any] = []
+    log = LogAPI(notify_loopback(host.api("p1", granted("log")), flushes))
     with anyio.fail_after(10):
-        results = [await log.info("flood", i=i) for i in range(500)]
-    assert 40 <= sum(results) < 100
+        for i in range(500):
+            log.info("flood", i=i)
+        await run_flushes(flushes)
     stats = host.sink.stats("p1")["p1"]
-    assert stats.dropped == 500 - sum(results)
+    assert 40 <= stats.accepted < 100
+    assert stats.dropped == 500 - stats.accepted
     host.sink.report_dropped()
     report = [r for r in host.records() if r["event"] == "plugin.log_dropped"]
     assert sum(r["dropped"] for r in report) == stats.dropped
@@ -450,6 +476,14 @@ async def test_every_method_in_the_table_is_served(host: Host) -> None:
 # -- worker-side marshalling -----------------------------------------------------------------
 
 
+class NotifyRecorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def __call__(self, method: str, params: Any) -> None:
+        self.calls.append((method, msgspec.json.decode(msgspec.json.encode(params))))
+
+
 class Recorder:
     def __init__(self, reply: Any = None) -> None:
         self.calls: list[tuple[str, Any]] = []
@@ -461,12 +495,15 @@ class Recorder:
 
 
 async def test_the_worker_log_api_sends_level_event_and_jsonable_fields() -> None:
-    rec = Recorder(True)
+    rec = NotifyRecorder()
     log = LogAPI(rec)
-    await log.debug("a", n=1)
-    await log.info("b")
-    await log.warning("c", nested={"x": [1]})
-    await log.error("d", exc=ValueError("bad"))
+    log.debug("a", n=1)
+    log.info("b")
+    await log.warning("c", nested={"x": [1]})  # awaiting it stays harmless
+    log.error("d", exc=ValueError("bad"))
+    with pytest.raises(InvalidParams) as err:
+        log.log("critical", "e")
+    assert err.value.fields()["field"] == "level"
     assert rec.calls == [
         ("host/log", {"level": "debug", "event": "a", "fields": {"n": 1}}),
         ("host/log", {"level": "info", "event": "b", "fields": {}}),
@@ -577,7 +614,11 @@ async def live_worker(
         sandbox=SandboxPolicy(mode="best-effort"),
     )
     worker = WorkerProcess(
-        plugin_id="abuser", params=params, on_host_request=api.handle, on_stderr=on_stderr
+        plugin_id="abuser",
+        params=params,
+        on_host_request=api.handle,
+        on_host_notification=api.notify,
+        on_stderr=on_stderr,
     )
     with anyio.fail_after(30):
         await tg.start(worker.run)
@@ -597,10 +638,14 @@ async def test_e2e_a_plugin_without_grants_is_denied_every_api_with_typed_errors
             got = await live.call("every_api")
         finally:
             await live.worker.stop()
+    # A log record is a notification: refused on the host (and audited), nothing to answer.
+    assert got.pop("log") == {"ok": None}
     assert all(v["error"] == "PermissionDenied" for v in got.values()), got
     assert all(v["plugin"] == "abuser" for v in got.values())
     assert got["exec"]["permission"] == "exec:echo"
-    assert len(await host.audit.read("abuser", 100)) == len(got)
+    trail = await host.audit.read("abuser", 100)
+    assert len(trail) == len(got) + 1
+    assert all(not e.allowed and e.outcome == "PermissionDenied" for e in trail)
 
 
 @needs_worker
@@ -613,7 +658,7 @@ async def test_e2e_a_granted_plugin_uses_every_api(host: Host) -> None:
         finally:
             await live.worker.stop()
     assert got == {
-        "log": {"ok": True},
+        "log": {"ok": None},
         "storage.set": {"ok": None},
         "storage.get": {"ok": {"v": 1}},
         "storage.list": {"ok": ["k"]},
@@ -681,14 +726,15 @@ async def test_e2e_a_log_flood_is_cut_to_the_rate_and_the_host_stays_responsive(
         live = await live_worker(host, effective_permissions(["log"], ["log"], []), tg)
         try:
             with anyio.fail_after(30):
-                accepted = await live.call("flood", {"n": 2000})
+                assert await live.call("flood", {"n": 2000}) == 2000
             with anyio.fail_after(5):
                 assert await live.worker.ping(5)
         finally:
             await live.worker.stop()
+    # Every record was counted by the time the call answered (they precede its result).
     stats = host.sink.stats("abuser")["abuser"]
-    assert accepted == stats.accepted < 200
-    assert stats.dropped == 2000 - accepted
+    assert stats.accepted < 200
+    assert stats.dropped == 2000 - stats.accepted
     host.sink.report_dropped()
     assert any(r["event"] == "plugin.log_dropped" for r in host.records())
 

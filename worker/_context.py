@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._hostapi import ConfigAPI, EventsAPI, LogAPI, StorageAPI
@@ -13,6 +14,8 @@ __all__ = ["Context"]
 
 RequestFn = Callable[[str, Any], Awaitable[Any]]
 NotifyFn = Callable[[str, Any], None]
+T = TypeVar("T")
+RunFn = Callable[[Any, Awaitable[Any]], Any]
 
 
 class Context:
@@ -22,7 +25,7 @@ class Context:
     plugin's permissions; nothing here is trusted by the host.
     """
 
-    __slots__ = ("__dict__", "_notify", "_request", "call_id", "plugin_id", "scratch_dir")
+    __slots__ = ("__dict__", "_notify", "_request", "_run", "call_id", "plugin_id", "scratch_dir")
 
     def __init__(
         self,
@@ -32,12 +35,14 @@ class Context:
         call_id: int | str | None,
         request: RequestFn,
         notify: NotifyFn,
+        run: RunFn | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.scratch_dir = scratch_dir
         self.call_id = call_id
         self._request = request
         self._notify = notify
+        self._run = run
 
     async def progress(
         self, progress: float, total: float | None = None, message: str | None = None
@@ -56,11 +61,25 @@ class Context:
         """Send a raw request to the host. Prefer the typed APIs below."""
         return await self._request(method, params)
 
+    def run(self, aw: Awaitable[T], /) -> T:
+        """Wait for a host API from a plain ``def`` tool (or any thread but the worker's
+        loop): ``ctx.run(ctx.storage.get("k"))``. The awaitable runs on the worker's event
+        loop; its result, or the same typed error async code would get, comes back here.
+        A cancelled or timed-out call makes a waiting ``ctx.run`` raise
+        :class:`CallCancelled`. Called from async code (the loop's own thread) it raises
+        ``RuntimeError`` instead of deadlocking: there, ``await`` it."""
+        if self._run is None:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise RuntimeError("this context has no event loop to run host APIs on")
+        result: T = self._run(self.call_id, aw)
+        return result
+
     @cached_property
     def log(self) -> LogAPI:
         from ._hostapi import LogAPI
 
-        return LogAPI(self._request)
+        return LogAPI(self._notify)
 
     @cached_property
     def storage(self) -> StorageAPI:

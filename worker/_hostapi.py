@@ -4,17 +4,19 @@ Nothing here is a security boundary: each method only marshals arguments into on
 (see ``cordon.runtime._hostapi`` for the wire table) and the host decides. A plugin that
 skips these classes and sends raw requests gets exactly the same checks.
 
-All methods are coroutines (``await ctx.log.info("started", n=3)``); they raise the typed
-error the host answered with: :class:`PermissionDenied` when the operator did not grant the
-permission, :class:`QuotaExceeded` for storage, :class:`InvalidParams` for bad arguments,
-:class:`CallTimeout` for an exec past its timeout, :class:`CommandNotFound` for an exec of a
-command the host does not have.
+``ctx.log.*`` are plain calls (one notification each, see :class:`LogAPI`). All the other
+methods are coroutines (``await ctx.storage.get("k")``; from a sync tool,
+``ctx.run(ctx.storage.get("k"))``); they raise the typed error the host answered with:
+:class:`PermissionDenied` when the operator did not grant the permission,
+:class:`QuotaExceeded` for storage, :class:`InvalidParams` for bad arguments,
+:class:`CallTimeout` for an exec past its timeout, :class:`CommandNotFound` for an exec of
+a command the host does not have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Final
 
 import msgspec
 
@@ -26,11 +28,21 @@ __all__ = [
     "EventsAPI",
     "ExecResult",
     "LogAPI",
+    "Logged",
     "StorageAPI",
     "exec_command",
 ]
 
 RequestFn = Callable[[str, Any], Awaitable[Any]]
+NotifyFn = Callable[[str, Any], None]
+
+#: The host API method a log record is sent as (a notification: no id, no answer).
+LOG: Final = "host/log"
+LEVELS: Final = ("debug", "info", "warning", "error")
+#: Bounds on one record as sent. The host's sink cuts events at 256 characters and fields
+#: at 16 KiB; these only keep a runaway record far below the frame limit.
+MAX_LOG_EVENT: Final = 64 * 1024
+MAX_LOG_FIELDS: Final = 256 * 1024
 
 _encoder = msgspec.json.Encoder()
 
@@ -44,35 +56,77 @@ def _json(value: Any, field: str) -> msgspec.Raw:
         raise InvalidParams(f"{field} is not JSON-encodable: {exc}", field=field) from None
 
 
+class Logged:
+    """What a ``ctx.log`` call returns: the record has already been sent. Awaiting it is
+    harmless and gives ``None``, so ``await ctx.log.info(...)`` in older plugins still
+    works; nothing needs to await it."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that ends at once: awaiting it never suspends
+
+    def __repr__(self) -> str:
+        return "<ctx.log record sent>"
+
+
+LOGGED: Final = Logged()
+
+
 class LogAPI:
-    """``await ctx.log.info("event", key=value, ...)``: structured logs in the host's log,
-    tagged with this plugin's id. Needs ``log``. Secrets are redacted host-side; lines over
-    the plugin's rate are dropped (and counted) — the methods then return ``False``."""
+    """``ctx.log.info("event", key=value, ...)``: structured records in the host's log,
+    tagged with this plugin's id. Plain calls, like any Python logger's: each sends one
+    ``host/log`` notification and returns at once (no round trip, nothing to await), from
+    async code or a sync tool's thread alike. A record logged before a call returns reaches
+    the host's log before the caller sees the call's result.
 
-    __slots__ = ("_request",)
+    The host checks ``log``, redacts secrets and applies the plugin's rate limit; lines over
+    the rate are dropped and counted there. Without ``log``, debug and info records are
+    dropped and warnings and errors are written as the plugin's stderr would be (see the
+    README). Field values that are not JSON (objects, exceptions) are sent as their repr.
+    """
 
-    def __init__(self, request: RequestFn) -> None:
-        self._request = request
+    __slots__ = ("_notify",)
 
-    async def log(self, level: str, event: str, /, **fields: Any) -> bool:
-        # Field values the host cannot take as JSON (objects, exceptions) are sent as their
-        # repr rather than failing the plugin's log call.
+    def __init__(self, notify: NotifyFn) -> None:
+        self._notify = notify
+
+    def log(self, level: str, event: str, /, **fields: Any) -> Logged:
+        if level not in LEVELS:
+            raise InvalidParams(
+                f"log level {level!r} is not one of {', '.join(LEVELS)}", field="level"
+            )
+        self._notify(LOG, log_params(level, event, fields))
+        return LOGGED
+
+    def debug(self, event: str, /, **fields: Any) -> Logged:
+        return self.log("debug", event, **fields)
+
+    def info(self, event: str, /, **fields: Any) -> Logged:
+        return self.log("info", event, **fields)
+
+    def warning(self, event: str, /, **fields: Any) -> Logged:
+        return self.log("warning", event, **fields)
+
+    def error(self, event: str, /, **fields: Any) -> Logged:
+        return self.log("error", event, **fields)
+
+
+def log_params(level: str, event: object, fields: dict[str, Any]) -> dict[str, Any]:
+    """A ``host/log`` notification's params, bounded so that no record can make a frame
+    the host would refuse (and kill the worker for): the host cuts far shorter anyway."""
+    text = str(event)
+    if len(text) > MAX_LOG_EVENT:
+        text = f"{text[:MAX_LOG_EVENT]}…[truncated {len(text) - MAX_LOG_EVENT} chars]"
+    try:
         clean = msgspec.to_builtins(fields, enc_hook=repr, str_keys=True)
-        return bool(
-            await self._request("host/log", {"level": level, "event": str(event), "fields": clean})
-        )
-
-    async def debug(self, event: str, /, **fields: Any) -> bool:
-        return await self.log("debug", event, **fields)
-
-    async def info(self, event: str, /, **fields: Any) -> bool:
-        return await self.log("info", event, **fields)
-
-    async def warning(self, event: str, /, **fields: Any) -> bool:
-        return await self.log("warning", event, **fields)
-
-    async def error(self, event: str, /, **fields: Any) -> bool:
-        return await self.log("error", event, **fields)
+        size = len(_encoder.encode(clean))
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+        clean, size = {"_unencodable": f"{type(exc).__name__}: {exc}"[:MAX_LOG_EVENT]}, 0
+    if size > MAX_LOG_FIELDS:
+        clean = {"_truncated": f"{size} bytes of fields (limit {MAX_LOG_FIELDS})"}
+    return {"level": level, "event": text, "fields": clean}
 
 
 class StorageAPI:

@@ -11,7 +11,7 @@ import re
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
@@ -22,6 +22,11 @@ __all__ = ["Handler", "Plugin", "PluginDefinitionError"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}")
+
+#: What the host passes an event handler, by name: ``handler(ctx, topic=..., payload=...,
+#: source=...)``. A handler takes any of them (``ctx`` first, optional) and only gets those.
+EVENT_ARGS: Final = ("topic", "payload", "source")
+_EVENT_TYPES: Final[dict[str, Any]] = {"topic": str, "payload": Any, "source": str}
 
 
 class PluginDefinitionError(TypeError):
@@ -46,6 +51,8 @@ class Handler:
     _decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
     #: The name of the asyncio task each call runs in.
     task: str = field(init=False, repr=False)
+    #: For an event handler taking only some of :data:`EVENT_ARGS`: the ones it takes.
+    passes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self._decoder = msgspec.json.Decoder(self.params_type | list[Any])
@@ -86,7 +93,10 @@ class Handler:
         except msgspec.DecodeError as exc:
             raise InvalidParams(f"arguments are not valid JSON: {exc}", field=None) from None
         # The struct's fields are exactly the parameters, in order (see _build_handler).
-        return msgspec.structs.asdict(value)
+        args = msgspec.structs.asdict(value)
+        if self.passes is not None:
+            return {k: args[k] for k in self.passes}
+        return args
 
 
 def _field_of(message: str) -> str | None:
@@ -136,6 +146,17 @@ def _build_handler(
     wants_ctx = bool(params) and params[0].name == "ctx"
     if wants_ctx:
         params = params[1:]
+    passes: tuple[str, ...] | None = None
+    if kind == "event_handler":
+        passes = _check_event_handler(handler_name, params, hints)
+        if passes == EVENT_ARGS:
+            passes = None
+        # Decoded as the host sends them; the handler gets the ones it named.
+        params = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=_EVENT_TYPES[n])
+            for n in EVENT_ARGS
+        ]
+        hints = dict(_EVENT_TYPES)
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     names: list[str] = []
     for p in params:
@@ -148,6 +169,9 @@ def _build_handler(
                 f"{kind} {handler_name!r}: positional-only parameter {p.name!r} is not supported"
             )
         annotation = hints.get(p.name, Any)
+        if annotation is object:
+            # "anything" as people write it; msgspec knows it as Any.
+            annotation = Any
         if p.default is p.empty:
             fields.append((p.name, annotation))
         else:
@@ -177,7 +201,37 @@ def _build_handler(
         is_async=inspect.iscoroutinefunction(fn),
         options=options,
         result_schema=_result_schema(hints.get("return", inspect.Signature.empty)),
+        passes=passes,
     )
+
+
+def _check_event_handler(
+    name: str, params: list[inspect.Parameter], hints: dict[str, Any]
+) -> tuple[str, ...]:
+    """The event arguments ``params`` takes, or :class:`PluginDefinitionError` naming what
+    the host could never call it with."""
+
+    def refuse(problem: str) -> PluginDefinitionError:
+        return PluginDefinitionError(
+            f"event handler {name!r}: {problem}; write handler(ctx, topic, payload, source) "
+            "with any of the three, by those names (ctx first, also optional)"
+        )
+
+    taken: list[str] = []
+    for p in params:
+        if p.kind is p.VAR_KEYWORD:
+            return EVENT_ARGS
+        if p.kind is p.VAR_POSITIONAL:
+            raise refuse(f"*{p.name} cannot receive an event")
+        if p.name not in EVENT_ARGS:
+            raise refuse(f"parameter {p.name!r} is not one the host passes")
+        if p.kind is p.POSITIONAL_ONLY:
+            raise refuse(f"parameter {p.name!r} is positional-only; events are passed by name")
+        annotation = hints.get(p.name, Any)
+        if p.name in ("topic", "source") and annotation not in (str, Any, object):
+            raise refuse(f"{p.name} is always a str, not {annotation!r}")
+        taken.append(p.name)
+    return tuple(n for n in EVENT_ARGS if n in taken)
 
 
 Hook = Callable[[Any], Awaitable[None] | None]

@@ -14,9 +14,12 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import resource
 import select
+import threading
 import traceback
-from typing import Any, Final, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -56,6 +59,8 @@ from cordon.protocol._messages import decode_request
 from cordon.protocol._methods import FAULT
 
 from ._context import Context
+from ._logging import attach as attach_logging
+from ._logging import detach as detach_logging
 from ._plugin import Handler, Plugin
 
 __all__ = ["Server"]
@@ -68,6 +73,9 @@ READ_SIZE: Final = 64 * 1024
 MAX_TRACEBACK: Final = 16 * 1024
 #: Threads for synchronous plugin functions; they cannot be cancelled, so keep the pool small.
 SYNC_THREADS: Final = 8
+#: What CPython says when ``pthread_create`` fails (EAGAIN: no address space for the stack
+#: under RLIMIT_AS, or RLIMIT_NPROC reached): a resource limit, not the plugin's bug.
+_NO_THREAD: Final = "can't start new thread"
 
 _invoke_decoder = msgspec.json.Decoder(InvokeParams)
 
@@ -94,6 +102,27 @@ def decode_invoke(frame: bytes) -> _InvokeCall | None:
 
 
 _cancel_decoder = msgspec.json.Decoder(CancelParams)
+
+T = TypeVar("T")
+
+
+class _Job:
+    """A sync call handed to the thread pool; ``abandoned`` once answered without it."""
+
+    __slots__ = ("abandoned", "fn")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.abandoned = False
+
+    def __call__(self) -> Any:
+        if self.abandoned:
+            return None
+        return self.fn()
+
+
+async def _awaited(aw: Awaitable[T]) -> T:
+    return await aw
 
 
 class Server:
@@ -129,6 +158,12 @@ class Server:
         self._closed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop_thread: int | None = None
+        #: Per call: the futures its threads wait on in ``ctx.run``, cancelled with the call
+        #: (and the calls cancelled meanwhile, so a later ``ctx.run`` fails at once).
+        self._waits: dict[Any, set[concurrent.futures.Future[Any]]] = {}
+        self._cancelled_waits: set[Any] = set()
+        self._waits_lock = threading.Lock()
         #: The loop's ready queue (see :meth:`_spawn`); ``None`` on a loop without one.
         self._ready: collections.deque[Any] | None = None
         self._idle_poll: select.poll | None = None
@@ -139,6 +174,9 @@ class Server:
 
     async def serve(self, initial_frames: list[Any]) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        # Log records from now on travel as notifications on this channel (see _logging).
+        attach_logging(self.post)
         ready = getattr(self._loop, "_ready", None)
         self._ready = ready if isinstance(ready, collections.deque) else None
         self._closed = asyncio.Event()
@@ -151,6 +189,7 @@ class Server:
         try:
             await self._closed.wait()
         finally:
+            detach_logging()
             self._loop.remove_reader(self.rfd)
             for task in list(self._tasks.values()):
                 task.cancel()
@@ -269,7 +308,22 @@ class Server:
         self._flush()
 
     def notify(self, method: str, params: Any) -> None:
-        self.send(encode_notification(method, params))
+        """Send a notification, from the loop's thread or any other (a sync tool's)."""
+        self.post(encode_notification(method, params))
+
+    def post(self, frame: bytes) -> None:
+        """:meth:`send` from any thread. From another thread the frame is handed to the
+        loop with ``call_soon_threadsafe``: frames one thread posts keep their order, and
+        one posted before a sync tool returns goes out before its result (the executor
+        hands the result to the loop the same way, later). Dropped once the loop is gone."""
+        if threading.get_ident() == self._loop_thread:
+            self.send(frame)
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is ending
+            loop.call_soon_threadsafe(self.send, frame)
 
     # -- incoming -------------------------------------------------------------------------
 
@@ -411,7 +465,10 @@ class Server:
         ``current_task()``, its context, cancellation and ``asyncio.timeout`` all behave as
         on the next pass. Only while :meth:`_on_readable` dispatches (a plain callback:
         inside a task, as for the initial frames, asyncio refuses to enter a second one),
-        and only when the queue's last entry is that step.
+        and only when that step is the *only* thing queued, so running it early reorders
+        nothing: a ``$/cancel`` earlier in the same read has queued the cancelled task's
+        wake-up, and a request that follows it on the channel must not run before the
+        cancellation has reached the plugin's code.
         """
         loop = self._loop
         assert loop is not None
@@ -425,8 +482,8 @@ class Server:
         self._tasks[ident] = task
         if self._holding:
             ready = self._ready
-            if ready:
-                handle = ready[-1]
+            if ready is not None and len(ready) == 1:
+                handle = ready[0]
                 if getattr(handle._callback, "__self__", None) is task:
                     ready.pop()
                     handle._run()
@@ -460,6 +517,7 @@ class Server:
             if task is not None:
                 task.cancel()
                 task.add_done_callback(functools.partial(self._forget, ident))
+                self._cancel_waits(ident)
         # Unknown notifications are ignored, as JSON-RPC requires.
 
     def _handle_response(self, resp: Response) -> None:
@@ -496,6 +554,7 @@ class Server:
             call_id=call_id,
             request=self.request_host,
             notify=self.notify,
+            run=self.run_from_thread,
         )
 
     async def _run_handler(
@@ -506,6 +565,7 @@ class Server:
         wrapper coroutine, its extra ``await`` level and the ``partial`` for ``ctx`` were
         paid on every call."""
         out: bytes
+        result: Any = None
         try:
             try:
                 if handler.is_async:
@@ -515,36 +575,62 @@ class Server:
                         result = await handler.fn(**args)
                 else:
                     result = await self._run_sync(ident, handler, args)
+                # Encoded inside this try: a result too big to encode under the memory
+                # limit raises MemoryError here, and is answered like any other.
+                try:
+                    out = encode_result(ident, result)
+                except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+                    out = self._not_json(ident, handler, exc)
+                result = None
+                if len(out) > self.max_frame:
+                    out = self._too_large(ident, handler, len(out))
             except asyncio.CancelledError:
                 if ident in self._threaded:
-                    # A thread cannot be stopped: saying "cancelled" would be a lie while it
-                    # still runs. Stay silent; the host's cancel deadline recycles this worker.
+                    # Its thread still runs and cannot be stopped: saying "cancelled" would
+                    # be a lie. Stay silent; the host's cancel deadline recycles this worker.
                     raise
                 out = encode_error(ident, error_to_wire(CallCancelled(method=handler.name)))
             except CordonError as exc:
                 out = encode_error(ident, error_to_wire(exc))
             except MemoryError:
-                import resource
-
-                soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-                limit = None if soft == resource.RLIM_INFINITY else soft
-                err = QuotaExceeded(kind="memory", limit=limit, plugin=self.plugin_id)
-                out = encode_error(ident, error_to_wire(err))
+                result = None  # what could not be encoded goes before the answer is made
+                out = encode_error(ident, error_to_wire(self._memory_quota()))
             except Exception as exc:
-                out = encode_error(ident, error_to_wire(self._plugin_error(exc)))
-            else:
-                try:
-                    out = encode_result(ident, result)
-                except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-                    out = self._not_json(ident, handler, exc)
-                if len(out) > self.max_frame:
-                    out = self._too_large(ident, handler, len(out))
+                if isinstance(exc, RuntimeError) and str(exc) == _NO_THREAD:
+                    out = encode_error(ident, error_to_wire(self._thread_quota(exc)))
+                else:
+                    out = encode_error(ident, error_to_wire(self._plugin_error(exc)))
         finally:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
+            if self._cancelled_waits or self._waits:
+                self._end_waits(ident)
         if not batched:
             self.send(out)
         return out
+
+    def _memory_quota(self) -> QuotaExceeded:
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        limit = None if soft == resource.RLIM_INFINITY else soft
+        return QuotaExceeded(kind="memory", limit=limit, plugin=self.plugin_id)
+
+    def _thread_quota(self, exc: BaseException) -> QuotaExceeded:
+        """A thread that could not start: the address space (RLIMIT_AS) its stack needs, or
+        RLIMIT_NPROC when that is what is set."""
+        mem = resource.getrlimit(resource.RLIMIT_AS)[0]
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        limit: int | None
+        if mem == resource.RLIM_INFINITY and nproc != resource.RLIM_INFINITY:
+            kind, limit = "processes", nproc
+        else:
+            kind, limit = "memory", None if mem == resource.RLIM_INFINITY else mem
+        return QuotaExceeded(
+            f"plugin {self.plugin_id!r} cannot start another thread ({exc}): its {kind} "
+            f"limit ({limit}) is reached",
+            kind=kind,
+            limit=limit,
+            plugin=self.plugin_id,
+        )
 
     async def _run_sync(self, ident: Any, handler: Handler, args: dict[str, Any]) -> Any:
         fn = handler.fn
@@ -554,13 +640,75 @@ class Server:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 SYNC_THREADS, thread_name_prefix="cordon-sync"
             )
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
+        job = _Job(functools.partial(fn, **args))
+        try:
+            cfut = self._executor.submit(job)
+        except RuntimeError as exc:
+            # The pool queued the job before its new thread failed to start; a thread that
+            # frees up later must not run a call that was already answered.
+            job.abandoned = True
+            raise self._thread_quota(exc) from None
         self._threaded.add(ident)
-        result = await self._loop.run_in_executor(self._executor, functools.partial(fn, **args))
+        try:
+            result = await asyncio.wrap_future(cfut, loop=loop)
+        except asyncio.CancelledError:
+            # What the thread waits on through ctx.run can be cancelled (it then raises
+            # CallCancelled in the thread); a job still queued never starts. Wait for the
+            # thread to end, and only then let the call say "cancelled".
+            self._cancel_waits(ident)
+            if not cfut.cancelled():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(cfut, loop=loop)
+            self._threaded.discard(ident)
+            raise
         self._threaded.discard(ident)
         if asyncio.iscoroutine(result):
             result = await result
         return result
+
+    # -- ctx.run: host APIs from a plugin's threads -----------------------------------------
+
+    def run_from_thread(self, ident: Any, aw: Awaitable[T]) -> T:
+        """Run ``aw`` on the worker's loop and wait for it in this (non-loop) thread; its
+        result or its exception (the same typed errors as in async code) comes back here.
+        Cancelling call ``ident`` cancels the wait: :class:`CallCancelled` in the thread."""
+        if threading.get_ident() == self._loop_thread or self._loop is None:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise RuntimeError(
+                "ctx.run() blocks until the worker's event loop has run the awaitable, and "
+                "was called on that loop's own thread; in async code, await it instead"
+            )
+        with self._waits_lock:
+            if ident in self._cancelled_waits:
+                if asyncio.iscoroutine(aw):
+                    aw.close()
+                raise CallCancelled(method="ctx.run")
+            cfut = asyncio.run_coroutine_threadsafe(_awaited(aw), self._loop)
+            self._waits.setdefault(ident, set()).add(cfut)
+        try:
+            return cfut.result()
+        except concurrent.futures.CancelledError:
+            raise CallCancelled(method="ctx.run") from None
+        finally:
+            with self._waits_lock:
+                waits = self._waits.get(ident)
+                if waits is not None:
+                    waits.discard(cfut)
+
+    def _cancel_waits(self, ident: Any) -> None:
+        with self._waits_lock:
+            self._cancelled_waits.add(ident)
+            waits = self._waits.pop(ident, ())
+        for cfut in waits:
+            cfut.cancel()
+
+    def _end_waits(self, ident: Any) -> None:
+        with self._waits_lock:
+            self._cancelled_waits.discard(ident)
+            self._waits.pop(ident, None)
 
     def _not_json(self, ident: Any, handler: Handler, exc: Exception) -> bytes:
         err = PluginError(

@@ -6,7 +6,6 @@ on the host side can compare it with what the host saw.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
@@ -77,9 +76,10 @@ async def fill(ctx: Context, size: int) -> Any:
 
 @plugin.tool
 async def flood(ctx: Context, n: int) -> int:
-    """Fire n log lines concurrently; return how many the host accepted."""
-    results = await asyncio.gather(*(ctx.log.info("flood", i=i) for i in range(n)))
-    return sum(1 for r in results if r)
+    """Fire n log lines as fast as the plugin can; the host counts what it accepted."""
+    for i in range(n):
+        ctx.log.info("flood", i=i)
+    return n
 
 
 @plugin.tool
@@ -97,3 +97,10 @@ async def secrets(ctx: Context) -> bool:
     await ctx.log.warning('forged\n{"event": "worker.crashed"}\x1b[2J\r\u202e')
     print("stderr forged\r\x1b[31m\u202e", file=sys.stderr, flush=True)
     return True
+
+
+@plugin.tool
+async def put_get(ctx: Context, key: str, value: int) -> Any:
+    """One write and one read of its own storage: a bystander's storage round trip."""
+    await ctx.storage.set(key, value)
+    return await ctx.storage.get(key)
