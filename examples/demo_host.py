@@ -10,14 +10,14 @@ contained as a typed error and the plugin recovered, then prints per-plugin stat
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
-from cordon.runtime import CordonError, Runtime, WorkerCrashed
+from cordon.runtime import CordonError, Runtime, WorkerCrashed, configure_logging
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,13 +129,18 @@ async def demo(config: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "cordon.toml")
+    parser.add_argument(
+        "--log-level", help="debug|info|warning|error (default: $CORDON_LOG_LEVEL, else warning)"
+    )
+    parser.add_argument("--log-format", default="console", help="console|json")
     args = parser.parse_args()
+    level = args.log_level or os.environ.get("CORDON_LOG_LEVEL") or "warning"
     # Host logs (lifecycle events, redacted plugin output) go to stderr; the demo's story
     # goes to stdout.
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(30),
-    )
+    try:
+        configure_logging(level.lower(), args.log_format.lower())
+    except ValueError as exc:
+        parser.error(f"--log-level/--log-format (or CORDON_LOG_LEVEL): {exc}")  # exit 2
     return anyio.run(demo, args.config)
 
 

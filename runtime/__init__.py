@@ -32,6 +32,7 @@ from ._config import Config, PluginSettings, load_config, parse_config
 from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
 from ._errors import ConfigError, ManifestError, Problem
 from ._manifest import Manifest, load_manifest
+from ._oplog import configure_logging
 from ._registry import (
     AmbiguousContribution,
     ContributionInfo,
@@ -99,6 +100,7 @@ __all__ = [
     "UnknownExtensionPoint",
     "VersionError",
     "WorkerCrashed",
+    "configure_logging",
     "load_config",
     "load_manifest",
     "parse_config",

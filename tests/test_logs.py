@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,35 @@ def test_a_follower_that_does_not_read_loses_records_instead_of_holding_the_host
         assert follower.dropped == 5
         assert follower.receive.receive_nowait()["msg"] == "0"
     assert ring.followers() == 0
+
+
+def test_the_demo_host_takes_the_same_log_level(tmp_path: Path) -> None:
+    from tests.conftest import ROOT
+
+    demo = [sys.executable, str(ROOT / "examples" / "demo_host.py")]
+    quiet = subprocess.run(
+        demo, capture_output=True, text=True, timeout=CLI_TIMEOUT, cwd=tmp_path, check=False
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert "worker.started" not in quiet.stderr
+    loud = subprocess.run(
+        [*demo, "--log-level", "info", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert loud.returncode == 0, loud.stderr
+    started = [r for r in records(loud.stderr) if r.get("event") == "worker.started"]
+    assert started and all(r["level"] == "info" for r in started)
+    bad = subprocess.run(
+        demo,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        cwd=tmp_path,
+        env={**os.environ, "CORDON_LOG_LEVEL": "loud"},
+        check=False,
+    )
+    assert bad.returncode == 2 and "CORDON_LOG_LEVEL" in bad.stderr
