@@ -120,6 +120,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     if not args.json:
         cfg = load_config(args.file)
         print(f"{args.file}: ok ({len(cfg.plugins)} plugin section(s))")
+        for where, summary in _exec_notes(cfg):
+            print(f"  note: {where}: {_shown(summary)}")
         return EXIT_OK
     try:
         cfg = load_config(args.file)
@@ -127,8 +129,30 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         # For tools (an editor, CI): every problem with its TOML path, still a failing exit.
         _print_json({"file": args.file, "ok": False, "problems": list(exc.problems)})
         return exit_code_for(exc)
-    _print_json({"file": args.file, "ok": True, "plugins": sorted(cfg.plugins), "problems": []})
+    notes = [{"path": where, "note": summary} for where, summary in _exec_notes(cfg)]
+    _print_json(
+        {
+            "file": args.file,
+            "ok": True,
+            "plugins": sorted(cfg.plugins),
+            "problems": [],
+            "notes": notes,
+        }
+    )
     return EXIT_OK
+
+
+def _exec_notes(cfg: Any) -> list[tuple[str, str]]:
+    """Every exec grant, in plain words, under the TOML path that grants it."""
+    from ._exec_rules import exec_grants
+
+    sections = [("defaults", cfg.defaults)]
+    sections += [(f"plugins.{pid}", s) for pid, s in cfg.plugins.items()]
+    return [
+        (f"{where}.grant", str(g["summary"]))
+        for where, s in sections
+        for g in exec_grants(s.grant, s.exec_rules)
+    ]
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
@@ -326,18 +350,27 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
     from ._config import find_config
     from ._discovery import discover
+    from ._exec_rules import exec_grants
     from ._manifest import load_manifest
+    from ._permissions import effective_permissions
 
     report: dict[str, Any] = dict(probe())
     missing = _predicted_missing(report)
     cfg = find_config(args.config)
     plugins: dict[str, str] = {}
+    exec_report: dict[str, list[dict[str, object]]] = {}
     for cand in discover([Path(d) for d in cfg.runtime.plugin_dirs]).candidates:
         try:
-            plugin_id = load_manifest(cand.path).id
+            manifest = load_manifest(cand.path)
         except CordonError:
             continue
-        mode = cfg.for_plugin(plugin_id).sandbox
+        plugin_id = manifest.id
+        s = cfg.for_plugin(plugin_id)
+        perms = effective_permissions(manifest.permissions, s.grant, s.deny)
+        usable = [p for p in perms.requested if p.startswith("exec:") and perms.allows(p)]
+        if usable:
+            exec_report[plugin_id] = exec_grants(usable, s.exec_rules)
+        mode = s.sandbox
         if mode == "off":
             verdict = "off: NO SANDBOX — for trusted plugins only"
         elif not missing:
@@ -350,6 +383,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     report["missing_layers"] = missing
     report["plugins"] = plugins
     report["cgroup_limits"] = _cgroup_verdict(cfg.runtime.cgroups)
+    report["exec_lockdown"] = _exec_lockdown_verdict()
+    report["exec_grants"] = exec_report
     if args.json:
         _print_json(report)
         return EXIT_OK
@@ -369,9 +404,28 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     cg = report["cgroup_limits"]
     print(f"{'cgroups':18} {cg['verdict']}")
     print(f"{'missing layers':18} {', '.join(missing) or 'none'}")
+    print(f"{'exec lockdown':18} {report['exec_lockdown']}")
     for plugin_id, verdict in sorted(plugins.items()):
         print(f"  plugin {plugin_id:12} {verdict}")
+        for grant in exec_report.get(plugin_id, []):
+            print(f"    {_shown(grant['summary'])}")
     return EXIT_OK
+
+
+def _exec_lockdown_verdict() -> str:
+    from ._exec_landlock import LandlockUnavailable, abi_version
+
+    try:
+        abi = abi_version()
+    except LandlockUnavailable as exc:
+        return (
+            f"unavailable ({exc.strerror}): strict plugins' exec grants are refused; others "
+            "run commands with a fresh HOME but no lock-down"
+        )
+    return (
+        f"Landlock ABI {abi}: granted commands run with a fresh HOME/cwd, an allowlisted "
+        "environment, no access to plugin files or the state dir"
+    )
 
 
 def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
@@ -380,6 +434,7 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
     from ._config import find_config
     from ._control import apply_overrides, overrides_path, read_overrides
     from ._discovery import discover
+    from ._exec_rules import exec_grants
     from ._manifest import load_manifest
     from ._permissions import effective_permissions
 
@@ -404,6 +459,7 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
         s = cfg.for_plugin(m.id)
         perms = effective_permissions(m.permissions, s.grant, s.deny)
         contributes = msgspec.to_builtins(m.contributes)
+        usable = [p for p in perms.requested if p.startswith("exec:") and perms.allows(p)]
         rows.append(
             {
                 "id": m.id,
@@ -427,6 +483,8 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
                 },
                 "contributes": contributes,
                 "sandbox": s.sandbox,
+                # Each exec grant in plain words: as powerful as the command, escalators named.
+                "exec": exec_grants(usable, s.exec_rules),
             }
         )
     for problem in found.problems:
@@ -490,7 +548,11 @@ def _cmd_plugin_info(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(r)
             else:
+                grants = r.pop("exec", None) or []
                 _print_kv(r)
+                # One line per exec grant: what it lets the plugin do, escalators named.
+                for grant in grants:
+                    print(f"{'exec':12} {_shown(grant['summary'])}")
             return EXIT_OK
     raise PluginUnavailable(
         f"no plugin {args.plugin_id!r} under the configured plugin dirs",

@@ -230,3 +230,24 @@ def describe_grant(command: str, rule: ExecRule | None) -> str:
     if reason:
         return f"{base}; ESCALATOR: {reason}; narrow it with exec.{command}.allow"
     return base
+
+
+def exec_grants(grants: Sequence[str], rules: Mapping[str, ExecRule]) -> list[dict[str, object]]:
+    """For ``cordon plugin info``/``doctor``/``config check``: each exact ``exec:<command>``
+    in ``grants`` with what it allows (patterns or everything) and, for a known escalator,
+    why it is one."""
+    out: list[dict[str, object]] = []
+    for grant in grants:
+        if not grant.startswith("exec:"):
+            continue
+        command = grant[len("exec:") :]
+        rule = rules.get(command)
+        out.append(
+            {
+                "command": command,
+                "allow": None if rule is None or rule.allow is None else list(rule.allow),
+                "escalator": escalation_reason(command),
+                "summary": describe_grant(command, rule),
+            }
+        )
+    return out
