@@ -96,7 +96,7 @@ async def test_a_hung_worker_times_calls_out_and_is_replaced(
         hello, pid = await _start(cordon_runtime, hello_dir)
         worker = hello.worker
         assert worker is not None
-        hang(cordon_runtime, "hello")
+        await hang(cordon_runtime, "hello")
         with pytest.raises(CallTimeout) as info:
             await hello.call("greet", {"name": "Ada"}, timeout=0.3)
         assert info.value.timeout == 0.3
@@ -112,8 +112,8 @@ async def test_a_resumed_worker_answers_again(cordon_runtime: Runtime, hello_dir
 
     with anyio.fail_after(60):
         hello, pid = await _start(cordon_runtime, hello_dir)
-        hang(cordon_runtime, "hello")
-        resume(cordon_runtime, "hello")
+        await hang(cordon_runtime, "hello")
+        await resume(cordon_runtime, "hello")
         assert await hello.call("greet", {"name": "Ada"}) == "Hello Ada"
         assert hello.stats().pid == pid
 
@@ -125,13 +125,13 @@ async def test_delayed_replies_arrive_late_and_time_calls_out(
 
     with anyio.fail_after(60):
         hello, pid = await _start(cordon_runtime, hello_dir)
-        delay_replies(cordon_runtime, "hello", 0.3)
+        await delay_replies(cordon_runtime, "hello", 0.3)
         started = time.monotonic()
         assert await hello.call("echo", {"value": 1}) == 1
         assert time.monotonic() - started >= 0.3
         with pytest.raises(CallTimeout):
             await hello.call("echo", {"value": 2}, timeout=0.1)
-        delay_replies(cordon_runtime, "hello", 0)
+        await delay_replies(cordon_runtime, "hello", 0)
         assert await hello.call("echo", {"value": 3}) == 3
         # The late answer came within the cancel grace: nothing was killed.
         assert hello.stats().pid == pid
@@ -229,7 +229,7 @@ async def test_a_fault_needs_a_live_worker(cordon_runtime: Runtime, hello_dir: P
     with anyio.fail_after(60):
         await cordon_runtime.load(hello_dir)
         with pytest.raises(RuntimeError, match="no live worker"):
-            hang(cordon_runtime, "hello")
+            await hang(cordon_runtime, "hello")
 
 
 def test_leaked_workers_finds_and_kills_a_child_that_outlives_its_runtime() -> None:
@@ -263,4 +263,39 @@ def test_the_readme_example_passes_as_written(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    assert "3 passed" in done.stdout
+
+
+def test_every_fault_is_a_coroutine_function_awaited_alike() -> None:
+    import inspect
+
+    import cordon.testing
+
+    faults = ["kill", "hang", "resume", "delay_replies", "exhaust_memory", "burn_cpu"]
+    faults.append("corrupt_channel")
+    assert set(faults) <= set(cordon.testing.__all__)
+    assert [f for f in faults if not inspect.iscoroutinefunction(getattr(cordon.testing, f))] == []
+
+
+async def test_hang_returns_with_the_worker_stopped_and_resume_with_it_running(
+    cordon_runtime: Runtime, hello_dir: Path
+) -> None:
+    import psutil
+
+    from cordon.testing import hang, resume
+
+    with anyio.fail_after(60):
+        _, pid = await _start(cordon_runtime, hello_dir)
+        await hang(cordon_runtime, "hello")
+        assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        await resume(cordon_runtime, "hello")
+        assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
+
+
+async def test_a_negative_reply_delay_is_refused(cordon_runtime: Runtime, hello_dir: Path) -> None:
+    from cordon.testing import delay_replies
+
+    with anyio.fail_after(60):
+        await _start(cordon_runtime, hello_dir)
+        with pytest.raises(ValueError, match="seconds must be >= 0"):
+            await delay_replies(cordon_runtime, "hello", -1)

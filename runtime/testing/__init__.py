@@ -40,15 +40,17 @@ Fixtures:
   a runtime, with operator ``[defaults]`` keys as keyword arguments (``cpu_time="1 s"``,
   ``restart={"max": 2}``, ...; underscores become dashes).
 
-Faults (each targets the live worker of ``plugin_id``; start it with a call first):
+Faults (each targets the live worker of ``plugin_id``; start it with a call first). Every
+fault is a coroutine, awaited the same way — ``await fault(rt, plugin_id, ...)`` — and
+returns once the fault has taken effect:
 
 * :func:`kill` — send a signal (SIGKILL by default); waits for the exit, returns its
   :class:`ExitInfo`.
-* :func:`hang` / :func:`resume` — SIGSTOP / SIGCONT the worker's process group. A hung
-  worker stops answering: calls time out, and an idle one fails its health ping and is killed
-  as ``unresponsive``.
+* :func:`hang` / :func:`resume` — SIGSTOP / SIGCONT the worker's process group; each returns
+  once the kernel shows the worker stopped / running again. A hung worker stops answering:
+  calls time out, and an idle one fails its health ping and is killed as ``unresponsive``.
 * :func:`delay_replies` — hold every answer from the worker for ``seconds`` (host side;
-  ``0`` stops it). Pings are delayed too.
+  ``0`` stops it), from the next answer on. Pings are delayed too.
 * :func:`exhaust_memory` — the worker allocates until RLIMIT_AS refuses and dies of the
   MemoryError: in-flight calls get ``QuotaExceeded(kind="memory")``. Needs a memory limit.
 * :func:`burn_cpu` — the worker burns ``seconds`` of CPU in a thread; past the cpu-time limit
@@ -71,6 +73,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import psutil
 import pytest
 
@@ -99,8 +102,11 @@ __all__ = [
     "resume",
 ]
 
-#: How long a fault waits for the worker it broke to exit (the kernel reaps in milliseconds).
+#: How long a fault waits for the worker it broke to exit (the kernel reaps in milliseconds),
+#: or for a stop/continue signal to show (the kernel delivers it on the next schedule).
 EXIT_WAIT: Final = 30.0
+#: How often :func:`hang` and :func:`resume` look at the worker's state while they wait.
+_STATE_POLL: Final = 0.002
 
 
 # -- fault injection --------------------------------------------------------------------------
@@ -132,25 +138,47 @@ async def kill(rt: Runtime, plugin_id: str, signal: int = _signal.SIGKILL) -> Ex
     return await _exit_of(worker)
 
 
-def hang(rt: Runtime, plugin_id: str) -> None:
-    """Freeze the worker (SIGSTOP to its process group): it stops answering anything."""
+async def _until_stopped(worker: WorkerProcess, stopped: bool) -> None:
+    """Wait until the kernel shows the worker stopped (or not): a signal is delivered when
+    the process is next scheduled, not by the time ``kill`` returns."""
+    assert worker.pid is not None
+    proc = psutil.Process(worker.pid)
+    with anyio.fail_after(EXIT_WAIT):
+        while worker.exit is None:
+            try:
+                status = proc.status()
+            except psutil.NoSuchProcess:
+                return  # it died meanwhile; the caller's next call will see how
+            if (status == psutil.STATUS_STOPPED) is stopped:
+                return
+            await anyio.sleep(_STATE_POLL)
+
+
+async def hang(rt: Runtime, plugin_id: str) -> None:
+    """Freeze the worker (SIGSTOP to its process group): it stops answering anything.
+    Returns once the worker is stopped."""
     worker = _worker(rt, plugin_id)
     assert worker.pid is not None
     os.killpg(worker.pid, _signal.SIGSTOP)
+    await _until_stopped(worker, True)
 
 
-def resume(rt: Runtime, plugin_id: str) -> None:
-    """Undo :func:`hang` (SIGCONT), if the worker was not killed for it meanwhile."""
+async def resume(rt: Runtime, plugin_id: str) -> None:
+    """Undo :func:`hang` (SIGCONT), if the worker was not killed for it meanwhile. Returns
+    once the worker runs again."""
     worker = _worker(rt, plugin_id)
     assert worker.pid is not None
     os.killpg(worker.pid, _signal.SIGCONT)
+    await _until_stopped(worker, False)
 
 
-def delay_replies(rt: Runtime, plugin_id: str, seconds: float) -> None:
-    """Hold every response from the worker ``seconds`` before delivering it (0 to stop)."""
+async def delay_replies(rt: Runtime, plugin_id: str, seconds: float) -> None:
+    """Hold every response from the worker ``seconds`` before delivering it (0 to stop).
+    Nothing to wait for — it is a coroutine so that every fault is awaited alike."""
     if seconds < 0:
         raise ValueError(f"seconds must be >= 0, got {seconds}")
     _worker(rt, plugin_id).reply_delay = seconds
+    await anyio.lowlevel.checkpoint()
 
 
 async def _fault(worker: WorkerProcess, params: FaultParams) -> Any:
