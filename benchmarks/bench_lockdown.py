@@ -5,7 +5,8 @@
 Each run is a fresh ``python -I`` child (the lock-down is irreversible) that imports the
 sandbox package, applies every layer with per-step timings, and then times a hot
 ``open/close`` of /dev/null — which crosses the audit hook, Landlock and seccomp — against the
-same loop measured before the lock-down. Medians over the runs; machines here are small and
+same loop measured before the lock-down, and a ``getppid`` loop that walks the whole seccomp
+program (no audit event, no Landlock hook). Medians over the runs; machines here are small and
 noisy, so read the relative sizes.
 """
 
@@ -35,7 +36,16 @@ CHILD = textwrap.dedent(
             os.close(os.open("/dev/null", os.O_RDONLY))
         return (time.perf_counter() - t) / n
 
+    def plain(n=100000):
+        # getppid: no audit event, no Landlock hook, and not on the filter's fast path, so
+        # it walks the whole seccomp program: the filter's own per-syscall cost.
+        t = time.perf_counter()
+        for _ in range(n):
+            os.getppid()
+        return (time.perf_counter() - t) / n
+
     before = hot()
+    plain_before = plain()
     timings = {}
     t0 = time.perf_counter()
     _lockdown.lock_down(
@@ -46,8 +56,10 @@ CHILD = textwrap.dedent(
     )
     total = time.perf_counter() - t0
     after = hot()
+    plain_after = plain()
     print(json.dumps({"import": imported, **timings, "total": total,
-                      "open_before": before, "open_after": after}))
+                      "open_before": before, "open_after": after,
+                      "plain_before": plain_before, "plain_after": plain_after}))
     """
 )
 
@@ -55,7 +67,7 @@ STEPS = (
     "import",
     "fds",
     "rlimits",
-    "netns",
+    "netns",  # user + net + IPC namespaces, one unshare
     "no-new-privs",
     "landlock",
     "seccomp",
@@ -93,6 +105,9 @@ def main() -> int:
     after = statistics.median(r["open_after"] for r in rows) * 1e6
     print(f"\nopen+close /dev/null: {before:.2f} µs before, {after:.2f} µs after lock-down")
     print(f"(audit hook + Landlock + seccomp on a hot path: x{after / before:.2f})")
+    before = statistics.median(r["plain_before"] for r in rows) * 1e9
+    after = statistics.median(r["plain_after"] for r in rows) * 1e9
+    print(f"getppid (the whole seccomp program): {before:.0f} ns before, {after:.0f} ns after")
     return 0
 
 

@@ -343,7 +343,7 @@ def tamper_audit_then_system() -> int:
     vars(_audit).clear()
     os.getpid = lambda: ARGS.get("pid", 1)
     saved = builtins.PermissionError, builtins.len
-    builtins.PermissionError = RuntimeError  # type: ignore[misc]
+    builtins.PermissionError = RuntimeError  # type: ignore[misc,assignment]
     builtins.len = lambda _x: 0
     try:
         return os.system("true")
@@ -353,7 +353,8 @@ def tamper_audit_then_system() -> int:
 
 def raw_syscall() -> int:
     """``syscall(nr, *args)``: ints as longs, ``"@fd"`` the fd of ``open`` ([path, flags]),
-    ``"@self"`` our pid, ``"buf:N"`` N zeroed bytes, other strings as C strings."""
+    ``"@self"`` our pid, ``"buf:N"`` N zeroed bytes, ``"i32:V"`` a pointer to the int V,
+    ``"hex:H"`` a pointer to the bytes H, other strings as C strings."""
     keep: list[Any] = []
     fd = os.open(ARGS["open"][0], ARGS["open"][1]) if ARGS.get("open") else -1
     cargs: list[int] = []
@@ -362,6 +363,11 @@ def raw_syscall() -> int:
             cargs.append(fd)
         elif a == "@self":
             cargs.append(os.getpid())
+        elif isinstance(a, str) and a.startswith(("i32:", "hex:")):
+            data = struct.pack("<i", int(a[4:])) if a[:4] == "i32:" else bytes.fromhex(a[4:])
+            buf = CT.create_string_buffer(data, max(len(data), 8))
+            keep.append(buf)
+            cargs.append(CT.addressof(buf))
         elif isinstance(a, str):
             size = int(a[4:]) if a.startswith("buf:") else 0
             buf = CT.create_string_buffer(size) if size else CT.create_string_buffer(a.encode())

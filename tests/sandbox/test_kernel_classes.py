@@ -156,9 +156,11 @@ METADATA = [
     pytest.param(92, ("{path}", "{uid}", "{gid}"), {}, id="chown"),
     pytest.param(94, ("{path}", "{uid}", "{gid}"), {}, id="lchown"),
     pytest.param(
-        260, ("@fd", "", "{uid}", "{gid}", AT_EMPTY_PATH), {"open_flags": O_PATH},
+        260,
+        ("@fd", "", "{uid}", "{gid}", AT_EMPTY_PATH),
+        {"open_flags": O_PATH},
         id="fchownat-o_path",
-    ),  # fmt: skip
+    ),
     pytest.param(132, ("{path}", 0), {}, id="utime"),
     pytest.param(235, ("{path}", 0), {}, id="utimes"),
     pytest.param(261, (AT_FDCWD, "{path}", 0), {}, id="futimesat"),

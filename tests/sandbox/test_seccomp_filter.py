@@ -16,7 +16,9 @@ EPERM = _seccomp.RET_ERRNO | errno.EPERM
 ENOSYS = _seccomp.RET_ERRNO | errno.ENOSYS
 KILL = _seccomp.RET_KILL_PROCESS
 
-PROG = _seccomp.build()
+PID = 4242
+PROG = _seccomp.build(PID)
+OTHER = 1
 THREAD_FLAGS = 0x003D0F00  # glibc pthread_create: VM|FS|FILES|SIGHAND|THREAD|SYSVSEM|SETTLS|...
 
 
@@ -60,6 +62,8 @@ def test_clone3_answers_enosys_so_glibc_falls_back_to_clone() -> None:
 
 def test_prlimit64_reads_are_allowed_and_writes_refused() -> None:
     assert action(_seccomp.PRLIMIT64, 0, 7, 0, 0x7FFC0000) == ALLOW
+    assert action(_seccomp.PRLIMIT64, PID, 7, 0, 0x7FFC0000) == ALLOW
+    assert action(_seccomp.PRLIMIT64, OTHER, 7, 0, 0x7FFC0000) == EPERM  # another's limits
     assert action(_seccomp.PRLIMIT64, 0, 7, 0x7FFC0000, 0) == EPERM
     assert action(_seccomp.PRLIMIT64, 0, 7, 0x7FFC_0000_0000, 0) == EPERM  # high word only
 
@@ -91,3 +95,84 @@ def test_the_encoded_program_is_eight_bytes_per_instruction() -> None:
     code = _bpf.to_bytes(PROG)
     assert len(code) == 8 * len(PROG)
     assert code[:8] == bytes([0x20, 0, 0, 0, 4, 0, 0, 0])  # ld [4] (arch)
+
+
+def test_the_deny_table_has_no_number_twice_and_no_allowed_call() -> None:
+    numbers = list(_seccomp.DENIED.values())
+    assert len(numbers) == len(set(numbers))
+    assert not set(numbers) & set(_seccomp.FAST_ALLOW)
+
+
+@pytest.mark.parametrize(
+    ("name", "nr"),
+    [
+        ("chmod", 90), ("fchmod", 91), ("fchmodat", 268), ("fchmodat2", 452), ("chown", 92),
+        ("fchown", 93), ("lchown", 94), ("fchownat", 260), ("utime", 132), ("utimes", 235),
+        ("futimesat", 261), ("utimensat", 280), ("setxattr", 188), ("lsetxattr", 189),
+        ("fsetxattr", 190), ("setxattrat", 463), ("removexattr", 197), ("lremovexattr", 198),
+        ("fremovexattr", 199), ("removexattrat", 466), ("file_setattr", 469),
+        ("inotify_init", 253), ("inotify_init1", 294), ("inotify_add_watch", 254),
+        ("fanotify_init", 300), ("fanotify_mark", 301), ("statmount", 457), ("listmount", 458),
+        ("open_tree_attr", 467), ("quotactl", 179), ("quotactl_fd", 443), ("tkill", 200),
+    ],
+)  # fmt: skip
+def test_the_new_classes_are_denied_under_their_x86_64_numbers(name: str, nr: int) -> None:
+    assert _seccomp.DENIED[name] == nr
+    assert action(nr) == EPERM
+
+
+@pytest.mark.parametrize("nr", [140, 141])  # getpriority, setpriority
+def test_priorities_only_of_the_worker_itself_and_only_per_process(nr: int) -> None:
+    assert action(nr, 0, 0, 5) == ALLOW  # PRIO_PROCESS, the caller
+    assert action(nr, 0, PID, 5) == ALLOW
+    assert action(nr, 0, OTHER, 5) == EPERM
+    assert action(nr, 1, 0, 5) == EPERM  # PRIO_PGRP
+    assert action(nr, 2, 0, 5) == EPERM  # PRIO_USER: every process of the uid
+    assert action(nr, 0, 1 << 32 | PID, 5) == ALLOW  # the kernel reads an int
+
+
+@pytest.mark.parametrize("nr", [251, 252])  # ioprio_set, ioprio_get
+def test_io_priorities_only_of_the_worker_itself(nr: int) -> None:
+    assert action(nr, 1, 0, 0) == ALLOW
+    assert action(nr, 1, PID, 0) == ALLOW
+    assert action(nr, 1, OTHER, 0) == EPERM
+    assert action(nr, 2, 0, 0) == EPERM  # IOPRIO_WHO_PGRP
+    assert action(nr, 3, 0, 0) == EPERM  # IOPRIO_WHO_USER
+
+
+@pytest.mark.parametrize("name", sorted(_seccomp.OWN_PID_OR_ZERO))
+def test_pid_taking_calls_name_only_the_worker_or_zero(name: str) -> None:
+    nr = _seccomp.OWN_PID_OR_ZERO[name]
+    assert action(nr, 0) == ALLOW
+    assert action(nr, PID) == ALLOW
+    assert action(nr, OTHER) == EPERM
+    assert action(nr, PID + 1) == EPERM  # e.g. a sibling thread's tid: refused, as documented
+
+
+@pytest.mark.parametrize("name", sorted(_seccomp.OWN_PID))
+def test_signals_reach_only_the_worker_itself(name: str) -> None:
+    nr = _seccomp.OWN_PID[name]
+    assert action(nr, PID, 0) == ALLOW
+    for target in (OTHER, 0, 0xFFFFFFFF, (-PID) & 0xFFFFFFFF):  # pgrp, everyone, -pgrp
+        assert action(nr, target, 0) == EPERM
+
+
+@pytest.mark.parametrize("name", sorted(_seccomp.PROT_CALLS))
+def test_a_mapping_may_be_writable_or_executable_but_not_both(name: str) -> None:
+    nr = _seccomp.PROT_CALLS[name]
+    for prot, expected in [(0, ALLOW), (1, ALLOW), (3, ALLOW), (5, ALLOW), (6, EPERM), (7, EPERM)]:
+        assert action(nr, 0, 4096, prot, 0x22) == expected, prot
+
+
+def test_shmat_with_exec_is_refused_unless_read_only() -> None:
+    assert action(_seccomp.SHMAT, 1, 0, 0) == ALLOW
+    assert action(_seccomp.SHMAT, 1, 0, _seccomp.SHM_EXEC) == EPERM
+    assert action(_seccomp.SHMAT, 1, 0, _seccomp.SHM_EXEC | _seccomp.SHM_RDONLY) == ALLOW
+
+
+def test_only_listed_ioctls_pass_and_the_rest_answer_enotty() -> None:
+    for cmd in _seccomp.ALLOWED_IOCTLS.values():
+        assert action(_seccomp.IOCTL, 3, cmd) == ALLOW
+    enotty = _seccomp.RET_ERRNO | errno.ENOTTY
+    for cmd in (0x40086602, 0x401C5820, 0x40806685, 0x5412):  # SETFLAGS FSSETXATTR verity STI
+        assert action(_seccomp.IOCTL, 3, cmd) == enotty
