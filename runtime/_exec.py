@@ -50,6 +50,7 @@ lock-down. ``cordon plugin info``/``doctor`` flag known escalators
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -327,11 +328,14 @@ class ExecPolicy:
         exe = self.resolve(args[0], plugin=plugin)
         abi = self._lockdown_abi(f"exec:{args[0]}", plugin)
         async with self._slots:
-            fresh = _fresh_dir(self.run_base)
+            # Filesystem work in a thread: a run dir the command filled with a million files
+            # must not hold the host's loop (and every other plugin) while it is removed.
+            fresh = await anyio.to_thread.run_sync(_fresh_dir, self.run_base)
             try:
                 return await self._run_in(fresh, exe, args, limit, plugin, abi)
             finally:
-                _remove_tree(fresh)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove_tree, fresh)
 
     async def _run_in(
         self,
@@ -347,11 +351,14 @@ class ExecPolicy:
         if abi is None:
             return await self._run([exe, *args[1:]], name, timeout, plugin, fresh, env, ())
         rule = self.rules.get(name)
-        ruleset = landlock.build_ruleset(
+        build = functools.partial(
+            landlock.build_ruleset,
             abi=abi,
             deny=self.denied,
             read_write=[fresh, *(rule.write if rule is not None else ())],
         )
+        # Walks the directories along each denied path: off the loop, like the run dir.
+        ruleset = await anyio.to_thread.run_sync(build)
         try:
             argv = landlock.launcher_argv(ruleset, exe, args[1:])
             return await self._run(argv, name, timeout, plugin, fresh, env, (ruleset,))

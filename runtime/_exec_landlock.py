@@ -12,9 +12,13 @@ resolved, not the text.
 Landlock only *grants* beneath a path, so "everything but D" is spelled as rules on every
 sibling along the way down to each denied tree: for a denied ``/a/b/c``, every entry of ``/``
 but ``a``, of ``/a`` but ``b``, of ``/a/b`` but ``c``. Symlinked entries get no rule (access
-through them is judged on their target). Limits: a bind mount or a second mount of a denied
-tree elsewhere is readable through that other path; entries created in an ancestor after the
-ruleset was built are not readable to that run.
+through them is judged on their target). ``/proc`` is always walked into and no numeric
+entry gets a rule: the command cannot open another process's ``/proc/<pid>`` (the host's
+``environ``, a worker's ``root`` or ``cwd``); the launcher grants the command its own
+``/proc/<pid>`` (read) before locking itself down, so ``/proc/self`` works for the command
+itself (not for the children it starts, which see only their parent's). Limits: a bind
+mount or a second mount of a denied tree elsewhere is readable through that other path;
+entries created in an ancestor after the ruleset was built are not readable to that run.
 
 How it is applied: the host builds the ruleset (three syscalls, no fork involved) and passes
 its fd to a tiny launcher (``python -I -S``) that sets ``no_new_privs``, calls

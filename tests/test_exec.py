@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import anyio
 import psutil
 import pytest
 
@@ -116,6 +117,14 @@ async def test_the_run_directory_is_removed_after_a_timeout_too(
 ) -> None:
     with pytest.raises(ExecTimeout):
         await policy.run(["sh", "-c", "touch here; sleep 30"], timeout=0.5)
+    assert list(runs.iterdir()) == []
+
+
+async def test_the_run_directory_is_removed_when_the_call_is_cancelled(
+    policy: ExecPolicy, runs: Path
+) -> None:
+    with anyio.move_on_after(0.5):
+        await policy.run(["sh", "-c", "touch here; sleep 30"], timeout=20)
     assert list(runs.iterdir()) == []
 
 
