@@ -10,6 +10,7 @@ import fcntl
 import os
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,52 @@ def test_the_kernel_alone_refuses_to_reschedule_a_stranger(
     assert os.sched_getscheduler(stranger) == os.SCHED_OTHER
     control = syscall(box, nr, *real, lock="none")
     assert control.result == {"ok": True, "value": 0}
+
+
+# -- leases and dnotify ---------------------------------------------------------------------
+
+F_SETLEASE, F_NOTIFY, F_RDLCK, DN_CREATE = 1024, 1026, 0, 0x4
+
+
+@pytest.mark.parametrize(
+    ("cmd", "arg", "target"),
+    [
+        pytest.param(F_SETLEASE, F_RDLCK, "outside", id="read-lease-on-a-host-file"),
+        pytest.param(F_NOTIFY, DN_CREATE, "plugin_dir", id="dnotify-on-a-readable-dir"),
+    ],
+)
+def test_leases_and_dnotify_are_refused(box: Box, cmd: int, arg: int, target: str) -> None:
+    path = str(getattr(box, target))
+    opened = [path, os.O_RDONLY]
+    control = syscall(box, 72, "@fd", cmd, arg, lock="none", open=opened)
+    assert control.result == {"ok": True, "value": 0}
+    out = syscall(box, 72, "@fd", cmd, arg, open=opened, read_paths=[path])
+    assert out.errno == errno.EPERM
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def test_doctor_lists_the_ipc_namespace_and_strict_counts_it_as_required(tmp_path: Path) -> None:
+    from cordon.runtime._cli import _predicted_missing
+    from cordon.worker._sandbox import LAYERS
+
+    assert "ipcns" in LAYERS
+    probe = {
+        "landlock": {"available": True, "abi": 7},
+        "seccomp": {"available": True},
+        "user_namespaces": True,
+        "net_namespaces": True,
+        "ipc_namespaces": False,
+    }
+    assert _predicted_missing(probe) == ["ipcns"]
+    assert _predicted_missing({**probe, "ipc_namespaces": True}) == []
+    cordon = Path(sys.executable).with_name("cordon")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    text = subprocess.run(
+        [str(cordon), "doctor"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60, check=True,
+    ).stdout  # fmt: skip
+    lines = dict(line.split(None, 1) for line in text.splitlines() if line[:1] != " ")
+    assert lines["ipc_namespaces"] == "True"
+    assert lines["layers"].split(", ") == list(LAYERS)

@@ -176,3 +176,11 @@ def test_only_listed_ioctls_pass_and_the_rest_answer_enotty() -> None:
     enotty = _seccomp.RET_ERRNO | errno.ENOTTY
     for cmd in (0x40086602, 0x401C5820, 0x40806685, 0x5412):  # SETFLAGS FSSETXATTR verity STI
         assert action(_seccomp.IOCTL, 3, cmd) == enotty
+
+
+def test_leases_dnotify_and_core_scheduling_cookies_are_refused() -> None:
+    assert action(_seccomp.FCNTL, 3, 1024, 1) == EPERM  # F_SETLEASE, F_WRLCK
+    assert action(_seccomp.FCNTL, 3, 1026, 0x80000001) == EPERM  # F_NOTIFY
+    assert action(_seccomp.FCNTL, 3, 4, 0o4000) == ALLOW  # F_SETFL O_NONBLOCK
+    assert action(_seccomp.FCNTL, 3, 6, 0) == ALLOW  # F_SETLK
+    assert action(_seccomp.PRCTL, 62, 2, 1, 0, 0) == EPERM  # PR_SCHED_CORE share to pid 1

@@ -135,6 +135,13 @@ OWN_PID: Final = {
     "pidfd_open": 434,
 }
 
+#: ``prctl(PR_SCHED_CORE, op, pid, ...)`` shares core-scheduling cookies with another pid.
+PR_SCHED_CORE: Final = 62
+FCNTL: Final = 72
+#: fcntl commands refused: a lease on a readable host file stalls the host's next writer
+#: open for lease-break-time (45 s by default); dnotify is inotify by another name.
+DENIED_FCNTL: Final = {"F_SETLEASE": 1024, "F_NOTIFY": 1026}
+
 # -- W^X --------------------------------------------------------------------------------------
 #: ``prot`` is the third argument of each; a mapping may be writable or executable, not both.
 PROT_CALLS: Final = {"mmap": 9, "mprotect": 10, "pkey_mprotect": 329}
@@ -194,6 +201,7 @@ def build(pid: int) -> list[tuple[int, int, int, int]]:
         ("clone", {"clone": CLONE}),
         ("prlimit64", {"prlimit64": PRLIMIT64}),
         ("prctl", {"prctl": PRCTL}),
+        ("fcntl", {"fcntl": FCNTL}),
     ]
     for label, table in dispatch:
         prog += [jeq(nr, jt=label) for nr in sorted(table.values())]
@@ -246,7 +254,12 @@ def build(pid: int) -> list[tuple[int, int, int, int]]:
         # prctl(option, ...): option is an int in the kernel, so the low word is all of it.
         Label("prctl"),
         ld(_bpf.ARG_LO(0)),
-        jeq(PR_SET_SECCOMP, jt="eperm", jf="allow"),
+        jeq(PR_SET_SECCOMP, jt="eperm"),
+        jeq(PR_SCHED_CORE, jt="eperm", jf="allow"),
+        Label("fcntl"),
+        ld(_bpf.ARG_LO(1)),
+        *[jeq(cmd, jt="eperm") for cmd in sorted(DENIED_FCNTL.values())],
+        ret(RET_ALLOW),
         Label("allow"),
         ret(RET_ALLOW),
         Label("eperm"),

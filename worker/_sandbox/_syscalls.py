@@ -105,6 +105,9 @@ DENIED_CLASSES: Final[dict[str, dict[str, int]]] = {
         "userfaultfd": 323,
         "personality": 135,
         "syslog": 103,
+        "modify_ldt": 154,
+        "uselib": 134,
+        "lsm_set_self_attr": 460,
     },
     # Host-wide effects: flushing every filesystem (sync, syncfs on a host fd) stalls the
     # host's own fsyncs; the rest need capabilities the worker lacks but are refused anyway.
