@@ -244,6 +244,8 @@ class PluginHandle:
         self._subscription: Subscription | None = None
         #: The worker start in progress, if any.
         self._starting: _Start | None = None
+        #: Events that reached a worker with no handler for them, since it started.
+        self._unhandled_events = 0
         #: The pending eager restart after a crash (cancelled by stop, disable, unload).
         self._restart_scope: anyio.CancelScope | None = None
         #: Set by stop() (and unload): until the next call, start or reload asks for a
@@ -399,8 +401,11 @@ class PluginHandle:
         self._check_startable()
         start = self._starting
         if start is None:
-            start = self._starting = _Start()
+            start = _Start()
+            # Scheduled before it is published: a runtime that is not running raises here
+            # and leaves no start behind that nothing would ever finish.
             self.runtime._tg_soon(self._run_start, start)
+            self._starting = start
         await start.done.wait()
         if start.error is not None:
             raise _rethrow(start.error)
@@ -570,6 +575,7 @@ class PluginHandle:
                 log.warning(
                     "events.subscribe_refused", plugin=self.id, topic=topic, error=exc.message
                 )
+        self._unhandled_events = 0
         sub = self._subscription
         have = set(sub.topic_globs) if sub is not None else set()
         declared = {e.topic for e in self.manifest.contributes.events}
@@ -618,7 +624,16 @@ class PluginHandle:
             if c.kind == "event_handler" and fnmatchcase(topic, str(c.options.get("topic", "")))
         ]
         if not names:
-            log.warning("event.no_handler", plugin=self.id, topic=topic)
+            # Logged once per worker: any plugin allowed to emit could otherwise fill the
+            # host's log with one line per event.
+            self._unhandled_events += 1
+            if self._unhandled_events == 1:
+                log.warning(
+                    "event.no_handler",
+                    plugin=self.id,
+                    topic=topic,
+                    why="no handler of the running worker matches; logged once per worker",
+                )
             return
         first: CordonError | None = None
         for name in names:

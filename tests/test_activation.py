@@ -19,7 +19,7 @@ from tests.conftest import TEST_PLUGINS, base_config
 pytestmark = pytest.mark.anyio
 
 ACTIVATED = TEST_PLUGINS / "activated"
-GRANT = ["events:subscribe:job.*", "events:emit:ack.*"]
+GRANT = ["events:subscribe:job.*", "events:subscribe:unhandled.*", "events:emit:ack.*"]
 
 
 class Acks:
@@ -182,3 +182,17 @@ async def test_an_unloaded_plugin_takes_no_more_events(tmp_path: Path) -> None:
         await rt.load(ACTIVATED)
         await rt.unload("activated")
         assert await rt.emit("job.x") == 0
+
+
+async def test_events_no_running_handler_takes_are_logged_once_per_worker(tmp_path: Path) -> None:
+    async with Runtime(base_config(tmp_path, grant=GRANT)) as rt:
+        await rt.load(ACTIVATED)
+        acks = Acks(rt)
+        with capture_logs() as logs:
+            for i in range(5):
+                assert await rt.emit(f"unhandled.n{i}") == 1
+            assert await rt.emit("job.after") == 1
+            # One queue, in order: once job.after is acknowledged the others were delivered.
+            await acks.wait(1)
+        unhandled = [e for e in logs if e["event"] == "event.no_handler"]
+        assert [(e["plugin"], e["topic"]) for e in unhandled] == [("activated", "unhandled.n0")]
