@@ -293,7 +293,7 @@ def _size(*, minimum: int = 0, nullable: bool = False, why: str = "") -> _Parse:
 
 
 def _open_files(ck: Checker, path: str, value: object, base: Path | None) -> int | Invalid | None:
-    n = _count(minimum=1, nullable=True)(ck, path, value, base)
+    n: int | Invalid | None = _count(minimum=1, nullable=True)(ck, path, value, base)
     if isinstance(n, int) and n < MIN_WORKER_OPEN_FILES:
         return ck.add(
             path, f"{n} is too few for a worker to start (at least {MIN_WORKER_OPEN_FILES})"

@@ -746,6 +746,19 @@ class PluginHandle:
             else:
                 self.state = "crashed"
                 self.crashes += 1
+                # Logged here, with the count: the failure it records may open the breaker,
+                # and the log must read crash, then breaker.
+                log.warning(
+                    "worker.crashed",
+                    plugin=self.id,
+                    pid=worker.pid,
+                    reason=info.reason,
+                    returncode=info.returncode,
+                    signal=info.signal,
+                    detail=info.detail,
+                )
+                if info.reason in QUOTA_REASONS:
+                    log.warning("quota.hit", plugin=self.id, kind=info.reason, limit=info.limit)
                 self._record_failure(worker)
         self._exit_counted, self._exit_kind = worker, kind
 
@@ -765,17 +778,6 @@ class PluginHandle:
             return
         if kind != "crash":
             return
-        log.warning(
-            "worker.crashed",
-            plugin=self.id,
-            pid=worker.pid,
-            reason=info.reason,
-            returncode=info.returncode,
-            signal=info.signal,
-            detail=info.detail,
-        )
-        if info.reason in QUOTA_REASONS:
-            log.warning("quota.hit", plugin=self.id, kind=info.reason, limit=info.limit)
         await self.runtime._emit(
             "cordon.plugin.crashed", {"plugin": self.id, "reason": info.reason}
         )
