@@ -75,11 +75,13 @@ from cordon.protocol import (
 
 from . import _exec_landlock as landlock
 from ._config import Config, PluginSettings
+from ._errors import ConfigError, Problem
 from ._exec_rules import ExecRule, matches_any
 
 __all__ = [
     "RUN_DIR",
     "CommandNotFound",
+    "ExecConfigError",
     "ExecPolicy",
     "ExecResult",
     "ExecRule",
@@ -144,6 +146,16 @@ def check_argv(argv: object) -> list[str]:
     return list(argv)
 
 
+class ExecConfigError(ValueError):
+    """The policy cannot be built as configured; ``field`` is the TOML key under the plugin's
+    section (``exec.git.write[0]``, ``fs-write``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
 class ExecPolicy:
     """How one plugin's ``host/exec`` calls run. The permission check is HostAPI's; the
     argument patterns and argument paths are checked by :meth:`check` (and again by
@@ -182,15 +194,24 @@ class ExecPolicy:
         self.denied = tuple(dict.fromkeys((*self.writable, *(_real(os.fspath(d)) for d in deny))))
         self.rules: dict[str, ExecRule] = dict(rules or {})
         for command, rule in self.rules.items():
-            for w in rule.write:
-                if _inside_any(_real(w), self.writable):
-                    raise ValueError(
-                        f"exec.{command}.write: {w!r} is inside a plugin-writable path"
+            for i, w in enumerate(rule.write):
+                real = _real(w)
+                # Either way round: a write path holding the state dir would let the command
+                # rewrite scratch dirs and databases as surely as one inside them.
+                if _inside_any(real, self.denied) or any(
+                    _inside_any(d, (real,)) for d in self.denied
+                ):
+                    raise ExecConfigError(
+                        f"exec.{command}.write[{i}]",
+                        f"{w!r} overlaps a plugin-writable or private tree (the state dir, a "
+                        "plugin directory, an fs-write path)",
                     )
         base = os.fspath(run_base) if run_base is not None else tempfile.gettempdir()
         self.run_base = _real(base)
         if _inside_any(self.run_base, self.writable):
-            raise ValueError(f"the exec run directory {base!r} is inside a plugin-writable path")
+            raise ExecConfigError(
+                "fs-write", f"the exec run directory {base!r} is inside a plugin-writable path"
+            )
         self.lockdown: Lockdown = lockdown
         self.path = self._safe_path(path if path is not None else os.environ.get("PATH", ""))
         self.max_output = max_output
@@ -473,6 +494,7 @@ def policy_for_plugin(
     scratch: str | os.PathLike[str],
     plugin_dir: str | os.PathLike[str],
     config: Config,
+    plugin_id: str = "",
 ) -> ExecPolicy:
     """The runtime's policy for one plugin: its scratch and ``fs-write`` paths are
     plugin-writable; the state dir, every plugin directory and every plugin's ``fs-write``
@@ -485,14 +507,20 @@ def policy_for_plugin(
         *config.runtime.plugin_dirs,
         *(w for s in others for w in s.fs_write),
     ]
-    return ExecPolicy(
-        scratch=scratch,
-        writable=settings.fs_write,
-        deny=deny,
-        rules=settings.exec_rules,
-        run_base=os.path.join(os.fspath(state_dir), RUN_DIR),
-        lockdown="require" if settings.sandbox == "strict" else "auto",
-    )
+    try:
+        return ExecPolicy(
+            scratch=scratch,
+            writable=settings.fs_write,
+            deny=deny,
+            rules=settings.exec_rules,
+            run_base=os.path.join(os.fspath(state_dir), RUN_DIR),
+            lockdown="require" if settings.sandbox == "strict" else "auto",
+        )
+    except ExecConfigError as exc:
+        section = f"plugins.{plugin_id}" if plugin_id in config.plugins else "defaults"
+        raise ConfigError(
+            source=config.source, problems=[Problem(f"{section}.{exc.field}", exc.reason)]
+        ) from None
 
 
 def _real(path: str) -> str:

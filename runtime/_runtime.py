@@ -1224,6 +1224,7 @@ class Runtime:
                 scratch=self._scratch_dir(manifest.id),
                 plugin_dir=manifest.directory,
                 config=self.config,
+                plugin_id=manifest.id,
             ),
         )
         handle = PluginHandle(self, manifest, settings, perms, host_api)

@@ -12,7 +12,14 @@ import psutil
 import pytest
 
 from cordon.protocol import CallTimeout, InvalidParams, PermissionDenied
-from cordon.runtime._exec import CommandNotFound, ExecPolicy, ExecRule, ExecTimeout, check_argv
+from cordon.runtime._exec import (
+    CommandNotFound,
+    ExecConfigError,
+    ExecPolicy,
+    ExecRule,
+    ExecTimeout,
+    check_argv,
+)
 from cordon.runtime._exec_landlock import LandlockUnavailable, abi_version
 
 
@@ -129,7 +136,7 @@ async def test_the_run_directory_is_removed_when_the_call_is_cancelled(
 
 
 def test_a_run_base_inside_a_plugin_writable_tree_is_refused(scratch: Path) -> None:
-    with pytest.raises(ValueError, match="plugin-writable"):
+    with pytest.raises(ExecConfigError, match="plugin-writable"):
         ExecPolicy(scratch=scratch, run_base=scratch / "runs")
 
 
@@ -315,7 +322,7 @@ async def test_the_locked_down_command_writes_only_its_run_directory_and_operato
 def test_operator_write_paths_inside_plugin_writable_trees_are_refused(
     scratch: Path, runs: Path
 ) -> None:
-    with pytest.raises(ValueError, match=r"exec\.git\.write"):
+    with pytest.raises(ExecConfigError, match=r"exec\.git\.write\[0\]"):
         ExecPolicy(scratch=scratch, run_base=runs, rules={"git": ExecRule(write=(str(scratch),))})
 
 
@@ -379,3 +386,19 @@ async def test_operator_env_reaches_the_command_but_cannot_move_home(
     r = await policy.run(["sh", "-c", 'echo "$DOCKER_HOST|$PATH|$HOME"; pwd'])
     line, cwd = r.stdout.splitlines()
     assert line == f"unix:///run/x.sock|/bin|{cwd}", "PATH filtered, HOME the run's own"
+
+
+@pytest.mark.parametrize("write", ["/", "{tmp}", "{scratch}/sub", "{private}"])
+def test_operator_write_paths_overlapping_a_private_tree_either_way_are_refused(
+    scratch: Path, runs: Path, tmp_path: Path, write: str
+) -> None:
+    private = tmp_path / "state"
+    path = write.format(tmp=tmp_path, scratch=scratch, private=private)
+    with pytest.raises(ExecConfigError) as err:
+        ExecPolicy(
+            scratch=scratch,
+            deny=[private],
+            run_base=runs,
+            rules={"git": ExecRule(write=(path,))},
+        )
+    assert err.value.field == "exec.git.write[0]"

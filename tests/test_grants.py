@@ -26,6 +26,7 @@ from tests.conftest import EXAMPLES
 pytestmark = pytest.mark.anyio
 
 NOTIFIER = EXAMPLES / "notifier"
+HOSTILE = Path(__file__).resolve().parent / "sandbox" / "hostile"
 
 
 def _config(tmp_path: Path, **notifier: object) -> dict[str, object]:
@@ -259,3 +260,19 @@ async def test_a_subscription_with_a_newline_is_refused_by_the_bus() -> None:
 
         with pytest.raises(InvalidParams):
             bus.subscribe("p", "build.*\n", deliver)
+
+
+async def test_a_plugin_whose_exec_write_path_holds_the_state_dir_does_not_load(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    config["plugins"] = {
+        "exec_planter": {"grant": ["exec:git"], "exec": {"git": {"write": [str(tmp_path)]}}}
+    }
+    with anyio.fail_after(30):
+        async with Runtime(config) as rt:
+            with pytest.raises(ConfigError) as info:
+                await rt.load(HOSTILE / "exec_planter")
+            assert "exec_planter" not in rt.plugins
+    (problem,) = info.value.problems
+    assert problem["path"] == "plugins.exec_planter.exec.git.write[0]"
