@@ -253,11 +253,18 @@ async def test_code_a_git_grant_runs_by_its_arguments_still_cannot_read_the_plug
     """`git -c alias.x=!cmd` is git's own power (an escalator, flagged by cordon doctor); the
     argument check does not parse a shell string inside a value, and the lock-down holds."""
     await env.plant({"secret.txt": "plugin-written\n"})
-    script = f"!cat {env.scratch}/secret.txt; ls {env.scratch}; cat /proc/{os.getpid()}/environ"
+    assert env.rt is not None and env.rt.state_dir is not None
+    state = env.rt.state_dir
+    script = (
+        f"!cat {env.scratch}/secret.txt; ls {env.scratch}; cat /proc/{os.getpid()}/environ; "
+        f"ls {state}; cat {env.plugin_dir}/plugin.toml; echo x > {state}/planted"
+    )
     result = await env.run(["git", "-c", f"alias.peek={script}", "peek"])
     assert "plugin-written" not in result["stdout"]
     assert SECRET not in result["stdout"]
-    assert result["stderr"].count("Permission denied") >= 3, result
+    assert "storage" not in result["stdout"] and "exec_planter" not in result["stdout"]
+    assert result["stderr"].count("Permission denied") >= 5, result
+    assert not (state / "planted").exists()
 
 
 # -- environment, directories, patterns -----------------------------------------------------
