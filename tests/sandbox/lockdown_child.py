@@ -400,6 +400,26 @@ def shutil_copy() -> dict[str, Any]:
     return {"copyfile": "ok", "copy": copy}
 
 
+def thread_attr() -> int:
+    """glibc's pthread_getattr_np from a new thread (it asks for the thread's affinity)."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None)
+    libc.pthread_self.restype = ctypes.c_ulong
+    rcs: list[int] = []
+
+    def query() -> None:
+        attr = ctypes.create_string_buffer(256)  # pthread_attr_t is 56 bytes on x86_64
+        rcs.append(libc.pthread_getattr_np(ctypes.c_ulong(libc.pthread_self()), attr))
+        libc.pthread_attr_destroy(attr)
+
+    t = threading.Thread(target=query)
+    t.start()
+    t.join(timeout=10)
+    return rcs[0]
+
+
 def numpy_matmul() -> float:
     import numpy as np
 
@@ -459,6 +479,7 @@ ACTIONS: dict[str, Callable[[], Any]] = {
     "mmap_rwx": mmap_rwx,
     "shutil_copy": shutil_copy,
     "numpy_matmul": numpy_matmul,
+    "thread_attr": thread_attr,
     "write_big": write_big,
     "cpu_count": cpu_count,
     "nothing": lambda: None,

@@ -218,6 +218,10 @@ def test_numpy_computes_after_the_full_lock_down(box: Box) -> None:
     )
 
 
+def test_a_thread_can_still_query_its_own_attributes(box: Box) -> None:
+    assert run(box, "thread_attr").result == {"ok": True, "value": 0}
+
+
 # -- scheduling: the parent is a stranger -----------------------------------------------------
 
 

@@ -184,3 +184,10 @@ def test_leases_dnotify_and_core_scheduling_cookies_are_refused() -> None:
     assert action(_seccomp.FCNTL, 3, 4, 0o4000) == ALLOW  # F_SETFL O_NONBLOCK
     assert action(_seccomp.FCNTL, 3, 6, 0) == ALLOW  # F_SETLK
     assert action(_seccomp.PRCTL, 62, 2, 1, 0, 0) == EPERM  # PR_SCHED_CORE share to pid 1
+
+
+def test_another_pids_affinity_answers_enosys_which_glibc_reads_as_no_information() -> None:
+    assert action(_seccomp.SCHED_GETAFFINITY, 0, 128) == ALLOW
+    assert action(_seccomp.SCHED_GETAFFINITY, PID, 128) == ALLOW
+    assert action(_seccomp.SCHED_GETAFFINITY, OTHER, 128) == ENOSYS
+    assert action(_seccomp.SCHED_GETAFFINITY, PID + 1, 128) == ENOSYS  # own thread's tid

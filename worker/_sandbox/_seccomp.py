@@ -114,7 +114,6 @@ OWN_PID_OR_ZERO: Final = {
     "sched_getscheduler": 145,
     "sched_rr_get_interval": 148,
     "sched_setaffinity": 203,
-    "sched_getaffinity": 204,
     "sched_setattr": 314,
     "sched_getattr": 315,
     "migrate_pages": 256,
@@ -123,6 +122,12 @@ OWN_PID_OR_ZERO: Final = {
     "getpgid": 121,
     "getsid": 124,
 }
+#: ``sched_getaffinity`` of any other pid answers ENOSYS, not EPERM: glibc's
+#: ``pthread_getattr_np`` asks it about the calling *thread's* tid (which the filter cannot
+#: know) and treats only ENOSYS as "no affinity information", so a thread's own attribute
+#: query keeps working (Rust's std and JVMs make it) while no other pid is revealed.
+SCHED_GETAFFINITY: Final = 204
+
 #: Signal calls whose first argument is a thread group: only the worker's own (kill(0) and
 #: kill(-pgrp) address a process group, kill(-1) everyone: all refused). Landlock's signal
 #: scope (ABI 6) already stops delivery outside the worker; this also stops the ESRCH/EPERM
@@ -195,6 +200,7 @@ def build(pid: int) -> list[tuple[int, int, int, int]]:
         ("ioprio", IOPRIO),
         ("own_or_zero", OWN_PID_OR_ZERO),
         ("own", OWN_PID),
+        ("getaffinity", {"sched_getaffinity": SCHED_GETAFFINITY}),
         ("prot", PROT_CALLS),
         ("shmat", {"shmat": SHMAT}),
         ("ioctl", {"ioctl": IOCTL}),
@@ -230,6 +236,10 @@ def build(pid: int) -> list[tuple[int, int, int, int]]:
         ld(_bpf.ARG_LO(0)),
         jeq(0, jt="allow"),
         jeq(pid, jt="allow", jf="eperm"),
+        Label("getaffinity"),
+        ld(_bpf.ARG_LO(0)),
+        jeq(0, jt="allow"),
+        jeq(pid, jt="allow", jf="enosys"),
         Label("own"),
         ld(_bpf.ARG_LO(0)),
         jeq(pid, jt="allow", jf="eperm"),
