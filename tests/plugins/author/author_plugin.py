@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from cordon.worker import CallCancelled, Context, CordonError, Plugin
@@ -155,6 +156,40 @@ async def wait_event(ctx: Context) -> Any:
 @plugin.tool
 async def events(ctx: Context) -> list[Any]:
     return list(EVENTS)
+
+
+# -- ordering on the channel -------------------------------------------------------------
+
+
+@plugin.tool
+async def hold(ctx: Context, gate: str) -> str:
+    """In flight until cancelled; says so in EVENTS."""
+    await ctx.progress(0, message="holding")
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        EVENTS.append(f"hold:{gate}:cancelled")
+        raise
+    return gate  # pragma: no cover - nothing sets the event
+
+
+@plugin.tool
+async def stall_until(ctx: Context, name: str, limit: float = 20.0) -> bool:
+    """Hold the event loop itself (not just this task) until ``name`` exists in the
+    scratch dir, so whatever the host sends meanwhile is read in one go afterwards."""
+    await ctx.progress(0, message="stalling")
+    await asyncio.sleep(0)  # the progress note leaves before the loop is held
+    path = os.path.join(ctx.scratch_dir, name)
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+    return True
+
+
+@plugin.tool
+async def scratch(ctx: Context) -> str:
+    return ctx.scratch_dir
 
 
 @plugin.tool
