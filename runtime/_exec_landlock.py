@@ -59,20 +59,30 @@ READ_EXEC: Final = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 DEVICES: Final = ("/dev/null", "/dev/zero", "/dev/full")
 
 #: The launcher: lock itself down, then become the command. ``-I -S``: no site, no user
-#: paths, no PYTHON* variables (the command's environment is the operator's to shape).
+#: paths, no PYTHON* variables (the command's environment is the operator's to shape). It
+#: calls libc through ``_ctypes`` directly: importing the ``ctypes`` package costs more than
+#: the rest of the launcher's start-up.
 _LAUNCHER: Final = """\
-import ctypes, os, struct, sys
-libc = ctypes.CDLL(None, use_errno=True)
-L = ctypes.c_long
+import _ctypes, os, struct, sys
+class L(_ctypes._SimpleCData):
+    _type_ = "l"
+class F(_ctypes.CFuncPtr):
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = L
+libc = _ctypes.dlopen(None, os.RTLD_NOW)
+syscall, prctl = F(_ctypes.dlsym(libc, "syscall")), F(_ctypes.dlsym(libc, "prctl"))
+class Rule(_ctypes.Array):
+    _type_ = type("c_char", (_ctypes._SimpleCData,), {"_type_": "c"})
+    _length_ = 12
 fd = int(sys.argv[1])
 own = os.open("/proc/self", os.O_PATH | os.O_CLOEXEC)  # this pid is the command's
-rule = ctypes.create_string_buffer(struct.pack("<Qi", %(proc_rights)d, own), 12)
+rule = Rule.from_buffer_copy(struct.pack("<Qi", %(proc_rights)d, own))
 if (
-    libc.syscall(L(445), L(fd), L(1), L(ctypes.addressof(rule)), L(0)) != 0
-    or libc.prctl(38, L(1), L(0), L(0), L(0)) != 0
-    or libc.syscall(L(446), L(fd), L(0)) != 0
+    syscall(L(445), L(fd), L(1), L(_ctypes.addressof(rule)), L(0)) != 0
+    or prctl(L(38), L(1), L(0), L(0), L(0)) != 0
+    or syscall(L(446), L(fd), L(0)) != 0
 ):
-    e = ctypes.get_errno()
+    e = _ctypes.get_errno()
     os.write(2, b"cordon: cannot lock the command down: " + os.strerror(e).encode() + b"\\n")
     os._exit(126)
 os.close(fd)
