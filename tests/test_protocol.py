@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import msgspec
@@ -175,6 +176,61 @@ def test_splitter_hands_over_a_final_unterminated_frame_at_eof() -> None:
     s = FrameSplitter(64)
     s.feed(b"{}\n[1]")
     assert s.feed_eof() == [b"[1]"]
+
+
+def _reference_frames(stream: bytes, limit: int) -> list[object]:
+    """What a splitter must return for ``stream``, however it is cut into reads: each line
+    in order, blank ones skipped, lines over ``limit`` as OVERSIZE, and a final line over
+    the limit (no newline yet) reported as OVERSIZE too."""
+    *lines, last = stream.split(b"\n")
+    out: list[object] = [
+        OVERSIZE if len(line) > limit else line
+        for line in lines
+        if len(line) > limit or (line and not line.isspace())
+    ]
+    if len(last) > limit:
+        out.append(OVERSIZE)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_splitter_gives_the_same_frames_however_the_stream_is_cut_into_reads(seed: int) -> None:
+    rng = random.Random(seed)
+    limit = rng.choice([2, 5, 16, 64])
+    pieces = []
+    for _ in range(rng.randint(1, 30)):
+        size = rng.choice([0, 1, 2, limit - 1, limit, limit + 1, 3 * limit])
+        pieces.append(bytes(rng.choice(b"ab {} ") for _ in range(max(size, 0))))
+    stream = b"\n".join(pieces) + rng.choice([b"", b"\n"])
+    s = FrameSplitter(limit)
+    got: list[object] = []
+    at = 0
+    while at < len(stream):
+        step = rng.choice([1, 2, 3, limit, 2 * limit + 1, 1000])
+        got += s.feed(stream[at : at + step])
+        at += step
+        assert s.pending <= limit
+    assert got == _reference_frames(stream, limit)
+
+
+def test_splitter_assembles_a_frame_of_exactly_the_limit_from_one_byte_reads() -> None:
+    s = FrameSplitter(1000)
+    frame = b'"' + b"x" * 998 + b'"'
+    for byte in frame:
+        assert s.feed(bytes([byte])) == []
+    assert s.pending == 1000
+    assert s.feed(b"\n") == [frame]
+    assert s.feed(b"x\n") == [b"x"]
+
+
+def test_splitter_reports_a_frame_that_outgrows_the_limit_across_reads_once() -> None:
+    s = FrameSplitter(10)
+    assert s.feed(b"01234") == []
+    assert s.feed(b"56789") == []
+    assert s.feed(b"A") == [OVERSIZE]
+    assert s.pending == 0
+    assert s.feed(b"BCD\nok\n") == [b"ok"]
+    assert s.oversize_count == 1
 
 
 # -- errors ------------------------------------------------------------------------------------
