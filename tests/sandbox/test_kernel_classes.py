@@ -306,9 +306,20 @@ def _libc() -> Any:
     return libc
 
 
-def _host_keys(kind: str) -> set[int]:
-    with open(f"/proc/sysvipc/{kind}") as f:
-        return {int(line.split()[0]) for line in f.readlines()[1:]}
+def _host_has(kind: str, key: int) -> bool:
+    """Whether the host's own IPC namespace holds the object ``key``."""
+    if kind != "mq":
+        with open(f"/proc/sysvipc/{kind}") as f:
+            return key in {int(line.split()[0]) for line in f.readlines()[1:]}
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(240, f"cordon-{key}".encode(), os.O_RDWR, 0, None)  # mq_open
+    if fd < 0:
+        assert ctypes.get_errno() == errno.ENOENT
+        return False
+    os.close(fd)
+    libc.syscall(241, f"cordon-{key}".encode())  # mq_unlink: a test must leave nothing
+    return True
 
 
 def _ipc_key(tmp_path: Path, salt: int) -> int:
@@ -325,7 +336,7 @@ async def test_a_plugins_sysv_ipc_objects_stay_in_its_own_namespace(
         # Real: the same worker finds it again ...
         assert await escaper.call("ipc_get", {"kind": kind, "key": key, "create": False}) == made
         # ... while the host's tables never list it.
-        assert key not in _host_keys(kind)
+        assert not _host_has(kind, key)
         old_pid = await escaper.call("pid", {})
         await escaper.stop()
         assert await escaper.call("pid", {}) != old_pid
@@ -333,6 +344,22 @@ async def test_a_plugins_sysv_ipc_objects_stay_in_its_own_namespace(
     with pytest.raises(PluginError) as info, anyio.fail_after(CALL_DEADLINE):
         await escaper.call("ipc_get", {"kind": kind, "key": key, "create": False})
     assert info.value.exc_message == "[Errno 2] No such file or directory"
+
+
+async def test_a_posix_message_queue_cannot_reach_the_hosts_namespace(
+    escaper: PluginHandle, unsandboxed: PluginHandle, tmp_path: Path
+) -> None:
+    key = _ipc_key(tmp_path, 4)
+    # Inside: the queue would live in the worker's own mqueue namespace, whose filesystem
+    # belongs to its user namespace, where the worker's uid has no mapping: EOVERFLOW.
+    with pytest.raises(PluginError) as info, anyio.fail_after(CALL_DEADLINE):
+        await escaper.call("ipc_get", {"kind": "mq", "key": key, "create": True})
+    assert info.value.exc_message == "[Errno 75] Value too large for defined data type"
+    assert not _host_has("mq", key)
+    # Control: unsandboxed, the same call lands in the host's namespace (and is removed).
+    with anyio.fail_after(CALL_DEADLINE):
+        await unsandboxed.call("ipc_get", {"kind": "mq", "key": key, "create": True})
+    assert _host_has("mq", key)
 
 
 async def test_a_hosts_shared_memory_segment_is_invisible_to_a_plugin(
@@ -358,7 +385,7 @@ async def test_an_unsandboxed_plugins_segment_lands_in_the_hosts_table_as_a_cont
     key = _ipc_key(tmp_path, 3)
     shmid = await unsandboxed.call("ipc_get", {"kind": "shm", "key": key, "create": True})
     try:
-        assert key in _host_keys("shm")
+        assert _host_has("shm", key)
     finally:
         _libc().shmctl(shmid, IPC_RMID, None)
 

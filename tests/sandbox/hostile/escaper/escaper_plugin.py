@@ -163,7 +163,12 @@ async def pid(ctx: Context) -> int:
 
 @plugin.tool
 async def ipc_get(ctx: Context, kind: str, key: int, create: bool) -> int:
-    """shmget/msgget/semget through ctypes; an id, or the kernel's errno as OSError."""
+    """shmget/msgget/semget (or mq_open) through ctypes; an id (0 for a message queue), or
+    the kernel's errno as OSError."""
+    if kind == "mq":  # POSIX message queue: mq_open(name, O_RDWR [| O_CREAT], 0600, NULL)
+        fd = _raw_syscall(240, [f"cordon-{key}", 0o102 if create else 0o2, 0o600, 0], -1)
+        os.close(fd)
+        return 0
     nr, size = {"shm": (29, 4096), "msg": (68, 0), "sem": (64, 1)}[kind]
     flags = 0o1600 if create else 0  # IPC_CREAT | 0600
     return _raw_syscall(nr, [key, size, flags] if kind != "msg" else [key, flags], -1)
