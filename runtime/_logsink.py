@@ -346,10 +346,19 @@ class LogSink:
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
             for k, v in list(value.items())[:101]:
+                if budget[0] <= 0 or budget[1] <= 0:
+                    out[_CUT] = _CUT  # one marker for the rest, not one per item
+                    break
                 key = str(k)[: self.max_event + SCAN_MARGIN]
                 budget[0] -= len(key)
                 out[key] = self._pre_trim(v, depth - 1, budget)
             return out
         if isinstance(value, list | tuple):
-            return [self._pre_trim(v, depth - 1, budget) for v in value[:101]]
+            items: list[Any] = []
+            for v in value[:101]:
+                if budget[0] <= 0 or budget[1] <= 0:
+                    items.append(_CUT)
+                    break
+                items.append(self._pre_trim(v, depth - 1, budget))
+            return items
         return value

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 import psutil
 import structlog
@@ -113,9 +114,10 @@ STDERR_TAIL_LINES: Final = 20
 #: Characters of each of those lines shown (cleaned lazily, when the worker ends: bounded
 #: work once per exit, none per line).
 STDERR_TAIL_CHARS: Final = 512
-#: The stderr pump lets the event loop run after handling this many bytes of lines from one
-#: read, so a read full of lines never holds the loop for more than one line's cleaning.
-STDERR_YIELD_BYTES: Final = 4096
+#: The stderr pump lets the event loop run once handling the lines of one read has taken
+#: this long, so a read full of costly lines (each is redacted on the loop) holds the loop
+#: for at most this plus one line's cleaning, never the whole read's.
+STDERR_YIELD_AFTER: Final = 0.002
 #: Bytes queued for the worker's stdin before callers wait (and host answers and cancel
 #: notices are dropped): backpressure, not a memory leak.
 SEND_BUFFER: Final = 4 * 1024 * 1024
@@ -1294,13 +1296,13 @@ class WorkerProcess:
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     break
                 buf += data
-                handled = 0
+                since = time.perf_counter()
                 while True:
-                    if handled >= STDERR_YIELD_BYTES:
+                    if time.perf_counter() - since > STDERR_YIELD_AFTER:
                         # Each line is cleaned (redacted) on the loop: let other plugins'
                         # work run between lines rather than after the whole read.
-                        handled = 0
                         await anyio.lowlevel.checkpoint()
+                        since = time.perf_counter()
                     nl = buf.find(b"\n")
                     if nl < 0:
                         if len(buf) > STDERR_LINE_MAX:
@@ -1317,7 +1319,6 @@ class WorkerProcess:
                     if len(line) > STDERR_LINE_MAX:
                         self.stderr_dropped += len(line) - STDERR_LINE_MAX
                         line = line[:STDERR_LINE_MAX] + b" [truncated]"
-                    handled += len(line) + 1
                     self._line(line)
             if buf and not skipping:
                 self._line(buf[:STDERR_LINE_MAX])
