@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -256,6 +257,7 @@ async def test_a_stranger_process_cannot_be_reniced_or_rescheduled(
         (234, (stranger, stranger, 0)),  # tgkill
         (434, (stranger, 0)),  # pidfd_open
         (124, (stranger,)),  # getsid
+        (125, ("hex:" + struct.pack("<Ii", 0x20080522, stranger).hex(), "buf:24")),  # capget
     ]
     for nr, args in attempts:
         assert await refused_errno(escaper, nr, *args) == errno.EPERM, nr

@@ -114,6 +114,7 @@ def test_the_deny_table_has_no_number_twice_and_no_allowed_call() -> None:
         ("inotify_init", 253), ("inotify_init1", 294), ("inotify_add_watch", 254),
         ("fanotify_init", 300), ("fanotify_mark", 301), ("statmount", 457), ("listmount", 458),
         ("open_tree_attr", 467), ("quotactl", 179), ("quotactl_fd", 443), ("tkill", 200),
+        ("capget", 125),
     ],
 )  # fmt: skip
 def test_the_new_classes_are_denied_under_their_x86_64_numbers(name: str, nr: int) -> None:

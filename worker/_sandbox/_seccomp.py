@@ -31,8 +31,11 @@ What is refused outright, by class, is in :mod:`._syscalls`. What depends on arg
   know: a thread acts on *itself* through 0 (what ``os.nice``, ``os.sched_setaffinity(0)``,
   OpenBLAS and glibc do) and on the whole worker through the pid; naming a sibling thread's
   tid is refused. A pid namespace would hide other pids too, but a process cannot enter one
-  itself (``unshare(CLONE_NEWPID)`` only affects its children, and the worker has none), and
-  the host spawns workers with plain ``posix_spawn``: argument filters it is.
+  itself (``unshare(CLONE_NEWPID)`` only affects its children, and the worker has none); the
+  host would have to start each worker through ``clone(CLONE_NEWPID)`` as a pid 1 that reaps
+  and forwards signals, and without a private procfs (which needs a mount namespace) stat of
+  ``/proc/<pid>`` would still show which pids exist. Argument filters it is; what remains
+  visible is listed in the README.
 * **W^X**: ``mmap``/``mprotect``/``pkey_mprotect`` with PROT_WRITE and PROT_EXEC together,
   and ``shmat`` with SHM_EXEC unless read-only, are refused. Hardening, not a boundary:
   ctypes is allowed, so a plugin runs native code anyway (RW then RX is still allowed, as

@@ -25,6 +25,8 @@ DENIED_CLASSES: Final[dict[str, dict[str, int]]] = {
     "processes": {"execve": 59, "execveat": 322, "fork": 57, "vfork": 58},
     # No looking into or steering other processes. tkill takes a bare tid the filter cannot
     # tell from a stranger's; glibc signals threads with tgkill, which is checked instead.
+    # capget names its pid inside a struct BPF cannot read, and answers ESRCH for a pid that
+    # does not exist: an enumeration oracle (the worker's own capabilities are nothing).
     "other-processes": {
         "ptrace": 101,
         "process_vm_readv": 310,
@@ -32,6 +34,7 @@ DENIED_CLASSES: Final[dict[str, dict[str, int]]] = {
         "kcmp": 312,
         "pidfd_getfd": 438,
         "tkill": 200,
+        "capget": 125,
     },
     # No mount or namespace games (the new mount API included), no listing of mounts.
     "mounts": {

@@ -112,8 +112,8 @@ def _raw_syscall(nr: int, args: list[Any], fd: int) -> int:
     """``syscall(2)`` through ctypes: no audit event, nothing Python-level in the way.
 
     Arguments: ints as C longs; ``"@fd"`` the fd opened for the call; ``"@self"`` this
-    worker's pid; ``"buf:N"`` the address of N zeroed bytes; any other string its address
-    as a NUL-terminated C string."""
+    worker's pid; ``"buf:N"`` the address of N zeroed bytes; ``"hex:H"`` the address of the
+    bytes H; any other string its address as a NUL-terminated C string."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -125,6 +125,11 @@ def _raw_syscall(nr: int, args: list[Any], fd: int) -> int:
             cargs.append(ctypes.c_long(fd))
         elif a == "@self":
             cargs.append(ctypes.c_long(os.getpid()))
+        elif isinstance(a, str) and a.startswith("hex:"):
+            data = bytes.fromhex(a[4:])
+            buf = ctypes.create_string_buffer(data, len(data))
+            keep.append(buf)
+            cargs.append(ctypes.c_long(ctypes.addressof(buf)))
         elif isinstance(a, str):
             size = int(a[4:]) if a.startswith("buf:") else 0
             buf = (
