@@ -7,10 +7,11 @@ author's first ``pytest``, not a user's first call.
 
 **Why a ``cordon.toml`` too.** A plugin gets a permission only when its manifest asks for it
 *and* the operator grants it, and cordon grants nothing by default: the built-in defaults are
-for untrusted code. The scaffold's plugin asks for ``log``, so ``cordon call NAME greet`` would
-be refused (``PermissionDenied: plugin 'NAME' lacks permission 'log'``) unless someone grants
-it. Rather than weaken the defaults for every plugin an operator will ever run (granting
-``log`` to all), :func:`write_grants` writes the operator's side for this one plugin: a
+for untrusted code. The scaffold's plugin asks for ``log``, so without a grant its log
+requests are refused (once every call failed with ``PermissionDenied: plugin 'NAME' lacks
+permission 'log'``; its info records never reach the operator either way). Rather than
+weaken the defaults for every plugin an operator will ever run (granting ``log`` to all),
+:func:`write_grants` writes the operator's side for this one plugin: a
 ``[plugins.NAME]`` section granting exactly what its manifest requests, in the ``cordon.toml``
 of the folder the command ran in (created, with ``plugin-dirs`` pointing at the new plugin's
 parent, when there is none; appended to when there is one without a section for NAME; never

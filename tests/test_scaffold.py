@@ -3,6 +3,7 @@ real sandbox, and never overwrites anything."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,15 +175,25 @@ def test_a_new_plugin_answers_cordon_call_from_the_folder_it_was_created_in(
     assert r.stdout.strip() == '"Hello Ada"'
 
 
-def test_without_the_written_grant_the_new_plugin_is_refused_what_it_requests(
-    tmp_path: Path,
-) -> None:
-    # The control: cordon grants nothing by default, so the grant is what makes it run.
-    assert cordon("new", "plugin", "x", "--no-config", cwd=tmp_path).returncode == 0
-    assert not (tmp_path / "cordon.toml").exists()
-    r = cordon("call", "x", "greet", "--params", '{"name": "Ada"}', cwd=tmp_path)
-    assert r.returncode == 9, r.stderr
-    assert "PermissionDenied" in r.stderr and "'log'" in r.stderr
+def test_the_written_grant_is_what_lets_the_new_plugin_log(tmp_path: Path) -> None:
+    call = ("call", "x", "greet", "--params", '{"name": "Ada"}', "--log-level", "info")
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    assert cordon("new", "plugin", "x", cwd=granted).returncode == 0
+    r = cordon(*call, "--log-format", "json", cwd=granted)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert any(e["event"] == "plugin.log" and e["msg"] == "greeting" for e in events)
+    # The control: cordon grants nothing by default, so without the written grant the
+    # plugin's log requests are refused (its info record never reaches the host's log).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert cordon("new", "plugin", "x", "--no-config", cwd=bare).returncode == 0
+    assert not (bare / "cordon.toml").exists()
+    r = cordon(*call, "--log-format", "json", cwd=bare)
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert not any(e["event"] == "plugin.log" for e in events), r.stderr
+    assert any("log" in str(e.get("missing", "")) + str(e.get("hint", "")) for e in events)
 
 
 def test_the_written_config_grants_exactly_what_the_manifest_requests(tmp_path: Path) -> None:
