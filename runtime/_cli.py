@@ -441,7 +441,9 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
     cfg = find_config(config)
     overrides = read_overrides(overrides_path(cfg))
     cfg = apply_overrides(cfg, overrides)
-    found = discover([Path(d) for d in cfg.runtime.plugin_dirs])
+    found = discover(
+        [Path(d) for d in cfg.runtime.plugin_dirs], entry_points=cfg.runtime.entry_points
+    )
     rows: list[dict[str, Any]] = []
     for cand in found.candidates:
         try:

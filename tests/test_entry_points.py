@@ -143,3 +143,25 @@ def test_a_folder_holding_the_first_name_itself_is_read_relative(tmp_path: Path)
     folder = tmp_path / "greeter_pkg"
     (folder / "greeter_pkg").mkdir(parents=True)
     assert split_entry_module("greeter_pkg.core", folder) == ((), ("greeter_pkg", "core"))
+
+
+def test_plugin_list_follows_the_entry_points_setting(tmp_path: Path) -> None:
+    site = make_dist(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def listed(config: str) -> list[str]:
+        (tmp_path / "cordon.toml").write_text(f'[runtime]\nstate-dir = "state"\n{config}')
+        r = subprocess.run(
+            [CORDON, "plugin", "list", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=HOST_TIMEOUT,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        return [row["id"] for row in json.loads(r.stdout)]
+
+    assert listed("") == ["greeter"]
+    assert listed("entry-points = false\n") == []
