@@ -397,7 +397,11 @@ def shutil_copy() -> dict[str, Any]:
         f.write("data")
     shutil.copyfile(src, os.path.join(ARGS["scratch"], "copyfile.txt"))
     copy = outcome(lambda: shutil.copy(src, os.path.join(ARGS["scratch"], "copy.txt")))
-    return {"copyfile": "ok", "copy": copy}
+    tree = os.path.join(ARGS["scratch"], "tree")
+    os.mkdir(tree)
+    shutil.copy2(src, tree)
+    copytree = outcome(lambda: shutil.copytree(tree, os.path.join(ARGS["scratch"], "tree2")))
+    return {"copyfile": "ok", "copy": copy, "copytree": copytree}
 
 
 def thread_attr() -> int:

@@ -28,7 +28,7 @@ from typing import Final
 
 from cordon.protocol import Limits, SandboxPolicy, SandboxUnavailable
 
-from . import _audit, _landlock, _limits, _namespaces, _native, _seccomp
+from . import _audit, _compat, _landlock, _limits, _namespaces, _native, _seccomp
 
 __all__ = ["LAYERS", "lock_down", "read_roots"]
 
@@ -216,6 +216,7 @@ def lock_down(
             try:
                 _seccomp.install(os.getpid())
                 report["seccomp"] = "applied"
+                _compat.install()
             except OSError as exc:
                 report["seccomp"] = _why(exc)
         timed("seccomp", t0)

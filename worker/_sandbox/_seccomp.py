@@ -50,8 +50,9 @@ the worker's user namespace cannot map another host uid), it needs a uid per plu
 shared one lets plugins signal and trace each other) and a host that chowns each scratch
 dir. Seccomp holds the same line for every host, root or not, and costs nothing. Its price:
 BPF sees only numbers, not which file a path or fd names, so the metadata family is refused
-in scratch as well (``shutil.copy``'s mode copy fails; ``shutil.copyfile`` works). Files are
-created with the mode ``open``/``mkdir`` asks for under the umask, which stays settable.
+in scratch as well. Files are created with the mode ``open``/``mkdir`` asks for under the
+umask, which stays settable, and :mod:`._compat` keeps ``shutil``'s copies working (contents
+copied, modes and times skipped).
 """
 
 from __future__ import annotations
