@@ -3,7 +3,8 @@
 A frame arrives as the host reads it: in 64 KiB pieces (one pipe's worth per read). A
 linear splitter costs the same per MiB whatever the frame's size; the quadratic one it
 replaced (re-joining and rescanning the held bytes on every read) cost ~20x more per MiB at
-16 MiB than at 64 KiB. Prints the median µs per MiB for each size.
+16 MiB than at 64 KiB. Prints the median µs per MiB for each size, for today's splitter and,
+side by side when this is a git checkout, for the one before (``BEFORE``).
 
     python benchmarks/bench_framing.py
 """
@@ -11,10 +12,15 @@ replaced (re-joining and rescanning the held bytes on every read) cost ~20x more
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from cordon.protocol import FrameSplitter
+
+#: The last commit with the quadratic splitter.
+BEFORE: Final = "4f46490"
 
 #: The host's read size (runtime/_worker.py READ_SIZE).
 READ: Final = 64 * 1024
@@ -23,25 +29,45 @@ SIZES_KIB: Final = (64, 256, 1024, 4096, 16 * 1024 - 1)
 ROUNDS: Final = 15
 
 
-def one_frame_us(payload: bytes) -> float:
+def one_frame_us(payload: bytes, splitter_class: Any) -> float:
     pieces = [payload[i : i + READ] for i in range(0, len(payload), READ)]
-    splitter = FrameSplitter(16 * 1024 * 1024)
+    splitter = splitter_class(16 * 1024 * 1024)
     t0 = time.perf_counter()
     for piece in pieces:
         frames = splitter.feed(piece)
     elapsed = time.perf_counter() - t0
-    assert len(frames) == 1 and len(frames[0]) == len(payload) - 1  # type: ignore[arg-type]
+    assert len(frames) == 1 and len(frames[0]) == len(payload) - 1
     return elapsed * 1e6
 
 
+def old_splitter() -> Any | None:
+    """``FrameSplitter`` as of :data:`BEFORE`, or ``None`` outside a git checkout."""
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE}:protocol/_framing.py"],
+            capture_output=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    namespace: dict[str, Any] = {"__name__": "_framing_before"}
+    exec(compile(source, f"{BEFORE}:protocol/_framing.py", "exec"), namespace)
+    return namespace["FrameSplitter"]
+
+
 def main() -> None:
-    print(f"{'frame':>10}  {'median us':>10}  {'us/MiB':>8}")
+    before = old_splitter()
+    print(f"{'frame':>10}  {'median us':>10}  {'us/MiB':>8}  {'before us/MiB':>14}")
     for kib in SIZES_KIB:
         payload = b'{"jsonrpc":"2.0","id":1,"result":"' + b"x" * (kib * 1024 - 40) + b'"}\n'
-        runs = [one_frame_us(payload) for _ in range(ROUNDS)]
-        med = statistics.median(runs)
         mib = len(payload) / (1024 * 1024)
-        print(f"{kib:>7} KiB  {med:>10.0f}  {med / mib:>8.0f}")
+        med = statistics.median(one_frame_us(payload, FrameSplitter) for _ in range(ROUNDS))
+        old = "-"
+        if before is not None:
+            old_med = statistics.median(one_frame_us(payload, before) for _ in range(ROUNDS))
+            old = f"{old_med / mib:.0f}"
+        print(f"{kib:>7} KiB  {med:>10.0f}  {med / mib:>8.0f}  {old:>14}")
 
 
 if __name__ == "__main__":
