@@ -1,5 +1,6 @@
 """What a granted command's isolation costs per run: the fresh directory, the Landlock ruleset
-and its launcher, against the bare spawn.
+and its launcher, against the bare spawn; and the host-loop time of the argument check for
+the worst argument lists a plugin can send.
 
     .venv/bin/python benchmarks/bench_exec.py [--runs N]
 
@@ -21,6 +22,26 @@ import anyio
 
 from cordon.runtime._exec import ExecPolicy
 from cordon.runtime._exec_landlock import abi_version, build_ruleset
+from cordon.runtime._exec_paths import ArgumentPaths, TooComplex
+
+#: Argument lists a hostile plugin would send to make the host's argument check expensive.
+WORST_ARGS = {
+    "255 paths of existing components": ["/usr" + "/bin/.." * 20] * 255,
+    "one argument of 100k '='": ["x" + "=" * 100_000],
+    "typical (kubectl get pods -n x)": ["get", "pods", "--namespace=x", "--output=json"],
+}
+
+
+def _argument_check_ms(paths: ArgumentPaths, args: list[str], runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        try:
+            paths.problem(args)
+        except TooComplex:
+            pass
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e3
 
 
 async def _median_run(policy: ExecPolicy, runs: int) -> float:
@@ -63,6 +84,10 @@ def main() -> None:
     print(f"exec `true`, fresh dir + Landlock    : {on * 1e3:7.2f} ms median")
     print(f"  of which the ruleset build         : {statistics.median(builds) * 1e3:7.2f} ms")
     print(f"lock-down overhead per run           : {(on - off) * 1e3:7.2f} ms")
+    paths = ArgumentPaths(denied=locked.denied, run_base=locked.run_base)
+    for what, worst in WORST_ARGS.items():
+        ms = _argument_check_ms(paths, worst, args.runs)
+        print(f"argument check, {what:33}: {ms:7.2f} ms (host loop)")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ from cordon.protocol import (
 from . import _exec_landlock as landlock
 from ._config import Config, PluginSettings
 from ._errors import ConfigError, Problem
+from ._exec_paths import ArgumentPaths, TooComplex
+from ._exec_paths import inside_any as _inside_any
+from ._exec_paths import real as _real
 from ._exec_rules import ExecRule, matches_any
 
 __all__ = [
@@ -212,6 +215,7 @@ class ExecPolicy:
             raise ExecConfigError(
                 "fs-write", f"the exec run directory {base!r} is inside a plugin-writable path"
             )
+        self._arguments = ArgumentPaths(denied=self.denied, run_base=self.run_base)
         self.lockdown: Lockdown = lockdown
         self.path = self._safe_path(path if path is not None else os.environ.get("PATH", ""))
         self.max_output = max_output
@@ -278,41 +282,23 @@ class ExecPolicy:
                 permission=f"exec:{command}",
                 plugin=plugin,
             )
-        for i, arg in enumerate(args[1:], start=1):
-            why = self._argument_problem(arg)
-            if why is not None:
-                raise PermissionDenied(
-                    f"exec:{command}: argv[{i}] {why}",
-                    permission=f"exec:{command}",
-                    plugin=plugin,
-                )
+        try:
+            found = self._arguments.problem(args[1:])
+        except TooComplex:
+            raise PermissionDenied(
+                f"exec:{command}: the arguments name more path components than the host "
+                "checks in one call",
+                permission=f"exec:{command}",
+                plugin=plugin,
+            ) from None
+        if found is not None:
+            i, why = found
+            raise PermissionDenied(
+                f"exec:{command}: argv[{i + 1}] {_clip(args[i + 1])} {why}",
+                permission=f"exec:{command}",
+                plugin=plugin,
+            )
         return args
-
-    def _argument_problem(self, arg: str) -> str | None:
-        candidates = [arg, *(arg[i + 1 :] for i, ch in enumerate(arg) if ch == "=")]
-        if arg.startswith("@"):
-            candidates.append(arg[1:])
-        # Relative arguments resolve against the run's fresh dir; this stand-in for it has
-        # the same depth under run_base.
-        here = os.path.join(self.run_base, "run")
-        for text in candidates:
-            if not text:
-                continue
-            joined = os.path.normpath(os.path.join(here, text))
-            if joined == "/proc" or joined.startswith("/proc/"):
-                return f"{_clip(arg)} names a path under /proc (another process's files)"
-            # realpath follows symlinks as the host sees them; a path through /proc/self
-            # would be the host's own, so /proc is refused above before any resolution.
-            real = _real(joined)
-            if _inside_any(real, (here,)):
-                continue
-            if (
-                real.startswith("/proc/")
-                or _inside_any(real, self.denied)
-                or _inside_any(real, (self.run_base,))  # another run's directory
-            ):
-                return f"{_clip(arg)} names a path inside a plugin-writable or private tree"
-        return None
 
     def _env(self, command: str, fresh: str) -> dict[str, str]:
         env = {"PATH": self.path, "LANG": "C.UTF-8"}
@@ -521,14 +507,6 @@ def policy_for_plugin(
         raise ConfigError(
             source=config.source, problems=[Problem(f"{section}.{exc.field}", exc.reason)]
         ) from None
-
-
-def _real(path: str) -> str:
-    return os.path.realpath(os.path.abspath(path))
-
-
-def _inside_any(path: str, roots: Iterable[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def _clip(arg: str) -> str:

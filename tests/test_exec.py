@@ -402,3 +402,31 @@ def test_operator_write_paths_overlapping_a_private_tree_either_way_are_refused(
             rules={"git": ExecRule(write=(path,))},
         )
     assert err.value.field == "exec.git.write[0]"
+
+
+async def test_dotdot_after_a_symlink_is_taken_from_the_links_target(
+    scratch: Path, runs: Path, tmp_path: Path
+) -> None:
+    """``/alias/../x`` is the parent of the link's *target* for the kernel, not ``/x``."""
+    (scratch / "sub").mkdir()
+    alias = tmp_path / "outside" / "alias"
+    alias.parent.mkdir()
+    alias.symlink_to(scratch / "sub")
+    policy = _policy(scratch, runs, lockdown="off")
+    with pytest.raises(PermissionDenied, match=r"argv\[1\]"):
+        await policy.run(["cat", f"{alias}/../secret.txt"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["echo", *(["/usr" + "/bin/.." * 20] * 255)],
+        ["echo", "x" + "=" * 100_000],
+    ],
+    ids=["many-existing-components", "many-equals"],
+)
+async def test_arguments_that_would_cost_the_host_unbounded_lookups_are_refused(
+    policy: ExecPolicy, argv: list[str]
+) -> None:
+    with pytest.raises(PermissionDenied, match="more path components"):
+        await policy.run(argv)
