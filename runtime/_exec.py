@@ -23,17 +23,23 @@ host, outside every sandbox layer. Rules, all enforced here on the host:
   default under the fresh ``HOME``.
 * **The command runs under a Landlock lock-down of its own** (:mod:`._exec_landlock`): it may
   read and execute the system but not the state dir (every scratch dir, the databases), any
-  plugin directory or any ``fs-write`` path, and may write only its fresh dir, ``/dev/null``
-  and the operator's ``write`` paths; signals cannot leave it; ``no_new_privs`` is set. This is
+  plugin directory or any ``fs-write`` path, nor open another process's ``/proc/<pid>`` (the
+  host's ``environ`` included), and may write only its fresh dir, ``/dev/null`` and the
+  operator's ``write`` paths; signals cannot leave it; ``no_new_privs`` is set. This is
   the layer that defends the class: however an argument, a config file or ``/proc`` spells a
   path into a plugin's files, the kernel refuses the open. With ``lockdown="require"`` (the
   runtime's choice for ``sandbox = "strict"``) a host without Landlock runs no command.
-* Arguments are also checked, for a clear early error and as a second layer where Landlock is
-  missing: an argument, any text after an ``=`` in it, or an ``@file`` name that resolves
-  (from the fresh cwd, following symlinks) into a plugin-writable or denied tree, or that
-  names anything under ``/proc``, is refused with :class:`PermissionDenied`. Its limit: only
-  those spellings are seen (not ``-fPATH`` glued to a short option, not a path inside a value
-  like ``key:path``) — which is why the lock-down exists.
+* Arguments are also checked (:mod:`._exec_paths`), for a clear early error and as a second
+  layer where Landlock is missing: an argument, any text after an ``=`` in it, or an
+  ``@file`` name that resolves (from the fresh cwd, following symlinks) into a
+  plugin-writable or denied tree, or that names anything under ``/proc``, is refused with
+  :class:`PermissionDenied`, as is a call whose arguments need more lookups than a per-call
+  budget. Its limit: only those spellings are seen (not ``-fPATH`` glued to a short option,
+  not a path inside a value like ``key:path``) — which is why the lock-down exists.
+* Why Landlock on the command and not only argument checks: the class is "any path the
+  command opens", and arguments are one of many ways to name one (config files naming
+  others, environment, symlinks, ``/proc``); the kernel judges the resolved path. Why a
+  launcher (``python -I -S``, ~10-20 ms a run) and not ``preexec_fn``: the host has threads.
 * argv only, never a shell; stdin is ``/dev/null``.
 * The command runs in its own session (process group). On timeout the whole group is killed
   and :class:`ExecTimeout` raised; a grandchild that keeps the pipes open does not keep us
