@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cordon.protocol import PluginError
 from cordon.runtime._logsink import LogSink
 from cordon.runtime._redact import RULES, Redactor, Rule
 from tests.redact_worst import cost_per_kib, worst_attacks
@@ -77,6 +78,15 @@ def whole_path(units: list[str]) -> None:
         line_ms.append(best_ms(functools.partial(sink.plugin_output, "p", line)))
         fields = {"value": field, field[:200]: field}
         record_ms.append(best_ms(functools.partial(sink.log, "p", "warning", field[:1024], fields)))
+    error_ms: list[float] = []
+    for unit in units:
+        big = (unit * (65536 // len(unit) + 1))[:65536]
+        err = PluginError(big, exc_type="ValueError", exc_message=big, traceback=big)
+        error_ms.append(best_ms(functools.partial(redactor.clean_error, err)))
+    print(
+        f"A plugin's error (64 KiB message and traceback) cleaned: median "
+        f"{statistics.median(error_ms):.2f} ms, worst {max(error_ms):.2f} ms (best of 3 each)"
+    )
     for name, ms in (
         ("stderr line (4 KiB)", line_ms),
         ("ctx.log record (fields at budget)", record_ms),

@@ -27,7 +27,7 @@ import anyio
 import msgspec
 import structlog
 
-from ._redact import REDACTED, Redactor
+from ._redact import REDACTED, SCAN_MARGIN, Redactor
 
 __all__ = ["LEVELS", "LogSink", "LogStats", "LogSubscriber"]
 
@@ -44,9 +44,6 @@ REDACT_SHARE: Final = 0.05
 #: The most cleaning time a plugin may have banked, in seconds; each record's own cost is
 #: bounded anyway by the caps below, so this only smooths bursts.
 REDACT_BURST: Final = 0.05
-#: Characters past a cap that are still scanned, so a secret straddling the cut is
-#: recognised (and redacted) rather than half shown. Tokens are far shorter.
-SCAN_MARGIN: Final = 1024
 #: Values (strings, numbers, containers) walked per record; the rest is cut and counted.
 MAX_NODES: Final = 2000
 

@@ -34,6 +34,7 @@ __all__ = [
     "MAX_TRACEBACK",
     "REDACTED",
     "RULES",
+    "SCAN_MARGIN",
     "Redactor",
     "Rule",
     "is_secret_key",
@@ -44,7 +45,10 @@ REDACTED: Final = "[REDACTED]"
 #: Longest plugin text kept for one message (an error's message, a log event).
 MAX_MESSAGE: Final = 4096
 #: Longest traceback kept (its end).
-MAX_TRACEBACK: Final = 16384
+MAX_TRACEBACK: Final = 8192
+#: Characters past a cap that are still scanned, so a secret straddling the cut is
+#: recognised (and redacted) rather than half shown. Tokens are far shorter.
+SCAN_MARGIN: Final = 1024
 #: Longest field name kept: names are labels, not payloads.
 MAX_KEY: Final = 128
 
@@ -304,9 +308,9 @@ class Redactor:
 
     def clean_message(self, text: str, limit: int = MAX_MESSAGE) -> str:
         """Plugin text for one line of a log, a terminal or an error string: capped before
-        any pattern runs (twice the limit is scanned, so a secret straddling the cut is still
-        recognised), redacted, neutralised, cut to ``limit``."""
-        clean = self.clean_text(text[: 2 * limit])
+        any pattern runs (the scan margin past it is scanned too, so a secret straddling the
+        cut is still recognised), redacted, neutralised, cut to ``limit``."""
+        clean = self.clean_text(text[: limit + SCAN_MARGIN])
         if len(text) <= limit and len(clean) <= limit:
             return clean
         return f"{clean[:limit]}…[cut, {len(text)} chars]"
@@ -315,7 +319,7 @@ class Redactor:
         """Like :meth:`clean_message`, for text a human reads as lines (a traceback): the
         line breaks survive, every other control character is escaped, and the *end* is kept
         (where a traceback says what happened)."""
-        head = text[-2 * limit :]
+        head = text[-(limit + SCAN_MARGIN) :]
         lines = [neutralise(line) for line in self.text(head).split("\n")]
         clean = "\n".join(lines)
         if len(text) <= limit and len(clean) <= limit:

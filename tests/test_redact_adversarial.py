@@ -19,8 +19,16 @@ import pytest
 import structlog
 
 from cordon.protocol import PluginError, RemoteError
-from cordon.runtime._logsink import MAX_NODES, SCAN_MARGIN, LogSink
-from cordon.runtime._redact import MAX_KEY, MAX_TRACEBACK, REDACTED, RULES, Redactor, Rule
+from cordon.runtime._logsink import MAX_NODES, LogSink
+from cordon.runtime._redact import (
+    MAX_KEY,
+    MAX_TRACEBACK,
+    REDACTED,
+    RULES,
+    SCAN_MARGIN,
+    Redactor,
+    Rule,
+)
 from tests.redact_worst import Attack, attacks, growth, worst_attacks
 
 #: Allowed growth of the cost per byte from 1 KiB to 64 KiB; quadratic would be ~64x.
