@@ -283,7 +283,8 @@ class HostAPI:
             return self._flush_soon()
         try:
             p = _decode(params, LogParams)
-        except InvalidParams:
+        except (InvalidParams, RecursionError):
+            # RecursionError: fields nested past msgspec's depth limit (a hostile frame).
             self.audit.add(self.plugin_id, method, "", allowed=False, outcome="InvalidParams")
             return self._flush_soon()
         permission, summary = self._describe_log(p)

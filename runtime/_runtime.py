@@ -226,9 +226,9 @@ class PluginHandle:
         self._failures = 0
         self.restarts = 0
         self.crashes = 0
-        #: The last worker whose exit _count_exit took in, and what it was.
-        self._exit_counted: WorkerProcess | None = None
-        self._exit_kind: str | None = None
+        #: Workers whose exit _count_exit took in (crash, shutdown, retired), until
+        #: _on_exit has acted on it.
+        self._exit_kinds: dict[WorkerProcess, str] = {}
         self._starts = 0
         self._stats = CallStats()
         # Calls in flight per worker (counted here, not by the worker, so health pings do
@@ -727,7 +727,7 @@ class PluginHandle:
         once. The worker calls this the moment its exit is known, before it fails the calls
         in flight, so a caller holding ``WorkerCrashed`` already sees it in ``stats()``;
         :meth:`_on_exit` (the watcher, later) does the rest: logs, events, restart."""
-        if worker is self._exit_counted:
+        if worker in self._exit_kinds:
             return
         info = worker.exit
         if info is None:
@@ -760,7 +760,7 @@ class PluginHandle:
                 if info.reason in QUOTA_REASONS:
                     log.warning("quota.hit", plugin=self.id, kind=info.reason, limit=info.limit)
                 self._record_failure(worker)
-        self._exit_counted, self._exit_kind = worker, kind
+        self._exit_kinds[worker] = kind
 
     async def _on_exit(self, worker: WorkerProcess) -> None:
         info = worker.exit
@@ -771,7 +771,7 @@ class PluginHandle:
                 self.state = "stopped"
             return
         self._count_exit(worker)
-        kind = self._exit_kind if worker is self._exit_counted else None
+        kind = self._exit_kinds.pop(worker, None)
         if kind == "retired":
             if info.reason != "shutdown":
                 log.warning("worker.retired_exit", plugin=self.id, reason=info.reason)
