@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import functools
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -607,6 +608,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: C0/C1 controls (ESC starts terminal escape sequences): never printed raw from a record.
+_CONTROLS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    # The sink already neutralises plugin text; this is the terminal's own line of defence.
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\\n")
+
+
 def _print_record(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(_json.encode(record).decode() + "\n")
@@ -616,9 +626,9 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
             for k, v in record.items()
             if k not in ("seq", "ts", "plugin", "level", "event", "msg", "line")
         }
-        text = record.get("msg", record.get("line", ""))
-        extra = " ".join(f"{k}={_json.encode(v).decode()}" for k, v in rest.items())
-        level = str(record.get("level", "")).upper()
+        text = _printable(str(record.get("msg", record.get("line", ""))))
+        extra = _printable(" ".join(f"{k}={_json.encode(v).decode()}" for k, v in rest.items()))
+        level = _printable(str(record.get("level", "")).upper())
         print(
             f"{record.get('ts', '-')} {level:7} {record.get('event', '')} {text} {extra}".rstrip()
         )

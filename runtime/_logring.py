@@ -22,16 +22,22 @@ from typing import Any, Final
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from cordon.protocol import QuotaExceeded
+
 from ._audit import iso8601
 
-__all__ = ["FOLLOW_BUFFER", "RING_RECORDS", "Follower", "LogRing"]
+__all__ = ["FOLLOW_BUFFER", "MAX_FOLLOWERS", "RING_RECORDS", "Follower", "LogRing"]
 
 #: Records kept per plugin. A record is capped by the sink (16 KiB by default), so a plugin's
 #: ring holds at most ~4 MiB however much it logs; the last few hundred lines are what an
 #: operator looks at when something just went wrong.
 RING_RECORDS: Final = 256
 #: Records waiting for one follower before newer ones are dropped (and counted) for it.
-FOLLOW_BUFFER: Final = 1024
+FOLLOW_BUFFER: Final = 256
+#: Followers at once, over every plugin. A follower's queue may keep records the ring has let
+#: go (at most FOLLOW_BUFFER x 16 KiB each), so their number is what bounds that memory:
+#: 16 x 4 MiB in the worst case, far more terminals than an operator has open.
+MAX_FOLLOWERS: Final = 16
 
 Record = dict[str, Any]
 
@@ -102,9 +108,21 @@ class LogRing:
         records = list(ring)
         return records if limit is None else records[max(0, len(records) - limit) :]
 
+    def check_room(self, plugin: str) -> None:
+        """:class:`QuotaExceeded` (``log-followers``) if one more follower is too many."""
+        if self.followers() >= MAX_FOLLOWERS:
+            raise QuotaExceeded(
+                f"already {MAX_FOLLOWERS} log followers on this host; stop one first",
+                kind="log-followers",
+                limit=MAX_FOLLOWERS,
+                plugin=plugin,
+            )
+
     @contextlib.contextmanager
     def follow(self, plugin: str) -> Iterator[Follower]:
-        """A :class:`Follower` of ``plugin``'s records from now on, until the block ends."""
+        """A :class:`Follower` of ``plugin``'s records from now on, until the block ends;
+        :class:`QuotaExceeded` (``log-followers``) past :data:`MAX_FOLLOWERS`."""
+        self.check_room(plugin)
         follower = Follower(plugin)
         self._followers.setdefault(plugin, set()).add(follower)
         try:

@@ -213,6 +213,7 @@ class Host:
         """Stream ``req``'s plugin's records to ``send`` until the client is gone."""
         try:
             q = self._logs_params(req.params)
+            self.ring.check_room(q.plugin)
         except CordonError as exc:
             await send(encode_error(req.id, error_to_wire(exc)))
             return

@@ -368,3 +368,28 @@ def test_the_demo_host_takes_the_same_log_level(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "CORDON_LOG_LEVEL" in bad.stderr
+
+
+def test_the_host_refuses_followers_past_its_cap_with_a_quota_error() -> None:
+    from cordon.protocol import QuotaExceeded
+    from cordon.runtime._logring import MAX_FOLLOWERS
+
+    ring = LogRing()
+    with contextlib.ExitStack() as stack:
+        for _ in range(MAX_FOLLOWERS):
+            stack.enter_context(ring.follow("a"))
+        with pytest.raises(QuotaExceeded) as refused, ring.follow("a"):
+            pass
+        assert refused.value.kind == "log-followers"
+    assert ring.followers() == 0
+    with ring.follow("a"):  # room again once they left
+        assert ring.followers() == 1
+
+
+def test_plugin_text_cannot_drive_the_operators_terminal() -> None:
+    from cordon.runtime._cli import _printable
+
+    hostile = "ok\x1b]0;owned\x07\x1b[2J\x9b31m\nforged line"
+    shown = _printable(hostile)
+    assert not any(ch in shown for ch in "\x1b\x07\x9b\n")
+    assert shown.startswith("ok\\x1b]0;owned")
