@@ -39,6 +39,7 @@ __all__ = [
     "Rule",
     "is_secret_key",
     "neutralise",
+    "neutralise_record",
 ]
 
 REDACTED: Final = "[REDACTED]"
@@ -252,6 +253,36 @@ def _next_open(text: str, start: int) -> int:
 def neutralise(text: str) -> str:
     """Rewrite every control, separator, bidi or surrogate character as a visible escape."""
     return _UNSAFE.sub(_escape, text)
+
+
+def _neutral(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return neutralise(value)
+    if depth <= 0 or value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {
+            neutralise(k) if isinstance(k, str) else k: _neutral(v, depth - 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_neutral(v, depth - 1) for v in value]
+    return value
+
+
+def neutralise_record(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """A structlog processor, for the host's chain just before its renderer: every string in
+    every record (keys too) neutralised, so host records that quote something a plugin sent
+    (a topic it asked for, a method it named) cannot carry a terminal escape either. A
+    rendered traceback (``exception``) keeps its line breaks. Plugin records are already
+    clean; neutralising again changes nothing (it is idempotent)."""
+    out = {}
+    for key, value in event_dict.items():
+        if key == "exception" and isinstance(value, str):
+            out[key] = "\n".join(neutralise(line) for line in value.split("\n"))
+        else:
+            out[neutralise(key) if isinstance(key, str) else key] = _neutral(value, 8)
+    return out
 
 
 def is_secret_key(name: str, extra: Iterable[str] = ()) -> bool:

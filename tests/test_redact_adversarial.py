@@ -28,6 +28,7 @@ from cordon.runtime._redact import (
     SCAN_MARGIN,
     Redactor,
     Rule,
+    neutralise_record,
 )
 from tests.redact_worst import Attack, attacks, growth, worst_attacks
 
@@ -291,3 +292,34 @@ def test_an_errors_nested_data_and_huge_traceback_cost_bounded_work() -> None:
     huge = PluginError("m", traceback="line\n" * 1_000_000 + "ValueError: last")
     tb = Redactor().clean_error(huge).traceback or ""
     assert tb.endswith("ValueError: last") and len(tb) <= MAX_TRACEBACK + 64
+
+
+# -- the host's own records -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "renderer",
+    [
+        structlog.dev.ConsoleRenderer(colors=False),
+        structlog.processors.JSONRenderer(ensure_ascii=False),
+    ],
+    ids=["console", "json"],
+)
+def test_host_records_quoting_plugin_text_render_without_escapes(renderer: Any) -> None:
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(file=out),
+        processors=[structlog.processors.format_exc_info, neutralise_record, renderer],
+    )
+    hostile = "\x1b]52;c;x\x07\x9b2J\u202e\r\n"
+    try:
+        raise ValueError(f"from {hostile}")
+    except ValueError:
+        logger.error(
+            "events.subscribe_refused", topic=hostile, **{hostile: [hostile]}, exc_info=True
+        )
+    text = out.getvalue()
+    for ch in "\x1b\x07\x9b\u202e\r":
+        assert ch not in text
+    assert "x1b]52;c;x" in text, "shown escaped (JSON doubles the backslash), not dropped"
+    assert "Traceback" in text and "ValueError: from" in text
