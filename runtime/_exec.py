@@ -18,7 +18,9 @@ host, outside every sandbox layer. Rules, all enforced here on the host:
   after the run, on success, error, timeout or cancellation alike. So no dotfile a plugin
   wrote is ever where the command looks for its own configuration.
 * **The environment is an allowlist**: ``PATH`` (filtered), ``LANG=C.UTF-8``, ``HOME`` and
-  ``TMPDIR`` = the fresh dir, plus what the operator's ``env`` table for the command sets.
+  ``TMPDIR`` = the fresh dir, ``GIT_CEILING_DIRECTORIES`` = the runs' base (git finds no
+  repository above its run dir, such as one holding the state dir), plus what the
+  operator's ``env`` table for the command sets.
   Nothing passes through from the host's environment; ``XDG_*`` are left unset, so they
   default under the fresh ``HOME``.
 * **The command runs under a Landlock lock-down of its own** (:mod:`._exec_landlock`): it may
@@ -313,8 +315,9 @@ class ExecPolicy:
         if rule is not None:
             env.update(rule.env)
         env["PATH"] = self._path_for(command)
-        # Last, so nothing configured can move them: the run's own empty directory.
-        env.update(HOME=fresh, TMPDIR=fresh, PWD=fresh)
+        # Last, so nothing configured can move them: the run's own empty directory. git
+        # looks for a repository in every parent of its cwd: not above the run's own.
+        env.update(HOME=fresh, TMPDIR=fresh, PWD=fresh, GIT_CEILING_DIRECTORIES=self.run_base)
         return env
 
     def _lockdown_abi(self, permission: str, plugin: str | None) -> int | None:

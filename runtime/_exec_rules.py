@@ -54,7 +54,7 @@ __all__ = [
 #: Argument prefixes that make an argument an option (or option-like) for the pattern rules.
 OPTION_PREFIXES: Final = ("-", "+", "@")
 #: Environment names a command's ``env`` table may set: the host owns these per run.
-RESERVED_ENV: Final = frozenset({"HOME", "TMPDIR", "PWD", "OLDPWD"})
+RESERVED_ENV: Final = frozenset({"HOME", "TMPDIR", "PWD", "OLDPWD", "GIT_CEILING_DIRECTORIES"})
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 #: A pattern is an operator's text, not a program; a bound keeps matching cheap.
 MAX_PATTERN_TOKENS: Final = 64

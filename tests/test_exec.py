@@ -4,6 +4,8 @@ file access kept out of every plugin-writable tree."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -97,7 +99,8 @@ async def test_the_environment_is_the_allowlist_and_nothing_from_the_host(
     env = dict(line.split("=", 1) for line in lines)
     assert "leak" not in r.stdout
     # sh adds PWD (and SHLVL/_ on some shells) itself; everything else is ours.
-    assert set(env) - {"PWD", "SHLVL", "_", "OLDPWD"} == {"PATH", "LANG", "HOME", "TMPDIR"}
+    allowed = {"PATH", "LANG", "HOME", "TMPDIR", "GIT_CEILING_DIRECTORIES"}
+    assert set(env) - {"PWD", "SHLVL", "_", "OLDPWD"} == allowed
     assert env["PATH"] == "/usr/bin:/bin"
     assert env["HOME"] == env["TMPDIR"] == cwd
 
@@ -430,3 +433,25 @@ async def test_arguments_that_would_cost_the_host_unbounded_lookups_are_refused(
 ) -> None:
     with pytest.raises(PermissionDenied, match="more path components"):
         await policy.run(argv)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+async def test_git_in_a_run_finds_no_repository_above_its_run_directory(
+    scratch: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "host-repo"
+    runs = repo / "state" / "exec"
+    runs.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
+    policy = _policy(scratch, runs)
+    r = await policy.run(["git", "rev-parse", "--show-toplevel"])
+    assert r.returncode != 0 and "not a git repository" in r.stderr
+    control = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=runs,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert control.stdout.strip() == str(repo), "control: without the ceiling git finds it"

@@ -274,7 +274,7 @@ async def test_the_hosts_environment_never_reaches_the_command(env: Env) -> None
     result = await env.run(["env"])
     names = {line.split("=", 1)[0] for line in result["stdout"].splitlines()}
     assert SECRET not in result["stdout"]
-    assert names == {"PATH", "LANG", "HOME", "TMPDIR", "PWD"}
+    assert names == {"PATH", "LANG", "HOME", "TMPDIR", "PWD", "GIT_CEILING_DIRECTORIES"}
 
 
 async def test_each_runs_home_is_fresh_and_removed_even_after_a_timeout(env: Env) -> None:
