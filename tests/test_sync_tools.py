@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from cordon.runtime import CallTimeout, PluginHandle, Runtime
+from cordon.runtime import CallTimeout, PluginHandle, QuotaExceeded, Runtime
 from tests.conftest import TEST_PLUGINS, base_config
 
 pytestmark = pytest.mark.anyio
@@ -75,3 +75,15 @@ async def test_eight_sync_calls_at_once_all_run_under_the_default_memory_limit(
             for _ in range(8):
                 tg.start_soon(one)
     assert len(set(threads)) == 8, "each call ran in its own thread, all at the same time"
+
+
+async def test_a_sync_call_that_cannot_get_a_thread_is_a_memory_quota_error(
+    author: PluginHandle,
+) -> None:
+    with anyio.fail_after(30):
+        assert await author.call("squeeze", {"keep_mib": 2}) > 0
+        # No pool thread exists yet, and there is no room left for a new one's stack.
+        with pytest.raises(QuotaExceeded) as err:
+            await author.call("meet", {"parties": 1})
+    assert err.value.fields()["kind"] == "memory"
+    assert "cannot start another thread" in err.value.message

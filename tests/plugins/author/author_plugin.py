@@ -131,6 +131,24 @@ def meet(parties: int) -> int:
     return threading.get_ident()
 
 
+_hoard: list[bytearray] = []
+#: Allocation step while using up the address space: a separate mmap each (over glibc's
+#: 128 KiB threshold), so freeing some gives exactly that much back.
+_CHUNK = 1024 * 1024
+
+
+@plugin.tool
+async def squeeze(keep_mib: int) -> int:
+    """Take the worker's address space up to RLIMIT_AS, then give ``keep_mib`` MiB back:
+    less than a thread's stack needs. Returns the MiB held."""
+    try:
+        while True:
+            _hoard.append(bytearray(_CHUNK))
+    except MemoryError:
+        del _hoard[-keep_mib:]
+    return len(_hoard)
+
+
 # -- events ------------------------------------------------------------------------------
 
 
