@@ -29,12 +29,16 @@ import structlog
 
 from ._redact import REDACTED, SCAN_MARGIN, Redactor
 
-__all__ = ["LEVELS", "LogSink", "LogStats", "LogSubscriber"]
+__all__ = ["LEVELS", "STDERR_PATTERNS", "LogSink", "LogStats", "LogSubscriber"]
 
 LEVELS: Final = ("debug", "info", "warning", "error")
 
-_PEM_BEGIN: Final = re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----")
-_PEM_END: Final = re.compile(r"-----END[A-Z0-9 ]*PRIVATE KEY-----")
+#: Where a PEM key block printed line by line begins and ends (labels bounded, like the
+#: redaction rule's: these run on every stderr line too). In STDERR_PATTERNS so the
+#: adversarial tests attack them with the redaction rules.
+_PEM_BEGIN: Final = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY-----")
+_PEM_END: Final = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY-----")
+STDERR_PATTERNS: Final = (_PEM_BEGIN, _PEM_END)
 _json = msgspec.json.Encoder()
 
 #: Share of one CPU a plugin's log text may cost the host to clean, over time (5%: with

@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 from cordon.protocol import PluginError, RemoteError
-from cordon.runtime._logsink import MAX_NODES, LogSink
+from cordon.runtime._logsink import MAX_NODES, STDERR_PATTERNS, LogSink
 from cordon.runtime._redact import (
     MAX_KEY,
     MAX_TRACEBACK,
@@ -63,6 +63,11 @@ def test_every_rule_costs_the_same_per_byte_on_its_own_worst_inputs_at_any_size(
     rule: Rule,
 ) -> None:
     assert_linear(rule)
+
+
+@pytest.mark.parametrize("pattern", STDERR_PATTERNS, ids=["pem-begin", "pem-end"])
+def test_the_sinks_own_stderr_patterns_are_linear_too(pattern: re.Pattern[str]) -> None:
+    assert_linear(Rule("sink", pattern, ""))
 
 
 def test_the_whole_redactor_stays_linear_on_every_rules_worst_inputs_mixed() -> None:
