@@ -4,7 +4,8 @@ Host → worker: ``initialize``, ``activate``, ``deactivate``, ``invoke``, ``$/p
 ``$/cancel`` notification; ``$/fault`` only when the host enabled fault injection at
 ``initialize`` (tests, via :mod:`cordon.testing`) — otherwise it is MethodNotFound.
 Worker → host: the ``$/hello`` notification first, ``$/progress``
-notifications during a call, and ``host/...`` requests for the host APIs (log, storage, ...).
+notifications during a call, ``host/...`` requests for the host APIs (storage, config, ...),
+and ``host/log`` notifications for log records (no answer: a plugin never waits to log).
 """
 
 from __future__ import annotations
