@@ -468,6 +468,29 @@ async def test_a_log_flood_is_dropped_counted_and_reported(tmp_path: Path, host:
     assert len(entries) < 500
 
 
+async def test_a_notification_can_only_log_and_a_bad_one_is_audited_and_dropped(
+    host: Host,
+) -> None:
+    await host.storage.set("p1", "k", "kept")
+    api = host.api("p1", granted(*ALL))
+    flushes: list[Any] = []
+    notify = notify_loopback(api, flushes)
+    notify("host/storage.delete", {"key": "k"})  # a request's method, sent as a notification
+    notify("host/log", {"event": "x", "plugin": "victim"})
+    notify("host/log", {"event": "x", "level": "critical"})
+    notify("host/log", {"event": "ok", "fields": {"n": 1}})
+    await run_flushes(flushes)
+    assert await host.storage.get("p1", "k") == (True, "kept"), "nothing but a log is served"
+    assert [(r["plugin"], r["msg"]) for r in host.records()] == [("p1", "ok")]
+    entries = reversed(await host.audit.read("p1", 10))
+    trail = [(e.method, e.allowed, e.outcome, e.count) for e in entries]
+    assert trail == [
+        ("host/storage.delete", False, "ignored", 1),
+        ("host/log", False, "InvalidParams", 2),
+        ("host/log", True, "ok", 1),
+    ]
+
+
 async def test_every_method_in_the_table_is_served(host: Host) -> None:
     api = host.api("p1", granted(*ALL))
     assert set(METHODS) == set(api._methods)
