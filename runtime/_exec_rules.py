@@ -14,6 +14,9 @@ pattern matches):
   (:func:`fnmatch.fnmatchcase`: ``*`` any run of characters, ``?`` one, ``[..]`` a class),
   matched against the whole argument.
 * A final token ``*`` on its own matches any number (zero or more) of remaining arguments.
+* A token ending in ``...`` matches its glob zero or more times in a row: ``--env=*...``
+  takes any number of ``--env=`` options, ``--detach...`` makes ``--detach`` optional. (For
+  a literal trailing ``...`` write ``..[.]``.)
 * **Options are never matched by a wildcard.** An argument that starts with ``-``, ``+`` or
   ``@`` (options, vi-style ``+cmd``, response files ``@file``) is matched only by a token that
   starts with the same character: write ``--all``, ``--namespace=*`` or ``-*`` explicitly.
@@ -56,6 +59,8 @@ OPTION_PREFIXES: Final = ("-", "+", "@")
 #: Environment names a command's ``env`` table may set: the host owns these per run.
 RESERVED_ENV: Final = frozenset({"HOME", "TMPDIR", "PWD", "OLDPWD", "GIT_CEILING_DIRECTORIES"})
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: A token ending in this matches its glob zero or more times in a row (``--env=*...``).
+REPEAT: Final = "..."
 #: A pattern is an operator's text, not a program; a bound keeps matching cheap.
 MAX_PATTERN_TOKENS: Final = 64
 
@@ -118,16 +123,38 @@ def _token_matches(token: str, arg: str, operands: bool) -> bool:
 
 
 def matches(tokens: Sequence[str], args: Sequence[str]) -> bool:
-    """Does ``args`` (``argv[1:]``) match the pattern ``tokens``?"""
-    operands = False
-    for i, token in enumerate(tokens):
-        if token == "*" and i == len(tokens) - 1:
-            return all(operands or not _is_option(a) for a in args[i:])
-        if i >= len(args) or not _token_matches(token, args[i], operands):
-            return False
-        if token == "--" and args[i] == "--":
-            operands = True
-    return len(args) == len(tokens)
+    """Does ``args`` (``argv[1:]``) match the pattern ``tokens``? Memoised over (token,
+    argument, operands): at most 64 x 257 x 2 steps, whatever the repeats."""
+    memo: dict[tuple[int, int, bool], bool] = {}
+    last = len(tokens) - 1
+
+    def at(ti: int, ai: int, operands: bool) -> bool:
+        key = (ti, ai, operands)
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
+        if ti > last:
+            found = ai == len(args)
+        elif tokens[ti] == "*" and ti == last:
+            found = all(operands or not _is_option(a) for a in args[ai:])
+        elif len(tokens[ti]) > len(REPEAT) and tokens[ti].endswith(REPEAT):
+            glob = tokens[ti][: -len(REPEAT)]
+            found = at(ti + 1, ai, operands) or (
+                ai < len(args)
+                and _token_matches(glob, args[ai], operands)
+                and at(ti, ai + 1, operands)
+            )
+        else:
+            token = tokens[ti]
+            found = (
+                ai < len(args)
+                and _token_matches(token, args[ai], operands)
+                and at(ti + 1, ai + 1, operands or (token == "--" and args[ai] == "--"))
+            )
+        memo[key] = found
+        return found
+
+    return at(0, 0, False)
 
 
 def matches_any(patterns: Sequence[str], args: Sequence[str]) -> bool:

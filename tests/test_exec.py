@@ -23,6 +23,7 @@ from cordon.runtime._exec import (
     check_argv,
 )
 from cordon.runtime._exec_landlock import LandlockUnavailable, abi_version
+from cordon.runtime._exec_rules import matches_any
 
 
 @pytest.fixture
@@ -455,3 +456,28 @@ async def test_git_in_a_run_finds_no_repository_above_its_run_directory(
         check=False,
     )
     assert control.stdout.strip() == str(repo), "control: without the ceiling git finds it"
+
+
+@pytest.mark.parametrize(
+    ("args", "ok"),
+    [
+        (["run", "--", "busybox"], True),
+        (["run", "--detach", "--name=web", "--env=A=1", "--env=B=--x", "--", "nginx"], True),
+        (["run", "--env=A=1", "--env=B=2", "--env=C=3", "--", "nginx", "sh"], True),
+        (["run", "--name=web", "--detach", "--", "nginx"], False),  # order is the pattern's
+        (["run", "--privileged", "--", "nginx"], False),
+        (["run", "--env=A=1", "-v", "/:/host", "--", "nginx"], False),
+        (["run", "nginx"], False),
+        (["run", "--", "--privileged"], True),  # after --, an operand (the image name)
+    ],
+)
+def test_a_repeated_token_matches_its_glob_zero_or_more_times_in_a_row(
+    args: list[str], ok: bool
+) -> None:
+    pattern = "run --detach... --name=*... --env=*... -- *"
+    assert matches_any([pattern], args) is ok
+
+
+def test_repeats_cannot_make_matching_blow_up() -> None:
+    pattern = " ".join(["-*..."] * 32 + ["x"])
+    assert matches_any([pattern], ["-a"] * 255) is False
