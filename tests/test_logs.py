@@ -393,3 +393,17 @@ def test_plugin_text_cannot_drive_the_operators_terminal() -> None:
     shown = _printable(hostile)
     assert not any(ch in shown for ch in "\x1b\x07\x9b\n")
     assert shown.startswith("ok\\x1b]0;owned")
+
+
+async def test_the_config_names_the_log_file_and_level_relative_to_itself(chatty: Setup) -> None:
+    chatty.config.write_text(
+        chatty.config.read_text().replace(
+            "[runtime]\n", '[runtime]\nlog-file = "logs/host.jsonl"\nlog-level = "info"\n'
+        )
+    )
+    async with running_host(chatty):
+        await say(chatty, "to-the-file")
+    lines = records((chatty.root / "logs" / "host.jsonl").read_text())
+    (said,) = [r for r in lines if r.get("event") == "plugin.log"]
+    assert said["msg"] == "to-the-file" and said["plugin"] == "chatty"
+    assert (chatty.root / "logs" / "host.jsonl").stat().st_mode & 0o077 == 0
