@@ -76,10 +76,13 @@ def granted(tmp_path: Path) -> dict[str, object]:
     cfg = config(tmp_path, **{pid: {"grant": grant} for pid, grant in GRANTS.items()})
     # Granted commands run locked down (they write only their own fresh directory): let the
     # stand-ins write their call logs next to themselves (the fakebin fixture's tmp_path/bin).
-    may_write = {"write": [str(tmp_path / "bin")]}
+    # And narrow each grant as examples/cordon.toml does: every tool must pass its patterns.
+    example = load_config(ROOT / "examples" / "cordon.toml")
     plugins: Any = cfg["plugins"]
-    plugins["docker"]["exec"] = {"docker": may_write}
-    plugins["kubernetes"]["exec"] = {"kubectl": may_write}
+    for pid, command in (("docker", "docker"), ("kubernetes", "kubectl")):
+        allow = example.for_plugin(pid).exec_rules[command].allow
+        assert allow is not None
+        plugins[pid]["exec"] = {command: {"write": [str(tmp_path / "bin")], "allow": list(allow)}}
     return cfg
 
 

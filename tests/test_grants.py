@@ -13,11 +13,11 @@ import pytest
 import structlog
 
 from cordon.protocol import InvalidParams
-from cordon.runtime import ConfigError, PermissionDenied, Runtime
+from cordon.runtime import ConfigError, PermissionDenied, Runtime, load_config
 from cordon.runtime._config import parse_config
 from cordon.runtime._events import EventBus, check_glob, check_topic
 from cordon.runtime._exec import ExecRule, check_argv
-from cordon.runtime._exec_rules import describe_grant, escalation_reason
+from cordon.runtime._exec_rules import describe_grant, escalation_reason, matches_any
 from cordon.runtime._permissions import check_grant_string, check_permission_string
 from cordon.runtime._validate import PLUGIN_ID
 from cordon.worker import Plugin, PluginDefinitionError
@@ -276,3 +276,27 @@ async def test_a_plugin_whose_exec_write_path_holds_the_state_dir_does_not_load(
             assert "exec_planter" not in rt.plugins
     (problem,) = info.value.problems
     assert problem["path"] == "plugins.exec_planter.exec.git.write[0]"
+
+
+@pytest.mark.parametrize(
+    ("plugin", "command", "args"),
+    [
+        ("docker", "docker", ["run", "--privileged", "-v", "/:/host", "alpine", "chroot", "/host"]),
+        ("docker", "docker", ["run", "--detach", "--volume=/:/host", "--", "alpine"]),
+        ("docker", "docker", ["--config=/tmp/x", "ps"]),
+        ("docker", "docker", ["ps", "--no-trunc", "--format", "{{.ID}}"]),
+        ("docker", "docker", ["exec", "web", "sh"]),
+        ("docker", "docker", ["x", "--help"]),
+        ("kubernetes", "kubectl", ["--kubeconfig=/tmp/k", "get", "pods", "--output=json"]),
+        ("kubernetes", "kubectl", ["get", "pods", "--output=json", "--token=abc"]),
+        ("kubernetes", "kubectl", ["exec", "web", "--", "sh"]),
+        ("kubernetes", "kubectl", ["get", "secrets", "--output=json"]),
+        ("kubernetes", "kubectl", ["describe", "--namespace=x", "--kubeconfig=/k", "--", "a", "b"]),
+    ],
+)
+def test_the_example_configs_patterns_refuse_escalations(
+    plugin: str, command: str, args: list[str]
+) -> None:
+    rule = load_config(EXAMPLES.parent / "cordon.toml").for_plugin(plugin).exec_rules[command]
+    assert rule.allow is not None
+    assert not matches_any(rule.allow, args)
