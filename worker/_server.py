@@ -497,6 +497,8 @@ class Server:
         finally:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
+            if self._cancelled_waits or self._waits:
+                self._end_waits(ident)
         if out is not None and not batched:
             self.send(out)
         return out
