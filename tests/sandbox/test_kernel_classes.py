@@ -119,7 +119,18 @@ CLASSES = [
     pytest.param(298, ("buf:128", 0, -1, -1, 0), id="perf_event_open"),
     pytest.param(162, (), id="sync"),
     pytest.param(317, (1, 0, "buf:16"), id="seccomp"),
+    pytest.param(160, (7, "buf:16"), id="setrlimit"),
+    pytest.param(200, (1, 0), id="tkill-pid-1"),
+    pytest.param(154, (1, "buf:16", 16), id="modify_ldt"),
 ]
+
+
+def test_every_denied_class_is_tried_through_ctypes() -> None:
+    from cordon.worker._sandbox._syscalls import DENIED_CLASSES
+
+    tried = {p.values[0] for p in CLASSES}
+    untried = {name for name, table in DENIED_CLASSES.items() if not set(table.values()) & tried}
+    assert untried == set()
 
 
 @pytest.mark.parametrize(("nr", "args"), CLASSES)

@@ -147,6 +147,17 @@ def test_metadata_calls_are_refused_in_scratch_too_while_shutil_still_copies_con
     assert (box.scratch / "tree2" / "src.txt").read_text() == "data"
 
 
+def test_truncating_a_host_file_by_path_fails_with_eacces_from_landlock(box: Box) -> None:
+    # truncate(2) is not seccomp's: Landlock's TRUNCATE right (ABI 3) governs it.
+    out = run(box, "raw_syscall", {"nr": 76, "args": [str(box.outside), 0]}, only=["landlock-fs"],
+              raw=True)  # fmt: skip
+    assert out.errno == errno.EACCES
+    assert box.outside.read_text() == "outside secret\n"
+    control = syscall(box, 76, str(box.outside), 0, lock="none")
+    assert control.result == {"ok": True, "value": 0}
+    assert box.outside.read_text() == ""
+
+
 def test_chattr_through_ioctl_on_a_read_only_fd_answers_enotty(box: Box) -> None:
     with open(box.outside, "rb") as f:
         buf = fcntl.ioctl(f.fileno(), FS_IOC_GETFLAGS, struct.pack("<q", 0))
