@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import functools
 import os
 import resource
 import select
-import threading
 import traceback
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -62,6 +59,7 @@ from ._context import Context
 from ._logging import attach as attach_logging
 from ._logging import detach as detach_logging
 from ._plugin import Handler, Plugin
+from ._threads import NO_THREAD, SyncCalls, thread_quota
 
 __all__ = ["Server"]
 
@@ -71,11 +69,6 @@ __all__ = ["Server"]
 READ_SIZE: Final = 64 * 1024
 #: Traceback text sent to the host is for humans; cap it so a deep recursion cannot bloat a frame.
 MAX_TRACEBACK: Final = 16 * 1024
-#: Threads for synchronous plugin functions; they cannot be cancelled, so keep the pool small.
-SYNC_THREADS: Final = 8
-#: What CPython says when ``pthread_create`` fails (EAGAIN: no address space for the stack
-#: under RLIMIT_AS, or RLIMIT_NPROC reached): a resource limit, not the plugin's bug.
-_NO_THREAD: Final = "can't start new thread"
 
 _invoke_decoder = msgspec.json.Decoder(InvokeParams)
 
@@ -102,27 +95,6 @@ def decode_invoke(frame: bytes) -> _InvokeCall | None:
 
 
 _cancel_decoder = msgspec.json.Decoder(CancelParams)
-
-T = TypeVar("T")
-
-
-class _Job:
-    """A sync call handed to the thread pool; ``abandoned`` once answered without it."""
-
-    __slots__ = ("abandoned", "fn")
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.abandoned = False
-
-    def __call__(self) -> Any:
-        if self.abandoned:
-            return None
-        return self.fn()
-
-
-async def _awaited(aw: Awaitable[T]) -> T:
-    return await aw
 
 
 class Server:
@@ -152,18 +124,14 @@ class Server:
         #: Set while dispatching a read: output waits for the end of it (one write per burst).
         self._holding = False
         self._tasks: dict[Any, asyncio.Task[bytes | None]] = {}
-        self._threaded: set[Any] = set()
+        #: Plain ``def`` functions and ``ctx.run`` (see _threads); ``_threaded`` is its set
+        #: of calls whose thread runs.
+        self._sync = SyncCalls(plugin_id)
+        self._threaded = self._sync.threaded
         self._host_pending: dict[int, asyncio.Future[Any]] = {}
         self._next_host_id = 0
         self._closed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._loop_thread: int | None = None
-        #: Per call: the futures its threads wait on in ``ctx.run``, cancelled with the call
-        #: (and the calls cancelled meanwhile, so a later ``ctx.run`` fails at once).
-        self._waits: dict[Any, set[concurrent.futures.Future[Any]]] = {}
-        self._cancelled_waits: set[Any] = set()
-        self._waits_lock = threading.Lock()
         #: The loop's ready queue (see :meth:`_spawn`); ``None`` on a loop without one.
         self._ready: collections.deque[Any] | None = None
         self._idle_poll: select.poll | None = None
@@ -174,7 +142,7 @@ class Server:
 
     async def serve(self, initial_frames: list[Any]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        self._sync.bind(self._loop)
         # Log records from now on travel as notifications on this channel (see _logging).
         attach_logging(self.post)
         ready = getattr(self._loop, "_ready", None)
@@ -316,7 +284,7 @@ class Server:
         loop with ``call_soon_threadsafe``: frames one thread posts keep their order, and
         one posted before a sync tool returns goes out before its result (the executor
         hands the result to the loop the same way, later). Dropped once the loop is gone."""
-        if threading.get_ident() == self._loop_thread:
+        if self._sync.on_loop_thread():
             self.send(frame)
             return
         loop = self._loop
@@ -497,8 +465,7 @@ class Server:
         finally:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
-            if self._cancelled_waits or self._waits:
-                self._end_waits(ident)
+            self._sync.forget(ident)
         if out is not None and not batched:
             self.send(out)
         return out
@@ -519,7 +486,7 @@ class Server:
             if task is not None:
                 task.cancel()
                 task.add_done_callback(functools.partial(self._forget, ident))
-                self._cancel_waits(ident)
+                self._sync.cancel(ident)
         # Unknown notifications are ignored, as JSON-RPC requires.
 
     def _handle_response(self, resp: Response) -> None:
@@ -556,7 +523,7 @@ class Server:
             call_id=call_id,
             request=self.request_host,
             notify=self.notify,
-            run=self.run_from_thread,
+            run=self._sync.run,
         )
 
     async def _run_handler(
@@ -598,15 +565,16 @@ class Server:
                 result = None  # what could not be encoded goes before the answer is made
                 out = encode_error(ident, error_to_wire(self._memory_quota()))
             except Exception as exc:
-                if isinstance(exc, RuntimeError) and str(exc) == _NO_THREAD:
-                    out = encode_error(ident, error_to_wire(self._thread_quota(exc)))
+                if isinstance(exc, RuntimeError) and str(exc) == NO_THREAD:
+                    # A thread the plugin started itself: the limit, not the plugin's bug.
+                    err = thread_quota(self.plugin_id, exc)
+                    out = encode_error(ident, error_to_wire(err))
                 else:
                     out = encode_error(ident, error_to_wire(self._plugin_error(exc)))
         finally:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
-            if self._cancelled_waits or self._waits:
-                self._end_waits(ident)
+            self._sync.forget(ident)
         if not batched:
             self.send(out)
         return out
@@ -616,101 +584,14 @@ class Server:
         limit = None if soft == resource.RLIM_INFINITY else soft
         return QuotaExceeded(kind="memory", limit=limit, plugin=self.plugin_id)
 
-    def _thread_quota(self, exc: BaseException) -> QuotaExceeded:
-        """A thread that could not start: the address space (RLIMIT_AS) its stack needs, or
-        RLIMIT_NPROC when that is what is set."""
-        mem = resource.getrlimit(resource.RLIMIT_AS)[0]
-        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
-        limit: int | None
-        if mem == resource.RLIM_INFINITY and nproc != resource.RLIM_INFINITY:
-            kind, limit = "processes", nproc
-        else:
-            kind, limit = "memory", None if mem == resource.RLIM_INFINITY else mem
-        return QuotaExceeded(
-            f"plugin {self.plugin_id!r} cannot start another thread ({exc}): its {kind} "
-            f"limit ({limit}) is reached",
-            kind=kind,
-            limit=limit,
-            plugin=self.plugin_id,
-        )
-
     async def _run_sync(self, ident: Any, handler: Handler, args: dict[str, Any]) -> Any:
         fn = handler.fn
         if handler.wants_ctx:
             fn = functools.partial(fn, self._context(ident))
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                SYNC_THREADS, thread_name_prefix="cordon-sync"
-            )
-        loop = self._loop
-        assert loop is not None
-        job = _Job(functools.partial(fn, **args))
-        try:
-            cfut = self._executor.submit(job)
-        except RuntimeError as exc:
-            # The pool queued the job before its new thread failed to start; a thread that
-            # frees up later must not run a call that was already answered.
-            job.abandoned = True
-            raise self._thread_quota(exc) from None
-        self._threaded.add(ident)
-        try:
-            result = await asyncio.wrap_future(cfut, loop=loop)
-        except asyncio.CancelledError:
-            # What the thread waits on through ctx.run can be cancelled (it then raises
-            # CallCancelled in the thread); a job still queued never starts. Wait for the
-            # thread to end, and only then let the call say "cancelled".
-            self._cancel_waits(ident)
-            if not cfut.cancelled():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(cfut, loop=loop)
-            self._threaded.discard(ident)
-            raise
-        self._threaded.discard(ident)
+        result = await self._sync.call(ident, functools.partial(fn, **args))
         if asyncio.iscoroutine(result):
             result = await result
         return result
-
-    # -- ctx.run: host APIs from a plugin's threads -----------------------------------------
-
-    def run_from_thread(self, ident: Any, aw: Awaitable[T]) -> T:
-        """Run ``aw`` on the worker's loop and wait for it in this (non-loop) thread; its
-        result or its exception (the same typed errors as in async code) comes back here.
-        Cancelling call ``ident`` cancels the wait: :class:`CallCancelled` in the thread."""
-        if threading.get_ident() == self._loop_thread or self._loop is None:
-            if asyncio.iscoroutine(aw):
-                aw.close()
-            raise RuntimeError(
-                "ctx.run() blocks until the worker's event loop has run the awaitable, and "
-                "was called on that loop's own thread; in async code, await it instead"
-            )
-        with self._waits_lock:
-            if ident in self._cancelled_waits:
-                if asyncio.iscoroutine(aw):
-                    aw.close()
-                raise CallCancelled(method="ctx.run")
-            cfut = asyncio.run_coroutine_threadsafe(_awaited(aw), self._loop)
-            self._waits.setdefault(ident, set()).add(cfut)
-        try:
-            return cfut.result()
-        except concurrent.futures.CancelledError:
-            raise CallCancelled(method="ctx.run") from None
-        finally:
-            with self._waits_lock:
-                waits = self._waits.get(ident)
-                if waits is not None:
-                    waits.discard(cfut)
-
-    def _cancel_waits(self, ident: Any) -> None:
-        with self._waits_lock:
-            self._cancelled_waits.add(ident)
-            waits = self._waits.pop(ident, ())
-        for cfut in waits:
-            cfut.cancel()
-
-    def _end_waits(self, ident: Any) -> None:
-        with self._waits_lock:
-            self._cancelled_waits.discard(ident)
-            self._waits.pop(ident, None)
 
     def _not_json(self, ident: Any, handler: Handler, exc: Exception) -> bytes:
         err = PluginError(
@@ -758,6 +639,4 @@ class Server:
         return encode_result(ident, len(hooks))
 
     def shutdown_threads(self) -> None:
-        if self._executor is not None:
-            with contextlib.suppress(Exception):
-                self._executor.shutdown(wait=False, cancel_futures=True)
+        self._sync.shutdown()
