@@ -497,7 +497,19 @@ def deny_first(numbers: list[int]) -> None:
 
     prog: list[Any] = [_bpf.ld(_bpf.NR)]
     prog += [_bpf.jeq(nr, jt="eperm") for nr in numbers]
-    prog += [_bpf.ret(0x7FFF0000), _bpf.Label("eperm"), _bpf.ret(0x00050000 | errno.EPERM)]
+    if SPEC.get("deny_unshare_flags"):
+        # Only unshare calls carrying these flags (a kernel without, say, IPC namespaces).
+        prog += [
+            _bpf.jeq(272, jf="allow"),
+            _bpf.ld(_bpf.ARG_LO(0)),
+            _bpf.jset(SPEC["deny_unshare_flags"], jt="eperm"),
+        ]
+    prog += [
+        _bpf.Label("allow"),
+        _bpf.ret(0x7FFF0000),
+        _bpf.Label("eperm"),
+        _bpf.ret(0x00050000 | errno.EPERM),
+    ]
     code = _bpf.to_bytes(_bpf.assemble(prog))
     insns = CT.create_string_buffer(code, len(code))
     fprog = CT.create_string_buffer(struct.pack("<H6xQ", len(code) // 8, CT.addressof(insns)), 16)
@@ -506,7 +518,7 @@ def deny_first(numbers: list[int]) -> None:
 
 
 def main() -> None:
-    if SPEC.get("deny_first"):
+    if SPEC.get("deny_first") is not None:
         deny_first(SPEC["deny_first"])
     if SPEC.get("lock", True):
         policy = SandboxPolicy(

@@ -291,6 +291,27 @@ def test_leases_and_dnotify_are_refused(box: Box, cmd: int, arg: int, target: st
     assert out.errno == errno.EPERM
 
 
+# -- a kernel without IPC namespaces -----------------------------------------------------------
+
+CLONE_NEWIPC = 0x08000000
+
+
+def test_strict_refuses_to_start_when_only_the_ipc_namespace_is_missing(box: Box) -> None:
+    out = run(box, "nothing", raw=True, deny_first=[], deny_unshare_flags=CLONE_NEWIPC)
+    assert out.returncode == 3
+    assert out.report["lockdown_error"] == "SandboxUnavailable"
+    assert out.report["fields"].endswith(
+        "unavailable layer(s): ipcns: unshare(NEWIPC): Operation not permitted"
+    )
+
+
+def test_best_effort_without_ipc_namespaces_still_applies_every_other_layer(box: Box) -> None:
+    out = run(box, "nothing", raw=True, deny_first=[], deny_unshare_flags=CLONE_NEWIPC,
+              mode="best-effort")  # fmt: skip
+    assert out.report.pop("ipcns") == "unavailable: unshare(NEWIPC): Operation not permitted"
+    assert set(out.report.values()) == {"applied"}
+
+
 # -- doctor -----------------------------------------------------------------------------------
 
 

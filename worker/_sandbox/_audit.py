@@ -7,10 +7,13 @@ this hook: every event it refuses is refused again by the kernel (seccomp: ``exe
 early, readable ``PermissionError`` naming the refused event instead of a bare errno deep
 inside libc, and one less step for a plugin that tries.
 
-Its state cannot be changed from Python: the hook is a closure over frozensets and values
-bound when it is installed, reading no module global, builtin or attribute at call time (a
-plugin emptying ``REFUSED`` or rebinding ``os.getpid`` changes nothing), and CPython offers no
-way to remove an installed hook.
+Its state is not reachable through anything a plugin can rebind: the hook is a closure over
+frozensets and values bound when it is installed, reading no module global, builtin or
+attribute at call time (emptying ``REFUSED``, clearing this module or rebinding
+``os.getpid`` or ``builtins.PermissionError`` changes nothing), and CPython offers no way to
+remove an installed hook. A plugin digging the function object out of ``gc`` to rewrite its
+closure cells or code, or writing memory through ctypes, can still disarm it — which is
+exactly why no guarantee rests on it.
 """
 
 from __future__ import annotations

@@ -36,9 +36,11 @@ CLONE_NEWIPC: Final = 0x08000000
 def unshare_network() -> dict[str, str]:
     """Enter new user+net+IPC namespaces; report ``netns``, ``userns`` and ``ipcns``.
 
-    Falls back to ``CLONE_NEWNET | CLONE_NEWIPC`` without the user namespace (possible with
-    CAP_SYS_ADMIN, i.e. as root when user namespaces are disabled): network and IPC are still
-    private, but the capability drop is not, and the report says so.
+    One ``unshare`` when the kernel allows all three. Otherwise each is tried on its own
+    terms, so the report names exactly what is missing: user+net together (the network
+    namespace is what the user namespace is for), then net alone (possible with
+    CAP_SYS_ADMIN, i.e. as root when user namespaces are disabled: the network is still gone
+    but the capability drop is not), and IPC alone.
     """
     nat = native()
     try:
@@ -48,16 +50,22 @@ def unshare_network() -> dict[str, str]:
             name="unshare(NEWUSER|NEWNET|NEWIPC)",
         )
         return {"netns": "applied", "userns": "applied", "ipcns": "applied"}
+    except OSError:
+        pass
+    report: dict[str, str] = {}
+    try:
+        nat.syscall(NR.UNSHARE, CLONE_NEWUSER | CLONE_NEWNET, name="unshare(NEWUSER|NEWNET)")
+        report["userns"] = report["netns"] = "applied"
     except OSError as exc:
-        user_err = exc
-    report = {"userns": f"unavailable: {user_err.strerror}"}
-    for flag, layer, name in (
-        (CLONE_NEWNET, "netns", "unshare(NEWNET)"),
-        (CLONE_NEWIPC, "ipcns", "unshare(NEWIPC)"),
-    ):
+        report["userns"] = f"unavailable: {exc.strerror}"
         try:
-            nat.syscall(NR.UNSHARE, flag, name=name)
-            report[layer] = "applied"
-        except OSError as exc:
-            report[layer] = f"unavailable: {exc.strerror}"
+            nat.syscall(NR.UNSHARE, CLONE_NEWNET, name="unshare(NEWNET)")
+            report["netns"] = "applied"
+        except OSError as net_exc:
+            report["netns"] = f"unavailable: {net_exc.strerror}"
+    try:
+        nat.syscall(NR.UNSHARE, CLONE_NEWIPC, name="unshare(NEWIPC)")
+        report["ipcns"] = "applied"
+    except OSError as exc:
+        report["ipcns"] = f"unavailable: {exc.strerror}"
     return report
