@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import functools
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,21 +30,11 @@ from cordon.protocol import (
     PluginUnavailable,
 )
 
+from ._clilog import add_log_options, configure_from_args, count_arg, print_record
 from ._control import ControlSocketError, HostNotRunning
 from ._errors import ConfigError
 from ._exitcodes import EXIT_INTERNAL, EXIT_OK, TABLE, help_text
-from ._oplog import (
-    DEFAULT_LOG_BACKUPS,
-    DEFAULT_LOG_FILE_SIZE,
-    DEFAULT_LOG_FORMAT,
-    DEFAULT_LOG_LEVEL,
-    ENV_LOG_FORMAT,
-    ENV_LOG_LEVEL,
-    LOG_FORMATS,
-    LOG_LEVELS,
-    LoggingSetup,
-    configure_logging,
-)
+from ._oplog import LoggingSetup
 from ._redact import Redactor
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
@@ -608,45 +597,18 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: C0/C1 controls (ESC starts terminal escape sequences): never printed raw from a record.
-_CONTROLS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _printable(text: str) -> str:
-    # The sink already neutralises plugin text; this is the terminal's own line of defence.
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text).replace("\n", "\\n")
-
-
-def _print_record(record: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(_json.encode(record).decode() + "\n")
-    else:
-        rest = {
-            k: v
-            for k, v in record.items()
-            if k not in ("seq", "ts", "plugin", "level", "event", "msg", "line")
-        }
-        text = _printable(str(record.get("msg", record.get("line", ""))))
-        extra = _printable(" ".join(f"{k}={_json.encode(v).decode()}" for k, v in rest.items()))
-        level = _printable(str(record.get("level", "")).upper())
-        print(
-            f"{record.get('ts', '-')} {level:7} {record.get('event', '')} {text} {extra}".rstrip()
-        )
-    sys.stdout.flush()
-
-
 def _cmd_logs(args: argparse.Namespace) -> int:
     from ._control import stream
 
     params = {"plugin": args.plugin_id, "limit": args.limit}
     if not args.follow:
         for record in _ask_host(args, "logs", params):
-            _print_record(record, args.json)
+            print_record(record, as_json=args.json)
         return EXIT_OK
     try:
         for method, record in stream(_socket_for(args), "logs", {**params, "follow": True}):
             if method == "log" and isinstance(record, dict):
-                _print_record(record, args.json)
+                print_record(record, as_json=args.json)
     except KeyboardInterrupt:
         # Interrupting a follow is how it is meant to end.
         return EXIT_OK
@@ -703,47 +665,8 @@ def _parser() -> argparse.ArgumentParser:
             help="the running host's control socket (default: <state-dir>/cordon.sock)",
         )
 
-    def log_opts(sp: argparse.ArgumentParser, *, file: bool = False) -> None:
-        # For commands that run plugins: what the operator sees of the host's log.
-        sp.add_argument(
-            "--log-level",
-            type=str.lower,
-            choices=LOG_LEVELS,
-            help=f"show records at this level and above (default: ${ENV_LOG_LEVEL}, else "
-            f"[runtime] log-level, else {DEFAULT_LOG_LEVEL}); plugins' ctx.log.info lines "
-            "need info",
-        )
-        sp.add_argument(
-            "--log-format",
-            type=str.lower,
-            choices=LOG_FORMATS,
-            help=f"log lines on stderr (default: ${ENV_LOG_FORMAT}, else [runtime] log-format, "
-            f"else {DEFAULT_LOG_FORMAT})",
-        )
-        if not file:
-            return
-        sp.add_argument(
-            "--log-file",
-            metavar="PATH",
-            help="also append JSON lines to PATH, rotated by size (default: [runtime] log-file)",
-        )
-        sp.add_argument(
-            "--log-file-size",
-            metavar="SIZE",
-            type=_size_arg,
-            default=DEFAULT_LOG_FILE_SIZE,
-            help="rotate the log file before it grows past SIZE (default: 10 MiB)",
-        )
-        sp.add_argument(
-            "--log-file-backups",
-            metavar="N",
-            type=_count_arg,
-            default=DEFAULT_LOG_BACKUPS,
-            help=f"rotated log files to keep (default: {DEFAULT_LOG_BACKUPS})",
-        )
-
     c = sub.add_parser("call", help="load one plugin, call one tool, print the result as JSON")
-    log_opts(c)
+    add_log_options(c)
     c.add_argument("plugin_dir", help="directory holding plugin.toml")
     c.add_argument("tool", help="name of the tool (or other contribution) to call")
     c.add_argument("--params", metavar="JSON", help="arguments as a JSON object or array")
@@ -773,7 +696,7 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(run)
     socket_opt(run)
     run.add_argument("--watch", action="store_true", help="reload plugins when files change")
-    log_opts(run, file=True)
+    add_log_options(run, file=True)
     run.add_argument(
         "--no-entry-points",
         action="store_true",
@@ -798,7 +721,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     config_opt(st)
     socket_opt(st)
-    log_opts(st)
+    add_log_options(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_stats)
 
@@ -843,7 +766,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lg.add_argument("plugin_id")
     lg.add_argument(
-        "--limit", type=_count_arg, default=100, help="recent records to show first (default: 100)"
+        "--limit", type=count_arg, default=100, help="recent records to show first (default: 100)"
     )
     lg.add_argument(
         "-f", "--follow", action="store_true", help="keep printing new records until interrupted"
@@ -867,72 +790,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _size_arg(text: str) -> int:
-    from ._units import parse_size
-
-    try:
-        n = parse_size(text)
-    except (ValueError, CordonError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 10 MiB ({exc})") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a log file needs a positive size")
-    return n
-
-
-def _count_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
-    return n
-
-
-def _from_env(parser: argparse.ArgumentParser, name: str, choices: Sequence[str]) -> str | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return None
-    value = raw.strip().lower()
-    if value not in choices:
-        parser.error(f"environment variable {name}={raw!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _configure_logging(parser: argparse.ArgumentParser, args: argparse.Namespace) -> LoggingSetup:
-    """The operator's log settings: flag, else environment, else config, else default (stdout
-    is for results and JSON-RPC; log lines go to stderr)."""
-    if not hasattr(args, "log_level"):
-        return configure_logging()
-    level = args.log_level or _from_env(parser, ENV_LOG_LEVEL, LOG_LEVELS)
-    fmt = args.log_format or _from_env(parser, ENV_LOG_FORMAT, LOG_FORMATS)
-    takes_file = hasattr(args, "log_file")
-    file = args.log_file if takes_file else None
-    if level is None or fmt is None or (takes_file and file is None):
-        from ._config import find_config
-
-        rt = find_config(args.config).runtime
-        level = level or rt.log_level
-        fmt = fmt or rt.log_format
-        file = file or (rt.log_file if takes_file else None)
-    level = level or DEFAULT_LOG_LEVEL
-    fmt = fmt or DEFAULT_LOG_FORMAT
-    if file is None:
-        return configure_logging(level, fmt)
-    try:
-        return configure_logging(
-            level,
-            fmt,
-            Path(file).expanduser(),
-            max_bytes=args.log_file_size,
-            backups=args.log_file_backups,
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot open the log file {file}: {exc.strerror or exc}", source=str(file), problems=[]
-        ) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -940,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = Path(args.config)
     setup: LoggingSetup | None = None
     try:
-        setup = _configure_logging(parser, args)
+        setup = configure_from_args(parser, args)
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130

@@ -56,30 +56,45 @@ def test_every_error_class_exits_with_the_code_its_row_names() -> None:
 # -- errors importable --------------------------------------------------------------------------
 
 
+_CLASS = re.compile(r"`([A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*)`")
+
+
 def _readme_class_names() -> set[str]:
     """Every `CamelCase` name the README shows in backticks (not `EACCES`-style constants)."""
-    return set(re.findall(r"`([A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*)`", README))
+    return set(_CLASS.findall(README))
 
 
-def test_every_error_class_the_readme_names_is_importable_from_cordon_runtime() -> None:
+def _readme_host_error_names() -> set[str]:
+    """The errors the README gives the host's caller: its exit-code table, and its list of
+    `cordon.runtime.CordonError` subclasses."""
+    table = [line for line in README.splitlines() if re.match(r"^\| \d+ \|", line)]
+    start = README.index("Every error is a subclass of `cordon.runtime.CordonError`")
+    paragraph = README[start : README.index("\n\n", start)]
+    return set(_CLASS.findall("\n".join(table))) | set(_CLASS.findall(paragraph))
+
+
+def test_every_error_the_readme_gives_the_host_is_importable_from_cordon_runtime() -> None:
+    names = _readme_host_error_names()
+    assert {"DependencyError", "HostNotRunning", "ScaffoldError", "PluginError"} <= names
+    missing = sorted(n for n in names if n not in cordon.runtime.__all__)
+    assert not missing, f"named in the README, not importable from cordon.runtime: {missing}"
+    for name in names:
+        cls = getattr(cordon.runtime, name)
+        assert isinstance(cls, type) and issubclass(cls, BaseException), name
+
+
+def test_every_class_the_readme_names_exists_in_a_cordon_package() -> None:
     import builtins
 
     import cordon.protocol
     import cordon.testing
     import cordon.worker
 
-    names = _readme_class_names() - set(dir(builtins))
-    # Sanity: the exit-code table alone names twenty-odd classes.
-    assert {"DependencyError", "HostNotRunning", "ScaffoldError", "PluginInUse"} <= names
-    for name in sorted(names):
-        found = [
-            getattr(pkg, name)
-            for pkg in (cordon.runtime, cordon.worker, cordon.protocol, cordon.testing)
-            if hasattr(pkg, name)
-        ]
-        assert found, f"the README names {name}, which no cordon package exports"
-        if any(isinstance(c, type) and issubclass(c, BaseException) for c in found):
-            assert name in cordon.runtime.__all__, f"{name} is not importable from cordon.runtime"
+    packages = (cordon.runtime, cordon.worker, cordon.protocol, cordon.testing)
+    for name in sorted(_readme_class_names() - set(dir(builtins))):
+        assert any(hasattr(pkg, name) for pkg in packages), (
+            f"the README names {name}, which no cordon package exports"
+        )
 
 
 def test_every_error_in_the_exit_code_table_is_exported_and_an_exception() -> None:

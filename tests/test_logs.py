@@ -386,13 +386,26 @@ def test_the_host_refuses_followers_past_its_cap_with_a_quota_error() -> None:
         assert ring.followers() == 1
 
 
-def test_plugin_text_cannot_drive_the_operators_terminal() -> None:
-    from cordon.runtime._cli import _printable
+def test_plugin_text_cannot_drive_the_operators_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cordon.runtime._clilog import print_record
 
     hostile = "ok\x1b]0;owned\x07\x1b[2J\x9b31m\nforged line"
-    shown = _printable(hostile)
-    assert not any(ch in shown for ch in "\x1b\x07\x9b\n")
-    assert shown.startswith("ok\\x1b]0;owned")
+    print_record(
+        {
+            "ts": "t",
+            "level": "info",
+            "event": "plugin.log",
+            "msg": hostile,
+            "fields": {"k": hostile},
+        },
+        as_json=False,
+    )
+    shown = capsys.readouterr().out
+    assert shown.count("\n") == 1 and shown.endswith("\n")  # one line, however many it sent
+    assert not any(ch in shown for ch in "\x1b\x07\x9b")
+    assert "ok\\x1b]0;owned" in shown
 
 
 async def test_the_config_names_the_log_file_and_level_relative_to_itself(chatty: Setup) -> None:
