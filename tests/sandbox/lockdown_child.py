@@ -389,6 +389,18 @@ def mmap_rwx() -> int:
         return len(m)
 
 
+def mprotect_rwx() -> int:
+    """A writable page turned writable *and* executable (what a JIT without W^X does)."""
+    import mmap
+
+    m = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    addr = CT.addressof(CT.c_char.from_buffer(m))
+    try:
+        return sys_call(10, addr, mmap.PAGESIZE, 7)
+    finally:
+        sys_call(10, addr, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)  # let mmap close
+
+
 def shutil_copy() -> dict[str, Any]:
     import shutil
 
@@ -481,6 +493,7 @@ ACTIONS: dict[str, Callable[[], Any]] = {
     "tamper_audit_then_system": tamper_audit_then_system,
     "raw_syscall": raw_syscall,
     "mmap_rwx": mmap_rwx,
+    "mprotect_rwx": mprotect_rwx,
     "shutil_copy": shutil_copy,
     "numpy_matmul": numpy_matmul,
     "thread_attr": thread_attr,

@@ -224,6 +224,11 @@ def test_an_rwx_mapping_is_refused_but_rw_and_rx_are_not(box: Box) -> None:
     assert run(box, "mmap_rwx", {"prot": 5}).result == {"ok": True, "value": 4096}
 
 
+def test_making_a_writable_page_executable_too_is_refused(box: Box) -> None:
+    assert run(box, "mprotect_rwx", lock=False, raw=True).result == {"ok": True, "value": 0}
+    assert kernel(box, "mprotect_rwx").errno == errno.EPERM
+
+
 def test_numpy_computes_after_the_full_lock_down(box: Box) -> None:
     out = run(box, "numpy_matmul")
     assert out.result["ok"] is True, out.result
