@@ -64,7 +64,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from subprocess import DEVNULL, PIPE
@@ -84,7 +83,7 @@ from cordon.protocol import (
 from . import _exec_landlock as landlock
 from ._config import Config, PluginSettings
 from ._errors import ConfigError, Problem
-from ._exec_paths import ArgumentPaths, TooComplex
+from ._exec_paths import ArgumentPaths, TooComplex, fresh_dir, remove_run_dir
 from ._exec_paths import inside_any as _inside_any
 from ._exec_paths import real as _real
 from ._exec_rules import ExecRule, matches_any
@@ -337,21 +336,29 @@ class ExecPolicy:
             return None
 
     async def run(
-        self, argv: Sequence[str], *, timeout: float | None = None, plugin: str | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        plugin: str | None = None,
+        checked: bool = False,
     ) -> ExecResult:
-        args = self.check(argv, plugin=plugin)
+        """Run ``argv``; ``checked``: the caller already passed it through :meth:`check`
+        (HostAPI does, to record a refusal as denied), so the bounded but not free argument
+        check is not paid twice."""
+        args = list(argv) if checked else self.check(argv, plugin=plugin)
         limit = self.timeout_for(timeout)
         exe = self.resolve(args[0], plugin=plugin)
         abi = self._lockdown_abi(f"exec:{args[0]}", plugin)
         async with self._slots:
             # Filesystem work in a thread: a run dir the command filled with a million files
             # must not hold the host's loop (and every other plugin) while it is removed.
-            fresh = await anyio.to_thread.run_sync(_fresh_dir, self.run_base)
+            fresh = await anyio.to_thread.run_sync(fresh_dir, self.run_base)
             try:
                 return await self._run_in(fresh, exe, args, limit, plugin, abi)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_remove_tree, fresh)
+                    await anyio.to_thread.run_sync(remove_run_dir, fresh)
 
     async def _run_in(
         self,
@@ -520,33 +527,3 @@ def policy_for_plugin(
 
 def _clip(arg: str) -> str:
     return repr(arg if len(arg) <= 200 else arg[:200] + "...")
-
-
-#: Mode of a run's directory: the host's user only (the command runs as that user).
-RUN_DIR_MODE: Final = 0o700
-
-
-def _fresh_dir(base: str) -> str:
-    os.makedirs(base, mode=RUN_DIR_MODE, exist_ok=True)
-    fresh = tempfile.mkdtemp(prefix="cordon-exec-", dir=base)
-    os.chmod(fresh, RUN_DIR_MODE)
-    return fresh
-
-
-def _remove_tree(path: str) -> None:
-    """Remove a run's directory whatever the command did to it (a mode 000 subdirectory,
-    a read-only file): make each failing parent writable and retry once."""
-
-    def retry(func: object, p: str, _exc: object) -> None:
-        try:
-            parent = os.path.dirname(p)
-            os.chmod(parent, stat.S_IRWXU)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, stat.S_IRWXU)
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                os.unlink(p)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=retry)

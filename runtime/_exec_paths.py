@@ -21,12 +21,19 @@ and candidates per call; a call needing more is refused.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import stat
+import tempfile
 from collections import deque
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["ArgumentPaths", "TooComplex", "inside_any", "real"]
+import structlog
+
+__all__ = ["ArgumentPaths", "TooComplex", "fresh_dir", "inside_any", "real", "remove_run_dir"]
+
+log = structlog.get_logger("cordon")
 
 #: Lookups (``lstat``) and candidate paths per call. A real call names a few paths of a few
 #: components; 1024 keeps the worst case to a few milliseconds of the host's loop
@@ -144,3 +151,61 @@ class ArgumentPaths:
                 resolved = ""
             parts.extendleft(reversed([p for p in target.split("/") if p]))
         return resolved or "/"
+
+
+# -- run directories ---------------------------------------------------------------------------
+
+#: Mode of a run's directory: the host's user only (the command runs as that user).
+RUN_DIR_MODE: Final = 0o700
+
+
+def fresh_dir(base: str) -> str:
+    """A new, empty directory for one run under ``base`` (made 0700 if missing)."""
+    os.makedirs(base, mode=RUN_DIR_MODE, exist_ok=True)
+    fresh = tempfile.mkdtemp(prefix="cordon-exec-", dir=base)
+    os.chmod(fresh, RUN_DIR_MODE)
+    return fresh
+
+
+def _mounts_below(path: str) -> list[str]:
+    """Mount points under ``path`` (a bind mount the command made), from the kernel's own
+    list: a bind mount of the same filesystem shares its ``st_dev``, so stat cannot tell."""
+    prefix = path.rstrip("/") + "/"
+    found: list[str] = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) > 4:
+                # Field 5 is the mount point, with space, tab, newline, backslash as \ooo.
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                if point == path or point.startswith(prefix):
+                    found.append(point)
+    return found
+
+
+def remove_run_dir(path: str) -> None:
+    """Remove a run's directory whatever the command did to it (a mode 000 subdirectory, a
+    read-only file: each failing parent is made writable and the removal retried). Never
+    crosses into another filesystem: if the command left a mount below it (only possible
+    without the Landlock lock-down, which forbids mounting), the directory is left in place
+    and logged rather than the host's files under that mount deleted."""
+    try:
+        mounts = _mounts_below(path)
+    except OSError:
+        return
+    if mounts:
+        log.warning("exec.run_dir_kept", path=path, mounts=mounts[:10])
+        return
+
+    def retry(func: object, p: str, _exc: object) -> None:
+        try:
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)

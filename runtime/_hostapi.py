@@ -447,7 +447,10 @@ class HostAPI:
                 permission=f"exec:{p.argv[0]}",
                 plugin=self.plugin_id,
             )
-        result = await self.exec_policy.run(p.argv, timeout=p.timeout, plugin=self.plugin_id)
+        # _may ran the policy's check (patterns, argument paths) on these very argv.
+        result = await self.exec_policy.run(
+            p.argv, timeout=p.timeout, plugin=self.plugin_id, checked=True
+        )
         return msgspec.structs.asdict(result)
 
 

@@ -481,3 +481,47 @@ def test_a_repeated_token_matches_its_glob_zero_or_more_times_in_a_row(
 def test_repeats_cannot_make_matching_blow_up() -> None:
     pattern = " ".join(["-*..."] * 32 + ["x"])
     assert matches_any([pattern], ["-a"] * 255) is False
+
+
+def _can_mount(tmp_path: Path) -> bool:
+    a, b = tmp_path / "probe-a", tmp_path / "probe-b"
+    a.mkdir()
+    b.mkdir()
+    ok = subprocess.run(["mount", "--bind", str(a), str(b)], capture_output=True, check=False)
+    if ok.returncode == 0:
+        subprocess.run(["umount", str(b)], check=True)
+    return ok.returncode == 0
+
+
+async def test_removing_a_run_dir_never_deletes_through_a_mount_the_command_left(
+    scratch: Path, runs: Path, tmp_path: Path
+) -> None:
+    if shutil.which("mount") is None or not _can_mount(tmp_path):
+        pytest.skip("cannot bind-mount here")
+    victim = tmp_path / "host-files"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me\n")
+    policy = _policy(scratch, runs, lockdown="off")
+    script = f'mkdir x && mount --bind "{victim}" x && pwd'
+    r = await policy.run(["sh", "-c", script])
+    run_dir = Path(r.stdout.strip())
+    try:
+        assert (victim / "precious").read_text() == "keep me\n"
+        assert run_dir.is_dir(), "kept, with its mount, rather than emptied through it"
+    finally:
+        subprocess.run(["umount", str(run_dir / "x")], check=False)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@needs_landlock
+async def test_the_locked_down_command_cannot_mount(
+    scratch: Path, runs: Path, tmp_path: Path
+) -> None:
+    if shutil.which("mount") is None or not _can_mount(tmp_path):
+        pytest.skip("cannot bind-mount here (the control would not run)")
+    victim = tmp_path / "host-files"
+    victim.mkdir()
+    policy = _policy(scratch, runs, lockdown="require")
+    r = await policy.run(["sh", "-c", f'mkdir x && mount --bind "{victim}" x; echo "rc=$?"'])
+    assert "rc=0" not in r.stdout, r
+    assert list(runs.iterdir()) == []
