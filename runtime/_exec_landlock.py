@@ -158,7 +158,10 @@ def _add_rule(ruleset: int, path: str, rights: int, *, follow: bool = True) -> b
             rights &= _FILE_RIGHTS
         if not rights:
             return False
-        _syscall(_NR_ADD_RULE, ruleset, _RULE_PATH_BENEATH, struct.pack("<Qi", rights, fd), 0)
+        try:
+            _syscall(_NR_ADD_RULE, ruleset, _RULE_PATH_BENEATH, struct.pack("<Qi", rights, fd), 0)
+        except OSError:
+            return False  # a filesystem Landlock will not tag: no rule is less access
         return True
     finally:
         os.close(fd)
