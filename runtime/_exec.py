@@ -98,6 +98,7 @@ __all__ = [
     "ExecTimeout",
     "Lockdown",
     "check_argv",
+    "policy_for_plugin",
 ]
 
 #: "require": no Landlock, no command (sandbox = "strict"); "auto": use it where the kernel
