@@ -5,9 +5,9 @@ their class, so scripts can tell a plugin's failure from a timeout from a bad co
 live in one table, :data:`cordon.runtime._exitcodes.TABLE`, which also writes ``cordon --help``'s
 list and the README's.
 
-Commands that talk to a running host (``plugin enable|disable|reload``, and ``stats``,
-``plugin list``, ``plugin info`` when one is reachable) connect to ``--socket PATH``, else to
-``<state-dir>/cordon.sock`` of the config's state-dir.
+Commands that talk to a running host (``plugin enable|disable|reload``, ``logs``, and
+``stats``, ``plugin list``, ``plugin info`` when one is reachable) connect to
+``--socket PATH``, else to ``<state-dir>/cordon.sock`` of the config's state-dir.
 """
 
 from __future__ import annotations
