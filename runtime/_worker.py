@@ -1326,9 +1326,7 @@ class WorkerProcess:
             self._stderr_done.set()
 
     def _clean_tail(self) -> list[str]:
-        return [
-            self.redactor.clean_message(line, STDERR_TAIL_CHARS) for line in self._stderr_tail
-        ]
+        return [self.redactor.clean_message(line, STDERR_TAIL_CHARS) for line in self._stderr_tail]
 
     def _line(self, line: bytes) -> None:
         self._stderr_tail.append(line[: 2 * STDERR_TAIL_CHARS].decode("utf-8", "replace"))

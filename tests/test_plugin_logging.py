@@ -66,10 +66,7 @@ async def test_a_sync_tool_logs_from_its_thread_in_order_with_its_result(
     with anyio.fail_after(30), capture_logs() as logs:
         assert await author.call("log_from_thread", {"n": 3}) == 3
         got = [r["msg"] for r in records(logs) if "threaded" in r["msg"]]
-    assert got == ["threaded", "std threaded 0", "threaded", "std threaded 1"] + [
-        "threaded",
-        "std threaded 2",
-    ]
+    assert got == [m for i in range(3) for m in ("threaded", f"std threaded {i}")]
 
 
 async def test_stdlib_logging_reaches_the_host_with_level_logger_and_redaction(
