@@ -28,19 +28,10 @@ from cordon.protocol import (
 )
 
 from . import versions
-from ._config import Config, PluginSettings, load_config, parse_config
-from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
-from ._errors import ConfigError, ManifestError, Problem
-from ._manifest import Manifest, load_manifest
-from ._oplog import configure_logging
-from ._registry import (
-    AmbiguousContribution,
-    ContributionInfo,
-    Registry,
-    UnknownContribution,
-    UnknownExtensionPoint,
-)
-from ._runtime import (
+from ._cli._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
+from ._cli._oplog import configure_logging
+from ._cli._scaffold import ScaffoldError
+from ._core._runtime import (
     PLUGIN_STATES,
     LoadFailure,
     LoadReport,
@@ -49,9 +40,18 @@ from ._runtime import (
     PluginInUse,
     Runtime,
 )
-from ._scaffold import ScaffoldError
-from ._stats import PluginStats
-from ._versions import DependencyError
+from ._errors import ConfigError, ManifestError, Problem
+from ._platform._registry import (
+    AmbiguousContribution,
+    ContributionInfo,
+    Registry,
+    UnknownContribution,
+    UnknownExtensionPoint,
+)
+from ._platform._versions import DependencyError
+from ._settings._config import Config, PluginSettings, load_config, parse_config
+from ._settings._manifest import Manifest, load_manifest
+from ._supervise._stats import PluginStats
 from .versions import InvalidVersionError, NoMigrationPath, VersionError
 
 __all__ = [

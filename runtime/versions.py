@@ -26,8 +26,8 @@ from packaging.version import InvalidVersion, Version
 
 from cordon.protocol import CordonError
 
-from . import _versions
-from ._manifest import translate_requirement
+from ._platform import _versions
+from ._settings._manifest import translate_requirement
 
 __all__ = [
     "InvalidVersionError",

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from cordon.runtime._audit import AuditTrail
+from cordon.runtime._hostapi._audit import AuditTrail
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from cordon.runtime import QuotaExceeded, Runtime
-from cordon.runtime._cgroup import THREAD_ALLOWANCE, CgroupSupport
+from cordon.runtime._supervise._cgroup import THREAD_ALLOWANCE, CgroupSupport
 from tests.conftest import EXAMPLES, TEST_PLUGINS, base_config
 
 pytestmark = pytest.mark.anyio

@@ -143,7 +143,7 @@ def test_doctor_reports_the_machine_and_what_each_plugin_would_get(
     else:
         assert report["plugins"]["hello"] == "strict: every layer applied"
     # The same answer a runtime here finds (and no group left behind by asking).
-    from cordon.runtime._cgroup import CgroupSupport
+    from cordon.runtime._supervise._cgroup import CgroupSupport
 
     here = CgroupSupport.detect()
     here.close()
@@ -164,7 +164,7 @@ def test_new_plugin_scaffolds_a_loadable_plugin(tmp_path: Path) -> None:
 
 
 def test_every_exit_code_is_distinct_and_documented_in_the_readme() -> None:
-    from cordon.runtime._cli import EXIT_CODES
+    from cordon.runtime._cli._main import EXIT_CODES
     from tests.conftest import ROOT
 
     codes = [code for _, code in EXIT_CODES]

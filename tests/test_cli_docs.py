@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import cordon.runtime
-from cordon.runtime._audit import AuditTrail, iso8601
-from cordon.runtime._cli import EXIT_CODES
-from cordon.runtime._exitcodes import TABLE, markdown_table
+from cordon.runtime._cli._exitcodes import TABLE, markdown_table
+from cordon.runtime._cli._main import EXIT_CODES
+from cordon.runtime._hostapi._audit import AuditTrail, iso8601
 from tests.conftest import ROOT
 
 CORDON = str(Path(sys.executable).parent / "cordon")

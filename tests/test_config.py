@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from cordon.runtime._config import (
+from cordon.runtime._errors import ConfigError, Problem
+from cordon.runtime._settings._config import (
     DEFAULT_CONFIG,
     Config,
     PluginSettings,
@@ -21,7 +22,6 @@ from cordon.runtime._config import (
     load_config,
     parse_config,
 )
-from cordon.runtime._errors import ConfigError, Problem
 
 MiB = 1024**2
 

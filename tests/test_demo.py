@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from cordon.runtime import load_config, load_manifest
-from cordon.runtime._permissions import effective_permissions
+from cordon.runtime._settings._permissions import effective_permissions
 from tests.conftest import EXAMPLES, ROOT
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cordon.runtime._discovery import (
+from cordon.runtime._platform._discovery import (
     Candidate,
     DiscoveryResult,
     discover,
@@ -349,7 +349,7 @@ def test_a_pip_installed_distribution_is_discovered_and_its_manifest_parses(
     assert result.problems == ()
     (cand,) = result.candidates
     assert cand == Candidate((target / "hello_pkg").resolve(), "entry-point:cordon-hello", "hello")
-    from cordon.runtime._manifest import load_manifest
+    from cordon.runtime._settings._manifest import load_manifest
 
     manifest = load_manifest(cand.path)
     assert (manifest.id, manifest.version, manifest.entry) == (

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from cordon.protocol import InvalidParams
-from cordon.runtime._events import EventBus, check_topic
-from cordon.runtime._permissions import effective_permissions
+from cordon.runtime._hostapi._events import EventBus, check_topic
+from cordon.runtime._settings._permissions import effective_permissions
 from cordon.worker import Context, Plugin, PluginDefinitionError
 
 

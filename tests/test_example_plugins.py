@@ -16,7 +16,7 @@ import pytest
 
 from cordon.protocol import InvalidParams, PermissionDenied, PluginError
 from cordon.runtime import Runtime, load_config, load_manifest
-from cordon.runtime._permissions import effective_permissions
+from cordon.runtime._settings._permissions import effective_permissions
 from tests.conftest import EXAMPLES, ROOT, base_config
 
 pytestmark = pytest.mark.anyio

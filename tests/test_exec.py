@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from cordon.protocol import CallTimeout, InvalidParams, PermissionDenied
-from cordon.runtime._exec import (
+from cordon.runtime._hostapi._exec import (
     CommandNotFound,
     ExecConfigError,
     ExecPolicy,
@@ -22,8 +22,8 @@ from cordon.runtime._exec import (
     ExecTimeout,
     check_argv,
 )
-from cordon.runtime._exec_landlock import LandlockUnavailable, abi_version
-from cordon.runtime._exec_rules import matches_any
+from cordon.runtime._hostapi._exec_landlock import LandlockUnavailable, abi_version
+from cordon.runtime._settings._exec_rules import matches_any
 
 
 @pytest.fixture

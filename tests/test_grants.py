@@ -14,12 +14,12 @@ import structlog
 
 from cordon.protocol import InvalidParams
 from cordon.runtime import ConfigError, PermissionDenied, Runtime, load_config
-from cordon.runtime._config import parse_config
-from cordon.runtime._events import EventBus, check_glob, check_topic
-from cordon.runtime._exec import ExecRule, check_argv
-from cordon.runtime._exec_rules import describe_grant, escalation_reason, matches_any
-from cordon.runtime._permissions import check_grant_string, check_permission_string
-from cordon.runtime._validate import PLUGIN_ID
+from cordon.runtime._hostapi._events import EventBus, check_glob, check_topic
+from cordon.runtime._hostapi._exec import ExecRule, check_argv
+from cordon.runtime._settings._config import parse_config
+from cordon.runtime._settings._exec_rules import describe_grant, escalation_reason, matches_any
+from cordon.runtime._settings._permissions import check_grant_string, check_permission_string
+from cordon.runtime._settings._validate import PLUGIN_ID
 from cordon.worker import Plugin, PluginDefinitionError
 from tests.conftest import EXAMPLES
 

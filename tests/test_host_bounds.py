@@ -17,11 +17,11 @@ import pytest
 
 from cordon.protocol import IncompatibleProtocol, SandboxUnavailable
 from cordon.runtime import PluginError, PluginHandle, Runtime
-from cordon.runtime._cli import exit_code_for
-from cordon.runtime._config import parse_config
+from cordon.runtime._cli._main import exit_code_for
 from cordon.runtime._errors import ConfigError
-from cordon.runtime._storage import Storage
-from cordon.runtime._worker import WorkerProcess
+from cordon.runtime._hostapi._storage import Storage
+from cordon.runtime._settings._config import parse_config
+from cordon.runtime._supervise._worker import WorkerProcess
 from tests.conftest import EXAMPLES, base_config
 
 pytestmark = pytest.mark.anyio

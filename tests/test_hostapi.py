@@ -38,13 +38,13 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
-from cordon.runtime._audit import AuditTrail
-from cordon.runtime._events import EventBus
-from cordon.runtime._exec import ExecPolicy
-from cordon.runtime._hostapi import METHODS, HostAPI
-from cordon.runtime._logsink import LogSink
-from cordon.runtime._permissions import PermissionSet, effective_permissions
-from cordon.runtime._storage import Storage
+from cordon.runtime._hostapi._api import METHODS, HostAPI
+from cordon.runtime._hostapi._audit import AuditTrail
+from cordon.runtime._hostapi._events import EventBus
+from cordon.runtime._hostapi._exec import ExecPolicy
+from cordon.runtime._hostapi._logsink import LogSink
+from cordon.runtime._hostapi._storage import Storage
+from cordon.runtime._settings._permissions import PermissionSet, effective_permissions
 from cordon.worker._hostapi import (
     CommandNotFound,
     ConfigAPI,
@@ -608,7 +608,7 @@ async def live_worker(
     host: Host, perms: PermissionSet, tg: Any, settings: dict[str, Any] | None = None
 ) -> Live:
     from cordon.protocol import PROTOCOL_VERSION, InitializeParams, SandboxPolicy
-    from cordon.runtime._worker import WorkerProcess
+    from cordon.runtime._supervise._worker import WorkerProcess
 
     api = host.api("abuser", perms, settings)
     lines: list[str] = []

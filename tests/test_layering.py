@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_architecture import RANKS
+
+#: The host's rooms (runtime/<room>/), each its own subpackage in the wheel.
+ROOMS = [room for room in RANKS if room != "_errors"]
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -78,6 +82,7 @@ def test_the_wheel_installs_the_four_cordon_packages_and_nothing_bare(tmp_path: 
         "cordon/worker",
         "cordon/worker/_sandbox",
         "cordon/testing",
+        *(f"cordon/runtime/{room}" for room in ROOMS),
     }
     assert "cordon/__init__.py" not in names  # a namespace: other distributions may add to it
     assert "cordon/testing/__init__.py" in names

@@ -19,7 +19,7 @@ import anyio.abc
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from cordon.runtime._logring import LogRing
+from cordon.runtime._hostapi._logring import LogRing
 from tests.test_control import (
     CLI_TIMEOUT,
     CORDON,
@@ -327,7 +327,7 @@ def test_the_ring_keeps_only_the_newest_records_of_each_plugin() -> None:
 
 
 def test_a_follower_that_does_not_read_loses_records_instead_of_holding_the_host() -> None:
-    from cordon.runtime._logring import FOLLOW_BUFFER
+    from cordon.runtime._hostapi._logring import FOLLOW_BUFFER
 
     ring = LogRing()
     with ring.follow("a") as follower:
@@ -372,7 +372,7 @@ def test_the_demo_host_takes_the_same_log_level(tmp_path: Path) -> None:
 
 def test_the_host_refuses_followers_past_its_cap_with_a_quota_error() -> None:
     from cordon.protocol import QuotaExceeded
-    from cordon.runtime._logring import MAX_FOLLOWERS
+    from cordon.runtime._hostapi._logring import MAX_FOLLOWERS
 
     ring = LogRing()
     with contextlib.ExitStack() as stack:
@@ -389,7 +389,7 @@ def test_the_host_refuses_followers_past_its_cap_with_a_quota_error() -> None:
 def test_plugin_text_cannot_drive_the_operators_terminal(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from cordon.runtime._clilog import print_record
+    from cordon.runtime._cli._clilog import print_record
 
     hostile = "ok\x1b]0;owned\x07\x1b[2J\x9b31m\nforged line"
     print_record(

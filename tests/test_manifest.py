@@ -12,7 +12,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from cordon.runtime._errors import ConfigError, ManifestError
-from cordon.runtime._manifest import (
+from cordon.runtime._settings._manifest import (
     MAX_MANIFEST_BYTES,
     Author,
     Contributes,

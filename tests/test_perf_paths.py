@@ -22,7 +22,7 @@ import pytest
 from cordon.protocol import FrameSplitter, InvokeParams, Request, Response, decode_frame
 from cordon.protocol._messages import decode_request, decode_success
 from cordon.runtime import Runtime
-from cordon.runtime._worker import WorkerProcess
+from cordon.runtime._supervise._worker import WorkerProcess
 from cordon.worker._server import decode_invoke
 from tests.conftest import TEST_PLUGINS, base_config
 from tests.test_calls import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cordon.runtime._errors import ConfigError
-from cordon.runtime._permissions import (
+from cordon.runtime._settings._permissions import (
     PermissionSet,
     check_grant_string,
     check_permission_string,

@@ -309,9 +309,9 @@ def test_negotiation_without_a_common_version_names_both_sides() -> None:
 
 def _cordon_error_classes() -> list[type[CordonError]]:
     # Every module that defines errors, imported, so the registry has seen them all.
-    import cordon.runtime._cgroup
-    import cordon.runtime._control
-    import cordon.runtime._scaffold
+    import cordon.runtime._cli._control
+    import cordon.runtime._cli._scaffold
+    import cordon.runtime._supervise._cgroup
     import cordon.worker  # noqa: F401
 
     seen: list[type[CordonError]] = []
@@ -336,9 +336,9 @@ def test_no_two_unrelated_error_classes_share_a_wire_code() -> None:
 
 def test_host_side_errors_cross_the_wire_as_themselves_with_their_fields() -> None:
     from cordon.runtime import PluginInUse
-    from cordon.runtime._control import HostNotRunning
-    from cordon.runtime._registry import AmbiguousContribution
-    from cordon.runtime._versions import MissingDependency
+    from cordon.runtime._cli._control import HostNotRunning
+    from cordon.runtime._platform._registry import AmbiguousContribution
+    from cordon.runtime._platform._versions import MissingDependency
 
     for exc in (
         PluginInUse(plugin="base", dependents=["a", "b"]),

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import structlog
 
-from cordon.runtime._logsink import LogSink
-from cordon.runtime._redact import REDACTED, Redactor, neutralise
+from cordon.runtime._hostapi._logsink import LogSink
+from cordon.runtime._hostapi._redact import REDACTED, Redactor, neutralise
 
 
 class Clock:

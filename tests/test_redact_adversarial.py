@@ -19,8 +19,8 @@ import pytest
 import structlog
 
 from cordon.protocol import PluginError, RemoteError
-from cordon.runtime._logsink import MAX_NODES, STDERR_PATTERNS, LogSink
-from cordon.runtime._redact import (
+from cordon.runtime._hostapi._logsink import MAX_NODES, STDERR_PATTERNS, LogSink
+from cordon.runtime._hostapi._redact import (
     MAX_KEY,
     MAX_TRACEBACK,
     REDACTED,

@@ -18,7 +18,7 @@ import pytest
 
 from cordon.protocol import PermissionDenied, PluginError, WorkerCrashed
 from cordon.runtime import Runtime
-from cordon.runtime._redact import REDACTED, RULES
+from cordon.runtime._hostapi._redact import REDACTED, RULES
 from tests.conftest import EXAMPLES, base_config
 from tests.redact_worst import worst_attacks
 

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from cordon.runtime import PluginUnavailable, Runtime
-from cordon.runtime._registry import AmbiguousContribution, UnknownContribution
-from cordon.runtime._runtime import PluginInUse
-from cordon.runtime._versions import BlockedByDependency, MissingDependency
+from cordon.runtime._core._runtime import PluginInUse
+from cordon.runtime._platform._registry import AmbiguousContribution, UnknownContribution
+from cordon.runtime._platform._versions import BlockedByDependency, MissingDependency
 
 from .conftest import EXAMPLES, TEST_PLUGINS, base_config
 

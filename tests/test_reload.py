@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from cordon.runtime import CordonError, ManifestError, Runtime
-from cordon.runtime._reload import ReloadOutcome
-from cordon.runtime._versions import IncompatibleDependency
+from cordon.runtime._platform._reload import ReloadOutcome
+from cordon.runtime._platform._versions import IncompatibleDependency
 
 from .conftest import TEST_PLUGINS, base_config
 

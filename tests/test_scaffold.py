@@ -13,9 +13,9 @@ import anyio
 import pytest
 
 from cordon.runtime import Runtime
-from cordon.runtime._manifest import check_cordon_compat, load_manifest
-from cordon.runtime._scaffold import ScaffoldError, scaffold_plugin
-from cordon.runtime._versions import CORDON_VERSION, satisfies
+from cordon.runtime._cli._scaffold import ScaffoldError, scaffold_plugin
+from cordon.runtime._platform._versions import CORDON_VERSION, satisfies
+from cordon.runtime._settings._manifest import check_cordon_compat, load_manifest
 from tests.conftest import base_config
 
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from cordon.runtime import QuotaExceeded, Runtime, WorkerCrashed
-from cordon.runtime._worker import WorkerProcess
+from cordon.runtime._supervise._worker import WorkerProcess
 from tests.conftest import EXAMPLES, TEST_PLUGINS, base_config
 from tests.test_cgroups import needs_cgroups
 

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from cordon.protocol import InvalidParams, QuotaExceeded
-from cordon.runtime._storage import BATCH_MAX, MAX_KEY_BYTES, Storage
+from cordon.runtime._hostapi._storage import BATCH_MAX, MAX_KEY_BYTES, Storage
 
 
 @pytest.fixture
@@ -313,7 +313,7 @@ async def test_the_database_is_in_wal_mode_and_survives_reopening(tmp_path: Path
 CHILD = textwrap.dedent(
     """
     import sys, anyio
-    from cordon.runtime._storage import Storage
+    from cordon.runtime._hostapi._storage import Storage
 
     async def main():
         store = await Storage.open(sys.argv[1])

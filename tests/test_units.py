@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cordon.runtime._units import (
+from cordon.runtime._settings._units import (
     format_duration,
     format_size,
     parse_duration,

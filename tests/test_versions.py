@@ -8,7 +8,7 @@ import pytest
 from packaging.version import InvalidVersion, Version
 
 from cordon.protocol import CordonError
-from cordon.runtime._versions import (
+from cordon.runtime._platform._versions import (
     CORDON_VERSION,
     BlockedByDependency,
     DependencyCycle,

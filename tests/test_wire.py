@@ -19,7 +19,7 @@ from cordon.protocol import (
     InitializeParams,
     WorkerCrashed,
 )
-from cordon.runtime._worker import WorkerProcess
+from cordon.runtime._supervise._worker import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -191,7 +191,7 @@ async def test_a_worker_speaking_only_another_version_is_incompatible(tmp_path: 
 async def test_a_worker_that_never_says_hello_is_reported_not_awaited_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cordon.runtime import _worker
+    from cordon.runtime._supervise import _worker
 
     monkeypatch.setattr(_worker, "HELLO_TIMEOUT", 0.5)
     worker = _fake_worker("import time; time.sleep(60)", tmp_path)

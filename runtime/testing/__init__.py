@@ -79,8 +79,8 @@ import pytest
 
 from cordon.protocol import CordonError, MethodNotFound
 from cordon.protocol._methods import FAULT, FaultParams
-from cordon.runtime._runtime import Runtime
-from cordon.runtime._worker import ExitInfo, WorkerProcess
+from cordon.runtime._core._runtime import Runtime
+from cordon.runtime._supervise._worker import ExitInfo, WorkerProcess
 
 if __name__ != "cordon.testing":
     # The folder sits inside runtime/, so a development checkout could also import it as

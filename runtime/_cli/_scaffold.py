@@ -33,9 +33,9 @@ from packaging.version import Version
 
 from cordon.protocol import CordonError
 
-from ._manifest import MANIFEST_FILENAME
-from ._validate import PLUGIN_ID
-from ._versions import CORDON_VERSION
+from .._platform._versions import CORDON_VERSION
+from .._settings._manifest import MANIFEST_FILENAME
+from .._settings._validate import PLUGIN_ID
 
 __all__ = ["ConfigNote", "ScaffoldError", "scaffold_plugin", "write_grants"]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
 from cordon.protocol import CordonError, MethodNotFound
 
 if TYPE_CHECKING:
-    from ._runtime import PluginHandle, Runtime
+    from .._core._runtime import PluginHandle, Runtime
 
 __all__ = [
     "KINDS",

@@ -21,7 +21,7 @@ from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from ._errors import Problem
+from .._errors import Problem
 
 __all__ = [
     "INVALID",

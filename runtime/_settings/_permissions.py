@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Final
 
-from ._errors import ConfigError, Problem
+from .._errors import ConfigError, Problem
 
 __all__ = [
     "PermissionSet",

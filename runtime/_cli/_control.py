@@ -2,7 +2,7 @@
 
 **The socket.** A running host listens on a unix stream socket, by default
 ``<state-dir>/cordon.sock`` (``cordon run --socket PATH`` overrides it), and speaks there the
-same newline-delimited JSON-RPC 2.0 methods as on its stdin (:mod:`cordon.runtime._serve`).
+same newline-delimited JSON-RPC 2.0 methods as on its stdin (:mod:`cordon.runtime._cli._serve`).
 It is an operator interface, so it is locked down to the host's own user:
 
 - the socket file is created with mode 0600 (the mode is set on the socket before ``bind``,
@@ -53,8 +53,8 @@ from cordon.protocol import (
 )
 from cordon.protocol._framing import _Oversize
 
-from ._config import Config, find_config
-from ._errors import ConfigError, Problem
+from .._errors import ConfigError, Problem
+from .._settings._config import Config, find_config
 
 __all__ = [
     "OVERRIDES_NAME",
@@ -505,7 +505,11 @@ async def _serve_client(stream: anyio.abc.SocketStream, handle_frame: FrameHandl
 def _rebuild(error: Any) -> CordonError:
     """The host's typed error, as the host raised it: every cordon error class with a code is
     decodable once its module is imported, so import the host's (the CLI may not have)."""
-    from . import _errors, _exec, _registry, _runtime, _scaffold, _versions  # noqa: F401
+    from .. import _errors  # noqa: F401
+    from .._core import _runtime  # noqa: F401
+    from .._hostapi import _exec  # noqa: F401
+    from .._platform import _registry, _versions  # noqa: F401
+    from . import _scaffold  # noqa: F401
 
     return error_from_wire(error)
 

@@ -44,7 +44,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 from ._exec_rules import ExecRule, check_env_name, check_pattern
 from ._permissions import check_grant_string, check_permission_string
 from ._units import format_duration, format_size, parse_duration, parse_size, unitless_size

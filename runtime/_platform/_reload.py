@@ -19,7 +19,7 @@ import structlog
 from cordon.protocol import CordonError
 
 if TYPE_CHECKING:
-    from ._runtime import Runtime
+    from .._core._runtime import Runtime
 
 __all__ = ["ReloadOutcome", "watch"]
 

@@ -35,8 +35,8 @@ from typing import Final
 
 from packaging.utils import canonicalize_name
 
-from ._errors import Problem
-from ._manifest import MANIFEST_FILENAME
+from .._errors import Problem
+from .._settings._manifest import MANIFEST_FILENAME
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -20,7 +20,8 @@ import msgspec
 
 from cordon.protocol import CordonError
 
-from ._errors import ConfigError
+from .._errors import ConfigError
+from .._hostapi._redact import Redactor
 from ._oplog import (
     DEFAULT_LOG_BACKUPS,
     DEFAULT_LOG_FILE_SIZE,
@@ -33,7 +34,6 @@ from ._oplog import (
     LoggingSetup,
     configure_logging,
 )
-from ._redact import Redactor
 
 __all__ = [
     "add_log_options",
@@ -51,7 +51,7 @@ _COLUMNS: Final = frozenset({"seq", "ts", "plugin", "level", "event", "msg", "li
 
 def size_arg(text: str) -> int:
     """``--log-file-size``: a size with its unit (``10 MiB``), positive."""
-    from ._units import parse_size
+    from .._settings._units import parse_size
 
     try:
         n = parse_size(text)
@@ -134,7 +134,7 @@ def configure_from_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     takes_file = hasattr(args, "log_file")
     file = args.log_file if takes_file else None
     if level is None or fmt is None or (takes_file and file is None):
-        from ._config import find_config
+        from .._settings._config import find_config
 
         rt = find_config(args.config).runtime
         level = level or rt.log_level

@@ -1,9 +1,10 @@
 """The running host's memory of its plugins' recent log records, behind ``cordon logs``.
 
-:class:`LogRing` subscribes to the runtime's :class:`~cordon.runtime._logsink.LogSink`, so it
-sees every plugin record exactly as the host logs it — redacted, capped, rate-limited — and
-whatever the host's own log level. It keeps the last :data:`RING_RECORDS` per plugin, and
-hands new records to followers (``cordon logs ID --follow``).
+:class:`LogRing` subscribes to the runtime's
+:class:`~cordon.runtime._hostapi._logsink.LogSink`, so it sees every plugin record exactly
+as the host logs it — redacted, capped, rate-limited — and whatever the host's own log
+level. It keeps the last :data:`RING_RECORDS` per plugin, and hands new records to followers
+(``cordon logs ID --follow``).
 
 Nothing a plugin or a follower does can make the host wait or grow without bound: the ring
 is a fixed-size deque per plugin; each follower has a bounded queue, and a follower that
@@ -68,7 +69,7 @@ class Follower:
 
 class LogRing:
     """Recent records per plugin, and their followers. Feed it with :meth:`add` (a
-    :data:`~cordon.runtime._logsink.LogSubscriber`)."""
+    :data:`~cordon.runtime._hostapi._logsink.LogSubscriber`)."""
 
     def __init__(self, size: int = RING_RECORDS) -> None:
         if size <= 0:

@@ -27,7 +27,7 @@ concurrently, on every channel.
 Channels (:func:`serve`):
 
 - **the control socket** (``<state-dir>/cordon.sock``, or ``--socket PATH``): any number of
-  concurrent clients of the host's own uid (or root), see :mod:`cordon.runtime._control`. A
+  concurrent clients of the host's own uid (or root), see :mod:`cordon.runtime._cli._control`. A
   client's EOF lets its requests in flight finish; its garbage or disconnect touches only it.
   ``--no-socket`` serves stdin only.
 - **stdin/stdout**: a ``ready`` notification (the loaded plugin ids) is printed on stdout once
@@ -68,7 +68,9 @@ from cordon.protocol import (
 )
 from cordon.protocol._framing import _Oversize
 
-from ._config import Config
+from .._core._runtime import Runtime
+from .._hostapi._logring import LogRing
+from .._settings._config import Config
 from ._control import (
     ControlSocket,
     Send,
@@ -77,8 +79,6 @@ from ._control import (
     overrides_path,
     write_override,
 )
-from ._logring import LogRing
-from ._runtime import Runtime
 
 __all__ = ["Host", "serve"]
 
@@ -370,7 +370,7 @@ async def serve(
     ``entry_points``: whether installed distributions' ``cordon.plugins`` entry points are
     loaded (``None``: as the config's ``[runtime] entry-points`` says, by default yes).
 
-    Raises :class:`~cordon.runtime._control.HostAlreadyRunning` before starting any plugin
+    Raises :class:`~cordon.runtime._cli._control.HostAlreadyRunning` before starting any plugin
     when another host serves the socket.
     """
     if not (use_socket or use_stdin):

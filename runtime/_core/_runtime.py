@@ -47,28 +47,28 @@ from cordon.protocol import (
     decode_params,
 )
 
-from ._audit import AuditEntry, AuditTrail
-from ._cgroup import CgroupSupport, WorkerCgroup
-from ._config import Config, PluginSettings, find_config, parse_config
-from ._discovery import discover
-from ._events import EventBus, Subscription, check_glob
-from ._exec import policy_for_plugin
-from ._hostapi import HostAPI
-from ._logsink import LogSink
-from ._manifest import Manifest, check_cordon_compat, load_manifest
-from ._permissions import PermissionSet, effective_permissions
-from ._redact import Redactor
-from ._registry import ContributionInfo, Registry, plugin_contributions
-from ._stats import CallStats, PluginStats
-from ._storage import Storage
-from ._versions import (
+from .._hostapi._api import HostAPI
+from .._hostapi._audit import AuditEntry, AuditTrail
+from .._hostapi._events import EventBus, Subscription, check_glob
+from .._hostapi._exec import policy_for_plugin
+from .._hostapi._logsink import LogSink
+from .._hostapi._redact import Redactor
+from .._hostapi._storage import Storage
+from .._platform._discovery import discover
+from .._platform._registry import ContributionInfo, Registry, plugin_contributions
+from .._platform._versions import (
     CORDON_VERSION,
     BlockedByDependency,
     dependents,
     partition_loadable,
     plugin_table,
 )
-from ._worker import QUOTA_REASONS, ExitInfo, WorkerProcess
+from .._settings._config import Config, PluginSettings, find_config, parse_config
+from .._settings._manifest import Manifest, check_cordon_compat, load_manifest
+from .._settings._permissions import PermissionSet, effective_permissions
+from .._supervise._cgroup import CgroupSupport, WorkerCgroup
+from .._supervise._stats import CallStats, PluginStats
+from .._supervise._worker import QUOTA_REASONS, ExitInfo, WorkerProcess
 
 __all__ = [
     "PLUGIN_STATES",
@@ -1335,8 +1335,8 @@ class Runtime:
 
     async def watch(self, plugin_ids: Iterable[str] | None = None, **kw: Any) -> None:
         """Reload plugins when their files change, until cancelled (``cordon run --watch``);
-        see :func:`cordon.runtime._reload.watch` for the options. Needs ``watchfiles``."""
-        from ._reload import watch
+        see :func:`cordon.runtime._platform._reload.watch` for the options. Needs ``watchfiles``."""
+        from .._platform._reload import watch
 
         await watch(self, plugin_ids, **kw)
 

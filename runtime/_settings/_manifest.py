@@ -40,7 +40,7 @@ from packaging.version import InvalidVersion, Version
 
 from cordon.protocol._entry import split_entry_module
 
-from ._errors import ManifestError, Problem
+from .._errors import ManifestError, Problem
 from ._permissions import check_permission_string
 from ._validate import INVALID, PLUGIN_ID, Checker, Invalid, join, read_toml, show
 

@@ -42,7 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from cordon.protocol import InvalidParams
 
-from ._permissions import PermissionSet
+from .._settings._permissions import PermissionSet
 
 __all__ = [
     "LIFECYCLE_PREFIX",

@@ -27,12 +27,12 @@ from cordon.protocol import (
     WorkerCrashed,
 )
 
+from .._core._runtime import MiddlewareFailed, PluginInUse
+from .._errors import ConfigError
+from .._platform._registry import AmbiguousContribution
+from .._platform._versions import DependencyError
 from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
-from ._errors import ConfigError
-from ._registry import AmbiguousContribution
-from ._runtime import MiddlewareFailed, PluginInUse
 from ._scaffold import ScaffoldError
-from ._versions import DependencyError
 
 __all__ = [
     "EXIT_INTERNAL",

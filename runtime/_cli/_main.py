@@ -2,8 +2,8 @@
 
 Errors print one line on stderr (``cordon: <ErrorType>: message``) and exit with the code of
 their class, so scripts can tell a plugin's failure from a timeout from a bad config. The codes
-live in one table, :data:`cordon.runtime._exitcodes.TABLE`, which also writes ``cordon --help``'s
-list and the README's.
+live in one table, :data:`cordon.runtime._cli._exitcodes.TABLE`, which also writes
+``cordon --help``'s list and the README's.
 
 Commands that talk to a running host (``plugin enable|disable|reload``, ``logs``, and
 ``stats``, ``plugin list``, ``plugin info`` when one is reachable) connect to
@@ -30,12 +30,12 @@ from cordon.protocol import (
     PluginUnavailable,
 )
 
+from .._errors import ConfigError
+from .._hostapi._redact import Redactor
 from ._clilog import add_log_options, configure_from_args, count_arg, print_record
 from ._control import ControlSocketError, HostNotRunning
-from ._errors import ConfigError
 from ._exitcodes import EXIT_INTERNAL, EXIT_OK, TABLE, help_text
 from ._oplog import LoggingSetup
-from ._redact import Redactor
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
@@ -84,8 +84,8 @@ def _fail(exc: BaseException) -> int:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
+    from .._core._runtime import Runtime
     from ._control import load_config_with_overrides
-    from ._runtime import Runtime
 
     try:
         params = msgspec.json.decode(args.params) if args.params else {}
@@ -104,8 +104,8 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from ._config import load_config
-    from ._errors import ConfigError
+    from .._errors import ConfigError
+    from .._settings._config import load_config
 
     if not args.json:
         cfg = load_config(args.file)
@@ -134,7 +134,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 def _exec_notes(cfg: Any) -> list[tuple[str, str]]:
     """Every exec grant, in plain words, under the TOML path that grants it."""
-    from ._exec_rules import exec_grants
+    from .._settings._exec_rules import exec_grants
 
     sections = [("defaults", cfg.defaults)]
     sections += [(f"plugins.{pid}", s) for pid, s in cfg.plugins.items()]
@@ -146,7 +146,7 @@ def _exec_notes(cfg: Any) -> list[tuple[str, str]]:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    from ._config import find_config
+    from .._settings._config import find_config
 
     cfg = find_config(args.config)
     _print_json(cfg.to_toml_dict())
@@ -177,7 +177,7 @@ def _explicit_socket(args: argparse.Namespace) -> Path | None:
 
 
 def _socket_for(args: argparse.Namespace) -> Path:
-    from ._config import find_config
+    from .._settings._config import find_config
     from ._control import default_socket_path
 
     return _explicit_socket(args) or default_socket_path(find_config(args.config))
@@ -271,8 +271,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _stats_snapshot(args: argparse.Namespace) -> dict[str, Any]:
     """No host is running: start the configured plugins here, just for a snapshot."""
+    from .._core._runtime import Runtime
     from ._control import load_config_with_overrides
-    from ._runtime import Runtime
     from ._serve import _load_configured
 
     async def snapshot() -> dict[str, Any]:
@@ -318,7 +318,7 @@ def _predicted_missing(report: dict[str, Any]) -> list[str]:
 def _cgroup_verdict(setting: str) -> dict[str, Any]:
     """Whether a runtime here would put each worker in memory + pids cgroups: found the way
     the runtime finds it (making, then removing, a real group)."""
-    from ._cgroup import CgroupSupport
+    from .._supervise._cgroup import CgroupSupport
 
     if setting == "off":
         return {"available": False, "version": None, "verdict": "off (runtime.cgroups)"}
@@ -338,11 +338,11 @@ def _cgroup_verdict(setting: str) -> dict[str, Any]:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from cordon.worker._sandbox import LAYERS, probe
 
-    from ._config import find_config
-    from ._discovery import discover
-    from ._exec_rules import exec_grants
-    from ._manifest import load_manifest
-    from ._permissions import effective_permissions
+    from .._platform._discovery import discover
+    from .._settings._config import find_config
+    from .._settings._exec_rules import exec_grants
+    from .._settings._manifest import load_manifest
+    from .._settings._permissions import effective_permissions
 
     report: dict[str, Any] = dict(probe())
     missing = _predicted_missing(report)
@@ -403,7 +403,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _exec_lockdown_verdict() -> str:
-    from ._exec_landlock import LandlockUnavailable, abi_version
+    from .._hostapi._exec_landlock import LandlockUnavailable, abi_version
 
     try:
         abi = abi_version()
@@ -421,12 +421,12 @@ def _exec_lockdown_verdict() -> str:
 def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
     """One row per plugin under the configured plugin dirs, from the manifests, the config
     and the persisted overrides (no host needed)."""
-    from ._config import find_config
+    from .._platform._discovery import discover
+    from .._settings._config import find_config
+    from .._settings._exec_rules import exec_grants
+    from .._settings._manifest import load_manifest
+    from .._settings._permissions import effective_permissions
     from ._control import apply_overrides, overrides_path, read_overrides
-    from ._discovery import discover
-    from ._exec_rules import exec_grants
-    from ._manifest import load_manifest
-    from ._permissions import effective_permissions
 
     cfg = find_config(config)
     overrides = read_overrides(overrides_path(cfg))
@@ -554,8 +554,8 @@ def _cmd_plugin_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from ._audit import AuditTrail, iso8601
-    from ._config import find_config
+    from .._hostapi._audit import AuditTrail, iso8601
+    from .._settings._config import find_config
 
     cfg = find_config(args.config)
     path = Path(cfg.runtime.state_dir) / "audit.db"

@@ -80,13 +80,13 @@ from cordon.protocol import (
     PermissionDenied,
 )
 
+from .._errors import ConfigError, Problem
+from .._settings._config import Config, PluginSettings
+from .._settings._exec_rules import ExecRule, matches_any
 from . import _exec_landlock as landlock
-from ._config import Config, PluginSettings
-from ._errors import ConfigError, Problem
 from ._exec_paths import ArgumentPaths, TooComplex, fresh_dir, remove_run_dir
 from ._exec_paths import inside_any as _inside_any
 from ._exec_paths import real as _real
-from ._exec_rules import ExecRule, matches_any
 
 __all__ = [
     "RUN_DIR",

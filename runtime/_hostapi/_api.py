@@ -5,7 +5,7 @@ request arrived on. Nothing in a request can change it: every params struct forb
 fields, so a ``"plugin": "other"`` in params is an :class:`InvalidParams`, not a hint.
 
 Every call is decoded against its struct, checked against the plugin's
-:class:`~cordon.runtime._permissions.PermissionSet` here on the host, carried out, and
+:class:`~cordon.runtime._settings._permissions.PermissionSet` here on the host, carried out, and
 recorded in the audit trail with the decision and the outcome.
 
 Wire methods and params (all params are JSON objects; unknown members are rejected):
@@ -51,11 +51,11 @@ import structlog
 
 from cordon.protocol import CordonError, InvalidParams, MethodNotFound, PermissionDenied
 
+from .._settings._permissions import PermissionSet
 from ._audit import AuditTrail
 from ._events import LIFECYCLE_PREFIX, Deliver, EventBus, Subscription, check_topic
 from ._exec import ExecPolicy, check_argv
 from ._logsink import LogSink
-from ._permissions import PermissionSet
 from ._storage import Storage
 
 __all__ = [

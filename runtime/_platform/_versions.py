@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from cordon.protocol import CordonError
 
-from ._manifest import translate_requirement
+from .._settings._manifest import translate_requirement
 
 __all__ = [
     "CORDON_VERSION",

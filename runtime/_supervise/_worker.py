@@ -77,7 +77,7 @@ from cordon.protocol import (
 )
 from cordon.protocol._messages import decode_success
 
-from ._redact import Redactor
+from .._hostapi._redact import Redactor
 
 __all__ = [
     "CANCEL_GRACE",

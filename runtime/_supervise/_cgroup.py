@@ -43,7 +43,7 @@ import anyio
 
 from cordon.worker._sandbox._probe import cgroup_mounts
 
-from ._units import format_size
+from .._settings._units import format_size
 
 __all__ = ["THREAD_ALLOWANCE", "CgroupSupport", "WorkerCgroup"]
 
