@@ -20,9 +20,9 @@ from pathlib import Path
 
 import anyio
 
-from cordon.runtime._exec import ExecPolicy
-from cordon.runtime._exec_landlock import abi_version, build_ruleset
-from cordon.runtime._exec_paths import ArgumentPaths, TooComplex
+from cordon.runtime._hostapi._exec import ExecPolicy
+from cordon.runtime._hostapi._exec_landlock import abi_version, build_ruleset
+from cordon.runtime._hostapi._exec_paths import ArgumentPaths, TooComplex
 
 #: Argument lists a hostile plugin would send to make the host's argument check expensive.
 WORST_ARGS = {

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cordon.protocol import PluginError
-from cordon.runtime._logsink import LogSink
-from cordon.runtime._redact import RULES, Redactor, Rule
+from cordon.runtime._hostapi._logsink import LogSink
+from cordon.runtime._hostapi._redact import RULES, Redactor, Rule
 from tests.redact_worst import cost_per_kib, worst_attacks
 
 

@@ -28,7 +28,7 @@ from typing import Any, Final
 import anyio
 import anyio.lowlevel
 
-from cordon.runtime._storage import BATCH_MAX, Storage
+from cordon.runtime._hostapi._storage import BATCH_MAX, Storage
 
 #: The last commit with the one-transaction-per-write storage module.
 BEFORE: Final = "4f46490"

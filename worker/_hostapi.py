@@ -1,7 +1,7 @@
 """The host APIs a plugin sees on ``ctx``: thin, typed clients of worker → host requests.
 
 Nothing here is a security boundary: each method only marshals arguments into one request
-(see ``cordon.runtime._hostapi`` for the wire table) and the host decides. A plugin that
+(see ``cordon.runtime._hostapi._api`` for the wire table) and the host decides. A plugin that
 skips these classes and sends raw requests gets exactly the same checks.
 
 ``ctx.log.*`` are plain calls (one notification each, see :class:`LogAPI`). All the other
