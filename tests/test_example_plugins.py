@@ -405,13 +405,12 @@ async def test_no_cluster_and_no_kubectl_are_clear_typed_errors(
 # -- notifier ---------------------------------------------------------------------------
 
 
-async def test_the_notifier_stores_the_last_build_event_the_host_emits(rt: Runtime) -> None:
+async def test_the_notifier_is_started_by_a_build_event_and_stores_it(rt: Runtime) -> None:
     h = await rt.load(EXAMPLES / "notifier")
-    with anyio.fail_after(30):
-        # Handlers are subscribed when the worker starts; this call starts it.
-        assert await h.call("last_event") is None
-    await rt.emit("deploy.done", {"ignored": True})
-    await rt.emit("build.done", {"ok": True, "sha": "abc123"})
+    assert h.state == "discovered"
+    # Its manifest declares build.*: the event itself starts the plugin (no call first).
+    assert await rt.emit("deploy.done", {"ignored": True}) == 0
+    assert await rt.emit("build.done", {"ok": True, "sha": "abc123"}) == 1
     # Delivery is asynchronous (emit returns once queued) and the bus has no "handled"
     # signal to wait on, so ask the plugin until it has it, bounded by a deadline.
     with anyio.fail_after(10):

@@ -210,7 +210,9 @@ async def docker_stop(ctx: Context, container: str) -> dict[str, Any]:
 def build_argv(context: str, tag: str | None = None, dockerfile: str | None = None) -> list[str]:
     """The ``docker build`` arguments (after ``docker``) for these checked parameters.
 
-    Relative paths are relative to the plugin's scratch directory, where the host runs it.
+    Relative paths are relative to the fresh, empty directory the host runs each command in
+    (never the plugin's scratch directory, which a granted command cannot read): give the
+    build an absolute context the operator's grant allows.
     """
     _check_path(context, "context")
     args = ["build"]

@@ -1,10 +1,12 @@
 """An event-handler plugin: remembers the last ``build.*`` event it was sent.
 
-``@plugin.on_event("build.*")`` subscribes the handler when the plugin's worker starts; the
-host then delivers each matching event it may receive (``events:subscribe:build.*``) as a
-call with the keyword arguments ``topic``, ``payload`` and ``source`` (the emitting plugin's
-id, ``"app"`` for the host application). Delivery is asynchronous: ``rt.emit`` returns once
-the event is queued, not once handlers have run.
+The manifest declares ``[contributes] events`` for ``build.*``, so the host knows the
+subscription before the plugin ever runs: a matching event starts a plugin that has not
+started yet (an activation event) and is delivered once it is up. ``@plugin.on_event("build.*")``
+is the handler; each event it may receive (``events:subscribe:build.*``) arrives as a call
+with the keyword arguments ``topic``, ``payload`` and ``source`` (the emitting plugin's id,
+``"app"`` for the host application). Delivery is asynchronous: ``rt.emit`` returns once the
+event is queued, not once handlers have run.
 
 The event is kept in the plugin's storage (granted ``storage``), so ``last_event`` answers
 across worker restarts.
