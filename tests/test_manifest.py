@@ -12,15 +12,17 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from cordon.runtime._errors import ConfigError, ManifestError
-from cordon.runtime._settings._manifest import (
-    MAX_MANIFEST_BYTES,
-    Author,
+from cordon.runtime._settings._contributes import (
     Contributes,
     EventDecl,
-    Manifest,
     MiddlewareDecl,
     Tool,
     UIElement,
+)
+from cordon.runtime._settings._manifest import (
+    MAX_MANIFEST_BYTES,
+    Author,
+    Manifest,
     check_cordon_compat,
     load_manifest,
     parse_manifest,
