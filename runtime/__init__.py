@@ -31,15 +31,9 @@ from . import versions
 from ._cli._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
 from ._cli._oplog import configure_logging
 from ._cli._scaffold import ScaffoldError
-from ._core._runtime import (
-    PLUGIN_STATES,
-    LoadFailure,
-    LoadReport,
-    MiddlewareFailed,
-    PluginHandle,
-    PluginInUse,
-    Runtime,
-)
+from ._core._loading import LoadFailure, LoadReport, PluginInUse
+from ._core._routing import MiddlewareFailed
+from ._core._runtime import Runtime
 from ._errors import ConfigError, ManifestError, Problem
 from ._platform._registry import (
     AmbiguousContribution,
@@ -51,6 +45,7 @@ from ._platform._registry import (
 from ._platform._versions import DependencyError
 from ._settings._config import Config, PluginSettings, load_config, parse_config
 from ._settings._manifest import Manifest, load_manifest
+from ._supervise._handle import PLUGIN_STATES, PluginHandle
 from ._supervise._stats import PluginStats
 from .versions import InvalidVersionError, NoMigrationPath, VersionError
 

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from cordon.runtime import Runtime
-from cordon.runtime._core._runtime import MiddlewareFailed
+from cordon.runtime._core._routing import MiddlewareFailed
 
 from .conftest import TEST_PLUGINS, base_config
 

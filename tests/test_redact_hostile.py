@@ -85,6 +85,43 @@ async def test_a_plugins_error_message_and_traceback_reach_the_caller_clean(rt: 
     assert len(tb.splitlines()) > 2, "a traceback keeps its line breaks"
 
 
+#: An operator's own secret shape, which no built-in rule knows: only the config redacts it.
+OPERATOR_SECRET = "ACME-77331-KEY"
+
+
+@pytest.mark.parametrize("spare", [False, True], ids=["new-worker", "claimed-spare"])
+async def test_an_operators_redact_patterns_apply_to_a_plugins_error_reaching_the_caller(
+    tmp_path: Path, spare: bool
+) -> None:
+    config: dict[str, Any] = base_config(tmp_path)
+    config["runtime"] = {
+        **config["runtime"],
+        "redact-patterns": [r"ACME-\d{5}-KEY"],
+        "warm-workers": 1 if spare else 0,
+    }
+    text = f"ticket {OPERATOR_SECRET} refused"
+    with anyio.fail_after(60):
+        async with Runtime(config) as rt:
+            ugly = await rt.load(UGLY_DIR)
+            if spare:
+                # The first start fills the pool; the next start claims the spare, which was
+                # spawned before any plugin and must be given the runtime's redactor then.
+                with pytest.raises(PluginError):
+                    await ugly.call("raise_ugly", {"text": text})
+                if not rt._spares:
+                    await rt._spare_added.wait()
+                waiting = rt._spares[-1]
+                await ugly.stop()
+            with pytest.raises(PluginError) as info:
+                await ugly.call("raise_ugly", {"text": text})
+            if spare:
+                assert ugly.worker is waiting
+    err = info.value
+    for field in (err.message, str(err), err.exc_message or "", err.traceback or ""):
+        assert OPERATOR_SECRET not in field
+    assert f"ticket {REDACTED} refused" in err.message
+
+
 async def test_a_typed_error_from_a_plugin_has_every_field_cleaned(rt: Runtime) -> None:
     ugly = await rt.load(UGLY_DIR)
     with pytest.raises(PermissionDenied) as info:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from cordon.runtime import PluginUnavailable, Runtime
-from cordon.runtime._core._runtime import PluginInUse
+from cordon.runtime._core._loading import PluginInUse
 from cordon.runtime._platform._registry import AmbiguousContribution, UnknownContribution
 from cordon.runtime._platform._versions import BlockedByDependency, MissingDependency
 

@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cordon.runtime import PluginHandle, PluginUnavailable, QuotaExceeded, Runtime, WorkerCrashed
-from cordon.runtime._core._runtime import restart_backoff
+from cordon.runtime._supervise._lifecycle import restart_backoff
 from tests.conftest import EXAMPLES, base_config
 
 pytestmark = pytest.mark.anyio

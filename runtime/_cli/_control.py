@@ -506,7 +506,7 @@ def _rebuild(error: Any) -> CordonError:
     """The host's typed error, as the host raised it: every cordon error class with a code is
     decodable once its module is imported, so import the host's (the CLI may not have)."""
     from .. import _errors  # noqa: F401
-    from .._core import _runtime  # noqa: F401
+    from .._core import _loading, _routing  # noqa: F401
     from .._hostapi import _exec  # noqa: F401
     from .._platform import _registry, _versions  # noqa: F401
     from . import _scaffold  # noqa: F401

@@ -27,7 +27,8 @@ from cordon.protocol import (
     WorkerCrashed,
 )
 
-from .._core._runtime import MiddlewareFailed, PluginInUse
+from .._core._loading import PluginInUse
+from .._core._routing import MiddlewareFailed
 from .._errors import ConfigError
 from .._platform._registry import AmbiguousContribution
 from .._platform._versions import DependencyError

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
 from cordon.protocol import CordonError, MethodNotFound
 
 if TYPE_CHECKING:
-    from .._core._runtime import PluginHandle, Runtime
+    from .._core._runtime import Runtime
+    from .._supervise._handle import PluginHandle
 
 __all__ = [
     "KINDS",

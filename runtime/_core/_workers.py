@@ -1,0 +1,223 @@
+"""Workers for the :class:`~cordon.runtime.Runtime`'s plugins: wiring a new one for a
+plugin (its initialize params, limits, sandbox policy, host API callbacks, cgroup, redactor),
+claiming a warm spare instead when one waits, spawning it in the runtime's task group and
+removing its cgroup when it ends, and keeping ``warm-workers`` spares started. A mixin of
+``Runtime``; the plugin handles reach it through
+:class:`~cordon.runtime._supervise._host.PluginHost`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from cordon.protocol import (
+    DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+    CordonError,
+    InitializeParams,
+    Limits,
+    SandboxPolicy,
+)
+
+from .._settings._manifest import Manifest
+from .._supervise._cgroup import CgroupSupport, WorkerCgroup
+from .._supervise._handle import PluginHandle
+from .._supervise._worker import WorkerProcess
+
+if TYPE_CHECKING:
+    from .._hostapi._logsink import LogSink
+
+__all__ = ["WorkerPool"]
+
+log = structlog.get_logger("cordon")
+
+
+class WorkerPool:
+    """New workers, warm spares and their cgroups (a mixin of ``Runtime``)."""
+
+    if TYPE_CHECKING:
+        # The runtime's state, made in Runtime.__init__ and __aenter__.
+        enable_faults: bool
+        state_dir: Path | None
+        log_sink: LogSink | None
+        cgroups: CgroupSupport
+        _python: str | None
+        _closing: bool
+        _cgroups: dict[WorkerProcess, WorkerCgroup]
+        _cgroup_why: dict[WorkerProcess, str]
+        _spares: list[WorkerProcess]
+        _claimed_spares: set[WorkerProcess]
+        _spares_wanted: int
+        _filling: bool
+        _spare_added: anyio.Event
+
+        def _tg_soon(self, fn: Callable[..., Any], *args: Any) -> None: ...
+        async def _tg_start(self, fn: Callable[..., Any]) -> Any: ...
+
+    def _scratch_dir(self, plugin_id: str) -> Path:
+        assert self.state_dir is not None
+        path = self.state_dir / "scratch" / plugin_id
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def _plugin_output(self, plugin_id: str, line: bytes) -> None:
+        # The worker's raw stderr is plugin output: redacted and rate-limited like its logs.
+        if self.log_sink is not None:
+            self.log_sink.plugin_output(plugin_id, line)
+
+    async def _run_worker(
+        self, worker: WorkerProcess, *, task_status: anyio.abc.TaskStatus[WorkerProcess]
+    ) -> None:
+        """A worker's whole life, then its cgroup's end: whatever it left in the group (a
+        child that left its process group) is killed, and the group removed."""
+        try:
+            await worker.run(task_status=task_status)
+        finally:
+            self._cgroup_why.pop(worker, None)
+            group = self._cgroups.pop(worker, None)
+            if group is not None:
+                with anyio.CancelScope(shield=True):
+                    await group.destroy()
+
+    def _new_worker(
+        self, handle: PluginHandle, manifest: Manifest | None = None, *, spare: bool = True
+    ) -> WorkerProcess:
+        """A worker wired for ``manifest``: a claimed warm spare when one waits (and
+        ``spare``), else a new one that :meth:`_start_worker` will spawn."""
+        s = handle.settings
+        m = manifest if manifest is not None else handle.manifest
+        spare_worker = self._take_spare() if spare else None
+        group: WorkerCgroup | None = None
+        placed = False
+        why = f"unavailable: {self.cgroups.why}"
+        if spare_worker is not None and spare_worker in self._cgroups:
+            # The spare sits in its own group since its spawn: give it this plugin's limits.
+            group, placed = self._cgroups[spare_worker], True
+            try:
+                group.limit(m.id, memory=s.memory, processes=s.processes)
+            except OSError as exc:
+                group.joined = False
+                group.why_not = f"unavailable: cannot set the plugin's limits: {exc.strerror}"
+        elif self.cgroups.available:
+            try:
+                group = self.cgroups.create(m.id, memory=s.memory, processes=s.processes)
+            except OSError as exc:
+                why = f"unavailable: cannot create the worker's group: {exc.strerror or exc}"
+                log.warning("cgroup.unavailable", plugin=m.id, why=why)
+        params = InitializeParams(
+            protocol=PROTOCOL_VERSION,
+            plugin_id=m.id,
+            plugin_dir=str(Path(m.directory).resolve()),
+            entry=f"{m.entry_module}:{m.entry_attr}",
+            scratch_dir=str(self._scratch_dir(m.id)),
+            limits=Limits(
+                memory=s.memory,
+                cpu_seconds=math.ceil(s.cpu_time) if s.cpu_time else None,
+                open_files=s.open_files,
+                file_size=s.file_size,
+                processes=s.processes,
+            ),
+            sandbox=SandboxPolicy(
+                mode=s.sandbox, fs_read=list(s.fs_read), fs_write=list(s.fs_write)
+            ),
+            max_frame=s.max_message or DEFAULT_MAX_FRAME,
+            host_pid=os.getpid(),
+            faults=self.enable_faults,
+        )
+        wiring: dict[str, Any] = {
+            "plugin_id": m.id,
+            "params": params,
+            "on_host_request": handle.host_api.handle,
+            "on_host_notification": handle.host_api.notify,
+            "on_stderr": functools.partial(self._plugin_output, m.id),
+            "exit_probe": group.exit_reason if group is not None else None,
+            "place": group.move_in if group is not None and not placed else None,
+            # The operator's [runtime] redact-patterns apply to what the plugin sends back
+            # (error messages, stderr tails), not only to its logs.
+            "redactor": self.log_sink.redactor if self.log_sink else None,
+        }
+        if spare_worker is not None:
+            spare_worker.claim(**wiring)
+            worker = spare_worker
+        else:
+            worker = WorkerProcess(python=self._python, **wiring)
+        worker.host_requests_max = s.host_requests
+        worker.host_request_bytes_max = s.host_request_memory
+        if group is not None:
+            self._cgroups[worker] = group
+        else:
+            self._cgroup_why[worker] = why
+        return worker
+
+    def _is_claimed_spare(self, worker: WorkerProcess) -> bool:
+        return worker in self._claimed_spares
+
+    async def _start_worker(self, worker: WorkerProcess) -> None:
+        """Bring a worker from :meth:`_new_worker` up to initialized: a claimed spare is
+        already running, a new one is spawned. Raises what the start met."""
+        if self._spares_wanted:
+            # Whichever it was, the pool is now one short (or was empty): refill it.
+            self._tg_soon(self._fill_spares)
+        if worker in self._claimed_spares:
+            self._claimed_spares.discard(worker)
+            await worker.ready()
+        else:
+            await self._tg_start(functools.partial(self._run_worker, worker))
+
+    # -- warm spares ----------------------------------------------------------------------
+
+    def _take_spare(self) -> WorkerProcess | None:
+        while self._spares:
+            spare = self._spares.pop()
+            if spare.alive and spare.spare and not spare.terminated():
+                self._claimed_spares.add(spare)
+                return spare
+        return None
+
+    async def _fill_spares(self) -> None:
+        """Start spares until ``warm-workers`` wait (one fill at a time). A spare that fails
+        to start is logged and not retried here: the next claim tries again."""
+        if self._filling or self._closing:
+            return
+        self._filling = True
+        try:
+            while not self._closing and len(self._spares) < self._spares_wanted:
+                assert self.state_dir is not None
+                group: WorkerCgroup | None = None
+                if self.cgroups.available:
+                    # Made and joined now, overlapping the migration with the spare's start;
+                    # limited at claim (see _new_worker).
+                    with contextlib.suppress(OSError):
+                        group = self.cgroups.create("spare", memory=None, processes=None)
+                spare = WorkerProcess(
+                    plugin_id="(spare)",
+                    params=None,
+                    python=self._python,
+                    home=str(self.state_dir / "scratch"),
+                    exit_probe=group.exit_reason if group is not None else None,
+                    place=group.move_in if group is not None else None,
+                )
+                if group is not None:
+                    self._cgroups[spare] = group
+                try:
+                    await self._tg_start(functools.partial(self._run_worker, spare))
+                except CordonError as exc:
+                    log.warning("spare.failed", error=exc.message)
+                    return
+                # Appended even if the runtime began closing meanwhile: leaving its task
+                # group kills whatever is still running.
+                self._spares.append(spare)
+                log.debug("spare.ready", pid=spare.pid)
+                self._spare_added.set()
+                self._spare_added = anyio.Event()
+        finally:
+            self._filling = False
