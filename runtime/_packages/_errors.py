@@ -28,9 +28,11 @@ class LockError(PackageError):
     """The dependencies could not be resolved into a lock (or a lock file is malformed)."""
 
     code = -32061
-    _fields = ("requirement", "detail")
+    # ``field``: for a malformed lock file, where in it (``wheels[0].sha256``).
+    _fields = ("requirement", "detail", "field")
     requirement: str | None
     detail: str | None
+    field: str | None
 
 
 class SdistOnly(LockError):
