@@ -87,7 +87,7 @@ def env_for(
     envs_root.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = envs_root / key
-    with _key_lock(envs_root, key):
+    with _key_lock(envs_root, key) as lock_fd:
         _remove_leftovers(envs_root, key)
         if (env := _complete(final, key)) is not None:
             return env
@@ -96,7 +96,7 @@ def env_for(
         build = Path(tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{key}-", dir=envs_root))
         try:
             venv = build / "env"
-            site = _build(lock, key, venv, build, cache_dir, options, progress)
+            site = _build(lock, key, venv, build, cache_dir, options, progress, lock_fd)
             _verify(lock, key, site)
             marker = _Marker(
                 key, str(site.relative_to(venv)), tuple(w.filename for w in lock.wheels)
@@ -122,6 +122,7 @@ def _build(
     cache_dir: Path,
     options: IndexOptions,
     progress: bool,
+    lock_fd: int | None,
 ) -> Path:
     # --relocatable: the venv is renamed after the build, so its scripts must not embed the
     # build path (the worker does not run them, but an operator inspecting the env might).
@@ -132,6 +133,7 @@ def _build(
         VENV_TIMEOUT,
         build,
         progress=False,
+        lock_fd=lock_fd,
     )
     reqs = build / "requirements.txt"
     reqs.write_text(
@@ -155,7 +157,7 @@ def _build(
         ]
         if not progress:
             args.append("--quiet")
-        _uv(args, key, cache_dir, ENV_INSTALL_TIMEOUT, build, progress=progress)
+        _uv(args, key, cache_dir, ENV_INSTALL_TIMEOUT, build, progress=progress, lock_fd=lock_fd)
     sites = sorted((venv / "lib").glob("python*/site-packages"))
     if len(sites) != 1:
         raise EnvBuildError(f"environment {key}: no single site-packages in {venv}", key=key)
@@ -163,10 +165,20 @@ def _build(
 
 
 def _uv(
-    args: list[str], key: str, cache_dir: Path, timeout: float, cwd: Path, *, progress: bool
+    args: list[str],
+    key: str,
+    cache_dir: Path,
+    timeout: float,
+    cwd: Path,
+    *,
+    progress: bool,
+    lock_fd: int | None,
 ) -> None:
+    keep = () if lock_fd is None else (lock_fd,)
     try:
-        result = run_uv(args, cache_dir=cache_dir, timeout=timeout, cwd=cwd, progress=progress)
+        result = run_uv(
+            args, cache_dir=cache_dir, timeout=timeout, cwd=cwd, progress=progress, keep_fds=keep
+        )
     except UvTimeout as exc:
         raise EnvBuildError(f"environment {key}: {exc}", key=key, detail=str(exc)) from None
     if result.returncode != 0:
@@ -213,15 +225,17 @@ def _complete(final: Path, key: str) -> PluginEnv | None:
 
 
 @contextmanager
-def _key_lock(envs_root: Path, key: str, *, wait: bool = True) -> Iterator[bool]:
+def _key_lock(envs_root: Path, key: str, *, wait: bool = True) -> Iterator[int | None]:
+    """Hold the key's ``flock``; yields its fd, or ``None`` when ``wait`` is false and
+    another process holds it."""
     fd = os.open(envs_root / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield None
             return
-        yield True
+        yield fd
     finally:
         os.close(fd)  # releases the flock
 
@@ -303,7 +317,7 @@ def prune_envs(envs_root: Path, keep: set[str]) -> list[str]:
         if not _KEY.fullmatch(key):
             continue
         with _key_lock(envs_root, key, wait=False) as held:
-            if not held:
+            if held is None:
                 continue
             _remove_leftovers(envs_root, key)
             if os.path.lexists(envs_root / key):

@@ -40,7 +40,7 @@ class SdistOnly(LockError):
     distribution would run its code on the host, so it is refused."""
 
     code = -32062
-    _fields = ("requirement", "detail")
+    _fields = ("requirement", "detail", "field")
 
     def _default_message(self) -> str:
         return (

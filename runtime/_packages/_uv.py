@@ -36,6 +36,18 @@ ENV_ALLOWLIST = (
 #: a wall of output would bury the reason (the head and tail are kept).
 DETAIL_LIMIT = 2000
 
+#: Runs uv with a parent-death signal: if the host dies (even by SIGKILL) mid-build, uv dies
+#: with it instead of writing on, orphaned and with no deadline, into a build dir the next
+#: builder is about to remove. Set in a fresh interpreter that then execs uv (the signal
+#: survives exec), not in a ``preexec_fn``, which is unsafe in a threaded host.
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(70)  # the parent died before the signal was armed\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
@@ -82,15 +94,18 @@ def run_uv(
     timeout: float,
     cwd: Path | None = None,
     progress: bool = False,
+    keep_fds: Sequence[int] = (),
 ) -> UvResult:
     """Run ``uv ARGS`` with the allowlisted environment. stdout is always captured; stderr too,
     unless ``progress`` and the host's stderr is a terminal (then uv draws its bar there).
-    On the deadline the whole process group is killed and :class:`UvTimeout` raised."""
+    On the deadline the whole process group is killed and :class:`UvTimeout` raised.
+    ``keep_fds`` are inherited by uv: a build passes its ``flock``ed fd, so the key stays
+    locked until uv itself is gone, not just its parent."""
     from uv import find_uv_bin
 
     show = progress and sys.stderr.isatty()
     proc = subprocess.Popen(
-        [find_uv_bin(), *args],
+        [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), find_uv_bin(), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=None if show else subprocess.PIPE,
@@ -101,6 +116,7 @@ def run_uv(
         # Its own group, so a deadline kills uv and anything it started (an interpreter
         # query) at once, and a Ctrl-C meant for the host does not race our cleanup.
         start_new_session=True,
+        pass_fds=tuple(keep_fds),
     )
     try:
         out, err = proc.communicate(timeout=timeout)
