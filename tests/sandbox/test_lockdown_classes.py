@@ -321,7 +321,7 @@ def test_best_effort_without_ipc_namespaces_still_applies_every_other_layer(box:
 
 
 def test_doctor_lists_the_ipc_namespace_and_strict_counts_it_as_required(tmp_path: Path) -> None:
-    from cordon.runtime._cli._main import _predicted_missing
+    from cordon.runtime._cli._cmd_admin import _predicted_missing
     from cordon.worker._sandbox import LAYERS
 
     assert "ipcns" in LAYERS
