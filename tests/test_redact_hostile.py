@@ -224,6 +224,104 @@ def test_cordon_call_reports_a_crash_without_the_plugins_escapes_or_secrets(
     assert_clean(r.stdout + r.stderr)
 
 
+# -- host records that quote a plugin's text ------------------------------------------------
+
+#: A topic a plugin subscribes to, which the host refuses and logs as it was sent. Free of
+#: spaces, quotes and ``=`` so the console renderer would not repr it of its own accord.
+HOSTILE_TOPIC = "\x1b]52;c;ZXZpbA\x07\x9b2J\u202eevil\u2028"
+
+
+def hostile_subscriber(tmp_path: Path) -> Path:
+    """A plugin dir whose event handler subscribes to :data:`HOSTILE_TOPIC`, and a config
+    (returned) that loads it from there."""
+    plugin = tmp_path / "plugins" / "hostile_topic"
+    plugin.mkdir(parents=True)
+    (plugin / "plugin.toml").write_text(
+        '[plugin]\nid = "hostile_topic"\nname = "Hostile topic"\nversion = "1.0.0"\n'
+        'description = "subscribes with a terminal escape"\n'
+        'entry = "hostile_topic_plugin:plugin"\nrequires-cordon = ">=0.1"\n'
+        '[contributes]\ntools = [{ name = "ping", description = "pong" }]\n'
+    )
+    (plugin / "hostile_topic_plugin.py").write_text(
+        "from typing import Any\n\n"
+        "from cordon.worker import Context, Plugin\n\n"
+        "plugin = Plugin()\n\n\n"
+        f"@plugin.on_event({HOSTILE_TOPIC!r})\n"
+        "async def on_it(ctx: Context, topic: str, payload: Any = None, source: str = '')"
+        " -> None:\n"
+        "    pass\n\n\n"
+        "@plugin.tool\n"
+        "async def ping(ctx: Context) -> str:\n"
+        "    return 'pong'\n"
+    )
+    config = tmp_path / "cordon.toml"
+    config.write_text(f'[runtime]\nplugin-dirs = ["{plugin.parent}"]\nstate-dir = "state"\n')
+    return config
+
+
+def assert_refusal_shown_escaped(text: str) -> None:
+    assert "events.subscribe_refused" in text
+    assert "x1b]52;c;ZXZpbA" in text, "the topic is shown escaped, not dropped"
+    for ch in RAW_CONTROLS:
+        assert ch not in text, f"{ch!r} reached the output raw"
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_cordon_call_logs_a_host_record_quoting_a_plugins_topic_without_escapes(
+    tmp_path: Path, fmt: str
+) -> None:
+    config = hostile_subscriber(tmp_path)
+    r = subprocess.run(
+        [
+            CORDON,
+            "call",
+            str(tmp_path / "plugins" / "hostile_topic"),
+            "ping",
+            "--config",
+            str(config),
+            "--log-format",
+            fmt,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == "pong"
+    assert_refusal_shown_escaped(r.stderr)
+
+
+def test_cordon_run_writes_a_host_record_quoting_a_plugins_topic_to_its_log_file_escaped(
+    tmp_path: Path,
+) -> None:
+    config = hostile_subscriber(tmp_path)
+    log_file = tmp_path / "host.log"
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "call",
+        "params": {"plugin": "hostile_topic", "name": "ping", "arguments": {}},
+    }
+    r = subprocess.run(
+        [CORDON, "run", "--no-socket", "--config", str(config), "--log-file", str(log_file)],
+        input=json.dumps(request) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert any(json.loads(line).get("result") == "pong" for line in r.stdout.splitlines())
+    assert_refusal_shown_escaped(r.stderr)
+    written = log_file.read_text(encoding="utf-8")
+    assert_refusal_shown_escaped(written)
+    refused = [json.loads(line) for line in written.splitlines() if "subscribe_refused" in line]
+    assert refused[0]["topic"] == HOSTILE_TOPIC.encode("unicode_escape").decode()
+
+
 # -- a flood of worst-case text ---------------------------------------------------------------
 
 #: Generous: the bystander answers in ~1 ms; before redaction was linear, one worst-case

@@ -13,6 +13,11 @@ operator sees of it:
   keep the older ones), whatever the console format.
 
 Every record gets its ``level`` and an ISO 8601 UTC ``timestamp``.
+
+Host records can quote what a plugin sent (a topic it subscribed to, a method it named), so
+just before each renderer and the file writer every string of a record is neutralised
+(:func:`~cordon.runtime._hostapi._redact.neutralise_record`): no control, ESC or bidi
+character reaches a terminal or the log file raw, whichever format is chosen.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import structlog
+
+from .._hostapi._redact import neutralise_record
 
 __all__ = [
     "DEFAULT_LOG_BACKUPS",
@@ -75,6 +82,9 @@ class _JsonFile:
 
     def __call__(self, _logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
         record = structlog.processors.format_exc_info(_logger, method, dict(event_dict))
+        # Neutralised here, after the traceback became text, and on a copy: the console's
+        # renderer further down the chain still gets the record as it was (and cleans it).
+        record = neutralise_record(_logger, method, record)
         line = json.dumps(record, default=repr, ensure_ascii=False)
         self.handler.handle(
             logging.makeLogRecord({"msg": line, "levelno": _NUMERIC.get(method, 30)})
@@ -128,11 +138,14 @@ def configure_logging(
     json_file = _JsonFile(Path(file), max_bytes, backups) if file is not None else None
     if json_file is not None:
         processors.append(json_file)
+    # The traceback becomes text first, so it is neutralised too (its line breaks kept):
+    # `exc_info` is an exception object the renderer would print raw - and a pretty console
+    # traceback (rich's, when installed) would print its message raw; the plain one is kept.
+    processors += [structlog.processors.format_exc_info, neutralise_record]
     if fmt == "json":
-        processors += [
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(default=repr, ensure_ascii=False),
-        ]
+        # ensure_ascii=False would write C1 controls and bidi characters raw; they are
+        # escapes by now.
+        processors.append(structlog.processors.JSONRenderer(default=repr, ensure_ascii=False))
     else:
         isatty = getattr(out, "isatty", None)
         processors.append(structlog.dev.ConsoleRenderer(colors=bool(isatty and isatty())))
