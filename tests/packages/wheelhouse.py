@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["make_sdist", "make_wheel", "sha256_file", "standard_wheelhouse"]
+__all__ = ["make_sdist", "make_wheel", "sdist_marker", "sha256_file", "standard_wheelhouse"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -69,15 +69,20 @@ def make_wheel(
     return path
 
 
+def sdist_marker(wheelhouse: Path, name: str) -> Path:
+    """The file an sdist made by :func:`make_sdist` writes if anything ever runs its setup.py."""
+    return wheelhouse.parent / f"{name}-setup-py-ran"
+
+
 def make_sdist(wheelhouse: Path, name: str, version: str) -> Path:
     """Write ``<name>-<version>.tar.gz``, a source distribution with no wheel beside it; its
-    ``setup.py`` would write a marker file if anything ever built it."""
+    ``setup.py`` writes :func:`sdist_marker` if anything ever builds it."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     base = f"{name}-{version}"
     members = {
         f"{base}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{base}/setup.py": (
-            "import pathlib\npathlib.Path('/tmp/cordon-sdist-was-built').write_text('ran')\n"
+            f"import pathlib\npathlib.Path({str(sdist_marker(wheelhouse, name))!r}).write_text('ran')\n"
             f"from setuptools import setup\nsetup(name={name!r}, version={version!r})\n"
         ),
     }
