@@ -79,10 +79,11 @@ def make_sdist(wheelhouse: Path, name: str, version: str) -> Path:
     ``setup.py`` writes :func:`sdist_marker` if anything ever builds it."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
     base = f"{name}-{version}"
+    marker = str(sdist_marker(wheelhouse, name))
     members = {
         f"{base}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{base}/setup.py": (
-            f"import pathlib\npathlib.Path({str(sdist_marker(wheelhouse, name))!r}).write_text('ran')\n"
+            f"import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
             f"from setuptools import setup\nsetup(name={name!r}, version={version!r})\n"
         ),
     }
