@@ -30,7 +30,6 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import msgspec
@@ -189,25 +188,27 @@ def _uv(
 
 
 def _verify(lock: Lock, key: str, site: Path) -> None:
-    """Every installed distribution is one the lock names, at its locked version."""
-    from packaging.utils import canonicalize_name
-    from packaging.version import Version
+    """Every distribution Python would see in the env (``.dist-info`` and ``.egg-info``, as
+    ``importlib.metadata`` finds them) is one the lock names, at its locked version, and every
+    locked one is there: a wheel smuggling another library's metadata is refused."""
+    from importlib.metadata import distributions
 
-    parser = BytesHeaderParser()
-    installed: set[tuple[str, str]] = set()
-    for info in site.glob("*.dist-info"):
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    def norm(version: str) -> str:
         try:
-            headers = parser.parsebytes((info / "METADATA").read_bytes())
-        except OSError:
-            raise EnvBuildError(
-                f"environment {key}: {info.name} has no METADATA", key=key
-            ) from None
-        installed.add(
-            (canonicalize_name(headers.get("Name", "")), str(Version(headers.get("Version", "0"))))
-        )
-    wanted = {(w.name, str(Version(w.version))) for w in lock.wheels}
+            return str(Version(version))
+        except InvalidVersion:
+            return version
+
+    installed = sorted(
+        (canonicalize_name(d.metadata["Name"] or ""), norm(d.version or ""))
+        for d in distributions(path=[str(site)])
+    )
+    wanted = sorted((w.name, norm(w.version)) for w in lock.wheels)
     if installed != wanted:
-        detail = f"installed {sorted(installed)}, locked {sorted(wanted)}"
+        detail = f"installed {installed}, locked {wanted}"
         raise EnvBuildError(
             f"environment {key} does not match its lock: {detail}", key=key, detail=detail
         )
