@@ -36,7 +36,7 @@ from cordon.runtime import (
     QuotaExceeded,
     Runtime,
 )
-from cordon.runtime._supervise._worker import STDERR_LINE_MAX
+from cordon.runtime._supervise._worker_stderr import STDERR_LINE_MAX
 from tests.conftest import EXAMPLES, base_config
 
 pytestmark = pytest.mark.anyio

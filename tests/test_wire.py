@@ -191,9 +191,9 @@ async def test_a_worker_speaking_only_another_version_is_incompatible(tmp_path: 
 async def test_a_worker_that_never_says_hello_is_reported_not_awaited_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cordon.runtime._supervise import _worker
+    from cordon.runtime._supervise import _worker_life
 
-    monkeypatch.setattr(_worker, "HELLO_TIMEOUT", 0.5)
+    monkeypatch.setattr(_worker_life, "HELLO_TIMEOUT", 0.5)
     worker = _fake_worker("import time; time.sleep(60)", tmp_path)
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:

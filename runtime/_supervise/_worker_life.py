@@ -1,0 +1,469 @@
+"""A worker process's life, seen from the host: spawn (its pipes and environment), the hello
+and initialize phases, placement in its cgroups, a warm spare's claim, CPU sampling, the
+reaping (the exit classified by ``_worker_exit``), and the
+escalating stop.
+
+None of this is on a call's path: a call goes through ``_worker_channel`` and, on asyncio,
+``_worker_reader``. This part starts their tasks and, when the process ends, fails the calls
+still in flight with why.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from collections.abc import Awaitable, Callable
+from subprocess import PIPE
+from typing import TYPE_CHECKING, Final, cast
+
+import anyio
+import anyio.abc
+import msgspec
+import psutil
+import structlog
+
+from cordon.protocol import (
+    INITIALIZE,
+    SUPPORTED_PROTOCOLS,
+    CordonError,
+    InitializeParams,
+    InitializeResult,
+    InternalError,
+    Limits,
+    WorkerCrashed,
+    negotiate,
+)
+
+from .._hostapi._redact import Redactor
+from ._worker_exit import ExitInfo, _classify
+from ._worker_state import (
+    ExitProbe,
+    HostNotificationHandler,
+    HostRequestHandler,
+    StderrHandler,
+    _WorkerState,
+)
+
+if TYPE_CHECKING:
+    from ._worker import WorkerProcess
+
+__all__ = ["HELLO_TIMEOUT", "INITIALIZE_TIMEOUT"]
+
+log = structlog.get_logger("cordon")
+
+#: The worker's first frame must arrive within this: interpreter start plus msgspec import is
+#: ~50 ms here, but a 2-core CI box under a parallel test load can be 100x slower.
+HELLO_TIMEOUT: Final = 15.0
+#: Lock-down plus plugin import; bounded so a plugin that hangs at import cannot wedge load().
+INITIALIZE_TIMEOUT: Final = 30.0
+#: Graceful stop: how long deactivate hooks may run before we stop asking.
+DEACTIVATE_TIMEOUT: Final = 5.0
+#: After stdin closes, a healthy worker exits within milliseconds.
+STDIN_CLOSE_WAIT: Final = 2.0
+#: SIGTERM grace before SIGKILL.
+TERM_WAIT: Final = 2.0
+#: SIGKILL cannot be ignored; this only bounds a kernel that is slow to reap.
+KILL_WAIT: Final = 5.0
+#: How often the CPU time of a worker with a cpu-time limit is sampled, so that a SIGKILL the
+#: kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any other SIGKILL.
+CPU_SAMPLE: Final = 0.25
+#: Only the worker's own pipes and these variables cross into it.
+ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ")
+#: glibc gives each new thread its own malloc arena, reserving 64 MiB of address space that
+#: RLIMIT_AS counts: under the default 256 MiB limit four sync-tool threads exhausted it
+#: ("can't start new thread"). Python holds the GIL anyway, so one arena costs nothing
+#: measurable. glibc reads it once, at process start: it must be in the worker's env.
+MALLOC_ARENA_MAX: Final = "1"
+
+
+class _WorkerLife(_WorkerState):
+    """The process: spawn, handshake, claim, reap, stop (a mixin of ``WorkerProcess``, the
+    only class it is part of: hence the casts where it hands itself out as one)."""
+
+    @property
+    def alive(self) -> bool:
+        """Can take new calls: not exited, not stopping, and not condemned (a kill was sent;
+        the new call belongs on the replacement, not on a process about to die)."""
+        return self.exit is None and not self._stopping and self._kill_reason is None
+
+    def _env(self) -> dict[str, str]:
+        env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+        env.setdefault("LANG", "C.UTF-8")
+        env["PATH"] = "/usr/bin:/bin"
+        # The worker points these at its own scratch dir once it knows it (a spare does not
+        # yet at spawn).
+        env["HOME"] = self._home
+        env["TMPDIR"] = self._home
+        env["CORDON_HOST_PID"] = str(os.getpid())
+        env["MALLOC_ARENA_MAX"] = MALLOC_ARENA_MAX
+        env.update(self._extra_env)
+        return env
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[WorkerProcess]) -> None:
+        """Run the worker for its whole life. ``task_status.started`` fires once it is
+        initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
+        self._attach_loop()
+        child_stdin, self._wfd = os.pipe()
+        try:
+            self._rfd, child_stdout = os.pipe()
+        except BaseException:
+            os.close(child_stdin)
+            self._close_stdin_fd()
+            raise
+        try:
+            process = await anyio.open_process(
+                self._argv,
+                stdin=child_stdin,
+                stdout=child_stdout,
+                stderr=PIPE,
+                env=self._env(),
+                cwd=self._home,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._close_stdin_fd()
+            self._close_stdout_fd()
+            raise InternalError(f"cannot start worker for {self.plugin_id!r}: {exc}") from exc
+        except BaseException:
+            self._close_stdin_fd()
+            self._close_stdout_fd()
+            raise
+        finally:
+            os.close(child_stdin)
+            os.close(child_stdout)
+        os.set_blocking(self._wfd, False)
+        os.set_blocking(self._rfd, False)
+        self.process = process
+        self.pid = process.pid
+        startup_error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._pump_stdout)
+                tg.start_soon(self._pump_stderr)
+                tg.start_soon(self._writer)
+                tg.start_soon(self._timer)
+                tg.start_soon(self._reap)
+                started = False
+                # Placed while the interpreter starts, if we know where already (a spare
+                # may: its group gets the plugin's limits at claim); otherwise on claim.
+                placing = self._place is not None
+                if placing:
+                    tg.start_soon(self._run_place, process.pid)
+                try:
+                    await self._hello_phase()
+                    if self._params is None:
+                        # A warm spare: ready to be claimed; the rest starts on claim().
+                        task_status.started(cast("WorkerProcess", self))
+                        started = True
+                        await self._wait_or_exit(self._claimed)
+                    if not placing:
+                        tg.start_soon(self._run_place, process.pid)
+                    if self.params.limits.cpu_seconds is not None:
+                        tg.start_soon(self._sample_cpu)
+                    await self._initialize_phase()
+                except Exception as exc:
+                    startup_error = exc
+                    with anyio.CancelScope(shield=True):
+                        self.kill_nowait("handshake", str(exc))
+                        with anyio.move_on_after(KILL_WAIT):
+                            await self.exited.wait()
+                else:
+                    self._ready.set()
+                    if not started:
+                        task_status.started(cast("WorkerProcess", self))
+                    await self.exited.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._startup_failure = startup_error
+            self._ready.set()
+            with anyio.CancelScope(shield=True):
+                if self.exit is None:
+                    self.kill_nowait("shutdown")
+                    await self._reap()
+                await self._close_pipes()
+        # A spare's start-up failure belongs to whoever claimed it (see ready()), not to the
+        # task group that runs it.
+        if startup_error is not None and not started:
+            raise startup_error
+
+    @property
+    def params(self) -> InitializeParams:
+        if self._params is None:
+            raise RuntimeError("a warm spare has no plugin yet (claim it first)")
+        return self._params
+
+    def terminated(self) -> bool:
+        """Has the process ended — even if not yet reaped (``exit`` is set only after the
+        reap and a grace for its last stderr)? Asked of a spare before it is handed out."""
+        if self.exit is not None or self.pid is None:
+            return self.exit is not None
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return True
+        try:
+            # A pidfd turns readable when the process terminates, zombie or not.
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        finally:
+            os.close(fd)
+
+    @property
+    def spare(self) -> bool:
+        """A warm spare nobody has claimed yet."""
+        return self._params is None
+
+    def claim(
+        self,
+        *,
+        plugin_id: str,
+        params: InitializeParams,
+        on_host_request: HostRequestHandler | None = None,
+        on_stderr: StderrHandler | None = None,
+        on_host_notification: HostNotificationHandler | None = None,
+        exit_probe: ExitProbe | None = None,
+        place: Callable[[int], Awaitable[None]] | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        """Give a warm spare its plugin: it is placed, initialized (limits, lock-down, the
+        plugin's import) and activated like any worker. Await :meth:`ready` for the outcome."""
+        if self._params is not None:
+            raise RuntimeError("this worker already has a plugin")
+        self.plugin_id = plugin_id
+        self._params = params
+        self._on_host_request = on_host_request
+        self._on_host_notification = on_host_notification
+        self._on_stderr = on_stderr
+        if redactor is not None:
+            self.redactor = redactor
+        if exit_probe is not None:
+            self._exit_probe = exit_probe
+        if place is not None:
+            if self._place is not None:
+                raise RuntimeError("this spare was already placed at spawn")
+            self._place = place
+        self.max_frame = params.max_frame
+        self._splitter.max_frame = params.max_frame
+        self._claimed.set()
+
+    async def ready(self) -> None:
+        """Wait until a claimed spare is initialized; raise what its start met."""
+        await self._ready.wait()
+        if self._startup_failure is not None:
+            raise self._startup_failure
+        if self.init_result is None:
+            assert self.exit is not None
+            raise self.exit.error(self.plugin_id)
+
+    async def _hello_phase(self) -> None:
+        try:
+            with anyio.fail_after(HELLO_TIMEOUT):
+                await self._wait_or_exit(self._hello_event)
+        except TimeoutError:
+            raise self._startup_error(f"no hello within {HELLO_TIMEOUT} s") from None
+        if self._hello is None:
+            raise self._startup_error("exited before saying hello")
+        try:
+            self.protocol = negotiate(SUPPORTED_PROTOCOLS, self._hello.protocols)
+        except CordonError:
+            self.kill_nowait("protocol-violation", "incompatible protocol")
+            raise
+
+    async def _initialize_phase(self) -> None:
+        if self.exit is not None:
+            raise self.exit.error(self.plugin_id)
+        assert self.protocol is not None
+        self.params.protocol = self.protocol
+        await self._wait_or_exit(self._placed)
+        if self._place_error is not None:
+            raise self._startup_error(f"placing the worker failed: {self._place_error!r}")
+        try:
+            with anyio.fail_after(INITIALIZE_TIMEOUT):
+                raw = await self.request(INITIALIZE, self.params, timeout=None)
+        except TimeoutError:
+            raise self._startup_error(
+                f"initialize (lock-down and plugin import) took over {INITIALIZE_TIMEOUT} s"
+            ) from None
+        self.init_result = msgspec.json.decode(raw, type=InitializeResult)
+
+    async def _run_place(self, pid: int) -> None:
+        try:
+            if self._place is not None:
+                await self._place(pid)
+        except Exception as exc:
+            self._place_error = exc
+        finally:
+            self._placed.set()
+
+    async def _wait_or_exit(self, event: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch_exit() -> None:
+                await self.exited.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_exit)
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+    def _startup_error(self, what: str) -> CordonError:
+        if self.exit is not None:
+            return self.exit.error(self.plugin_id)
+        return WorkerCrashed(
+            plugin=self.plugin_id,
+            reason="unresponsive",
+            detail=what,
+            stderr_tail=self._clean_tail(),
+        )
+
+    async def _sample_cpu(self) -> None:
+        try:
+            proc = psutil.Process(self.pid)
+            while self.exit is None:
+                times = proc.cpu_times()
+                self.cpu_seconds = times.user + times.system
+                await anyio.sleep(CPU_SAMPLE)
+        except psutil.Error:
+            return
+
+    def _limit_for(self, reason: str) -> int | float | None:
+        limits = self._params.limits if self._params is not None else Limits()
+        return {
+            "memory": limits.memory,
+            "cpu": limits.cpu_seconds,
+            "file-size": limits.file_size,
+        }.get(reason)
+
+    async def _reap(self) -> None:
+        """Wait for the process to end, then fail everything still in flight with why."""
+        assert self.process is not None
+        returncode = await self.process.wait()
+        if self.exit is not None:
+            return
+        if self.exit is None:
+            # stderr may still hold the dying words; give the pump a moment to read them.
+            with anyio.move_on_after(0.5):
+                await self._stderr_done.wait()
+            tail = self._clean_tail()
+            kill_reason, kill_detail = self._kill_reason, self._kill_detail
+            if kill_reason is None and self._exit_probe is not None:
+                found = self._exit_probe(returncode)
+                if found is not None:
+                    kill_reason, kill_detail = found
+            reason, sig = _classify(
+                returncode,
+                kill_reason,
+                stderr_tail=tail,
+                cpu_seconds=self.cpu_seconds,
+                cpu_limit=self._params.limits.cpu_seconds if self._params else None,
+            )
+            self.exit = ExitInfo(
+                reason=reason,
+                returncode=returncode,
+                signal=sig,
+                detail=kill_detail,
+                stderr_tail=tail,
+                limit=self._limit_for(reason),
+            )
+            for listener in self.exit_listeners:
+                try:
+                    listener(cast("WorkerProcess", self))
+                except Exception:
+                    log.exception("exit_listener_failed", plugin=self.plugin_id)
+            self._fail_all(self.exit.error(self.plugin_id))
+            self.exited.set()
+
+    def _fail_all(self, exc: CordonError) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            # Not "not woken": a call whose deadline just passed was woken but has no
+            # answer yet, and must see the crash rather than wait out a cancel grace.
+            if p.result is None and p.error is None:
+                p.error = exc
+                p.wake()
+
+    def kill_nowait(self, reason: str, detail: str | None = None) -> None:
+        if self._kill_reason is None:
+            self._kill_reason = reason
+            self._kill_detail = detail
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        proc = self.process
+        # Only while unreaped: afterwards the pid (and group id) may belong to someone else.
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            proc.send_signal(signal.Signals(sig))
+
+    async def stop(self, *, deactivate: bool = True) -> None:
+        """Shielded, escalating stop: deactivate → close stdin → wait → TERM → wait → KILL."""
+        if self.process is None or self.exit is not None:
+            return
+        self._stopping = True
+        with anyio.CancelScope(shield=True):
+            if deactivate and self.init_result is not None:
+                with anyio.move_on_after(DEACTIVATE_TIMEOUT):
+                    try:
+                        await self.request("deactivate", None, timeout=None)
+                    except CordonError:
+                        pass
+            if self._kill_reason is None:
+                self._kill_reason = "shutdown"
+            self._close_stdin()
+            with anyio.move_on_after(STDIN_CLOSE_WAIT):
+                await self.exited.wait()
+                return
+            self._signal_group(signal.SIGTERM)
+            with anyio.move_on_after(TERM_WAIT):
+                await self.exited.wait()
+                return
+            self._signal_group(signal.SIGKILL)
+            with anyio.move_on_after(KILL_WAIT):
+                await self.exited.wait()
+
+    async def _close_pipes(self) -> None:
+        assert self.process is not None
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                try:
+                    await stream.aclose()
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+        self._stdin_closing = True
+        self._close_stdin_fd()
+        self._close_stdout_fd()
+
+    async def _pump_stdout(self) -> None:
+        try:
+            if self._loop is not None:
+                await self._serve_reader(self._loop)
+            else:
+                await self._read_stdout()
+        except Exception as exc:
+            # Whatever the worker sent that we could not handle (a bug of ours, or input no
+            # check foresaw) ends this worker, never the runtime that owns every worker.
+            log.error("worker.frame_failed", plugin=self.plugin_id, error=repr(exc), exc_info=exc)
+            self.kill_nowait(
+                "protocol-violation", f"the host could not handle a frame: {exc!r}"[:500]
+            )
+        finally:
+            # The channel is gone: a worker without a channel is of no use. It should be
+            # exiting already; make sure.
+            proc = self.process
+            assert proc is not None
+            if self.exit is None and proc.returncode is None:
+                with anyio.move_on_after(STDIN_CLOSE_WAIT, shield=True):
+                    await self.exited.wait()
+            if self.exit is None and proc.returncode is None:
+                if self._kill_reason is None and not self._stopping:
+                    self._kill_reason = "exited"
+                    self._kill_detail = "closed its protocol channel"
+                self._signal_group(signal.SIGKILL)
