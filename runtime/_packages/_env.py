@@ -35,7 +35,7 @@ from pathlib import Path
 import msgspec
 
 from ._errors import EnvBuildError
-from ._lock import IndexOptions, Lock, index_args
+from ._lock import IndexOptions, Lock, current_platform, current_python, index_args
 from ._uv import UvTimeout, redact, run_uv
 
 __all__ = [
@@ -83,6 +83,15 @@ def env_for(
 ) -> PluginEnv:
     """The environment for ``lock``: reused when already built, else built atomically."""
     key = lock.content_hash()
+    here = (current_python(), current_platform())
+    if (lock.python, lock.platform) != here:
+        # Its wheels were chosen for another interpreter's tags: relock rather than install
+        # files picked for a machine this is not.
+        raise EnvBuildError(
+            f"environment {key}: the lock is for Python {lock.python} on {lock.platform}, "
+            f"this host runs Python {here[0]} on {here[1]}; lock again here",
+            key=key,
+        )
     envs_root.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = envs_root / key

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from cordon.runtime._packages import _env
 from cordon.runtime._packages._env import (
     ENV_MARKER,
     PluginEnv,
@@ -156,6 +157,55 @@ def test_a_pth_file_in_a_wheel_never_runs_when_the_env_is_used_as_the_worker_doe
     code = f"import site; site.addsitedir({env.site_packages!r})"
     subprocess.run([sys.executable, "-I", "-S", "-c", code], timeout=CHILD_TIMEOUT, check=True)
     assert ran.exists()
+
+
+def test_the_env_installs_the_wheel_file_the_lock_pinned_and_never_another(room: Room) -> None:
+    house = room.root / "tagged"
+    make_wheel(house, "cordontag", "1.0", module_source="VERSION = 'pure'\n")
+    options = IndexOptions(find_links=(str(house),), offline=True)
+    pure = lock_requirements(["cordontag"], options)
+    native_tag = "cp311-cp311-manylinux_2_17_x86_64"
+    make_wheel(house, "cordontag", "1.0", module_source="VERSION = 'native'\n", tag=native_tag)
+    native = lock_requirements(["cordontag"], options)
+
+    def build(lock: Lock) -> PluginEnv:
+        return env_for(lock, envs_root=room.envs, cache_dir=room.cache, options=options)
+
+    # The lock's choice is the installer's: the better-ranked wheel, installed as locked.
+    assert imported(build(native), "cordontag") == "native"
+    # A better wheel published after a lock: uv picks it, its hash is not the locked one, and
+    # the build is refused (relock) rather than installing a file nobody locked.
+    with pytest.raises(EnvBuildError, match="Hash mismatch"):
+        build(pure)
+    assert room.leftovers() == []
+
+
+def test_a_lock_made_for_another_interpreter_or_platform_is_refused(room: Room) -> None:
+    lock = msgspec.structs.replace(room.lock("cordonlib==1.0"), python="3.99")
+
+    with pytest.raises(EnvBuildError, match="lock again"):
+        room.env(lock)
+
+    assert not room.envs.exists() or list(room.envs.iterdir()) == []
+
+
+def test_a_uv_call_past_its_deadline_is_killed_and_leaves_nothing_under_the_key(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = room.lock("cordonlib==1.0")
+    wheel = room.wheelhouse / lock.wheels[0].filename
+    wheel.unlink()
+    os.mkfifo(wheel)  # no writer ever comes: uv blocks until its deadline
+    monkeypatch.setattr(_env, "ENV_INSTALL_TIMEOUT", 1.0)
+
+    with pytest.raises(EnvBuildError, match="longer than 1 s"):
+        room.env(lock)
+
+    assert not (room.envs / lock.content_hash()).exists()
+    assert room.leftovers() == []
+    with pytest.raises(OSError) as no_reader:  # uv, its only reader, is gone
+        os.close(os.open(wheel, os.O_WRONLY | os.O_NONBLOCK))
+    assert no_reader.value.errno == errno.ENXIO
 
 
 def test_a_wheel_swapped_after_locking_is_refused_and_nothing_is_left_under_the_key(
