@@ -137,13 +137,11 @@ def _collect(root: Path, out_dir: Path, limits: PackageLimits) -> list[str]:
             if _skipped(entry.name, is_dir):
                 continue
             problem = entry_name_problem(rel)
+            if problem is not None:  # a name open_package would refuse: say so now
+                raise refuse(rel, problem)
             if is_dir:
-                if problem is not None and not problem.startswith("directory entry"):
-                    raise refuse(rel, problem)
                 walk(Path(entry.path), rel + "/")
             elif entry.is_file(follow_symlinks=False):
-                if problem is not None:
-                    raise refuse(rel, problem)
                 if rel in _META:
                     raise refuse(rel, "this name is reserved for the package's own metadata")
                 found.append(rel)
