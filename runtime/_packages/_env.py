@@ -35,7 +35,15 @@ from pathlib import Path
 import msgspec
 
 from ._errors import EnvBuildError
-from ._lock import IndexOptions, Lock, current_platform, current_python, index_args
+from ._lock import (
+    IndexOptions,
+    Lock,
+    LockedWheel,
+    check_lock,
+    current_platform,
+    current_python,
+    index_args,
+)
 from ._uv import UvTimeout, redact, run_uv
 
 __all__ = [
@@ -82,6 +90,9 @@ def env_for(
     progress: bool = False,
 ) -> PluginEnv:
     """The environment for ``lock``: reused when already built, else built atomically."""
+    # The lock's fields become lines of uv's requirements file: whatever built this Lock (a
+    # package, a caller), only well-formed names, versions, file names and hashes go there.
+    check_lock(Path(f"<lock {lock.content_hash()[:12]}>"), lock)
     key = lock.content_hash()
     here = (current_python(), current_platform())
     if (lock.python, lock.platform) != here:
@@ -144,10 +155,7 @@ def _build(
         lock_fd=lock_fd,
     )
     reqs = build / "requirements.txt"
-    reqs.write_text(
-        "".join(f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n" for w in lock.wheels),
-        encoding="utf-8",
-    )
+    reqs.write_text("".join(_requirement_line(w, options) for w in lock.wheels), encoding="utf-8")
     if lock.wheels:
         args = [
             "pip",
@@ -170,6 +178,22 @@ def _build(
     if len(sites) != 1:
         raise EnvBuildError(f"environment {key}: no single site-packages in {venv}", key=key)
     return sites[0]
+
+
+def _requirement_line(wheel: LockedWheel, options: IndexOptions) -> str:
+    """The install line for one locked wheel. Found by its file name in a local find-links
+    dir, it is named by path (``name @ file:///…whl``): uv installs that very file, even when
+    the dir also holds a better-ranked wheel of the version published after the lock. From an
+    index, by version: uv picks the file by the same tag order the lock used, and a file that
+    is not the locked one fails ``--require-hashes`` (a refusal, never another file)."""
+    pin = f" --hash=sha256:{wheel.sha256}\n"
+    for link in options.find_links:
+        local = link.removeprefix("file://")
+        if "://" in local or Path(wheel.filename).name != wheel.filename:
+            continue
+        if (path := Path(local) / wheel.filename).is_file():
+            return f"{wheel.name} @ {path.resolve().as_uri()}{pin}"
+    return f"{wheel.name}=={wheel.version}{pin}"
 
 
 def _uv(

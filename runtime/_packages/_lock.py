@@ -37,6 +37,7 @@ __all__ = [
     "IndexOptions",
     "Lock",
     "LockedWheel",
+    "check_lock",
     "current_platform",
     "current_python",
     "index_args",
@@ -105,7 +106,8 @@ def index_args(options: IndexOptions) -> list[str]:
     elif options.find_links:
         args.append("--no-index")
     for link in options.find_links:
-        args += ["--find-links", link]
+        # uv runs in a scratch dir: a relative wheelhouse path means the caller's cwd.
+        args += ["--find-links", link if "://" in link else os.path.abspath(link)]
     if options.offline:
         args.append("--offline")
     return args
@@ -240,7 +242,7 @@ def read_lock(plugin_dir: Path) -> Lock | None:
         raise _malformed(path, field, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise _malformed(path, "", f"not valid JSON: {exc}") from None
-    _check(path, lock)
+    check_lock(path, lock)
     return lock
 
 
@@ -254,7 +256,9 @@ def _malformed(path: Path, field: str, why: str) -> LockError:
     return LockError(f"{path} is malformed:{where} {why}", field=field or None, detail=why)
 
 
-def _check(path: Path, lock: Lock) -> None:
+def check_lock(path: Path, lock: Lock) -> None:
+    """Refuse a lock whose fields are not what :func:`lock_requirements` writes (a
+    :class:`LockError` naming the field); ``path`` only names it in the message."""
     from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
     if lock.format != LOCK_FORMAT:
@@ -269,6 +273,8 @@ def _check(path: Path, lock: Lock) -> None:
         if w.name in names:
             raise _malformed(path, f"{at}.name", f"{w.name!r} is locked twice")
         names.add(w.name)
+        if _normalized(w.version) is None:
+            raise _malformed(path, f"{at}.version", f"{w.version!r} is not a version")
         if "/" in w.filename or "\\" in w.filename:
             raise _malformed(path, f"{at}.filename", "a file name, not a path")
         try:
@@ -281,10 +287,13 @@ def _check(path: Path, lock: Lock) -> None:
         raise _malformed(path, "wheels", "not sorted by name")
 
 
-def _normalized(version: str) -> str:
+def _normalized(version: str) -> str | None:
     from packaging.version import InvalidVersion, Version
 
     try:
         return str(Version(version))
     except InvalidVersion:
-        return version
+        return None
+
+
+_check = check_lock  # the name _archive.py imports

@@ -182,6 +182,7 @@ def _lock_doc(**wheel: object) -> dict[str, object]:
         (_lock_doc(sha256="A" * 64), "wheels[0].sha256"),
         (_lock_doc(sha256="abc"), "wheels[0].sha256"),
         (_lock_doc(version=1), "wheels[0].version"),
+        (_lock_doc(version="1.0 --index-url x"), "wheels[0].version"),
         (_lock_doc(name="Cordon_Lib"), "wheels[0].name"),
         (_lock_doc(filename="../cordonlib-1.0-py3-none-any.whl"), "wheels[0].filename"),
         (_lock_doc(filename="cordonlib-1.0.tar.gz"), "wheels[0].filename"),
