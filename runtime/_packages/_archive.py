@@ -179,7 +179,7 @@ def _zip_entry(name: str, mode: int = 0o644) -> zipfile.ZipInfo:
     return info
 
 
-def files_list_bytes(files: list[PackageFile]) -> bytes:
+def _files_list_bytes(files: list[PackageFile]) -> bytes:
     """The canonical bytes of ``CORDON-FILES.json`` (what a signature covers)."""
     body = [msgspec.to_builtins(f) for f in sorted(files, key=lambda f: f.path)]
     return (json.dumps(body, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
@@ -210,7 +210,7 @@ def pack(plugin_dir: Path, out_dir: Path, *, signing_key: Path | None = None) ->
             )
         contents[rel] = data
         files.append(PackageFile(rel, hashlib.sha256(data).hexdigest(), len(data), mode))
-    listing = files_list_bytes(files)
+    listing = _files_list_bytes(files)
     meta = {FILES_NAME: listing}
     if signing_key is not None:
         key, signature = sign(listing, Path(signing_key))

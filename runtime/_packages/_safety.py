@@ -63,6 +63,12 @@ def entry_name_problem(name: str) -> str | None:
         return f"component longer than {MAX_COMPONENT_BYTES} bytes"
     if len(parts[0]) == 2 and parts[0][1] == ":" and parts[0][0].isalpha():
         return "drive-letter path"
+    # What pack leaves out, an archive may not hold either: bytecode (an unchecked-hash .pyc
+    # runs instead of the source a reviewer reads) and hidden files nobody sees in a listing.
+    if "__pycache__" in parts or name.endswith(".pyc"):
+        return "compiled bytecode (it would run instead of the source it claims to be)"
+    if any(p.startswith(".") for p in parts):
+        return "hidden file or folder (pack leaves these out)"
     return None
 
 

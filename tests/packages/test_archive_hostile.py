@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import stat
 import tempfile
-import time
 import warnings
 import zipfile
 import zlib
@@ -88,6 +87,10 @@ def info_of(name: str, mode: int) -> zipfile.ZipInfo:
         ("./x.py", "empty or '.' component"),
         ("C:/x.py", "drive-letter"),
         ("d/" + "x" * 300, "component longer"),
+        ("__pycache__/greeter.cpython-311.pyc", "compiled bytecode"),
+        ("greeter.pyc", "compiled bytecode"),
+        (".hidden.py", "hidden"),
+        ("data/.cache/x", "hidden"),
     ],
 )
 def test_an_entry_with_an_unsafe_name_is_refused(quiet: Quiet, name: str, reason: str) -> None:
@@ -223,11 +226,9 @@ def test_a_bomb_within_the_size_limits_is_refused_by_its_compression_ratio(quiet
 
 @pytest.mark.parametrize("claimed", [1000, 60 << 20])
 def test_a_bomb_whose_header_lies_about_its_size_is_refused(quiet: Quiet, claimed: int) -> None:
+    # zipfile stops at the claimed size: the CRC of what it produced then cannot match.
     archive = _bomb_archive(quiet.folder / "p.cordon", claimed=claimed)
-    started = time.monotonic()
-    exc = quiet.refused(archive, "zeros.bin", "")
-    assert any(w in (exc.reason or "") for w in ("corrupt", "claims", "ratio", "more than"))
-    assert time.monotonic() - started < 30  # bounded work, not a gigabyte's worth of hashing
+    quiet.refused(archive, "zeros.bin", "corrupt entry")
 
 
 def test_a_header_claiming_more_bytes_than_the_entry_holds_is_refused(quiet: Quiet) -> None:
