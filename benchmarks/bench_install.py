@@ -26,7 +26,13 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/packages/wheelhouse
 
 from cordon.runtime._packages._env import PluginEnv, env_for, env_size, envs_disk_usage
-from cordon.runtime._packages._lock import IndexOptions, lock_requirements
+from cordon.runtime._packages._lock import (
+    IndexOptions,
+    Lock,
+    current_platform,
+    current_python,
+    lock_requirements,
+)
 from tests.packages.wheelhouse import make_wheel
 
 ROUNDS: Final = 5
@@ -87,6 +93,10 @@ def main() -> None:
             envs.append(env_for(own, envs_root=root / "sharing", cache_dir=cache, options=options))
         separate = sum(env_size(e) for e in envs)
         together = envs_disk_usage(envs)
+        empty = Lock(python=current_python(), platform=current_platform())
+        skeleton = env_size(
+            env_for(empty, envs_root=root / "empty", cache_dir=cache, options=options)
+        )
 
     print(f"lock, 3 deps (uv pip compile)        {median_ms(lock_s)}")
     print(f"env build, 3 deps, cold uv cache     {median_ms(cold)}")
@@ -95,6 +105,7 @@ def main() -> None:
     print(f"{SHARING} envs sharing one dep: sum of sizes {separate / 1024:8.0f} KiB")
     print(f"{SHARING} envs sharing one dep: on disk      {together / 1024:8.0f} KiB")
     print(f"  ({together / separate:.2f} of the sum; per env {together / SHARING / 1024:.0f} KiB)")
+    print(f"an env with no dependency (venv skeleton) {skeleton / 1024:5.0f} KiB")
 
 
 if __name__ == "__main__":

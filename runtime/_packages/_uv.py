@@ -82,8 +82,9 @@ def uv_env(cache_dir: Path, *, progress: bool = False) -> dict[str, str]:
         UV_CACHE_DIR=str(cache_dir),
         UV_NO_CONFIG="1",  # no uv.toml / pyproject settings from the cwd or the home
         UV_PYTHON_DOWNLOADS="never",  # the host's interpreter or nothing
-        UV_NO_PROGRESS="0" if progress else "1",
     )
+    if not progress:
+        env["UV_NO_PROGRESS"] = "1"
     return env
 
 
