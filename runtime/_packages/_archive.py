@@ -227,7 +227,8 @@ def pack(plugin_dir: Path, out_dir: Path, *, signing_key: Path | None = None) ->
         with os.fdopen(fd, "w+b") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=_COMPRESSLEVEL) as z:
                 for name, data in entries:
-                    z.writestr(_zip_entry(name, modes.get(name, 0o644)), data)
+                    info = _zip_entry(name, modes.get(name, 0o644))
+                    z.writestr(info, data, compresslevel=_COMPRESSLEVEL)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -5,9 +5,11 @@ key that made them (trusting it is the installer's call)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -84,8 +86,16 @@ def test_a_copy_with_other_mtimes_and_umask_packs_to_the_same_bytes(
 def test_the_zip_has_sorted_entries_fixed_times_and_no_extra_fields(
     plugin: Path, out: Path
 ) -> None:
-    with zipfile.ZipFile(pack(plugin, out)) as z:
+    # Varied text, where zlib's levels give different streams (tiny files would not tell).
+    rng = random.Random(7)
+    words = ("alpha", "beta", "plugin", "cordon", "sandbox", "worker")
+    text = " ".join(f"{rng.choice(words)}{rng.randrange(50)}" for _ in range(20_000))
+    (plugin / "data" / "corpus.txt").write_text(text)
+    path = pack(plugin, out)
+    blob = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
         infos = z.infolist()
+        contents = {i.filename: z.read(i) for i in infos}
     names = [i.filename for i in infos]
     assert names == sorted(names)
     assert FILES_NAME in names
@@ -94,6 +104,11 @@ def test_the_zip_has_sorted_entries_fixed_times_and_no_extra_fields(
         assert info.extra == b""
         assert info.compress_type == zipfile.ZIP_DEFLATED
         assert stat.S_ISREG(info.external_attr >> 16)
+        # The stored stream is zlib's at level 9 exactly: the level is part of the format.
+        start = info.header_offset + 30 + len(info.filename.encode())
+        co = zlib.compressobj(9, zlib.DEFLATED, -15)
+        expected = co.compress(contents[info.filename]) + co.flush()
+        assert blob[start : start + info.compress_size] == expected
 
 
 def test_pack_skips_caches_and_dot_files_but_keeps_the_lock(plugin: Path, out: Path) -> None:
