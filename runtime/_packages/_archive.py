@@ -123,12 +123,12 @@ def _collect(root: Path, out_dir: Path, limits: PackageLimits) -> list[str]:
         return PackageInvalid(path=str(root), entry=rel, reason=reason)
 
     def walk(folder: Path, prefix: str) -> None:
-        if folder == out_dir:
-            return  # `pack . -o dist`: never pack earlier packages into the next one
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             rel = prefix + entry.name
+            if folder == out_dir and entry.name.endswith(PACKAGE_SUFFIX):
+                continue  # `pack . -o dist` (or `-o .`): never pack earlier packages
             if entry.is_symlink():
                 if _skipped(entry.name, is_dir=False):
                     continue

@@ -136,11 +136,14 @@ def test_pack_skips_caches_and_dot_files_but_keeps_the_lock(plugin: Path, out: P
     assert pkg.lock == lock
 
 
-def test_pack_never_packs_its_own_output_folder(plugin: Path) -> None:
-    first = pack(plugin, plugin / "dist")
-    again = pack(plugin, plugin / "dist")
-    assert first == again
-    assert all(not f.path.startswith("dist/") for f in open_package(again).files)
+@pytest.mark.parametrize("out_name", ["dist", "."])
+def test_pack_never_packs_earlier_packages_from_its_output_folder(
+    plugin: Path, out_name: str
+) -> None:
+    first = pack(plugin, plugin / out_name).read_bytes()
+    again = pack(plugin, plugin / out_name)
+    assert again.read_bytes() == first
+    assert all(not f.path.endswith(".cordon") for f in open_package(again).files)
 
 
 def test_pack_refuses_a_symlink_naming_it_and_writes_nothing(plugin: Path, out: Path) -> None:
