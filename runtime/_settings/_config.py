@@ -10,6 +10,8 @@
     middleware-order = []                # plugin ids, explicit order of the middleware chain
     cgroups = "auto"                     # per-worker memory/pids cgroups where possible; "off"
     warm-workers = 1                     # workers pre-started to their hello, claimed on start
+    trusted-keys = []                    # publisher keys "ed25519:..." for plugin installs
+    require-signatures = false           # installs refuse packages no trusted key signed
 
     [defaults]                           # every plugin, unless its own section says otherwise
     memory = "256 MiB"                   # sizes need a unit: "256 MiB" / "1.5 GB"; or "unlimited"
@@ -133,6 +135,10 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str | None = None
     log_format: str | None = None
     log_file: str | None = None
+    #: Publisher keys (``ed25519:<base64>``) an install accepts when signatures are required.
+    trusted_keys: tuple[str, ...] = ()
+    #: Whether ``cordon plugin install`` refuses packages not signed by a trusted key.
+    require_signatures: bool = False
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,6 +169,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 "cgroups": rt.cgroups,
                 "warm-workers": rt.warm_workers,
                 "entry-points": rt.entry_points,
+                "trusted-keys": list(rt.trusted_keys),
+                "require-signatures": rt.require_signatures,
                 # TOML has no null: unset log settings are left out.
                 **{
                     key: value

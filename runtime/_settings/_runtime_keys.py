@@ -35,7 +35,12 @@ _RUNTIME_KEYS: Final = (
     "log-level",
     "log-format",
     "log-file",
+    "trusted-keys",
+    "require-signatures",
 )
+
+#: A publisher key as ``cordon key new`` prints it: ``ed25519:`` and 32 bytes in base64.
+_ED25519_KEY: Final = re.compile(r"ed25519:[A-Za-z0-9+/]{43}=")
 
 
 def parse_runtime(
@@ -83,6 +88,14 @@ def parse_runtime(
         )
     if "log-file" in table:
         changes["log_file"] = path_field(ck, "runtime.log-file", table["log-file"], base_dir)
+    if "trusted-keys" in table:
+        changes["trusted_keys"] = ck.expect_str_list(
+            "runtime.trusted-keys", table["trusted-keys"], check=_check_key, unique=True
+        )
+    if "require-signatures" in table:
+        changes["require_signatures"] = ck.expect_bool(
+            "runtime.require-signatures", table["require-signatures"]
+        )
     return msgspec.structs.replace(
         rt, **{k: v for k, v in changes.items() if not isinstance(v, Invalid)}
     )
@@ -96,4 +109,15 @@ def _check_regex(pattern: str) -> str | None:
     # A pattern matching nothing at all would "redact" the gap between every two characters.
     if compiled.fullmatch("") is not None:
         return f"{show(pattern)} matches the empty string, so it would redact everywhere"
+    return None
+
+
+def _check_key(key: str) -> str | None:
+    # Checked here by shape (this room may not import the package room's key parser): a
+    # typo'd key would otherwise silently trust nobody, or the wrong key.
+    if _ED25519_KEY.fullmatch(key) is None:
+        return (
+            f"{show(key)} is not a publisher key (expected 'ed25519:' and 32 bytes in "
+            "base64, as `cordon key new` prints)"
+        )
     return None
