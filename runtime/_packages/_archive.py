@@ -32,8 +32,7 @@ from .._settings._manifest import (
 )
 from ._errors import LockError, PackageInvalid, SignatureInvalid
 from ._extract import extract
-from ._lock import LOCK_FILENAME, Lock
-from ._lock import _check as _check_lock
+from ._lock import LOCK_FILENAME, Lock, check_lock
 from ._reader import ArchiveReader, MiB, check_entry, read_entry
 from ._safety import entry_name_problem, find_collision
 
@@ -300,7 +299,7 @@ def _parse_manifest(reader: ArchiveReader, data: bytes, names: set[str]) -> tupl
 def _parse_lock(reader: ArchiveReader, data: bytes) -> Lock:
     try:
         lock = msgspec.json.decode(data, type=Lock, strict=True)
-        _check_lock(Path(LOCK_FILENAME), lock)
+        check_lock(Path(LOCK_FILENAME), lock)
     except msgspec.DecodeError as exc:
         raise reader.refuse(LOCK_FILENAME, f"the lock does not parse: {exc}") from None
     except LockError as exc:
