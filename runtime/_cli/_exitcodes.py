@@ -30,6 +30,15 @@ from cordon.protocol import (
 from .._core._loading import PluginInUse
 from .._core._routing import MiddlewareFailed
 from .._errors import ConfigError
+from .._packages._errors import (
+    ConsentRefused,
+    EnvBuildError,
+    LockError,
+    NotInstalled,
+    PackageError,
+    PackageInvalid,
+    SignatureInvalid,
+)
 from .._platform._registry import AmbiguousContribution
 from .._platform._versions import DependencyError
 from ._control import ControlSocketError, HostAlreadyRunning, HostNotRunning
@@ -138,6 +147,32 @@ TABLE: Final[tuple[ExitCode, ...]] = (
         20, "a middleware failed under `fail-closed` (`MiddlewareFailed`)", (MiddlewareFailed,)
     ),
     ExitCode(21, "unloading would strand dependents (`PluginInUse`)", (PluginInUse,)),
+    ExitCode(
+        22,
+        "a package is refused (`PackageInvalid`: tampered, unsafe entry, too big, not a "
+        "package, a download refused or failed)",
+        (PackageInvalid,),
+    ),
+    ExitCode(
+        23,
+        "a signature is missing where required, does not verify, or is by a key not in "
+        "`trusted-keys` (`SignatureInvalid`)",
+        (SignatureInvalid,),
+    ),
+    ExitCode(
+        24,
+        "dependencies cannot be locked (`LockError`, `SdistOnly`: a dependency with no wheel)",
+        (LockError,),
+    ),
+    ExitCode(25, "a plugin's environment cannot be built (`EnvBuildError`)", (EnvBuildError,)),
+    ExitCode(26, "no such installed plugin or version (`NotInstalled`)", (NotInstalled,)),
+    ExitCode(
+        27,
+        "the permissions were not accepted, or no terminal to ask and no `--yes` "
+        "(`ConsentRefused`)",
+        (ConsentRefused,),
+    ),
+    ExitCode(28, "any other package error (`PackageError`)", (PackageError,)),
 )
 
 

@@ -25,6 +25,18 @@ from pathlib import Path
 from ._clilog import add_log_options, configure_from_args, count_arg
 from ._cmd_admin import cmd_audit, cmd_config_check, cmd_config_show, cmd_doctor
 from ._cmd_common import EXIT_CODES, exit_code_for, fail
+from ._cmd_packages import (
+    add_index_options,
+    add_install_options,
+    cmd_key_new,
+    cmd_plugin_install,
+    cmd_plugin_lock,
+    cmd_plugin_pack,
+    cmd_plugin_rollback,
+    cmd_plugin_sync,
+    cmd_plugin_uninstall,
+    cmd_plugin_update,
+)
 from ._cmd_plugin import (
     cmd_new_plugin,
     cmd_plugin_info,
@@ -156,6 +168,56 @@ def _parser() -> argparse.ArgumentParser:
         act.add_argument("--json", action="store_true")
         act.set_defaults(func=func)
 
+    # Packages: lock and pack a plugin folder; install, update, roll back, uninstall, sync.
+    lk = pl_sub.add_parser("lock", help="resolve a plugin's dependencies into DIR/plugin.lock")
+    lk.add_argument("plugin_dir", metavar="DIR")
+    add_index_options(lk)
+    lk.set_defaults(func=cmd_plugin_lock)
+    pk = pl_sub.add_parser("pack", help="write DIR as <id>-<version>.cordon and print its path")
+    pk.add_argument("plugin_dir", metavar="DIR")
+    pk.add_argument("-o", "--out-dir", metavar="OUT_DIR", help="where (default: .)")
+    pk.add_argument("--sign", metavar="KEY", help="sign with this private key (cordon key new)")
+    add_index_options(pk)
+    pk.set_defaults(func=cmd_plugin_pack)
+    ins = pl_sub.add_parser(
+        "install", help="install a .cordon file, a plugin folder or an https URL into state-dir"
+    )
+    ins.add_argument("source", metavar="SOURCE")
+    config_opt(ins)
+    add_install_options(ins)
+    add_index_options(ins)
+    ins.set_defaults(func=cmd_plugin_install)
+    up = pl_sub.add_parser(
+        "update", help="install a new version (default: from the same source); keeps the old"
+    )
+    up.add_argument("plugin_id", metavar="ID")
+    up.add_argument("source", metavar="SOURCE", nargs="?")
+    config_opt(up)
+    socket_opt(up)
+    add_install_options(up)
+    add_index_options(up)
+    up.set_defaults(func=cmd_plugin_update)
+    rb = pl_sub.add_parser("rollback", help="return an installed plugin to its previous version")
+    rb.add_argument("plugin_id", metavar="ID")
+    config_opt(rb)
+    socket_opt(rb)
+    rb.set_defaults(func=cmd_plugin_rollback)
+    un = pl_sub.add_parser("uninstall", help="remove an installed plugin (storage kept)")
+    un.add_argument("plugin_id", metavar="ID")
+    un.add_argument("--purge", action="store_true", help="also delete its stored data")
+    un.add_argument("--yes", action="store_true", help="do not ask")
+    config_opt(un)
+    un.set_defaults(func=cmd_plugin_uninstall)
+    sy = pl_sub.add_parser(
+        "sync", help="install exactly what FILE pins (--write FILE: what is installed here)"
+    )
+    sy.add_argument("file", metavar="FILE", nargs="?")
+    sy.add_argument("--write", metavar="FILE", help="write the installed plugins to FILE")
+    config_opt(sy)
+    add_install_options(sy)
+    add_index_options(sy)
+    sy.set_defaults(func=cmd_plugin_sync)
+
     au = sub.add_parser("audit", help="a plugin's audit trail of host-API calls")
     au.add_argument("plugin_id")
     au.add_argument("--limit", type=int, default=50)
@@ -177,6 +239,12 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(lg)
     socket_opt(lg)
     lg.set_defaults(func=cmd_logs)
+
+    ky = sub.add_parser("key", help="publisher keys for signing plugin packages")
+    ky_sub = ky.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    kn = ky_sub.add_parser("new", help="write an Ed25519 key to PATH (public key: PATH.pub)")
+    kn.add_argument("path", metavar="PATH")
+    kn.set_defaults(func=cmd_key_new)
 
     new = sub.add_parser("new", help="scaffold a new plugin")
     new_sub = new.add_subparsers(dest="new_command", required=True, metavar="WHAT")
