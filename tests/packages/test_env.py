@@ -319,6 +319,7 @@ def test_sigkill_mid_build_leaves_the_previous_state_intact_and_the_next_build_s
     os.mkfifo(wheel)  # uv blocks reading it: the build is provably mid-way when we kill
 
     builder = subprocess.Popen(room.child_args(lock), stdout=subprocess.DEVNULL)
+    writer: int | None = None
     try:
         writer = _wait_for_reader(wheel)
         (uv,) = _children(builder.pid)
@@ -327,8 +328,9 @@ def test_sigkill_mid_build_leaves_the_previous_state_intact_and_the_next_build_s
         builder.wait(timeout=CHILD_TIMEOUT)
         # uv dies with its builder (parent-death signal), not writing on as an orphan.
         assert select.select([pidfds[0]], [], [], UV_WAIT)[0], "uv outlived its killed builder"
-        os.close(writer)
     finally:
+        if writer is not None:
+            os.close(writer)  # EOF: an orphaned uv, if any, fails its hash check and exits
         if builder.poll() is None:
             builder.kill()
             builder.wait(timeout=CHILD_TIMEOUT)
