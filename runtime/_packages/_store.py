@@ -11,8 +11,13 @@ Layout (written by :mod:`._install`)::
 
 A plugin is installed when ``current`` resolves to a version dir whose record exists: that
 symlink is the one thing an install swaps, so whatever a reader finds is a whole version.
-(A first version by the install engineer, to the contract's read API; the runtime-integration
-engineer owns this module.)
+
+The reader trusts none of it blindly: a link must name a sibling version dir (never a path
+that leads out of ``<state>/plugins/<id>/``), the version dir must be a real directory, and a
+record's paths are recomputed from the layout rather than taken from the file. A half-written
+state (a link to a version dir that is gone, a missing record) reads as *not installed*, with a
+warning naming what is missing; a record that exists but does not parse is a
+:class:`PackageError` naming the file, since guessing would run something else.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
+import structlog
+
+from .._settings._validate import PLUGIN_ID
+from ._errors import PackageError
 
 __all__ = [
     "CURRENT",
+    "ENVS",
     "PREVIOUS",
     "STAGING",
     "InstalledPlugin",
@@ -38,8 +48,11 @@ __all__ = [
 CURRENT: Final = "current"
 PREVIOUS: Final = "previous"
 STAGING: Final = ".staging"
+ENVS: Final = "envs"
 #: A record is a few hundred bytes; anything larger is not ours.
 _MAX_RECORD_BYTES: Final = 64 * 1024
+
+log = structlog.get_logger("cordon")
 
 
 class InstalledPlugin(msgspec.Struct, frozen=True):
@@ -63,33 +76,110 @@ def record_path(state_dir: Path, plugin_id: str, version: str) -> Path:
     return plugins_root(state_dir) / plugin_id / f"{version}.json"
 
 
-def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | None:
-    if not plugin_id or "/" in plugin_id or plugin_id.startswith("."):
+def _version_name(target: str) -> bool:
+    # What an install writes: a bare sibling name. Anything with a separator, or ``.``/``..``
+    # (or a hidden name), could lead out of the plugin's folder.
+    return bool(target) and "/" not in target and "\0" not in target and target[0] != "."
+
+
+def _read_record(path: Path) -> InstalledPlugin | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
-    link = plugins_root(state_dir) / plugin_id / name
+    except OSError as exc:
+        raise PackageError(f"installed record {path} cannot be read: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(_MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise PackageError(f"installed record {path} cannot be read: {exc.strerror}") from exc
+    if len(data) > _MAX_RECORD_BYTES:
+        raise PackageError(f"installed record {path} is malformed: over {_MAX_RECORD_BYTES} bytes")
+    try:
+        return msgspec.json.decode(data, type=InstalledPlugin)
+    except msgspec.DecodeError as exc:
+        raise PackageError(f"installed record {path} is malformed: {exc}") from exc
+
+
+def _site_packages(state_dir: Path, record: InstalledPlugin, path: Path) -> str | None:
+    """The record's site-packages, checked to lie inside its own environment under the state
+    dir (the worker is given read access to it: it must be nothing else)."""
+    if record.env_key is None:
+        if record.site_packages is not None:
+            raise PackageError(f"installed record {path} is malformed: site_packages, no env_key")
+        return None
+    if not _version_name(record.env_key) or record.site_packages is None:
+        raise PackageError(f"installed record {path} is malformed: env_key/site_packages")
+    env_root = (Path(state_dir) / ENVS / record.env_key).resolve()
+    site = Path(record.site_packages).resolve()
+    if not site.is_relative_to(env_root):
+        raise PackageError(
+            f"installed record {path} is malformed: site_packages {record.site_packages!r} "
+            f"is not inside its environment {str(env_root)!r}"
+        )
+    return str(site)
+
+
+def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | None:
+    if not PLUGIN_ID.fullmatch(plugin_id):
+        return None
+    root = plugins_root(state_dir) / plugin_id
+    link = root / name
     try:
         target = os.readlink(link)
     except OSError:
         return None
-    # The link names a sibling version dir; anything else was not written by an install.
-    if "/" in target or target.startswith("."):
+    if not _version_name(target):
+        log.warning(
+            "installed plugin link ignored: it leads outside the plugin's folder",
+            plugin=plugin_id,
+            link=str(link),
+            target=target,
+        )
         return None
+    version_dir = root / target
     path = record_path(state_dir, plugin_id, target)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_RECORD_BYTES + 1)
-        record = msgspec.json.decode(data, type=InstalledPlugin)
-    except (OSError, msgspec.DecodeError):
+    if not version_dir.is_dir() or version_dir.is_symlink():
+        log.warning(
+            "installed plugin not usable: its version dir is missing (interrupted install?)",
+            plugin=plugin_id,
+            link=str(link),
+            missing=str(version_dir),
+        )
+        return None
+    record = _read_record(path)
+    if record is None:
+        log.warning(
+            "installed plugin not usable: its record is missing (interrupted install?)",
+            plugin=plugin_id,
+            link=str(link),
+            missing=str(path),
+        )
         return None
     if record.plugin_id != plugin_id or record.version != target:
+        raise PackageError(
+            f"installed record {path} is malformed: it describes {record.plugin_id} "
+            f"{record.version}, not {plugin_id} {target}"
+        )
+    site = _site_packages(state_dir, record, path)
+    if site is not None and not Path(site).is_dir():
+        log.warning(
+            "installed plugin not usable: its environment is missing",
+            plugin=plugin_id,
+            missing=site,
+        )
         return None
-    if not (plugins_root(state_dir) / plugin_id / target).is_dir():
-        return None
-    return record
+    # The paths a worker is given come from the layout, not from the file's say-so.
+    return msgspec.structs.replace(
+        record, plugin_dir=str(version_dir.resolve()), site_packages=site
+    )
 
 
 def installed(state_dir: Path, plugin_id: str) -> InstalledPlugin | None:
-    """The active version of ``plugin_id`` (through ``current``), or ``None``."""
+    """The active version of ``plugin_id`` (through ``current``), or ``None`` when it is not
+    installed (or only half: see the module's docstring). A malformed record is a
+    :class:`PackageError` naming the file."""
     return _read_link(state_dir, plugin_id, CURRENT)
 
 
@@ -103,5 +193,9 @@ def list_installed(state_dir: Path) -> list[InstalledPlugin]:
     root = plugins_root(state_dir)
     if not root.is_dir():
         return []
-    found = (installed(state_dir, p.name) for p in sorted(root.iterdir()) if p.is_dir())
+    found = (
+        installed(state_dir, p.name)
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.is_symlink() and PLUGIN_ID.fullmatch(p.name)
+    )
     return [p for p in found if p is not None]

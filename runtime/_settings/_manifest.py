@@ -14,6 +14,7 @@ contributions) is plain data here, and the plugin's code runs only in its sandbo
     entry = "hello_plugin:plugin"       # module:attribute, module file inside the plugin dir
     requires-cordon = ">=0.1"           # PEP 440 specifier, or npm-style "^0.1" / "~0.1"
     permissions = ["log", "storage"]
+    dependencies = ["humanize>=4"]      # PEP 508, installed into the plugin's own environment
 
     [plugin.requires]                   # other plugins: id -> specifier
     base = "^1.0"
@@ -90,6 +91,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     requires_cordon: str = ""
     requires: dict[str, str] = msgspec.field(default_factory=dict)
     permissions: tuple[str, ...] = ()
+    #: PEP 508 requirements (as written) for the plugin's own environment; see ``cordon plugin
+    #: lock``. Never a direct reference (``name @ url``): that would bypass the lock's index.
+    dependencies: tuple[str, ...] = ()
     activate: Literal["lazy", "eager"] | None = None
     protocol: int | None = None
     contributes: Contributes = msgspec.field(default_factory=Contributes)
@@ -205,6 +209,7 @@ _PLUGIN_KEYS: Final = (
     "permissions",
     "activate",
     "requires",
+    "dependencies",
 )
 _REQUIRED: Final = ("id", "name", "version", "entry")
 
@@ -298,6 +303,31 @@ def _parse_authors(ck: Checker, path: str, value: object) -> tuple[Author, ...] 
 
 def _parse_permissions(ck: Checker, path: str, value: object) -> tuple[str, ...] | Invalid:
     return ck.expect_str_list(path, value, check=check_permission_string, unique=True)
+
+
+#: A dependency line is one requirement; anything longer is not a requirement.
+_MAX_DEPENDENCY_LEN: Final = 1000
+
+
+def _check_dependency(text: str) -> str | None:
+    """Why ``text`` is not an acceptable PEP 508 dependency (or ``None``)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if len(text) > _MAX_DEPENDENCY_LEN:
+        return f"longer than {_MAX_DEPENDENCY_LEN} characters"
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        return f"{show(text)} is not a PEP 508 requirement: {exc}"
+    if req.url is not None:
+        # A direct reference is fetched from wherever it says, past the index options and the
+        # lock's hashes: only named requirements resolved by the lock are installed.
+        return f"{show(text)} is a direct reference (name @ url); name a version from an index"
+    return None
+
+
+def _parse_dependencies(ck: Checker, path: str, value: object) -> tuple[str, ...] | Invalid:
+    return ck.expect_str_list(path, value, check=_check_dependency, unique=True)
 
 
 def _parse_requires(
@@ -394,6 +424,8 @@ def _parse(ck: Checker, data: object, folder: Path | None, source: str | None) -
         fields["protocol"] = ck.expect_int(at("protocol"), p["protocol"], minimum=1)
     if "permissions" in p:
         fields["permissions"] = _parse_permissions(ck, at("permissions"), p["permissions"])
+    if "dependencies" in p:
+        fields["dependencies"] = _parse_dependencies(ck, at("dependencies"), p["dependencies"])
     if "activate" in p:
         fields["activate"] = ck.expect_choice(at("activate"), p["activate"], ("lazy", "eager"))
     if "requires" in p:
