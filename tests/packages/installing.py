@@ -48,9 +48,12 @@ class Room:
             stdin=subprocess.DEVNULL,
         )
 
-    def config_with(self, name: str, state: Path | None = None, **runtime: str) -> Path:
+    def config_with(
+        self, name: str, state: Path | None = None, runtime: dict[str, str] | None = None
+    ) -> Path:
+        """A config file: ``state`` as its state dir, ``runtime`` keys as TOML values."""
         lines = ["[runtime]", f'state-dir = "{state or self.state}"']
-        lines += [f"{k} = {v}" for k, v in runtime.items()]
+        lines += [f"{k} = {v}" for k, v in (runtime or {}).items()]
         path = self.root / name
         path.write_text("\n".join(lines) + "\n")
         return path

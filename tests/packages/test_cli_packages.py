@@ -13,7 +13,7 @@ import stat
 import subprocess
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -186,9 +186,9 @@ def _bomb(path: Path) -> Path:
     ids=["hash-mismatch", "dotdot-entry", "symlink-entry", "zip-bomb"],
 )
 def test_a_hostile_package_is_refused_naming_its_entry_and_nothing_is_left(
-    room: Room, build: object, needle: str
+    room: Room, build: Callable[[Path], Path], needle: str
 ) -> None:
-    package = build(room.root / "greeter-1.2.0.cordon")  # type: ignore[operator]
+    package = build(room.root / "greeter-1.2.0.cordon")
     proc = room.cordon("plugin", "install", str(package), "--yes", index=False)
     one_line_error(proc, 22, "PackageInvalid", needle)
     assert_nothing_placed(room)
@@ -202,9 +202,9 @@ def _keyed(room: Room, name: str) -> tuple[Path, str]:
 
 def test_an_unsigned_package_is_refused_when_signatures_are_required(room: Room) -> None:
     _, public = _keyed(room, "pub.key")
-    strict = room.config_with("strict.toml", **{
-        "require-signatures": "true", "trusted-keys": f'["{public}"]'
-    })  # fmt: skip
+    strict = room.config_with(
+        "strict.toml", runtime={"require-signatures": "true", "trusted-keys": f'["{public}"]'}
+    )
     package = pack(room, plugin_folder(room.root, "alpha"))
     proc = room.cordon("plugin", "install", str(package), "--yes", config=strict, index=False)
     one_line_error(proc, 23, "SignatureInvalid", "not signed", "require-signatures")
@@ -214,9 +214,9 @@ def test_an_unsigned_package_is_refused_when_signatures_are_required(room: Room)
 def test_a_package_signed_by_an_untrusted_key_is_refused_naming_that_key(room: Room) -> None:
     _, trusted = _keyed(room, "trusted.key")
     other, other_public = _keyed(room, "other.key")
-    strict = room.config_with("strict.toml", **{
-        "require-signatures": "true", "trusted-keys": f'["{trusted}"]'
-    })  # fmt: skip
+    strict = room.config_with(
+        "strict.toml", runtime={"require-signatures": "true", "trusted-keys": f'["{trusted}"]'}
+    )
     package = pack(room, plugin_folder(room.root, "alpha"), "--sign", str(other))
     proc = room.cordon("plugin", "install", str(package), "--yes", config=strict, index=False)
     one_line_error(proc, 23, "SignatureInvalid", other_public, "trusted-keys")
