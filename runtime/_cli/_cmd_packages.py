@@ -62,7 +62,9 @@ def _options(args: argparse.Namespace) -> IndexOptions:
     from .._packages._lock import IndexOptions
 
     # Relative wheelhouses mean the caller's cwd, as a shell user expects.
-    links = tuple(str(Path(d).expanduser().absolute()) for d in args.find_links)
+    links = tuple(
+        d if "://" in d else str(Path(d).expanduser().absolute()) for d in args.find_links
+    )
     return IndexOptions(index_url=args.index_url, find_links=links, offline=args.offline)
 
 

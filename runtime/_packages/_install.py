@@ -18,7 +18,7 @@ in use: the sweep removes only those whose owner is gone.
 
 Test hook (documented, explicit, inert unless set): ``CORDON_TEST_INSTALL_PAUSE=<point>``
 makes the installer, on reaching ``<point>`` (``staged``, ``env-built``, ``before-swap``,
-``after-swap``), write ``<state>/plugins/.staging/paused-<point>`` and wait there, so a test
+``between-links``, ``after-swap``), write ``<state>/plugins/.staging/paused-<point>`` and wait there, so a test
 can SIGKILL it at exactly that moment.
 """
 
@@ -381,10 +381,14 @@ def commit(staged: Staged, *, progress: bool = False) -> InstalledPlugin:
             except OSError:
                 current = None
             if current != pkg.version:
-                _point(root / CURRENT, pkg.version)  # the commit point
-                _pause(state_dir, "after-swap")
+                # ``previous`` first: killed between the two renames, both name the old
+                # version (still whole, and a retry completes the update); the other order
+                # would leave the old version unnamed, and the next tidy would delete it.
                 if current is not None and (root / current).is_dir():
                     _point(root / PREVIOUS, current)
+                _pause(state_dir, "between-links")
+                _point(root / CURRENT, pkg.version)  # the commit point
+                _pause(state_dir, "after-swap")
             _tidy(state_dir, pkg.plugin_id)
     finally:
         discard(staged)

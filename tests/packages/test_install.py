@@ -1,0 +1,216 @@
+"""An interrupted install: ``cordon plugin install`` SIGKILLed at each moment of an update
+leaves the previous version whole (or, once ``current`` is swapped, the new one whole), and
+the next install sweeps what the killed one left and succeeds.
+
+The moments: as soon as its staging dir appears; while its ``uv`` is downloading a wheel (a
+loopback find-links server holds the download until the test has killed the installer); and at
+the named points of the installer's documented test hook (``CORDON_TEST_INSTALL_PAUSE``):
+after staging, after the env build, right before the links move, between ``previous`` and
+``current``, and right after ``current``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cordon.runtime._packages._install import PAUSE_ENV
+from cordon.runtime._packages._store import InstalledPlugin, installed, previous
+from tests.packages.installing import CORDON, Room, leftovers, make_room, plugin_folder
+
+#: How long the installer may take to reach a point (a cold uv on a loaded box).
+REACH_DEADLINE = 60.0
+
+
+@pytest.fixture
+def room(tmp_path: Path) -> Room:
+    return make_room(tmp_path)
+
+
+@pytest.fixture
+def updating(room: Room) -> tuple[Room, Path]:
+    """1.0.0 installed (env with cordonlib 1.0); 2.0.0's folder, locked, needing cordonlib 2.0."""
+    v1 = plugin_folder(room.root, "alpha", "1.0.0", dependencies=("cordonlib==1.0",))
+    assert room.cordon("plugin", "install", str(v1), "--yes").returncode == 0
+    v2 = plugin_folder(room.root, "alpha", "2.0.0", dependencies=("cordonlib==2.0",))
+    assert room.cordon("plugin", "lock", str(v2)).returncode == 0
+    return room, v2
+
+
+def _start(
+    room: Room, source: Path, *index: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [CORDON, "plugin", "install", str(source), "--yes", "--config", str(room.config), *index],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=room.root,
+    )
+
+
+def _wait_for(proc: subprocess.Popen[bytes], what: str, found: object) -> None:
+    deadline = time.monotonic() + REACH_DEADLINE
+    while not found():  # type: ignore[operator]
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            _kill(proc)
+            raise AssertionError(f"the installer exited ({proc.returncode}) before {what}: {err}")
+        if time.monotonic() > deadline:
+            _kill(proc)
+            raise AssertionError(f"the installer did not reach {what} in {REACH_DEADLINE} s")
+        time.sleep(0.005)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def _whole(record: InstalledPlugin | None, version: str, lib: str) -> None:
+    """The record, its version dir and its env all agree and are complete."""
+    assert record is not None and record.version == version
+    assert (Path(record.plugin_dir) / "alpha_main.py").is_file()
+    assert f'version = "{version}"' in (Path(record.plugin_dir) / "plugin.toml").read_text()
+    assert record.site_packages is not None
+    assert f'VERSION = "{lib}"' in (Path(record.site_packages) / "cordonlib.py").read_text()
+
+
+def _then_install_succeeds(room: Room, v2: Path) -> None:
+    proc = room.cordon("plugin", "install", str(v2), "--yes")
+    assert proc.returncode == 0, proc.stderr
+    _whole(installed(room.state, "alpha"), "2.0.0", "2.0")
+    _whole(previous(room.state, "alpha"), "1.0.0", "1.0")
+    assert list((room.state / "plugins" / ".staging").iterdir()) == []
+    # Nothing but the two versions (dirs, records, links) and their two envs.
+    top = {p.split("/")[2] for p in leftovers(room.state) if p.startswith("plugins/alpha/")}
+    assert top == {"1.0.0", "1.0.0.json", "2.0.0", "2.0.0.json", "current", "previous"}
+    assert len([p for p in leftovers(room.state) if p.startswith("envs/")]) == 2
+
+
+@pytest.mark.parametrize(
+    "point", ["staged", "env-built", "before-swap", "between-links", "after-swap"]
+)
+def test_a_sigkill_at_each_named_point_of_an_update_leaves_a_whole_version(
+    updating: tuple[Room, Path], point: str
+) -> None:
+    room, v2 = updating
+    index = ("--find-links", str(room.wheelhouse), "--offline")
+    proc = _start(room, v2, *index, env={PAUSE_ENV: point})
+    marker = room.state / "plugins" / ".staging" / f"paused-{point}"
+    _wait_for(proc, point, marker.exists)
+    _kill(proc)
+    if point == "after-swap":  # current was swapped: the new version, whole
+        _whole(installed(room.state, "alpha"), "2.0.0", "2.0")
+    else:
+        _whole(installed(room.state, "alpha"), "1.0.0", "1.0")
+    _then_install_succeeds(room, v2)
+
+
+def test_a_sigkill_as_soon_as_the_staging_dir_appears_leaves_the_previous_version(
+    updating: tuple[Room, Path],
+) -> None:
+    room, v2 = updating
+    staging = room.state / "plugins" / ".staging"
+    proc = _start(room, v2, "--find-links", str(room.wheelhouse), "--offline")
+    _wait_for(proc, "staging", lambda: any(staging.glob("install-*")))
+    _kill(proc)
+    _whole(installed(room.state, "alpha"), "1.0.0", "1.0")
+    _then_install_succeeds(room, v2)
+
+
+class _HeldWheels(http.server.SimpleHTTPRequestHandler):
+    """A find-links server whose wheel downloads wait until the test releases them."""
+
+    release = threading.Event()
+    requested = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.path.endswith(".whl"):
+            type(self).requested.set()
+            type(self).release.wait(REACH_DEADLINE)
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _uv_children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == pid and comm == "uv":
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sigkill_while_uv_downloads_a_wheel_leaves_the_previous_version_and_no_uv(
+    updating: tuple[Room, Path],
+) -> None:
+    room, v2 = updating
+    wheelhouse = str(room.wheelhouse)
+
+    class Handler(_HeldWheels):
+        release = threading.Event()
+        requested = threading.Event()
+
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=wheelhouse, **kw)  # type: ignore[arg-type]
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        proc = _start(room, v2, "--find-links", url)
+        _wait_for(proc, "uv's wheel download", Handler.requested.is_set)
+        uvs = _uv_children(proc.pid)
+        assert uvs, "uv is the one downloading"
+        _kill(proc)
+        # uv dies with its builder (parent-death signal): nothing keeps writing into the state.
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{u}").exists() for u in uvs):
+            assert time.monotonic() < deadline, f"uv {uvs} outlived the killed installer"
+            time.sleep(0.01)
+    finally:
+        Handler.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+    _whole(installed(room.state, "alpha"), "1.0.0", "1.0")
+    _then_install_succeeds(room, v2)
+
+
+def test_a_sigkilled_first_install_leaves_nothing_installed_and_the_retry_succeeds(
+    room: Room,
+) -> None:
+    folder = plugin_folder(room.root, "alpha", dependencies=("cordonlib==1.0",))
+    index = ("--find-links", str(room.wheelhouse), "--offline")
+    proc = _start(room, folder, *index, env={PAUSE_ENV: "before-swap"})
+    marker = room.state / "plugins" / ".staging" / "paused-before-swap"
+    _wait_for(proc, "before-swap", marker.exists)
+    _kill(proc)
+    assert installed(room.state, "alpha") is None
+    proc2 = room.cordon("plugin", "install", str(folder), "--yes")
+    assert proc2.returncode == 0, proc2.stderr
+    rec = installed(room.state, "alpha")
+    assert rec is not None and previous(room.state, "alpha") is None
+    assert list((room.state / "plugins" / ".staging").iterdir()) == []
