@@ -18,8 +18,8 @@ in use: the sweep removes only those whose owner is gone.
 
 Test hook (documented, explicit, inert unless set): ``CORDON_TEST_INSTALL_PAUSE=<point>``
 makes the installer, on reaching ``<point>`` (``staged``, ``env-built``, ``before-swap``,
-``between-links``, ``after-swap``), write ``<state>/plugins/.staging/paused-<point>`` and wait there, so a test
-can SIGKILL it at exactly that moment.
+``between-links``, ``after-swap``), write ``<state>/plugins/.staging/paused-<point>`` and
+wait there, so a test can SIGKILL it at exactly that moment.
 """
 
 from __future__ import annotations
