@@ -88,6 +88,9 @@ class InitializeParams(msgspec.Struct, omit_defaults=True):
     host_pid: int = 0
     #: Honour ``$/fault`` requests (fault injection for tests). Never set in production.
     faults: bool = False
+    #: The plugin's own environment (its installed dependencies' ``site-packages``): appended
+    #: to ``sys.path`` after lock-down, never through ``site`` (no ``.pth`` runs), read-only.
+    site_paths: list[str] = []
 
 
 class Contribution(msgspec.Struct, omit_defaults=True):

@@ -181,7 +181,9 @@ def lock_down(st: Launch) -> None:
                 limits=init.limits,
                 plugin_dir=init.plugin_dir,
                 scratch_dir=init.scratch_dir,
-                read_paths=[],
+                # The plugin's environment: readable so it can import from it, never
+                # writable (one env is shared, hard-linked, by every plugin with its lock).
+                read_paths=list(init.site_paths),
                 keep_fds=[0, 1, 2, st.rfd, st.wfd],
             )
         )
@@ -210,6 +212,9 @@ def import_plugin(st: Launch) -> None:
     module_name, _, attr = st.init.entry.partition(":")
     sys.dont_write_bytecode = True
     sys.path.insert(0, st.init.plugin_dir)
+    # Appended by hand, after lock-down: ``site.addsitedir`` would execute the env's ``.pth``
+    # files, and anything imported before lock-down would have run unconfined.
+    sys.path.extend(p for p in st.init.site_paths if p not in sys.path)
     try:
         module = import_entry_module(module_name, st.init.plugin_dir)
         plugin = getattr(module, attr or "plugin")

@@ -21,6 +21,8 @@ from cordon.protocol import CordonError, PermissionDenied, PluginUnavailable
 
 from .._hostapi._api import HostAPI
 from .._hostapi._exec import policy_for_plugin
+from .._packages._errors import NotInstalled, PackageError
+from .._packages._store import InstalledPlugin, installed
 from .._platform._discovery import discover
 from .._platform._versions import (
     CORDON_VERSION,
@@ -31,6 +33,7 @@ from .._platform._versions import (
 )
 from .._settings._manifest import Manifest, check_cordon_compat, load_manifest
 from .._settings._permissions import PermissionSet, effective_permissions
+from .._settings._validate import PLUGIN_ID
 from .._supervise._handle import PluginHandle
 
 if TYPE_CHECKING:
@@ -103,17 +106,60 @@ class Loading:
         def get(self, plugin_id: str) -> PluginHandle: ...
         async def _emit(self, topic: str, payload: dict[str, Any]) -> None: ...
         def _scratch_dir(self, plugin_id: str) -> Path: ...
+        def _store_dir(self) -> Path: ...
 
     async def load(self, path: str | os.PathLike[str]) -> PluginHandle:
         """Read a plugin's manifest (importing nothing from it) and register it.
+
+        ``path`` is a plugin folder, or a plain plugin id (no ``/``). An id is looked up, in
+        this order: the installed plugins (``cordon plugin install``: the version ``current``
+        names), a folder of that name in the working directory (as before ids were known),
+        then discovery (``[runtime] plugin-dirs``, then entry points when enabled) by the id
+        in each manifest. The operator's grants apply alike, wherever it was found.
 
         Its worker starts on first use, or now when the plugin asks for eager activation.
         """
         if self._tg is None:
             raise RuntimeError("the runtime is not running (use `async with Runtime()`)")
-        manifest = load_manifest(path)
+        folder, record = self._locate(path)
+        manifest = load_manifest(folder)
+        if record is not None and (manifest.id, manifest.version) != (
+            record.plugin_id,
+            record.version,
+        ):
+            raise PackageError(
+                f"installed plugin {record.plugin_id} {record.version} at {folder} has a "
+                f"manifest saying {manifest.id} {manifest.version}: the store was altered"
+            )
         check_cordon_compat(manifest, CORDON_VERSION)
         return await self._load_manifest(manifest)
+
+    def _locate(
+        self, path: str | os.PathLike[str]
+    ) -> tuple[str | os.PathLike[str], InstalledPlugin | None]:
+        """The folder ``load`` reads (see there for the order), and the installed record
+        when it comes from the store."""
+        if not isinstance(path, str) or not PLUGIN_ID.fullmatch(path):
+            return path, None
+        record = installed(self._store_dir(), path)
+        if record is not None:
+            return record.plugin_dir, record
+        if Path(path).is_dir():
+            return path, None
+        found = discover(
+            self.config.runtime.plugin_dirs, entry_points=self.config.runtime.entry_points
+        )
+        for cand in found.candidates:
+            try:
+                if load_manifest(cand.path).id == path:
+                    return cand.path, None
+            except CordonError:
+                continue  # a broken neighbour is not the plugin asked for
+        raise NotInstalled(
+            f"no plugin {path!r}: not installed under {self._store_dir()}, no folder of that "
+            "name here, and none in [runtime] plugin-dirs or entry points",
+            plugin=path,
+        )
 
     def _permissions_for(self, manifest: Manifest, settings: PluginSettings) -> PermissionSet:
         perms = effective_permissions(manifest.permissions, settings.grant, settings.deny)
@@ -194,7 +240,10 @@ class Loading:
         incompatible dependency, failed eager start — is reported with its reason and never
         stops the others (its dependents are reported as blocked)."""
         report = LoadReport()
-        found = discover(self.config.runtime.plugin_dirs, entry_points=entry_points)
+        # Installed plugins first: see _platform._discovery for the precedence.
+        found = discover(
+            self.config.runtime.plugin_dirs, entry_points=entry_points, installed=self._store_dir()
+        )
         for problem in found.problems:
             report.failed.append(LoadFailure(None, problem["path"] or None, str(problem)))
         manifests: dict[str, Manifest] = {}

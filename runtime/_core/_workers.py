@@ -28,6 +28,8 @@ from cordon.protocol import (
     SandboxPolicy,
 )
 
+from .._packages._errors import NotInstalled
+from .._packages._store import installed_at_dir, plugins_root
 from .._settings._manifest import Manifest
 from .._supervise._cgroup import CgroupSupport, WorkerCgroup
 from .._supervise._handle import PluginHandle
@@ -35,6 +37,7 @@ from .._supervise._worker import WorkerProcess
 
 if TYPE_CHECKING:
     from .._hostapi._logsink import LogSink
+    from .._settings._config import Config
 
 __all__ = ["WorkerPool"]
 
@@ -47,7 +50,9 @@ class WorkerPool:
     if TYPE_CHECKING:
         # The runtime's state, made in Runtime.__init__ and __aenter__.
         enable_faults: bool
+        config: Config
         state_dir: Path | None
+        _explicit_state_dir: Path | None
         log_sink: LogSink | None
         cgroups: CgroupSupport
         _python: str | None
@@ -68,6 +73,30 @@ class WorkerPool:
         path = self.state_dir / "scratch" / plugin_id
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
+
+    def _store_dir(self) -> Path:
+        """Where installed plugins live: the state dir this runtime was given, else the
+        configured one, even when the runtime keeps its own state in a temp dir (no config
+        file): the place ``cordon plugin install`` writes to."""
+        if self._explicit_state_dir is not None and self.state_dir is not None:
+            return self.state_dir
+        return Path(self.config.runtime.state_dir).expanduser().resolve()
+
+    def _site_paths(self, m: Manifest) -> list[str]:
+        """The environment of the installed version ``m`` was read from (``[]`` for a plugin
+        not in the store, or one without dependencies): read from that version's record, so
+        a worker of the previous version, still draining, keeps its own."""
+        store = self._store_dir()
+        record = installed_at_dir(store, m.directory)
+        if record is None:
+            if Path(m.directory).resolve().is_relative_to(plugins_root(store).resolve()):
+                raise NotInstalled(
+                    f"plugin {m.id!r} at {m.directory} is not wholly installed (its record or "
+                    "environment is missing; see the log): reinstall it",
+                    plugin=m.id,
+                )
+            return []
+        return [record.site_packages] if record.site_packages else []
 
     def _plugin_output(self, plugin_id: str, line: bytes) -> None:
         # The worker's raw stderr is plugin output: redacted and rate-limited like its logs.
@@ -95,6 +124,8 @@ class WorkerPool:
         ``spare``), else a new one that :meth:`_start_worker` will spawn."""
         s = handle.settings
         m = manifest if manifest is not None else handle.manifest
+        # Before a spare is claimed: a broken install refuses here with nothing to undo.
+        site_paths = self._site_paths(m)
         spare_worker = self._take_spare() if spare else None
         group: WorkerCgroup | None = None
         placed = False
@@ -132,6 +163,7 @@ class WorkerPool:
             max_frame=s.max_message or DEFAULT_MAX_FRAME,
             host_pid=os.getpid(),
             faults=self.enable_faults,
+            site_paths=site_paths,
         )
         wiring: dict[str, Any] = {
             "plugin_id": m.id,

@@ -39,9 +39,11 @@ __all__ = [
     "STAGING",
     "InstalledPlugin",
     "installed",
+    "installed_at_dir",
     "list_installed",
     "plugins_root",
     "previous",
+    "read_installed",
     "record_path",
 ]
 
@@ -138,13 +140,20 @@ def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | 
             target=target,
         )
         return None
-    version_dir = root / target
-    path = record_path(state_dir, plugin_id, target)
+    return _read_version(state_dir, plugin_id, target, via=str(link))
+
+
+def _read_version(
+    state_dir: Path, plugin_id: str, version: str, *, via: str
+) -> InstalledPlugin | None:
+    root = plugins_root(state_dir) / plugin_id
+    version_dir = root / version
+    path = record_path(state_dir, plugin_id, version)
     if not version_dir.is_dir() or version_dir.is_symlink():
         log.warning(
             "installed plugin not usable: its version dir is missing (interrupted install?)",
             plugin=plugin_id,
-            link=str(link),
+            via=via,
             missing=str(version_dir),
         )
         return None
@@ -153,14 +162,14 @@ def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | 
         log.warning(
             "installed plugin not usable: its record is missing (interrupted install?)",
             plugin=plugin_id,
-            link=str(link),
+            via=via,
             missing=str(path),
         )
         return None
-    if record.plugin_id != plugin_id or record.version != target:
+    if record.plugin_id != plugin_id or record.version != version:
         raise PackageError(
             f"installed record {path} is malformed: it describes {record.plugin_id} "
-            f"{record.version}, not {plugin_id} {target}"
+            f"{record.version}, not {plugin_id} {version}"
         )
     site = _site_packages(state_dir, record, path)
     if site is not None and not Path(site).is_dir():
@@ -176,6 +185,20 @@ def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | 
     )
 
 
+def installed_at_dir(state_dir: Path, plugin_dir: str | os.PathLike[str]) -> InstalledPlugin | None:
+    """The installed version whose version dir ``plugin_dir`` is (current, previous, or one a
+    running worker still uses), or ``None`` when ``plugin_dir`` is not in the store: how the
+    host finds the environment of the very version a worker runs."""
+    folder = Path(plugin_dir).resolve()
+    root = plugins_root(state_dir).resolve()
+    if folder.parent.parent != root:
+        return None
+    plugin_id, version = folder.parent.name, folder.name
+    if not PLUGIN_ID.fullmatch(plugin_id) or not _version_name(version):
+        return None
+    return _read_version(state_dir, plugin_id, version, via=str(folder))
+
+
 def installed(state_dir: Path, plugin_id: str) -> InstalledPlugin | None:
     """The active version of ``plugin_id`` (through ``current``), or ``None`` when it is not
     installed (or only half: see the module's docstring). A malformed record is a
@@ -188,14 +211,37 @@ def previous(state_dir: Path, plugin_id: str) -> InstalledPlugin | None:
     return _read_link(state_dir, plugin_id, PREVIOUS)
 
 
-def list_installed(state_dir: Path) -> list[InstalledPlugin]:
-    """Every installed plugin's active version, sorted by id."""
+def read_installed(state_dir: Path) -> list[tuple[str, InstalledPlugin | PackageError | None]]:
+    """Every plugin folder under the store, sorted by id, with its active version, ``None``
+    (not, or only half, installed) or the :class:`PackageError` its record is: for listings
+    that must show the others when one is broken."""
     root = plugins_root(state_dir)
-    if not root.is_dir():
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
         return []
-    found = (
-        installed(state_dir, p.name)
-        for p in sorted(root.iterdir())
-        if p.is_dir() and not p.is_symlink() and PLUGIN_ID.fullmatch(p.name)
-    )
-    return [p for p in found if p is not None]
+    except OSError as exc:
+        raise PackageError(
+            f"the installed plugins under {root} cannot be read: {exc.strerror}"
+        ) from exc
+    out: list[tuple[str, InstalledPlugin | PackageError | None]] = []
+    for entry in entries:
+        if not PLUGIN_ID.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            out.append((entry.name, installed(state_dir, entry.name)))
+        except PackageError as exc:
+            out.append((entry.name, exc))
+    return out
+
+
+def list_installed(state_dir: Path) -> list[InstalledPlugin]:
+    """Every installed plugin's active version, sorted by id. One malformed record raises
+    its :class:`PackageError` (use :func:`read_installed` to list around it)."""
+    out: list[InstalledPlugin] = []
+    for _, record in read_installed(state_dir):
+        if isinstance(record, PackageError):
+            raise record
+        if record is not None:
+            out.append(record)
+    return out

@@ -1,8 +1,10 @@
 """Finding plugins: folders with a ``plugin.toml``, in configured directories and in installed
 Python distributions — all without running a line of plugin code.
 
-Three sources, one result:
+Four sources, one result:
 
+* an **installed plugin** (``cordon plugin install``) is the version dir its ``current`` link
+  names under ``<state>/plugins/<id>/`` (see :mod:`cordon.runtime._packages._store`);
 * a **plugin directory** is any folder holding ``plugin.toml``;
 * each directory in ``[runtime] plugin-dirs`` holds plugins as immediate subdirectories
   (hidden ones and ``__pycache__`` are skipped; a listed directory that is itself a plugin
@@ -15,6 +17,10 @@ dotted name — would import the package (and its parents), which runs the plugi
 host, unsandboxed. So the package folder is located from the distribution's file list
 (``RECORD``), and only for installs that list no package files (editable installs) by asking
 the finders for the *top-level* name, which locates without executing, then walking folders.
+
+Precedence, when two sources offer the same id: installed plugins first (the operator
+installed that id on purpose, verified and with its environment), then ``plugin-dirs`` in the
+order listed, then entry points; the loader keeps the first and reports the others.
 
 Discovery only finds; reading and validating the manifest (and noticing that two candidates
 share an id) is the loader's job. A broken source becomes a :class:`Problem` with its reason
@@ -36,6 +42,7 @@ from typing import Final
 from packaging.utils import canonicalize_name
 
 from .._errors import Problem
+from .._packages._errors import PackageError
 from .._settings._manifest import MANIFEST_FILENAME
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "is_plugin_dir",
     "scan_directory",
     "scan_entry_points",
+    "scan_installed",
 ]
 
 ENTRY_POINT_GROUP: Final = "cordon.plugins"
@@ -125,6 +133,26 @@ def scan_directory(directory: str | os.PathLike[str]) -> DiscoveryResult:
                 problems.append(Problem(f"{origin}:{entry.name}", f"{manifest} is not a file"))
         except OSError as err:
             problems.append(Problem(f"{origin}:{entry.name}", f"cannot read: {_why_not(err)}"))
+    return DiscoveryResult(tuple(found), tuple(problems))
+
+
+# -- installed plugins --------------------------------------------------------------------------
+
+
+def scan_installed(state_dir: str | os.PathLike[str]) -> DiscoveryResult:
+    """The active version of every plugin installed under ``state_dir`` (origin
+    ``installed:<id>``). A record that cannot be read is a problem naming it; a half-written
+    install (a link to a missing version) is simply not there (the store logs why)."""
+    from .._packages._store import read_installed
+
+    found: list[Candidate] = []
+    problems: list[Problem] = []
+    for plugin_id, record in read_installed(Path(state_dir)):
+        origin = f"installed:{plugin_id}"
+        if isinstance(record, PackageError):
+            problems.append(Problem(origin, record.message))
+        elif record is not None:
+            found.append(Candidate(Path(record.plugin_dir), origin))
     return DiscoveryResult(tuple(found), tuple(problems))
 
 
@@ -257,16 +285,18 @@ def discover(
     *,
     entry_points: bool = True,
     path: Sequence[str] | None = None,
+    installed: str | os.PathLike[str] | None = None,
 ) -> DiscoveryResult:
     """Candidates from every directory in ``plugin_dirs`` (in the order given), then from
     installed distributions' entry points (unless ``entry_points=False``; ``path`` as for
-    :func:`scan_entry_points`).
+    :func:`scan_entry_points`). ``installed``: a state dir whose installed plugins come first
+    (see the module's docstring for the precedence).
 
     The same folder reached twice (a directory listed twice, a symlink, an editable install
     that is also in a plugin dir) is one candidate, from its first source. Different folders
     with the same plugin id all stay: telling the operator about both is the loader's job.
     """
-    result = DiscoveryResult()
+    result = scan_installed(installed) if installed is not None else DiscoveryResult()
     for directory in plugin_dirs:
         result += scan_directory(directory)
     if entry_points:

@@ -1,0 +1,390 @@
+"""Installed plugins in the runtime, through real workers under ``sandbox = "strict"``: each
+imports its dependencies from its own environment (conflicting versions side by side in one
+runtime), and neither that environment nor its installed version dir is writable to it; a
+``.pth`` in the environment never runs; ``Runtime.load(ID)`` and ``cordon call ID TOOL`` find
+an installed plugin by id. The store's reader is checked against half-written and tampered
+states."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from cordon.runtime import Runtime
+from cordon.runtime._packages._errors import NotInstalled, PackageError
+from cordon.runtime._packages._install import commit, stage
+from cordon.runtime._packages._lock import IndexOptions
+from cordon.runtime._packages._store import (
+    InstalledPlugin,
+    installed,
+    list_installed,
+    read_installed,
+    record_path,
+)
+
+from .wheelhouse import make_wheel, standard_wheelhouse
+
+pytestmark = pytest.mark.anyio
+
+CORDON = str(Path(sys.executable).parent / "cordon")
+#: A call into a fresh strict worker (spawn, lock-down, import, answer) takes well under this.
+CALL_DEADLINE = 60.0
+#: ``cordon call`` as a subprocess: interpreter start, config, worker, call, exit.
+CLI_TIMEOUT = 120.0
+#: What the payload of the hostile ``.pth`` writes (relative: the worker's cwd is its scratch).
+PTH_MARKER = "pth-ran"
+
+PLUGIN_CODE = '''
+import errno
+import os
+import sys
+
+from cordon.worker import Plugin
+
+plugin = Plugin()
+
+
+@plugin.tool
+def lib() -> dict:
+    import cordonlib
+
+    return {"version": cordonlib.VERSION, "file": cordonlib.__file__, "path": sys.path}
+
+
+@plugin.tool
+def here() -> dict:
+    return {"cwd": os.getcwd(), "listing": sorted(os.listdir("."))}
+
+
+@plugin.tool
+def attempt(op: str, path: str) -> str:
+    """One write-like operation on ``path``: "ok" or the errno's name."""
+    try:
+        if op == "create":
+            with open(path, "x") as f:
+                f.write("VERSION = 'poisoned'\\n")
+        elif op == "append":
+            with open(path, "a") as f:
+                f.write("VERSION = 'poisoned'\\n")
+        elif op == "truncate":
+            os.truncate(path, 0)
+        elif op == "unlink":
+            os.unlink(path)
+        elif op == "rename":
+            os.rename(path, path + ".moved")
+        elif op == "mkdir":
+            os.mkdir(path)
+        elif op == "symlink":
+            os.symlink("/tmp", path)
+        else:
+            return "unknown op"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return "ok"
+'''
+
+#: What each write-like operation targets inside a read-only tree: a new name, or the
+#: installed module itself.
+WRITES = [
+    ("create", "new"),
+    ("mkdir", "new"),
+    ("symlink", "new"),
+    ("append", "module"),
+    ("truncate", "module"),
+    ("unlink", "module"),
+    ("rename", "module"),
+]
+
+
+def make_plugin(
+    root: Path, plugin_id: str, dependencies: list[str], version: str = "1.0.0"
+) -> Path:
+    folder = root / f"{plugin_id}-src"
+    folder.mkdir(parents=True)
+    deps = ", ".join(json.dumps(d) for d in dependencies)
+    (folder / "plugin.toml").write_text(
+        "[plugin]\n"
+        f'id = "{plugin_id}"\nname = "{plugin_id}"\nversion = "{version}"\n'
+        f'entry = "{plugin_id}_main:plugin"\ndependencies = [{deps}]\n'
+    )
+    (folder / f"{plugin_id}_main.py").write_text(PLUGIN_CODE)
+    return folder
+
+
+class Store:
+    """A state dir with its wheelhouse (cordonlib 1.0 and 2.0, a wheel carrying a ``.pth``),
+    into which plugins are installed through the real installer (uv included)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.wheelhouse = standard_wheelhouse(root / "wheelhouse")
+        pth = f"import os; open(os.path.join(os.getcwd(), {PTH_MARKER!r}), 'w').close()\n"
+        make_wheel(self.wheelhouse, "cordonpth", "1.0", extra_files={"zz_cordon.pth": pth.encode()})
+        self.options = IndexOptions(find_links=(str(self.wheelhouse),), offline=True)
+
+    def install(self, plugin_id: str, *dependencies: str) -> InstalledPlugin:
+        folder = make_plugin(self.root / "src", plugin_id, list(dependencies))
+        _, staged = stage(
+            str(folder),
+            state_dir=self.state,
+            trusted_keys=(),
+            require_signatures=False,
+            options=self.options,
+        )
+        return commit(staged)
+
+    def config(self, sandbox: str = "strict") -> dict[str, Any]:
+        return {
+            "runtime": {"state-dir": str(self.state)},
+            "defaults": {"sandbox": sandbox, "call-timeout": "30 s"},
+        }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """Built once for the module (each env is a real uv install): ``one`` needs cordonlib
+    1.0, ``two`` cordonlib 2.0, ``pth`` cordonlib 1.0 and the wheel with the ``.pth``. The
+    tests only read it (what they try to write is refused)."""
+    s = Store(tmp_path_factory.mktemp("installed"))
+    s.install("one", "cordonlib==1.0")
+    s.install("two", "cordonlib==2.0")
+    s.install("pth", "cordonlib==1.0", "cordonpth==1.0")
+    return s
+
+
+@pytest.fixture
+async def rt(store: Store) -> AsyncIterator[Runtime]:
+    async with Runtime(store.config()) as runtime:
+        yield runtime
+
+
+async def call(rt: Runtime, plugin_id: str, tool: str, **args: Any) -> Any:
+    with anyio.fail_after(CALL_DEADLINE):
+        return await rt.get(plugin_id).call(tool, args)
+
+
+# -- importing from its own environment -----------------------------------------------------
+
+
+async def test_an_installed_plugin_loaded_by_id_imports_its_dependency_inside_the_strict_sandbox(
+    rt: Runtime, store: Store
+) -> None:
+    record = installed(store.state, "one")
+    assert record is not None and record.site_packages is not None
+    handle = await rt.load("one")
+    assert handle.manifest.directory == record.plugin_dir
+    got = await call(rt, "one", "lib")
+    assert got["version"] == "1.0"
+    assert got["file"].startswith(record.site_packages + os.sep)
+    # Appended after everything the worker had: a dependency never shadows cordon itself.
+    assert got["path"][-1] == record.site_packages
+    assert handle.sandbox["landlock-fs"] == "applied"
+
+
+async def test_two_installed_plugins_needing_conflicting_versions_each_import_their_own(
+    rt: Runtime, store: Store
+) -> None:
+    await rt.load("one")
+    await rt.load("two")
+    one, two = installed(store.state, "one"), installed(store.state, "two")
+    assert one is not None and two is not None and one.env_key != two.env_key
+    assert (await call(rt, "one", "lib"))["version"] == "1.0"
+    assert (await call(rt, "two", "lib"))["version"] == "2.0"
+    # And again, in the other order, in the same workers: nothing leaked between them.
+    assert (await call(rt, "two", "lib"))["version"] == "2.0"
+    assert (await call(rt, "one", "lib"))["version"] == "1.0"
+
+
+async def test_cordon_run_loads_installed_plugins_with_the_configs_grants(store: Store) -> None:
+    async with Runtime(store.config()) as rt:
+        with anyio.fail_after(CALL_DEADLINE):
+            report = await rt.load_all(entry_points=False)
+        assert {"one", "two", "pth"} <= set(report.loaded)
+        assert (await call(rt, "two", "lib"))["version"] == "2.0"
+
+
+# -- the environment and the version dir are read-only ---------------------------------------
+
+
+def _target(base: str, what: str, module: str) -> str:
+    return os.path.join(base, "planted_by_plugin.py" if what == "new" else module)
+
+
+@pytest.mark.parametrize(("op", "what"), WRITES)
+async def test_a_plugin_cannot_write_into_its_environment(
+    rt: Runtime, store: Store, op: str, what: str
+) -> None:
+    record = installed(store.state, "one")
+    assert record is not None and record.site_packages is not None
+    await rt.load("one")
+    module = os.path.join(record.site_packages, "cordonlib.py")
+    before = Path(module).read_bytes()
+    got = await call(rt, "one", "attempt", op=op, path=_target(record.site_packages, what, module))
+    assert got in {"EACCES", "EROFS", "EPERM"}, got
+    assert Path(module).read_bytes() == before
+    assert not Path(record.site_packages, "planted_by_plugin.py").exists()
+    # The other plugin sharing nothing still imports the genuine module, and so does this one.
+    assert (await call(rt, "one", "lib"))["version"] == "1.0"
+
+
+@pytest.mark.parametrize(("op", "what"), WRITES)
+async def test_a_plugin_cannot_write_into_its_own_installed_version_dir(
+    rt: Runtime, store: Store, op: str, what: str
+) -> None:
+    record = installed(store.state, "one")
+    assert record is not None
+    await rt.load("one")
+    module = os.path.join(record.plugin_dir, "one_main.py")
+    before = Path(module).read_bytes()
+    got = await call(rt, "one", "attempt", op=op, path=_target(record.plugin_dir, what, module))
+    assert got in {"EACCES", "EROFS", "EPERM"}, got
+    assert Path(module).read_bytes() == before
+    assert not Path(record.plugin_dir, "planted_by_plugin.py").exists()
+
+
+async def test_without_the_sandbox_the_same_write_would_land_as_a_control(
+    tmp_path: Path,
+) -> None:
+    # Its own store: this control really writes into the environment it was given.
+    s = Store(tmp_path)
+    record = s.install("one", "cordonlib==1.0")
+    assert record.site_packages is not None
+    async with Runtime(s.config(sandbox="off")) as rt:
+        await rt.load("one")
+        target = os.path.join(record.site_packages, "planted_by_plugin.py")
+        assert await call(rt, "one", "attempt", op="create", path=target) == "ok"
+    assert Path(target).exists()
+
+
+# -- .pth files never run --------------------------------------------------------------------
+
+
+async def test_a_pth_file_in_the_environment_never_runs_in_the_worker(
+    rt: Runtime, store: Store, tmp_path: Path
+) -> None:
+    record = installed(store.state, "pth")
+    assert record is not None and record.site_packages is not None
+    assert Path(record.site_packages, "zz_cordon.pth").is_file()
+    await rt.load("pth")
+    assert (await call(rt, "pth", "lib"))["version"] == "1.0"
+    here = await call(rt, "pth", "here")
+    assert PTH_MARKER not in here["listing"]
+    assert rt.state_dir is not None
+    assert not (rt.state_dir / "scratch" / "pth" / PTH_MARKER).exists()
+    # Control: the same environment handed to ``site`` does run it.
+    subprocess.run(
+        [sys.executable, "-I", "-c", f"import site; site.addsitedir({record.site_packages!r})"],
+        cwd=tmp_path,
+        check=True,
+        timeout=CLI_TIMEOUT,
+    )
+    assert (tmp_path / PTH_MARKER).exists()
+
+
+# -- found by id -----------------------------------------------------------------------------
+
+
+async def test_loading_an_id_that_is_nowhere_is_a_typed_not_installed(rt: Runtime) -> None:
+    with pytest.raises(NotInstalled) as info:
+        await rt.load("nosuchplugin")
+    assert info.value.plugin == "nosuchplugin"
+
+
+def test_cordon_call_with_an_installed_id_runs_its_tool(store: Store, tmp_path: Path) -> None:
+    config = tmp_path / "cordon.toml"
+    config.write_text(f'[runtime]\nstate-dir = "{store.state}"\n[defaults]\nsandbox = "strict"\n')
+    r = subprocess.run(
+        [CORDON, "call", "two", "lib", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["version"] == "2.0"
+
+
+# -- the store's reader: half-written and tampered states ------------------------------------
+
+
+def _fake(state: Path, name: str, version: str, **fields: Any) -> Path:
+    """A store entry written by hand: ``<state>/plugins/<name>/<version>/``, its record
+    (``fields`` override it), and ``current`` naming it."""
+    root = state / "plugins" / name
+    (root / version).mkdir(parents=True)
+    record = {
+        "plugin_id": name,
+        "version": version,
+        "plugin_dir": str(root / version),
+        "source": "test",
+        "sha256": "",
+        "signer": None,
+        "env_key": None,
+        "site_packages": None,
+        "installed_at": 0.0,
+        "requested": [],
+        **fields,
+    }
+    record_path(state, name, version).write_bytes(msgspec.json.encode(record))
+    os.symlink(version, root / "current")
+    return root
+
+
+def test_a_current_link_to_a_missing_version_dir_reads_as_not_installed(tmp_path: Path) -> None:
+    root = _fake(tmp_path, "gone", "1.0")
+    (root / "1.0").rmdir()
+    assert installed(tmp_path, "gone") is None
+    assert list_installed(tmp_path) == []
+
+
+def test_a_malformed_record_is_a_package_error_naming_its_file(tmp_path: Path) -> None:
+    _fake(tmp_path, "bad", "1.0")
+    record_path(tmp_path, "bad", "1.0").write_text("{not json")
+    with pytest.raises(PackageError) as info:
+        installed(tmp_path, "bad")
+    assert str(record_path(tmp_path, "bad", "1.0")) in info.value.message
+    # A listing shows the others around it.
+    _fake(tmp_path, "good", "1.0")
+    listing = dict(read_installed(tmp_path))
+    assert isinstance(listing["bad"], PackageError)
+    assert isinstance(listing["good"], InstalledPlugin)
+
+
+@pytest.mark.parametrize("target", ["../other/1.0", "/etc", "..", ".", "1.0/../../other/1.0"])
+def test_a_current_link_leading_out_of_the_plugins_folder_is_never_followed(
+    tmp_path: Path, target: str
+) -> None:
+    _fake(tmp_path, "other", "1.0")
+    root = tmp_path / "plugins" / "evil"
+    root.mkdir(parents=True)
+    os.symlink(target, root / "current")
+    assert installed(tmp_path, "evil") is None
+
+
+def test_a_record_whose_paths_point_elsewhere_gets_the_layouts_paths_or_is_refused(
+    tmp_path: Path,
+) -> None:
+    _fake(tmp_path, "liar", "1.0", plugin_dir="/etc")
+    record = installed(tmp_path, "liar")
+    assert record is not None
+    assert record.plugin_dir == str((tmp_path / "plugins" / "liar" / "1.0").resolve())
+    _fake(tmp_path, "escapee", "1.0", env_key="k", site_packages="/usr/lib/python3")
+    with pytest.raises(PackageError, match="not inside its environment"):
+        installed(tmp_path, "escapee")
+
+
+def test_a_record_describing_another_plugin_is_refused(tmp_path: Path) -> None:
+    _fake(tmp_path, "first", "1.0", plugin_id="second")
+    with pytest.raises(PackageError, match="describes second"):
+        installed(tmp_path, "first")
