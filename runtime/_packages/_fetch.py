@@ -11,19 +11,25 @@ unsigned package has nothing else vouching for its bytes. Tests serve packages f
 from __future__ import annotations
 
 import time
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Final
 
-from .._settings._manifest import MANIFEST_FILENAME
+from .._settings._manifest import load_manifest
 from ._archive import DEFAULT_LIMITS, PACKAGE_SUFFIX, pack
-from ._errors import PackageInvalid
-from ._lock import IndexOptions, lock_requirements, read_lock, write_lock
+from ._errors import LockError, PackageInvalid
+from ._lock import LOCK_FILENAME, IndexOptions, Lock, lock_requirements, read_lock, write_lock
 
-__all__ = ["DOWNLOAD_TIMEOUT", "MAX_DOWNLOAD_BYTES", "fetch_package", "manifest_dependencies"]
+__all__ = [
+    "DOWNLOAD_TIMEOUT",
+    "MAX_DOWNLOAD_BYTES",
+    "check_fresh",
+    "fetch_package",
+    "manifest_dependencies",
+    "pack_folder",
+]
 
 #: The whole download, connect to last byte: a server trickling one byte a minute must not
 #: hold an install (and its staging dir) forever.
@@ -35,26 +41,42 @@ _CHUNK: Final = 256 * 1024
 
 
 def manifest_dependencies(plugin_dir: Path) -> tuple[str, ...]:
-    """The ``[plugin] dependencies`` of a folder's manifest, read as TOML only (nothing of
-    the plugin is imported). Malformed entries are left to the lock, which names them."""
-    try:
-        data = tomllib.loads((plugin_dir / MANIFEST_FILENAME).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return ()
-    deps = data.get("plugin", {}).get("dependencies", [])
-    if not isinstance(deps, list):
-        return ()
-    return tuple(str(d) for d in deps)
+    """The ``[plugin] dependencies`` of a folder's manifest, validated with the rest of it
+    (a broken manifest is its :class:`ManifestError`); nothing of the plugin is imported."""
+    return load_manifest(plugin_dir).dependencies
+
+
+def check_fresh(where: str, deps: tuple[str, ...], lock: Lock | None) -> None:
+    """A lock made for other dependencies than the manifest's would install the wrong
+    environment: refuse it, naming both."""
+    if lock is None:
+        if deps:
+            raise LockError(
+                f"{where}: the manifest declares dependencies {list(deps)} but there is no "
+                f"{LOCK_FILENAME} (run cordon plugin lock)",
+                field="requirements",
+            )
+        return
+    if tuple(lock.requirements) != tuple(deps):
+        raise LockError(
+            f"{where}: {LOCK_FILENAME} was made for {list(lock.requirements)}, the manifest "
+            f"declares {list(deps)}; lock again (cordon plugin lock)",
+            field="requirements",
+        )
 
 
 def pack_folder(
     plugin_dir: Path, out_dir: Path, options: IndexOptions, signing_key: Path | None = None
 ) -> Path:
     """Pack ``plugin_dir`` into ``out_dir``, writing its ``plugin.lock`` first when the
-    manifest declares dependencies and no lock exists (what ``cordon plugin pack`` does)."""
+    manifest declares dependencies and no lock exists (what ``cordon plugin pack`` does); a
+    lock made for other dependencies is refused."""
     deps = manifest_dependencies(plugin_dir)
-    if deps and read_lock(plugin_dir) is None:
-        write_lock(plugin_dir, lock_requirements(deps, options))
+    lock = read_lock(plugin_dir)
+    if deps and lock is None:
+        lock = lock_requirements(deps, options)
+        write_lock(plugin_dir, lock)
+    check_fresh(str(plugin_dir), deps, lock)
     return pack(plugin_dir, out_dir, signing_key=signing_key)
 
 

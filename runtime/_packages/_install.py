@@ -39,8 +39,8 @@ from typing import Final
 import msgspec
 
 from ._archive import VerifiedPackage, extract, open_package
-from ._errors import NotInstalled, PackageError, PackageInvalid, SignatureInvalid
-from ._fetch import fetch_package
+from ._errors import LockError, NotInstalled, PackageError, PackageInvalid, SignatureInvalid
+from ._fetch import check_fresh, fetch_package
 from ._lock import IndexOptions
 from ._store import (
     CURRENT,
@@ -220,12 +220,10 @@ def stage(
         pkg = open_package(path)
         _check_signature(pkg, trusted_keys, require_signatures)
         permissions, deps = _manifest_fields(pkg.manifest_text)
-        if deps and pkg.lock is None:
-            raise PackageInvalid(
-                path=pkg.path,
-                entry="plugin.lock",
-                reason="the manifest declares dependencies but the package has no lock",
-            )
+        try:
+            check_fresh(pkg.path, deps, pkg.lock)
+        except LockError as exc:
+            raise PackageInvalid(path=pkg.path, entry="plugin.lock", reason=exc.message) from None
         tree = work / "tree"
         extract(pkg, tree)
         prev = installed(state_dir, pkg.plugin_id)

@@ -238,6 +238,16 @@ def test_a_dependency_with_only_an_sdist_is_refused_naming_it_and_never_built(ro
     assert not (folder / "plugin.lock").exists()
 
 
+def test_a_lock_made_for_other_dependencies_is_refused_naming_both(room: Room) -> None:
+    folder = plugin_folder(room.root, "alpha", dependencies=("cordonlib==1.0",))
+    assert room.cordon("plugin", "lock", str(folder)).returncode == 0
+    toml = folder / "plugin.toml"
+    toml.write_text(toml.read_text().replace("cordonlib==1.0", "cordonlib==2.0"))
+    proc = room.cordon("plugin", "install", str(folder), "--yes")
+    one_line_error(proc, 24, "LockError", "cordonlib==1.0", "cordonlib==2.0", "lock again")
+    assert_nothing_placed(room)
+
+
 # -- update, rollback, uninstall ---------------------------------------------------------------
 
 
@@ -462,6 +472,43 @@ def test_a_plain_http_url_is_refused_without_the_explicit_flag(
     url = f"http://localhost:{server.port}/{package.name}"
     proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
     one_line_error(proc, 22, "PackageInvalid", "only https://")
+    assert_nothing_placed(room)
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    """Sends every request to ``location`` (set per test)."""
+
+    location = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", type(self).location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_redirect_to_another_plain_http_host_is_refused(
+    room: Room, served: tuple[_Server, Path]
+) -> None:
+    server, package = served
+
+    class Handler(_Redirect):
+        location = f"http://localhost:{server.port}/{package.name}"
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{package.name}"
+        proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+    one_line_error(proc, 22, "PackageInvalid", "only https://", "localhost")
     assert_nothing_placed(room)
 
 
