@@ -6,7 +6,11 @@
 - *lock time*: ``uv pip compile`` of the same three requirements against the wheelhouse;
 - *disk* used by ``SHARING`` envs that each lock one shared dependency plus one of their own,
   counted per inode across all of them (hard links through the cache count once), against
-  the sum of their individual sizes.
+  the sum of their individual sizes;
+- *worker cold start* (``Runtime.load(ID)`` of an installed plugin, then its first call
+  answered, no warm spare) under the strict sandbox, with its own environment (three
+  dependencies, imported by the plugin) and without (the same plugin, no dependencies),
+  interleaved round by round so both see the same machine.
 
 Prints medians over ``ROUNDS`` rounds. The wheelhouse, caches and envs live in one temporary
 directory (one filesystem, so uv hard-links).
@@ -108,5 +112,83 @@ def main() -> None:
     print(f"an env with no dependency (venv skeleton) {skeleton / 1024:5.0f} KiB")
 
 
+#: Cold starts measured per variant (each a new worker: spawn, lock-down, import, call).
+COLD_STARTS: Final = 15
+#: A cold start finishes well within this on a loaded machine; past it the run is broken.
+COLD_START_DEADLINE: Final = 60.0
+
+_COLD_PLUGIN = """
+{imports}
+from cordon.worker import Plugin
+
+plugin = Plugin()
+
+
+@plugin.tool
+def ping() -> str:
+    return "pong"
+"""
+
+
+def _cold_plugin(root: Path, plugin_id: str, deps: list[str]) -> Path:
+    folder = root / plugin_id
+    folder.mkdir(parents=True)
+    listed = ", ".join(f'"{d}"' for d in deps)
+    (folder / "plugin.toml").write_text(
+        f'[plugin]\nid = "{plugin_id}"\nname = "{plugin_id}"\nversion = "1.0.0"\n'
+        f'entry = "{plugin_id}_main:plugin"\ndependencies = [{listed}]\n'
+    )
+    code = _COLD_PLUGIN.format(imports="\n".join(f"import {d}" for d in deps))
+    (folder / f"{plugin_id}_main.py").write_text(code)
+    return folder
+
+
+def cold_start() -> None:
+    """Median cold start of an installed plugin's worker, with and without its own env."""
+    import anyio
+
+    from cordon.runtime import Runtime
+    from cordon.runtime._packages._install import commit, stage
+
+    with tempfile.TemporaryDirectory(prefix="cordon-bench-coldstart-") as tmp:
+        root = Path(tmp)
+        house = root / "wheelhouse"
+        deps = ["benchdepa", "benchdepb", "benchdepc"]
+        for name in deps:
+            make_dep(house, name)
+        options = IndexOptions(find_links=(str(house),), offline=True)
+        state = root / "state"
+        for plugin_id, needs in (("withenv", deps), ("noenv", [])):
+            _, staged = stage(
+                str(_cold_plugin(root / "src", plugin_id, needs)),
+                state_dir=state,
+                trusted_keys=(),
+                require_signatures=False,
+                options=options,
+            )
+            commit(staged)
+        config = {
+            "runtime": {"state-dir": str(state), "warm-workers": 0},
+            "defaults": {"sandbox": "strict"},
+        }
+        times: dict[str, list[float]] = {"withenv": [], "noenv": []}
+
+        async def run() -> None:
+            async with Runtime(config) as rt:
+                for _ in range(COLD_STARTS):
+                    for plugin_id, samples in times.items():
+                        with anyio.fail_after(COLD_START_DEADLINE):
+                            t = time.perf_counter()
+                            handle = await rt.load(plugin_id)
+                            assert await handle.call("ping", {}) == "pong"
+                            samples.append(time.perf_counter() - t)
+                            await rt.unload(plugin_id)
+
+        anyio.run(run)
+    print(f"worker cold start, strict, own env (3 deps) {median_ms(times['withenv'])}")
+    print(f"worker cold start, strict, no env           {median_ms(times['noenv'])}")
+
+
 if __name__ == "__main__":
     main()
+    cold_start()

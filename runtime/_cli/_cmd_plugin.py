@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -18,6 +18,9 @@ from cordon.protocol import CordonError, PluginUnavailable
 from ._cmd_common import ask_host, live_or_none, print_json, print_kv, shown
 from ._control import HostNotRunning
 from ._exitcodes import EXIT_OK
+
+if TYPE_CHECKING:
+    from .._settings._config import Config
 
 __all__ = [
     "cmd_new_plugin",
@@ -28,9 +31,52 @@ __all__ = [
 ]
 
 
+def store_dir(cfg: Config) -> Path:
+    """The state dir holding installed plugins (what ``cordon plugin install`` writes to)."""
+    return Path(cfg.runtime.state_dir).expanduser().resolve()
+
+
+def installed_row(store: Path, plugin_dir: str | Path) -> dict[str, Any] | None:
+    """What ``plugin list``/``info``/``stats`` show of an installed plugin (``None`` for one
+    not in the store): version, source, signer, and the disk its environment uses."""
+    from .._packages._env import PluginEnv, env_size
+    from .._packages._store import ENVS, installed_at_dir
+
+    record = installed_at_dir(store, plugin_dir)
+    if record is None:
+        return None
+    size = 0
+    if record.env_key is not None and record.site_packages is not None:
+        env = PluginEnv(
+            key=record.env_key,
+            path=str(store / ENVS / record.env_key),
+            site_packages=record.site_packages,
+        )
+        size = env_size(env)
+    return {
+        "version": record.version,
+        "source": record.source,
+        "sha256": record.sha256,
+        "signer": record.signer,
+        "signature": "signed" if record.signer else "unsigned",
+        "env_key": record.env_key,
+        "env_bytes": size,
+        "installed_at": record.installed_at,
+    }
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size / 1024:.1f} GiB"
+
+
 def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
-    """One row per plugin under the configured plugin dirs, from the manifests, the config
-    and the persisted overrides (no host needed)."""
+    """One row per plugin installed or under the configured plugin dirs, from the manifests,
+    the store's records, the config and the persisted overrides (no host needed)."""
     from .._platform._discovery import discover
     from .._settings._config import find_config
     from .._settings._exec_rules import exec_grants
@@ -41,8 +87,11 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
     cfg = find_config(config)
     overrides = read_overrides(overrides_path(cfg))
     cfg = apply_overrides(cfg, overrides)
+    store = store_dir(cfg)
     found = discover(
-        [Path(d) for d in cfg.runtime.plugin_dirs], entry_points=cfg.runtime.entry_points
+        [Path(d) for d in cfg.runtime.plugin_dirs],
+        entry_points=cfg.runtime.entry_points,
+        installed=store,
     )
     rows: list[dict[str, Any]] = []
     for cand in found.candidates:
@@ -87,6 +136,12 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
                 "sandbox": s.sandbox,
                 # Each exec grant in plain words: as powerful as the command, escalators named.
                 "exec": exec_grants(usable, s.exec_rules),
+                # Installed with ``cordon plugin install``: its version, source and signer.
+                "installed": (
+                    installed_row(store, cand.path)
+                    if cand.origin.startswith("installed:")
+                    else None
+                ),
             }
         )
     for problem in found.problems:
@@ -132,9 +187,15 @@ def cmd_plugin_list(args: argparse.Namespace) -> int:
         if r["state"] == "broken":
             print(f"{shown(r.get('id') or '?'):16} BROKEN   {shown(r['error'])}")
         else:
+            # Installed plugins: where from, signed or not, the disk their environment uses.
+            inst = r.get("installed")
+            if inst:
+                where = f"{inst['signature']:8} env={_size(inst['env_bytes'])} {inst['source']}"
+            else:
+                where = f"{'-':8} env=- {r.get('origin') or 'running host'}"
             print(
                 f"{shown(r['id']):16} {shown(r['version']):10} {r['state']:9} "
-                f"{shown(r['description'])}"
+                f"{shown(where)}  {shown(r['description'])}"
             )
     return EXIT_OK
 

@@ -69,6 +69,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = live_or_none(args, "stats")
     if stats is None:
         stats = _stats_snapshot(args)
+    _add_installed(args, stats)
     if args.json:
         print_json(stats)
     else:
@@ -78,8 +79,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 f"{pid:16} state={s['state']:8} pid={s['pid']} rss={s['rss_bytes']} "
                 f"calls={s['calls']} restarts={s['restarts']} "
                 f"sandbox={applied}/{len(s['sandbox'])} layers"
+                + (f" installed={_installed_text(s['installed'])}" if s.get("installed") else "")
             )
     return EXIT_OK
+
+
+def _add_installed(args: argparse.Namespace, stats: dict[str, Any]) -> None:
+    """Each plugin's installed version, source and signer (``None``: not installed), read
+    from the store (``cordon plugin install``), next to what the workers report."""
+    from .._packages._store import installed
+    from .._settings._config import find_config
+    from ._cmd_plugin import installed_row, store_dir
+
+    store = store_dir(find_config(args.config))
+    for plugin_id, s in stats.items():
+        record = installed(store, plugin_id)
+        s["installed"] = installed_row(store, record.plugin_dir) if record is not None else None
+
+
+def _installed_text(inst: dict[str, Any]) -> str:
+    signer = inst["signer"] or "unsigned"
+    return f"{inst['version']} from {shown(inst['source'])} ({shown(signer)})"
 
 
 def _stats_snapshot(args: argparse.Namespace) -> dict[str, Any]:

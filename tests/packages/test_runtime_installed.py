@@ -315,6 +315,48 @@ def test_cordon_call_with_an_installed_id_runs_its_tool(store: Store, tmp_path: 
     assert json.loads(r.stdout)["version"] == "2.0"
 
 
+def _cli(tmp_path: Path, store: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "cordon.toml"
+    config.write_text(f'[runtime]\nstate-dir = "{store.state}"\n[defaults]\nsandbox = "strict"\n')
+    return subprocess.run(
+        [CORDON, *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        cwd=tmp_path,
+        check=False,
+    )
+
+
+def test_plugin_list_shows_each_installed_plugins_version_source_signature_and_env_size(
+    store: Store, tmp_path: Path
+) -> None:
+    r = _cli(tmp_path, store, "plugin", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["id"]: row for row in json.loads(r.stdout)}
+    assert {"one", "two", "pth"} <= set(rows)
+    inst = rows["two"]["installed"]
+    assert inst["version"] == rows["two"]["version"] == "1.0.0"
+    assert inst["source"] == str(store.root / "src" / "two-src")
+    assert inst["signature"] == "unsigned" and inst["signer"] is None
+    assert inst["env_bytes"] > 0
+    text = _cli(tmp_path, store, "plugin", "list")
+    assert text.returncode == 0, text.stderr
+    line = next(ln for ln in text.stdout.splitlines() if ln.startswith("two "))
+    assert "unsigned" in line and "env=" in line and "two-src" in line
+
+
+def test_plugin_info_and_stats_show_what_is_installed(store: Store, tmp_path: Path) -> None:
+    info = _cli(tmp_path, store, "plugin", "info", "one", "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["installed"]["version"] == "1.0.0"
+    stats = _cli(tmp_path, store, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    got = json.loads(stats.stdout)
+    assert got["one"]["installed"]["source"] == str(store.root / "src" / "one-src")
+    assert got["two"]["state"] == "active"  # started from the store, in its own env
+
+
 # -- the store's reader: half-written and tampered states ------------------------------------
 
 
