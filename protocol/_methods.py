@@ -22,6 +22,7 @@ __all__ = [
     "HELLO",
     "INITIALIZE",
     "INVOKE",
+    "LOCKED_DOWN",
     "PING",
     "PROGRESS",
     "CancelParams",
@@ -33,6 +34,7 @@ __all__ = [
     "InitializeResult",
     "InvokeParams",
     "Limits",
+    "LockedDown",
     "ProgressParams",
     "SandboxPolicy",
 ]
@@ -46,8 +48,19 @@ PING: Final = "$/ping"
 CANCEL: Final = "$/cancel"
 PROGRESS: Final = "$/progress"
 FAULT: Final = "$/fault"
+#: Worker → host, once, right after the lock-down and before a line of the plugin is
+#: imported: the layer report, from code the plugin has not touched yet. From then on the
+#: channel may carry the plugin's own bytes, so the host trusts this report (not the one in
+#: ``initialize``'s result) and treats any later launch-only error as the plugin's.
+LOCKED_DOWN: Final = "$/lockedDown"
 
 ContributionKind = Literal["tool", "command", "provider", "middleware", "event_handler"]
+
+
+class LockedDown(msgspec.Struct):
+    """``$/lockedDown``: each sandbox layer -> "applied" | "unavailable: why" | "off"."""
+
+    sandbox: dict[str, str]
 
 
 class Hello(msgspec.Struct):

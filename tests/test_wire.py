@@ -56,6 +56,9 @@ class RawWorker:
             + msgspec.json.encode(init)
             + b"}\n"
         )
+        # The launch reports its layers before it imports the plugin, then answers.
+        report = self.read()
+        assert report["method"] == "$/lockedDown" and "fds" in report["params"]["sandbox"]
         assert "contributions" in self.read()["result"]
 
     def write(self, data: bytes) -> None:

@@ -26,6 +26,7 @@ import msgspec
 from cordon.protocol import (
     HELLO,
     INITIALIZE,
+    LOCKED_DOWN,
     OVERSIZE,
     SUPPORTED_PROTOCOLS,
     CordonError,
@@ -189,6 +190,9 @@ def lock_down(st: Launch) -> None:
         )
     except CordonError as exc:
         raise LaunchAbort(EXIT_SANDBOX_REFUSED, exc) from None
+    # Before anything of the plugin runs (the import is a later step): the one report the host
+    # can trust, since from the import on the plugin can write to the channel itself.
+    st.write(encode_notification(LOCKED_DOWN, {"sandbox": st.report}))
     with contextlib.suppress(OSError):
         os.chdir(init.scratch_dir)
     # A warm spare was spawned before it knew its plugin: home and temp files go to the

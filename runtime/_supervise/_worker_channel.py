@@ -25,6 +25,7 @@ from cordon.protocol import (
     CANCEL,
     HELLO,
     INVOKE,
+    LOCKED_DOWN,
     OVERSIZE,
     PING,
     PROGRESS,
@@ -40,6 +41,7 @@ from cordon.protocol import (
     Invalid,
     InvalidParams,
     InvalidRequest,
+    LockedDown,
     MethodNotFound,
     Notification,
     PermissionDenied,
@@ -284,7 +286,8 @@ class _WorkerChannel(_WorkerState):
         # The exact class: auto-registered host classes may subclass an allowed one
         # (UnknownContribution is a MethodNotFound) and must not be forgeable through it.
         if type(exc) not in _WORKER_MAY_RAISE or (
-            self.init_result is not None and type(exc) in _LAUNCH_ONLY
+            type(exc) in _LAUNCH_ONLY
+            and (self.lockdown_report is not None or self.init_result is not None)
         ):
             return PluginError(
                 f"plugin raised {type(exc).__name__}: {exc.message}",
@@ -315,6 +318,14 @@ class _WorkerChannel(_WorkerState):
                     pending.on_progress(prog)
                 except Exception:
                     log.exception("progress_callback_failed", plugin=self.plugin_id)
+        elif msg.method == LOCKED_DOWN:
+            # Only the first, and only during initialize: it comes from the launch's own code,
+            # before the plugin's import. Any later one is the plugin's and changes nothing.
+            if self.lockdown_report is None and self.init_result is None and self._hello:
+                try:
+                    self.lockdown_report = msgspec.json.decode(msg.params, type=LockedDown).sandbox
+                except msgspec.DecodeError:
+                    self.kill_nowait("protocol-violation", "malformed lock-down report")
         elif self._on_host_notification is not None and self._hello is not None:
             # A log record (host/log as a notification): served now, in channel order, so
             # it is in the host's log before the result the worker sent after it.

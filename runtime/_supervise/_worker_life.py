@@ -287,7 +287,15 @@ class _WorkerLife(_WorkerState):
             raise self._startup_error(
                 f"initialize (lock-down and plugin import) took over {INITIALIZE_TIMEOUT} s"
             ) from None
-        self.init_result = msgspec.json.decode(raw, type=InitializeResult)
+        result = msgspec.json.decode(raw, type=InitializeResult)
+        if self.lockdown_report is None:
+            # The launch reports its lock-down before importing the plugin; an initialize
+            # answered without it was not answered by the launch.
+            raise self._startup_error("the worker answered initialize without its lock-down report")
+        # The result may have been written by the plugin's import (it can reach the channel
+        # from then on): its layer report is replaced by the one sent before it ran.
+        result.sandbox = dict(self.lockdown_report)
+        self.init_result = result
 
     async def _run_place(self, pid: int) -> None:
         try:

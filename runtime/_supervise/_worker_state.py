@@ -163,6 +163,9 @@ class _WorkerState:
         self.pid: int | None = None
         self.protocol: int | None = None
         self.init_result: InitializeResult | None = None
+        #: The layers the worker reported right after its lock-down, before the plugin's
+        #: import: the only report the host believes (see LOCKED_DOWN in the protocol).
+        self.lockdown_report: dict[str, str] | None = None
         self.exit: ExitInfo | None = None
         self.exited = anyio.Event()
         self.started_at = time.monotonic()
