@@ -11,7 +11,7 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from cordon.protocol import (
     SandboxPolicy,
 )
 
+from .._errors import ConfigError, Problem
 from .._packages._errors import NotInstalled
 from .._packages._store import installed_at_dir, plugins_root
 from .._settings._manifest import Manifest
@@ -82,6 +83,33 @@ class WorkerPool:
             return self.state_dir
         return Path(self.config.runtime.state_dir).expanduser().resolve()
 
+    def _check_store_unwritable(self, plugin_id: str, fs_write: Sequence[str]) -> None:
+        """Refuse an ``fs-write`` grant that reaches the store of installed plugins: their
+        version dirs and environments (hard-linked through the uv cache, so one inode is in
+        many envs) are shared code, and a plugin able to write there rewrites what other
+        plugins run. The store's parts that exist are checked, in both directions."""
+        store = self._store_dir()
+        shared = [store / p for p in ("plugins", "envs", "uv-cache")]
+        shared = [p.resolve() for p in shared if p.exists()]
+        problems = []
+        for i, granted in enumerate(fs_write):
+            w = Path(granted).resolve()
+            hit = next((p for p in shared if p.is_relative_to(w) or w.is_relative_to(p)), None)
+            if hit is not None:
+                problems.append(
+                    Problem(
+                        f"plugins.{plugin_id}.fs-write[{i}]",
+                        f"{granted!r} reaches {hit}, the installed plugins' code and "
+                        "environments (shared by every plugin): grant a narrower path",
+                    )
+                )
+        if problems:
+            raise ConfigError(
+                f"plugin {plugin_id!r} may not start: an fs-write grant reaches the installed "
+                f"plugins under {store}",
+                problems=problems,
+            )
+
     def _site_paths(self, m: Manifest) -> list[str]:
         """The environment of the installed version ``m`` was read from (``[]`` for a plugin
         not in the store, or one without dependencies): read from that version's record, so
@@ -124,7 +152,9 @@ class WorkerPool:
         ``spare``), else a new one that :meth:`_start_worker` will spawn."""
         s = handle.settings
         m = manifest if manifest is not None else handle.manifest
-        # Before a spare is claimed: a broken install refuses here with nothing to undo.
+        # Before a spare is claimed: a broken install or an unsafe grant refuses here with
+        # nothing to undo.
+        self._check_store_unwritable(m.id, s.fs_write)
         site_paths = self._site_paths(m)
         spare_worker = self._take_spare() if spare else None
         group: WorkerCgroup | None = None

@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 from cordon.runtime import Runtime
+from cordon.runtime._errors import ConfigError, ManifestError
 from cordon.runtime._packages._errors import NotInstalled, PackageError
 from cordon.runtime._packages._install import commit, stage
 from cordon.runtime._packages._lock import IndexOptions
@@ -30,6 +31,7 @@ from cordon.runtime._packages._store import (
     read_installed,
     record_path,
 )
+from cordon.runtime._settings._manifest import parse_manifest
 
 from .wheelhouse import make_wheel, standard_wheelhouse
 
@@ -266,6 +268,28 @@ async def test_without_the_sandbox_the_same_write_would_land_as_a_control(
     assert Path(target).exists()
 
 
+@pytest.mark.parametrize("where", ["plugins", "envs", "uv-cache", "inside-env"])
+async def test_an_fs_write_grant_reaching_the_store_is_refused_before_any_worker_starts(
+    store: Store, where: str
+) -> None:
+    record = installed(store.state, "one")
+    assert record is not None and record.site_packages is not None
+    granted = {
+        "plugins": store.state / "plugins",
+        "envs": store.state / "envs",
+        # Its files are the envs' files (hard links): writing one writes them all.
+        "uv-cache": store.state / "uv-cache",
+        "inside-env": Path(record.site_packages),
+    }[where]
+    config = store.config()
+    config["plugins"] = {"one": {"fs-write": [str(granted)]}}
+    async with Runtime(config) as rt:
+        handle = await rt.load("one")
+        with pytest.raises(ConfigError) as info, anyio.fail_after(CALL_DEADLINE):
+            await handle.call("lib", {})
+    assert [p["path"] for p in info.value.problems] == ["plugins.one.fs-write[0]"]
+
+
 # -- .pth files never run --------------------------------------------------------------------
 
 
@@ -355,6 +379,50 @@ def test_plugin_info_and_stats_show_what_is_installed(store: Store, tmp_path: Pa
     got = json.loads(stats.stdout)
     assert got["one"]["installed"]["source"] == str(store.root / "src" / "one-src")
     assert got["two"]["state"] == "active"  # started from the store, in its own env
+
+
+# -- [plugin] dependencies in the manifest ---------------------------------------------------
+
+
+def _manifest(deps: object) -> dict[str, Any]:
+    return {
+        "plugin": {
+            "id": "deps",
+            "name": "deps",
+            "version": "1.0",
+            "entry": "m:plugin",
+            "dependencies": deps,
+        }
+    }
+
+
+def test_manifest_dependencies_are_pep_508_with_markers_and_extras_allowed() -> None:
+    deps = ["humanize>=4", 'tomli>=2; python_version < "3.11"', "rich[jupyter]~=13.0"]
+    assert parse_manifest(_manifest(deps), directory=None).dependencies == tuple(deps)
+    assert parse_manifest(_manifest([]), directory=None).dependencies == ()
+
+
+def test_each_bad_dependency_is_a_problem_naming_its_index() -> None:
+    deps = [
+        "good>=1",
+        "not a requirement!",
+        "evil @ https://example.org/evil-1.0-py3-none-any.whl",
+        "local @ file:///tmp/x.whl",
+        7,
+        "good>=1",
+    ]
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(_manifest(deps), directory=None)
+    by_path = {p["path"]: p["message"] for p in info.value.problems}
+    assert set(by_path) == {f"plugin.dependencies[{i}]" for i in (1, 2, 3, 4, 5)}
+    assert "direct reference" in by_path["plugin.dependencies[2]"]
+    assert "direct reference" in by_path["plugin.dependencies[3]"]
+
+
+def test_dependencies_must_be_a_list_of_strings() -> None:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(_manifest("humanize>=4"), directory=None)
+    assert [p["path"] for p in info.value.problems] == ["plugin.dependencies"]
 
 
 # -- the store's reader: half-written and tampered states ------------------------------------
