@@ -22,7 +22,7 @@ from cordon.protocol import CordonError, PermissionDenied, PluginUnavailable
 from .._hostapi._api import HostAPI
 from .._hostapi._exec import policy_for_plugin
 from .._packages._errors import NotInstalled, PackageError
-from .._packages._store import InstalledPlugin, installed
+from .._packages._store import InstalledPlugin, installed, installed_at_dir
 from .._platform._discovery import discover
 from .._platform._versions import (
     CORDON_VERSION,
@@ -232,6 +232,16 @@ class Loading:
         if eager and settings.enabled:
             await handle._ensure_worker()
         return handle
+
+    def _reload_dir(self, manifest: Manifest) -> str:
+        """Where a hot reload reads ``manifest``'s plugin from: for an installed plugin the
+        version ``current`` names now (``cordon plugin update``/``rollback`` swapped it), else
+        its folder. (For ``PluginHandle.reload``, which today rereads its own folder.)"""
+        store = self._store_dir()
+        if installed_at_dir(store, manifest.directory) is None:
+            return manifest.directory
+        record = installed(store, manifest.id)
+        return record.plugin_dir if record is not None else manifest.directory
 
     async def load_all(self, *, entry_points: bool = True) -> LoadReport:
         """Load every plugin discovery finds in ``[runtime] plugin-dirs`` (and, unless
