@@ -99,8 +99,11 @@ class Context:
 
         return EventsAPI(self._request)
 
-    async def exec(self, argv: list[str], *, timeout: float | None = None) -> Any:
-        """Run an allowlisted command on the host side (needs ``exec:<argv[0]>``)."""
+    async def exec(
+        self, argv: list[str], *, input: str | bytes | None = None, timeout: float | None = None
+    ) -> Any:
+        """Run an allowlisted command on the host side (needs ``exec:<argv[0]>``); ``input``
+        is fed to its stdin (needs the operator's ``input = true`` for the command)."""
         from ._hostapi import exec_command
 
-        return await exec_command(self._request, argv, timeout=timeout)
+        return await exec_command(self._request, argv, input=input, timeout=timeout)

@@ -15,6 +15,7 @@ a command the host does not have.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final
 
@@ -201,9 +202,22 @@ class ExecResult(msgspec.Struct, frozen=True):
 
 
 async def exec_command(
-    request: RequestFn, argv: list[str], *, timeout: float | None = None
+    request: RequestFn,
+    argv: list[str],
+    *,
+    input: str | bytes | None = None,
+    timeout: float | None = None,
 ) -> ExecResult:
     """Run ``argv`` on the host (argv[0] a bare command name; needs ``exec:<argv[0]>``).
-    No shell, stdin empty, output capped (``truncated``), killed after ``timeout``."""
-    reply = await request("host/exec", {"argv": list(argv), "timeout": timeout})
+    No shell, output capped (``truncated``), killed after ``timeout``. stdin is empty, or
+    ``input`` (at most 1 MiB) where the operator set ``input = true`` for the command."""
+    params: dict[str, Any] = {"argv": list(argv), "timeout": timeout}
+    if isinstance(input, str):
+        params["input"] = input
+    elif isinstance(input, bytes | bytearray | memoryview):
+        params["input"] = base64.b64encode(input).decode("ascii")
+        params["input_encoding"] = "base64"
+    elif input is not None:
+        raise InvalidParams("input must be str, bytes or None", field="input")
+    reply = await request("host/exec", params)
     return msgspec.convert(reply, ExecResult)

@@ -30,17 +30,20 @@ method                       params                                        resul
                                                                            settings when
                                                                            ``key`` is null)
 ``host/events.emit``         ``{topic: str, payload?: any}``               ``null``
-``host/exec``                ``{argv: [str], timeout?: float|null}``       ``{returncode,
-                                                                           stdout, stderr,
-                                                                           truncated}``
+``host/exec``                ``{argv: [str], timeout?: float|null,         ``{returncode,
+                             input?: str|null, input_encoding?:            stdout, stderr,
+                             "utf-8"|"base64" = "utf-8"}``                 truncated}``
 ===========================  ============================================  ===================
 
 Permissions: ``log``; ``storage`` (own namespace) or ``storage:shared`` (``shared: true``);
-``config``; ``events:emit:<topic>``; ``exec:<argv[0]>``.
+``config``; ``events:emit:<topic>``; ``exec:<argv[0]>`` (and, for ``input``, the operator's
+``input = true`` for that command).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -54,7 +57,7 @@ from cordon.protocol import CordonError, InvalidParams, MethodNotFound, Permissi
 from .._settings._permissions import PermissionSet
 from ._audit import AuditTrail
 from ._events import LIFECYCLE_PREFIX, Deliver, EventBus, Subscription, check_topic
-from ._exec import ExecPolicy, check_argv
+from ._exec import MAX_INPUT, ExecPolicy, check_argv, check_input
 from ._logsink import LogSink
 from ._storage import Storage
 
@@ -150,6 +153,23 @@ class EmitParams(_P):
 class ExecParams(_P):
     argv: list[str]
     timeout: float | None = None
+    #: The command's stdin: text, or bytes as base64 (``input_encoding``); ``None``: empty.
+    input: str | None = None
+    input_encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+def _exec_input(p: ExecParams) -> bytes | None:
+    """The bytes ``p`` feeds stdin, or :class:`InvalidParams` naming ``input``."""
+    if p.input is None or p.input_encoding == "utf-8":
+        return check_input(p.input)
+    # Refuse by length before decoding: base64 is 4 characters per 3 bytes.
+    if len(p.input) > (MAX_INPUT + 2) // 3 * 4:
+        raise InvalidParams(f"input is over {MAX_INPUT} bytes", field="input")
+    try:
+        data = base64.b64decode(p.input, validate=True)
+    except binascii.Error:
+        raise InvalidParams("input is not valid base64", field="input") from None
+    return check_input(data)
 
 
 _UNKNOWN: Final = re.compile(r"unknown field `([^`]*)`")
@@ -336,7 +356,7 @@ class HostAPI:
         if allowed and method == EXEC and self.exec_policy is not None:
             # The operator's argument patterns and the argument-path rule are part of the
             # decision: a refusal is recorded as denied, with the reason in its message.
-            self.exec_policy.check(p.argv, plugin=self.plugin_id)
+            self.exec_policy.check(p.argv, plugin=self.plugin_id, has_input=p.input is not None)
         return allowed
 
     async def subscribe(self, topic_glob: str, deliver: Deliver) -> Subscription:
@@ -393,7 +413,12 @@ class HostAPI:
 
     def _describe_exec(self, p: ExecParams) -> tuple[str, str]:
         argv = check_argv(p.argv)
-        return f"exec:{argv[0]}", shlex.join(argv)
+        summary = shlex.join(argv)
+        data = _exec_input(p)
+        if data is not None:
+            # Its size only: the input is the plugin's data (a manifest, maybe secrets).
+            summary += f" <stdin: {len(data)} bytes>"
+        return f"exec:{argv[0]}", summary
 
     # -- the calls -----------------------------------------------------------------------
 
@@ -449,7 +474,7 @@ class HostAPI:
             )
         # _may ran the policy's check (patterns, argument paths) on these very argv.
         result = await self.exec_policy.run(
-            p.argv, timeout=p.timeout, plugin=self.plugin_id, checked=True
+            p.argv, timeout=p.timeout, plugin=self.plugin_id, checked=True, input=_exec_input(p)
         )
         return msgspec.structs.asdict(result)
 

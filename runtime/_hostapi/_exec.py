@@ -42,7 +42,11 @@ host, outside every sandbox layer. Rules, all enforced here on the host:
   command opens", and arguments are one of many ways to name one (config files naming
   others, environment, symlinks, ``/proc``); the kernel judges the resolved path. Why a
   launcher (``python -I -S``, ~10-20 ms a run) and not ``preexec_fn``: the host has threads.
-* argv only, never a shell; stdin is ``/dev/null``.
+* argv only, never a shell. stdin is ``/dev/null`` unless the call gives ``input`` (at most
+  :data:`MAX_INPUT` bytes) and the operator set ``input = true`` for the command, which
+  config allows only with ``allow`` patterns (stdin can be a script: :mod:`._exec_rules`).
+  The host writes it concurrently with reading stdout/stderr and stops at exit or timeout,
+  so a command that never reads it neither deadlocks nor holds the call.
 * The command runs in its own session (process group). On timeout the whole group is killed
   and :class:`ExecTimeout` raised; a grandchild that keeps the pipes open does not keep us
   waiting past the deadline either.
@@ -89,6 +93,7 @@ from ._exec_paths import inside_any as _inside_any
 from ._exec_paths import real as _real
 
 __all__ = [
+    "MAX_INPUT",
     "RUN_DIR",
     "CommandNotFound",
     "ExecConfigError",
@@ -98,6 +103,7 @@ __all__ = [
     "ExecTimeout",
     "Lockdown",
     "check_argv",
+    "check_input",
     "policy_for_plugin",
 ]
 
@@ -110,6 +116,9 @@ MAX_ARGS: Final = 256
 MAX_ARGV_BYTES: Final = 128 * 1024
 #: After the command exits, how long its pipes may stay open (a daemonised grandchild).
 PIPE_GRACE: Final = 1.0
+#: The most a call may feed a command's stdin: a manifest or a patch, not a data transfer
+#: (the host holds it in memory for the run; the wire frame is bounded separately).
+MAX_INPUT: Final = 1024 * 1024
 
 
 class ExecTimeout(CallTimeout):
@@ -155,6 +164,24 @@ def check_argv(argv: object) -> list[str]:
             f"argv[0] must be a bare command name (no path), got {cmd!r}", field="argv[0]"
         )
     return list(argv)
+
+
+def check_input(data: str | bytes | None) -> bytes | None:
+    """``data`` as the bytes to feed stdin, or :class:`InvalidParams` naming ``input`` when
+    it is over :data:`MAX_INPUT` (or text that is not valid UTF-8)."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        # Cheap refusal before encoding: UTF-8 is at least one byte per character.
+        if len(data) > MAX_INPUT:
+            raise InvalidParams(f"input is over {MAX_INPUT} bytes", field="input")
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParams("input is not valid text", field="input") from None
+    if len(data) > MAX_INPUT:
+        raise InvalidParams(f"input is {len(data)} bytes; the limit is {MAX_INPUT}", field="input")
+    return bytes(data)
 
 
 class ExecConfigError(ValueError):
@@ -276,12 +303,24 @@ class ExecPolicy:
             )
         return float(timeout)
 
-    def check(self, argv: Sequence[str], *, plugin: str | None = None) -> list[str]:
+    def check(
+        self, argv: Sequence[str], *, plugin: str | None = None, has_input: bool = False
+    ) -> list[str]:
         """``argv`` if the operator's patterns admit it and no argument reaches into a
-        plugin-writable path, else :class:`PermissionDenied` saying which rule refused it."""
+        plugin-writable path (and, with ``has_input``, the operator let the command be fed
+        stdin), else :class:`PermissionDenied` saying which rule refused it."""
         args = check_argv(list(argv))
         command = args[0]
         rule = self.rules.get(command)
+        if has_input and (rule is None or not rule.input or rule.allow is None):
+            # allow is re-checked here, not only at config check: a policy built in code
+            # must not feed a script to an unnarrowed command either.
+            raise PermissionDenied(
+                f"exec:{command}: the operator has not let this command read input from the "
+                f"plugin (set [plugins.<id>.exec.{command}] input = true, with allow patterns)",
+                permission=f"exec:{command}",
+                plugin=plugin,
+            )
         if rule is not None and rule.allow is not None and not matches_any(rule.allow, args[1:]):
             shown = ", ".join(repr(p) for p in rule.allow) or "none"
             raise PermissionDenied(
@@ -343,11 +382,16 @@ class ExecPolicy:
         timeout: float | None = None,
         plugin: str | None = None,
         checked: bool = False,
+        input: str | bytes | None = None,
     ) -> ExecResult:
-        """Run ``argv``; ``checked``: the caller already passed it through :meth:`check`
-        (HostAPI does, to record a refusal as denied), so the bounded but not free argument
-        check is not paid twice."""
-        args = list(argv) if checked else self.check(argv, plugin=plugin)
+        """Run ``argv``, feeding ``input`` (if any) to its stdin; ``checked``: the caller
+        already passed it through :meth:`check` (HostAPI does, to record a refusal as
+        denied), so the bounded but not free argument check is not paid twice."""
+        data = check_input(input)
+        if checked:
+            args = list(argv)
+        else:
+            args = self.check(argv, plugin=plugin, has_input=data is not None)
         limit = self.timeout_for(timeout)
         exe = self.resolve(args[0], plugin=plugin)
         abi = self._lockdown_abi(f"exec:{args[0]}", plugin)
@@ -356,7 +400,7 @@ class ExecPolicy:
             # must not hold the host's loop (and every other plugin) while it is removed.
             fresh = await anyio.to_thread.run_sync(fresh_dir, self.run_base)
             try:
-                return await self._run_in(fresh, exe, args, limit, plugin, abi)
+                return await self._run_in(fresh, exe, args, limit, plugin, abi, data)
             finally:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(remove_run_dir, fresh)
@@ -369,11 +413,12 @@ class ExecPolicy:
         timeout: float,
         plugin: str | None,
         abi: int | None,
+        data: bytes | None,
     ) -> ExecResult:
         name = args[0]
         env = self._env(name, fresh)
         if abi is None:
-            return await self._run([exe, *args[1:]], name, timeout, plugin, fresh, env, ())
+            return await self._run([exe, *args[1:]], name, timeout, plugin, fresh, env, (), data)
         rule = self.rules.get(name)
         build = functools.partial(
             landlock.build_ruleset,
@@ -385,7 +430,7 @@ class ExecPolicy:
         ruleset = await anyio.to_thread.run_sync(build)
         try:
             argv = landlock.launcher_argv(ruleset, exe, args[1:])
-            return await self._run(argv, name, timeout, plugin, fresh, env, (ruleset,))
+            return await self._run(argv, name, timeout, plugin, fresh, env, (ruleset,), data)
         finally:
             os.close(ruleset)
 
@@ -398,11 +443,12 @@ class ExecPolicy:
         cwd: str,
         env: dict[str, str],
         pass_fds: tuple[int, ...],
+        data: bytes | None,
     ) -> ExecResult:
         try:
             proc = await anyio.open_process(
                 argv,
-                stdin=DEVNULL,
+                stdin=DEVNULL if data is None else PIPE,
                 stdout=PIPE,
                 stderr=PIPE,
                 cwd=cwd,
@@ -441,9 +487,32 @@ class ExecPolicy:
                 if open_pipes == 0:
                     pipes_closed.set()
 
+        async def feed(stream: anyio.abc.ByteSendStream | None) -> None:
+            # Concurrently with the pumps: a command that writes output before it has read all
+            # its input would otherwise block on a full stdout while we block on a full stdin.
+            # Writes wait on the loop (never block it); a command that exits (or closes stdin)
+            # without reading it all ends the feed with a broken pipe, which is its choice.
+            if stream is None or data is None:
+                return
+            try:
+                for start in range(0, len(data), _FEED_CHUNK):
+                    await stream.send(data[start : start + _FEED_CHUNK])
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
+            finally:
+                # EOF, so a command reading to the end finishes; cancelled on exit/timeout.
+                # aclose() only starts the close (never waits on the reader): shielded, so
+                # a cancelled feed still closes its end.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await stream.aclose()
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        pass
+
         try:
             with anyio.move_on_after(timeout) as scope:
                 async with anyio.create_task_group() as tg:
+                    tg.start_soon(feed, proc.stdin)
                     tg.start_soon(pump, proc.stdout, out)
                     tg.start_soon(pump, proc.stderr, err)
                     await proc.wait()
@@ -485,6 +554,9 @@ def _kill_group(pgid: int) -> None:
     except (ProcessLookupError, PermissionError):
         pass
 
+
+#: One write to a command's stdin: the loop gets a turn between chunks of a large input.
+_FEED_CHUNK: Final = 64 * 1024
 
 #: Under the state dir: where each run's fresh directory is made.
 RUN_DIR: Final = "exec"

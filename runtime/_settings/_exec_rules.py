@@ -32,6 +32,13 @@ leading dash (``tar xf``, ``ps aux``), reads an option's value from the next arg
 (``docker build <context>`` sends that directory to a root daemon) needs patterns written
 with that in mind; the daemon such a CLI talks to (dockerd, the Kubernetes API) is never
 under cordon's lock-down.
+
+Standard input: a run's stdin is empty unless the operator sets ``input = true`` for the
+command, and then only together with ``allow``. A command that reads stdin as a script or a
+manifest (``sh``, ``python -``, ``kubectl apply -f -``, ``git am``) does with that text what
+it would do with the same text in a file, so stdin is as powerful as the arguments that make
+the command read it: ``allow`` must spell those arguments (config check refuses ``input``
+without ``allow``).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ __all__ = [
     "check_env_name",
     "check_pattern",
     "escalation_reason",
+    "input_problem",
     "matches_any",
     "parse_pattern",
 ]
@@ -71,12 +79,26 @@ class ExecRule(msgspec.Struct, frozen=True, kw_only=True):
     ``allow``: argument patterns (module docstring), ``None`` = any arguments.
     ``env``: extra environment variables, set to these values (nothing passes through from
     the host's own environment). ``write``: paths the command may write besides its fresh
-    working directory (a repository a ``git`` grant works in, say).
+    working directory (a repository a ``git`` grant works in, say). ``input``: a call may
+    feed the command's stdin (``ctx.exec(..., input=...)``); only with ``allow``.
     """
 
     allow: tuple[str, ...] | None = None
     env: dict[str, str] = {}
     write: tuple[str, ...] = ()
+    input: bool = False
+
+
+def input_problem(command: str, rule: ExecRule) -> str | None:
+    """Why ``rule`` cannot stand as configured (for config check), else ``None``: ``input``
+    without ``allow`` would let stdin carry a script to whatever arguments read one."""
+    if rule.input and rule.allow is None:
+        return (
+            f"input = true needs an allow list for {command}: a command reading stdin (`sh`, "
+            "`python -`, `kubectl apply -f -`) runs what it is fed, so the arguments that make "
+            "it read stdin must be spelled out"
+        )
+    return None
 
 
 def parse_pattern(pattern: str) -> list[str]:
@@ -277,7 +299,8 @@ def describe_grant(command: str, rule: ExecRule | None) -> str:
     reason = escalation_reason(command)
     if rule is not None and rule.allow is not None:
         shown = ", ".join(repr(p) for p in rule.allow) or "(none)"
-        return f"exec:{command} narrowed to argument patterns {shown}" + (
+        stdin = "; the plugin may feed its stdin (input = true)" if rule.input else ""
+        return f"exec:{command} narrowed to argument patterns {shown}{stdin}" + (
             f" (escalator: {reason})" if reason else ""
         )
     base = f"exec:{command} is as powerful as {command} itself (any arguments)"
@@ -300,6 +323,7 @@ def exec_grants(grants: Sequence[str], rules: Mapping[str, ExecRule]) -> list[di
             {
                 "command": command,
                 "allow": None if rule is None or rule.allow is None else list(rule.allow),
+                "input": rule is not None and rule.input,
                 "escalator": escalation_reason(command),
                 "summary": describe_grant(command, rule),
             }

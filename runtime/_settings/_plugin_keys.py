@@ -31,7 +31,7 @@ from ._config_values import (
     settings_field,
     size_field,
 )
-from ._exec_rules import ExecRule, check_env_name, check_pattern
+from ._exec_rules import ExecRule, check_env_name, check_pattern, input_problem
 from ._permissions import check_permission_string
 from ._units import format_duration
 from ._validate import Checker, Invalid, join, show
@@ -139,7 +139,7 @@ _FIELDS: Final[dict[str, tuple[str, FieldParse]]] = {
     "middleware-policy": ("middleware_policy", choice_field(MIDDLEWARE_POLICIES)),
 }
 _DEFAULTS_KEYS: Final = (*_FIELDS, "restart", "exec")
-_EXEC_KEYS: Final = ("allow", "env", "write")
+_EXEC_KEYS: Final = ("allow", "env", "write", "input")
 _PLUGIN_KEYS: Final = (*_DEFAULTS_KEYS, "settings")
 
 
@@ -216,7 +216,17 @@ def _parse_exec(
             paths = paths_field(ck, join(where, "write"), entry["write"], base_dir)
             if not isinstance(paths, Invalid):
                 write = paths
-        out[str(command)] = ExecRule(allow=allow, env=env, write=write)
+        stdin = False
+        if "input" in entry:
+            flag = ck.expect_bool(join(where, "input"), entry["input"])
+            if not isinstance(flag, Invalid):
+                stdin = flag
+        rule = ExecRule(allow=allow, env=env, write=write, input=stdin)
+        if "allow" not in entry and (why := input_problem(str(command), rule)) is not None:
+            # Not when allow is present but invalid: that error is reported already.
+            ck.add(join(where, "input"), why)
+            rule = ExecRule(allow=allow, env=env, write=write)
+        out[str(command)] = rule
     return out
 
 
