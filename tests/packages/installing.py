@@ -12,7 +12,16 @@ from pathlib import Path
 
 from tests.packages.wheelhouse import standard_wheelhouse
 
-__all__ = ["CORDON", "Room", "leftovers", "make_room", "plugin_folder"]
+__all__ = [
+    "CORDON",
+    "Room",
+    "assert_nothing_placed",
+    "leftovers",
+    "make_room",
+    "one_line_error",
+    "pack_plugin",
+    "plugin_folder",
+]
 
 CORDON = str(Path(sys.executable).parent / "cordon")
 #: A CLI call builds at most one small env from a local wheelhouse; generous for a slow box.
@@ -112,3 +121,24 @@ def leftovers(state: Path) -> list[str]:
     if envs.is_dir():
         found += [f"envs/{p.name}" for p in sorted(envs.iterdir()) if not p.name.endswith(".lock")]
     return found
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_nothing_placed(room: Room) -> None:
+    assert leftovers(room.state) == []
+    staging = room.state / "plugins" / ".staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
+def pack_plugin(room: Room, folder: Path, *extra: str) -> Path:
+    proc = room.cordon("plugin", "pack", str(folder), "-o", str(room.root / "dist"), *extra)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())

@@ -1,19 +1,18 @@
 """The package commands through the real ``cordon`` CLI, real ``uv`` and wheelhouses the tests
 build: install from a folder and a ``.cordon`` file, consent, every refusal (exit code, one
 line naming what was wrong, nothing left under the state dir), update, rollback, uninstall,
-sync to another state dir, and downloads from a loopback HTTP server."""
+sync to another state dir, and installed plugins run by the runtime. (Downloads and
+interrupted installs: test_install.py.)"""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import pty
 import stat
 import subprocess
-import threading
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -31,34 +30,23 @@ from tests.packages.archives import (
     zeros_bomb,
 )
 from tests.packages.archives import stored as stored_entry
-from tests.packages.installing import CLI_TIMEOUT, CORDON, Room, leftovers, make_room, plugin_folder
+from tests.packages.installing import (
+    CLI_TIMEOUT,
+    CORDON,
+    Room,
+    assert_nothing_placed,
+    leftovers,
+    make_room,
+    one_line_error,
+    plugin_folder,
+)
+from tests.packages.installing import pack_plugin as pack
 from tests.packages.wheelhouse import sdist_marker
 
 
 @pytest.fixture
 def room(tmp_path: Path) -> Room:
     return make_room(tmp_path)
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def assert_nothing_placed(room: Room) -> None:
-    assert leftovers(room.state) == []
-    staging = room.state / "plugins" / ".staging"
-    assert not staging.exists() or list(staging.iterdir()) == []
-
-
-def pack(room: Room, folder: Path, *extra: str) -> Path:
-    proc = room.cordon("plugin", "pack", str(folder), "-o", str(room.root / "dist"), *extra)
-    assert proc.returncode == 0, proc.stderr
-    return Path(proc.stdout.strip())
 
 
 # -- installing ------------------------------------------------------------------------------
@@ -403,154 +391,6 @@ def test_sync_refuses_a_source_that_no_longer_has_the_pinned_bytes(room: Room) -
     proc = room.cordon("plugin", "sync", str(lockfile), "--yes", config=other)
     one_line_error(proc, 22, "PackageInvalid", "the sync file pins")
     assert leftovers(other_state) == []
-
-
-# -- downloads ----------------------------------------------------------------------------------
-
-
-class _Server:
-    def __init__(self, root: Path, headers: dict[str, str] | None = None) -> None:
-        extra = headers or {}
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a: object, **kw: object) -> None:
-                super().__init__(*a, directory=str(root), **kw)  # type: ignore[arg-type]
-
-            def end_headers(self) -> None:
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                super().end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture
-def served(room: Room) -> Iterator[tuple[_Server, Path]]:
-    package = pack(room, plugin_folder(room.root, "alpha", dependencies=("cordonlib==1.0",)))
-    with _Server(package.parent) as server:
-        yield server, package
-
-
-def test_a_package_downloads_from_a_loopback_server_when_explicitly_allowed(
-    room: Room, served: tuple[_Server, Path]
-) -> None:
-    server, package = served
-    url = f"http://127.0.0.1:{server.port}/{package.name}"
-    proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
-    assert proc.returncode == 0, proc.stderr
-    rec = installed(room.state, "alpha")
-    assert rec is not None and rec.source == url
-    assert list((room.state / "plugins" / ".staging").iterdir()) == []
-
-
-def test_a_plain_http_url_is_refused_without_the_explicit_flag(
-    room: Room, served: tuple[_Server, Path]
-) -> None:
-    server, package = served
-    for url in (
-        f"http://127.0.0.1:{server.port}/{package.name}",
-        f"http://localhost:{server.port}/{package.name}",
-        f"ftp://127.0.0.1:{server.port}/{package.name}",
-    ):
-        proc = room.cordon("plugin", "install", url, "--yes")
-        one_line_error(proc, 22, "PackageInvalid", "only https://")
-    # The flag admits 127.0.0.1 only, never another http host.
-    url = f"http://localhost:{server.port}/{package.name}"
-    proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
-    one_line_error(proc, 22, "PackageInvalid", "only https://")
-    assert_nothing_placed(room)
-
-
-class _Redirect(http.server.BaseHTTPRequestHandler):
-    """Sends every request to ``location`` (set per test)."""
-
-    location = ""
-
-    def do_GET(self) -> None:
-        self.send_response(302)
-        self.send_header("Location", type(self).location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_a_redirect_to_another_plain_http_host_is_refused(
-    room: Room, served: tuple[_Server, Path]
-) -> None:
-    server, package = served
-
-    class Handler(_Redirect):
-        location = f"http://localhost:{server.port}/{package.name}"
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/{package.name}"
-        proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
-    one_line_error(proc, 22, "PackageInvalid", "only https://", "localhost")
-    assert_nothing_placed(room)
-
-
-class _Huge(http.server.BaseHTTPRequestHandler):
-    """Claims a terabyte, sends a few bytes, then holds the connection open."""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(10**12))
-        self.end_headers()
-        self.wfile.write(b"PK")
-        self.wfile.flush()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_a_download_announcing_more_than_the_cap_is_refused_before_it_is_read(
-    room: Room,
-) -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Huge)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/big.cordon"
-        proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
-    one_line_error(proc, 22, "PackageInvalid", "larger than", str(10**12))
-    assert_nothing_placed(room)
-
-
-def test_a_missing_download_is_refused_naming_the_http_error(
-    room: Room, served: tuple[_Server, Path]
-) -> None:
-    server, package = served
-    url = f"http://127.0.0.1:{server.port}/{package.name}-missing"
-    proc = room.cordon("plugin", "install", url, "--yes", "--allow-insecure-localhost")
-    one_line_error(proc, 22, "PackageInvalid", "download failed", "404")
-    assert_nothing_placed(room)
 
 
 # -- with the runtime: installed plugins run, and a running host follows updates ---------------
