@@ -216,9 +216,18 @@ def import_plugin(st: Launch) -> None:
     module_name, _, attr = st.init.entry.partition(":")
     sys.dont_write_bytecode = True
     sys.path.insert(0, st.init.plugin_dir)
-    # Appended by hand, after lock-down: ``site.addsitedir`` would execute the env's ``.pth``
-    # files, and anything imported before lock-down would have run unconfined.
-    sys.path.extend(p for p in st.init.site_paths if p not in sys.path)
+    # The plugin's environment, added by hand after lock-down: ``site.addsitedir`` would run
+    # the env's ``.pth`` files, and anything imported before lock-down ran unconfined. Placed
+    # after the standard library (never shadowed) and before the host's site-packages, so a
+    # dependency the plugin declared wins over a copy the host happens to carry (except a
+    # module the worker has already imported: that one stays the worker's).
+    import site
+
+    host_sites = {os.path.realpath(p) for p in site.getsitepackages()}
+    at = next(
+        (i for i, p in enumerate(sys.path) if os.path.realpath(p) in host_sites), len(sys.path)
+    )
+    sys.path[at:at] = [p for p in st.init.site_paths if p not in sys.path]
     try:
         module = import_entry_module(module_name, st.init.plugin_dir)
         plugin = getattr(module, attr or "plugin")

@@ -63,6 +63,14 @@ def lib() -> dict:
 
 
 @plugin.tool
+def which(module: str) -> dict:
+    import importlib
+
+    mod = importlib.import_module(module)
+    return {"version": getattr(mod, "VERSION", None), "file": mod.__file__}
+
+
+@plugin.tool
 def here() -> dict:
     return {"cwd": os.getcwd(), "listing": sorted(os.listdir("."))}
 
@@ -132,6 +140,8 @@ class Store:
         self.wheelhouse = standard_wheelhouse(root / "wheelhouse")
         pth = f"import os; open(os.path.join(os.getcwd(), {PTH_MARKER!r}), 'w').close()\n"
         make_wheel(self.wheelhouse, "cordonpth", "1.0", extra_files={"zz_cordon.pth": pth.encode()})
+        # A name the host's own environment also carries (a test dependency of cordon's).
+        make_wheel(self.wheelhouse, "iniconfig", "0.1")
         self.options = IndexOptions(find_links=(str(self.wheelhouse),), offline=True)
 
     def install(self, plugin_id: str, *dependencies: str) -> InstalledPlugin:
@@ -155,12 +165,14 @@ class Store:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """Built once for the module (each env is a real uv install): ``one`` needs cordonlib
-    1.0, ``two`` cordonlib 2.0, ``pth`` cordonlib 1.0 and the wheel with the ``.pth``. The
+    1.0, ``two`` cordonlib 2.0, ``pth`` cordonlib 1.0 and the wheel with the ``.pth``,
+    ``shadow`` its own ``iniconfig`` (which the host's environment has too). The
     tests only read it (what they try to write is refused)."""
     s = Store(tmp_path_factory.mktemp("installed"))
     s.install("one", "cordonlib==1.0")
     s.install("two", "cordonlib==2.0")
     s.install("pth", "cordonlib==1.0", "cordonpth==1.0")
+    s.install("shadow", "iniconfig==0.1")
     return s
 
 
@@ -188,8 +200,11 @@ async def test_an_installed_plugin_loaded_by_id_imports_its_dependency_inside_th
     got = await call(rt, "one", "lib")
     assert got["version"] == "1.0"
     assert got["file"].startswith(record.site_packages + os.sep)
-    # Appended after everything the worker had: a dependency never shadows cordon itself.
-    assert got["path"][-1] == record.site_packages
+    # After the standard library (never shadowed), before the host's site-packages.
+    at = got["path"].index(record.site_packages)
+    stdlib = os.path.dirname(os.__file__)
+    assert got["path"].index(stdlib) < at
+    assert all(not p.endswith("site-packages") for p in got["path"][:at])
     assert handle.sandbox["landlock-fs"] == "applied"
 
 
@@ -207,11 +222,24 @@ async def test_two_installed_plugins_needing_conflicting_versions_each_import_th
     assert (await call(rt, "one", "lib"))["version"] == "1.0"
 
 
+async def test_a_dependency_the_host_also_carries_comes_from_the_plugins_own_env(
+    rt: Runtime, store: Store
+) -> None:
+    import iniconfig  # the host's copy: what an appended env would have given the plugin
+
+    record = installed(store.state, "shadow")
+    assert record is not None and record.site_packages is not None
+    await rt.load("shadow")
+    got = await call(rt, "shadow", "which", module="iniconfig")
+    assert got == {"version": "0.1", "file": os.path.join(record.site_packages, "iniconfig.py")}
+    assert got["file"] != iniconfig.__file__
+
+
 async def test_cordon_run_loads_installed_plugins_with_the_configs_grants(store: Store) -> None:
     async with Runtime(store.config()) as rt:
         with anyio.fail_after(CALL_DEADLINE):
             report = await rt.load_all(entry_points=False)
-        assert {"one", "two", "pth"} <= set(report.loaded)
+        assert {"one", "two", "pth", "shadow"} <= set(report.loaded)
         assert (await call(rt, "two", "lib"))["version"] == "2.0"
 
 
