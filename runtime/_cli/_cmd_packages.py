@@ -277,4 +277,12 @@ def cmd_plugin_sync(args: argparse.Namespace) -> int:
     )
     for record in done:
         print(f"{record.plugin_id} {record.version} installed")
+    # Sync adds and replaces; it never uninstalls on its own (that loses data without --purge
+    # being asked for): what the file does not name is left alone, and said so.
+    from .._packages._store import list_installed
+
+    named = {r.plugin_id for r in done}
+    for extra in list_installed(state):
+        if extra.plugin_id not in named:
+            print(f"note: {extra.plugin_id} {extra.version} is installed but not in {args.file}")
     return EXIT_OK

@@ -282,6 +282,23 @@ def test_an_update_with_a_new_permission_asks_again_and_keeps_the_old_for_rollba
     assert not first_env.exists()
 
 
+def test_the_same_version_with_other_content_is_refused_and_the_installed_one_kept(
+    room: Room,
+) -> None:
+    folder = plugin_folder(room.root, "alpha")
+    assert room.cordon("plugin", "install", str(folder), "--yes").returncode == 0
+    before = installed(room.state, "alpha")
+    assert before is not None
+    main = folder / "alpha_main.py"
+    main.write_text(main.read_text() + "# changed, same version\n")
+    proc = room.cordon("plugin", "install", str(folder), "--yes")
+    one_line_error(proc, 22, "PackageInvalid", "already installed with other content")
+    after = installed(room.state, "alpha")
+    assert after is not None and after.sha256 == before.sha256
+    assert "changed" not in (Path(after.plugin_dir) / "alpha_main.py").read_text()
+    assert list((room.state / "plugins" / ".staging").iterdir()) == []
+
+
 def test_rollback_returns_to_the_previous_version_and_a_second_rollback_undoes_it(
     room: Room,
 ) -> None:
@@ -375,9 +392,13 @@ def test_sync_reproduces_the_installed_plugins_in_another_state_dir(room: Room) 
             here.sha256,
             here.env_key,
         )
-    # Applying it again changes nothing.
+    # Applying it again changes nothing; a plugin the file does not name is left alone, noted.
+    extra = plugin_folder(room.root, "gamma")
+    assert room.cordon("plugin", "install", str(extra), "--yes", config=other).returncode == 0
     proc = room.cordon("plugin", "sync", str(lockfile), config=other)
     assert proc.returncode == 0, proc.stderr
+    assert "note: gamma 1.0.0 is installed but not in" in proc.stdout
+    assert installed(other_state, "gamma") is not None
 
 
 def test_sync_refuses_a_source_that_no_longer_has_the_pinned_bytes(room: Room) -> None:
