@@ -80,9 +80,12 @@ def granted(tmp_path: Path) -> dict[str, object]:
     example = load_config(ROOT / "examples" / "cordon.toml")
     plugins: Any = cfg["plugins"]
     for pid, command in (("docker", "docker"), ("kubernetes", "kubectl")):
-        allow = example.for_plugin(pid).exec_rules[command].allow
-        assert allow is not None
-        plugins[pid]["exec"] = {command: {"write": [str(tmp_path / "bin")], "allow": list(allow)}}
+        rule = example.for_plugin(pid).exec_rules[command]
+        assert rule.allow is not None
+        plugins[pid]["exec"] = {
+            command: {"write": [str(tmp_path / "bin")], "allow": list(rule.allow)}
+            | ({"input": True} if rule.input else {})
+        }
     return cfg
 
 
@@ -329,12 +332,7 @@ async def test_k8s_describe_passes_kind_and_name_after_the_options(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a granted command no longer reads plugin-written files (issue 11 point 1): the "
-    "scratch file is invisible to kubectl; k8s_apply needs a stdin/input path for exec",
-)
-async def test_k8s_apply_hands_kubectl_the_manifest_through_a_scratch_file(
+async def test_k8s_apply_hands_kubectl_the_manifest_through_its_stdin(
     rt: Runtime, fakebin: Bin
 ) -> None:
     manifest = (
@@ -348,15 +346,28 @@ async def test_k8s_apply_hands_kubectl_the_manifest_through_a_scratch_file(
     assert rt.state_dir is not None
     scratch = rt.state_dir / "scratch" / "kubernetes"
     (call, dry_call) = fakebin.calls("kubectl")
-    assert call["file"] == manifest, "kubectl read exactly the text the tool was given"
-    assert call["cwd"] == str(scratch)
-    (filename,) = [a for a in call["argv"] if a.startswith("--filename=")]
-    assert call["argv"] == ["apply", filename, "--namespace=shop"]
-    assert dry_call["argv"][-1] == "--dry-run=server"
-    assert dry_call["argv"][1] != filename, "a fresh file per apply"
+    assert call["stdin"] and dry_call["stdin"], "kubectl read the manifest from its stdin"
+    assert call["file"] == dry_call["file"] == manifest, "exactly the text the tool was given"
+    assert call["argv"] == ["apply", "--filename=-", "--namespace=shop"]
+    assert dry_call["argv"] == ["apply", "--filename=-", "--dry-run=server"]
+    assert not call["cwd"].startswith(str(rt.state_dir / "scratch")), "a host-owned run dir"
     assert result == {"applied": [line.strip() for line in manifest.splitlines()], "dry_run": False}
     assert dry["dry_run"] is True
-    assert list(scratch.iterdir()) == [], "the manifest file is removed afterwards"
+    assert not scratch.exists() or list(scratch.iterdir()) == [], "nothing left in scratch"
+
+
+async def test_k8s_apply_is_refused_where_the_operator_did_not_allow_kubectl_input(
+    tmp_path: Path, fakebin: Bin
+) -> None:
+    cfg = granted(tmp_path)
+    plugins: Any = cfg["plugins"]
+    del plugins["kubernetes"]["exec"]["kubectl"]["input"]
+    async with Runtime(cfg) as rt:
+        h = await rt.load(EXAMPLES / "kubernetes")
+        with anyio.fail_after(30), pytest.raises(PermissionDenied) as err:
+            await h.call("k8s_apply", {"manifest": "kind: ConfigMap\n"})
+    assert "exec:kubectl" in str(err.value) and "input" in str(err.value)
+    assert fakebin.calls("kubectl") == [], "kubectl never ran"
 
 
 @pytest.mark.parametrize(

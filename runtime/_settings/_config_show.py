@@ -80,6 +80,8 @@ def _exec_rule_to_dict(rule: ExecRule) -> dict[str, Any]:
         out["env"] = dict(rule.env)
     if rule.write:
         out["write"] = list(rule.write)
+    if rule.input:
+        out["input"] = True
     return out
 
 

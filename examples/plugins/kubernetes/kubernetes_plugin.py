@@ -4,11 +4,13 @@ Like the Docker plugin, every ``kubectl`` command runs on the host through
 ``await ctx.exec([...])`` (grant ``exec:kubectl``): an argv list, no shell, values checked and
 passed as ``--option=value`` or after ``--`` so none can be read as a flag.
 
-Applying a manifest: a host-run command gets an empty stdin, so ``kubectl apply -f -`` is not
-an option. The worker writes the manifest into its scratch directory (the only place it may
-write, and its working directory) and the host runs ``kubectl apply --filename=<file>`` in
-that same directory, so the relative file name names the same file on both sides. The file
-is removed afterwards.
+Applying a manifest: the manifest goes to kubectl's stdin (``ctx.exec(..., input=manifest)``)
+and the host runs ``kubectl apply --filename=-``. Not a file in the scratch directory: a
+granted command runs in a fresh host-owned directory under a lock-down that cannot read any
+plugin-written file (so a planted ``.kube/config`` cannot run code on the host), which keeps
+the manifest out of its reach too. Feeding stdin needs the operator's
+``[plugins.<id>.exec.kubectl] input = true``, which cordon accepts only next to ``allow``
+patterns: stdin is only ever read where a pattern spells ``--filename=-``.
 
 Errors (a ``PluginError`` on the host whose ``exc_type`` names the class): ``KubectlNotFound``,
 ``ClusterUnreachable``, ``KubectlCommandFailed``; ``InvalidParams`` (with ``field``) for a
@@ -18,9 +20,7 @@ bad value; ``PermissionDenied`` without the grant.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from typing import Any, Final
 
 from cordon.worker import CommandNotFound, Context, ExecResult, InvalidParams, Plugin
@@ -72,9 +72,9 @@ def _namespace_args(namespace: str | None) -> list[str]:
     return [f"--namespace={_check(namespace, _NAME, 'namespace', 'a namespace name')}"]
 
 
-async def _kubectl(ctx: Context, args: list[str]) -> ExecResult:
+async def _kubectl(ctx: Context, args: list[str], stdin: str | None = None) -> ExecResult:
     try:
-        result: ExecResult = await ctx.exec(["kubectl", *args], timeout=TIMEOUT)
+        result: ExecResult = await ctx.exec(["kubectl", *args], input=stdin, timeout=TIMEOUT)
     except CommandNotFound:
         raise KubectlNotFound(
             "kubectl not found on the host (install it, or put `kubectl` on the host's PATH)"
@@ -163,19 +163,11 @@ async def k8s_apply(
         raise InvalidParams("manifest is empty", field="manifest")
     if len(manifest.encode("utf-8")) > MAX_MANIFEST:
         raise InvalidParams(f"manifest is over {MAX_MANIFEST} bytes", field="manifest")
-    ns = _namespace_args(namespace)
-    # A fresh name per call: concurrent applies never read each other's file.
-    filename = f"apply-{secrets.token_hex(8)}.yaml"
-    path = os.path.join(ctx.scratch_dir, filename)
-    with open(path, "x", encoding="utf-8") as f:
-        f.write(manifest)
-    try:
-        args = ["apply", f"--filename={filename}", *ns]
-        if dry_run:
-            args.append("--dry-run=server")
-        result = await _kubectl(ctx, args)
-    finally:
-        os.unlink(path)
+    # "-": kubectl reads the manifest from stdin, which the host feeds from input=.
+    args = ["apply", "--filename=-", *_namespace_args(namespace)]
+    if dry_run:
+        args.append("--dry-run=server")
+    result = await _kubectl(ctx, args, stdin=manifest)
     applied = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     await ctx.log.info("k8s.apply", namespace=namespace, dry_run=dry_run, applied=applied)
     return {"applied": applied, "dry_run": dry_run}
