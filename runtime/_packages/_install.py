@@ -316,10 +316,15 @@ def _tidy(state_dir: Path, plugin_id: str) -> None:
     plugins = plugins_root(state_dir)
     if plugins.is_dir():
         for p in plugins.iterdir():
-            if p.is_dir() and not p.name.startswith("."):
-                for rec in (installed(state_dir, p.name), previous(state_dir, p.name)):
-                    if rec is not None and rec.env_key:
-                        keys.add(rec.env_key)
+            if not p.is_dir() or p.name.startswith("."):
+                continue
+            try:
+                records = (installed(state_dir, p.name), previous(state_dir, p.name))
+            except PackageError:
+                # A record we cannot read may name an env still in use: prune nothing rather
+                # than delete what a plugin runs from (the next clean install prunes).
+                return
+            keys |= {r.env_key for r in records if r is not None and r.env_key}
     prune_envs(state_dir / "envs", keys)
 
 

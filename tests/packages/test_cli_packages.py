@@ -366,6 +366,21 @@ def test_uninstall_removes_the_plugin_and_an_env_only_it_used(room: Room) -> Non
     one_line_error(proc, 26, "NotInstalled", "beta")
 
 
+def test_an_unreadable_record_of_another_plugin_stops_the_prune_not_the_install(
+    room: Room,
+) -> None:
+    beta = plugin_folder(room.root, "beta", dependencies=("cordonlib==2.0",))
+    assert room.cordon("plugin", "install", str(beta), "--yes").returncode == 0
+    rec = installed(room.state, "beta")
+    assert rec is not None and rec.env_key is not None
+    (room.state / "plugins" / "beta" / "1.0.0.json").write_text("{not json")
+    for version in ("1.0.0", "2.0.0"):  # the update tidies and prunes
+        folder = plugin_folder(room.root, "alpha", version)
+        proc = room.cordon("plugin", "install", str(folder), "--yes")
+        assert proc.returncode == 0, proc.stderr
+    assert (room.state / "envs" / rec.env_key).is_dir()
+
+
 # -- sync -------------------------------------------------------------------------------------
 
 
