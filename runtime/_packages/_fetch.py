@@ -37,6 +37,9 @@ DOWNLOAD_TIMEOUT: Final = 120.0
 #: The largest package worth fetching: the biggest archive open_package would accept
 #: (its uncompressed budget, since a stored entry is as big as its content) plus headers.
 MAX_DOWNLOAD_BYTES: Final = DEFAULT_LIMITS.max_total_bytes + 32 * 1024 * 1024
+#: One socket operation (connect, one read): a peer silent this long is gone. Bounds how far
+#: a single blocked read can overrun :data:`DOWNLOAD_TIMEOUT`, checked between reads.
+STALL_TIMEOUT: Final = 30.0
 _CHUNK: Final = 256 * 1024
 
 
@@ -133,7 +136,7 @@ def _download(url: str, staging: Path, allow_insecure_localhost: bool) -> Path:
     deadline = time.monotonic() + DOWNLOAD_TIMEOUT
     received = 0
     try:
-        with opener.open(url, timeout=DOWNLOAD_TIMEOUT) as response, open(target, "xb") as out:
+        with opener.open(url, timeout=STALL_TIMEOUT) as response, open(target, "xb") as out:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.isdigit() and int(declared) > MAX_DOWNLOAD_BYTES:
                 raise PackageInvalid(
