@@ -168,20 +168,22 @@ def _manifest_fields(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     )
 
 
-def _check_signature(pkg: VerifiedPackage, trusted: Sequence[str], required: bool) -> None:
+def _check_signature(
+    pkg: VerifiedPackage, source: str, trusted: Sequence[str], required: bool
+) -> None:
+    # Named by its source (what the operator typed), not the staging copy of a packed folder.
     if not required:
         return
     if pkg.signer is None:
         raise SignatureInvalid(
-            f"package {pkg.path!r} is not signed, and [runtime] require-signatures = true",
-            path=pkg.path,
+            f"package {source!r} is not signed, and [runtime] require-signatures = true",
+            path=source,
             reason="unsigned",
         )
     if pkg.signer not in trusted:
         raise SignatureInvalid(
-            f"package {pkg.path!r} is signed by {pkg.signer}, which is not in "
-            "[runtime] trusted-keys",
-            path=pkg.path,
+            f"package {source!r} is signed by {pkg.signer}, which is not in [runtime] trusted-keys",
+            path=source,
             key=pkg.signer,
             reason="untrusted key",
         )
@@ -218,12 +220,12 @@ def stage(
             source, work, options, allow_insecure_localhost=allow_insecure_localhost
         )
         pkg = open_package(path)
-        _check_signature(pkg, trusted_keys, require_signatures)
+        _check_signature(pkg, recorded, trusted_keys, require_signatures)
         permissions, deps = _manifest_fields(pkg.manifest_text)
         try:
-            check_fresh(pkg.path, deps, pkg.lock)
+            check_fresh(recorded, deps, pkg.lock)
         except LockError as exc:
-            raise PackageInvalid(path=pkg.path, entry="plugin.lock", reason=exc.message) from None
+            raise PackageInvalid(path=recorded, entry="plugin.lock", reason=exc.message) from None
         tree = work / "tree"
         extract(pkg, tree)
         prev = installed(state_dir, pkg.plugin_id)
