@@ -116,7 +116,11 @@ WRITES = [
 
 
 def make_plugin(
-    root: Path, plugin_id: str, dependencies: list[str], version: str = "1.0.0"
+    root: Path,
+    plugin_id: str,
+    dependencies: list[str],
+    version: str = "1.0.0",
+    permissions: tuple[str, ...] = (),
 ) -> Path:
     folder = root / f"{plugin_id}-src"
     folder.mkdir(parents=True)
@@ -125,6 +129,7 @@ def make_plugin(
         "[plugin]\n"
         f'id = "{plugin_id}"\nname = "{plugin_id}"\nversion = "{version}"\n'
         f'entry = "{plugin_id}_main:plugin"\ndependencies = [{deps}]\n'
+        f"permissions = {json.dumps(list(permissions))}\n"
     )
     (folder / f"{plugin_id}_main.py").write_text(PLUGIN_CODE)
     return folder
@@ -144,8 +149,12 @@ class Store:
         make_wheel(self.wheelhouse, "iniconfig", "0.1")
         self.options = IndexOptions(find_links=(str(self.wheelhouse),), offline=True)
 
-    def install(self, plugin_id: str, *dependencies: str) -> InstalledPlugin:
-        folder = make_plugin(self.root / "src", plugin_id, list(dependencies))
+    def install(
+        self, plugin_id: str, *dependencies: str, permissions: tuple[str, ...] = ()
+    ) -> InstalledPlugin:
+        folder = make_plugin(
+            self.root / "src", plugin_id, list(dependencies), permissions=permissions
+        )
         _, staged = stage(
             str(folder),
             state_dir=self.state,
@@ -166,13 +175,15 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """Built once for the module (each env is a real uv install): ``one`` needs cordonlib
     1.0, ``two`` cordonlib 2.0, ``pth`` cordonlib 1.0 and the wheel with the ``.pth``,
-    ``shadow`` its own ``iniconfig`` (which the host's environment has too). The
+    ``shadow`` its own ``iniconfig`` (which the host's environment has too), ``perm``
+    requests the storage permission. The
     tests only read it (what they try to write is refused)."""
     s = Store(tmp_path_factory.mktemp("installed"))
     s.install("one", "cordonlib==1.0")
     s.install("two", "cordonlib==2.0")
     s.install("pth", "cordonlib==1.0", "cordonpth==1.0")
     s.install("shadow", "iniconfig==0.1")
+    s.install("perm", "cordonlib==1.0", permissions=("storage",))
     return s
 
 
@@ -235,12 +246,24 @@ async def test_a_dependency_the_host_also_carries_comes_from_the_plugins_own_env
     assert got["file"] != iniconfig.__file__
 
 
-async def test_cordon_run_loads_installed_plugins_with_the_configs_grants(store: Store) -> None:
-    async with Runtime(store.config()) as rt:
+async def test_cordon_run_loads_installed_plugins_which_still_need_the_operators_grants(
+    store: Store,
+) -> None:
+    config = store.config()
+    config["runtime"]["strict-permissions"] = True
+    async with Runtime(config) as rt:
         with anyio.fail_after(CALL_DEADLINE):
             report = await rt.load_all(entry_points=False)
         assert {"one", "two", "pth", "shadow"} <= set(report.loaded)
+        refused = {f.plugin: f for f in report.failed}
+        assert set(refused) == {"perm"} and "storage" in refused["perm"].reason
         assert (await call(rt, "two", "lib"))["version"] == "2.0"
+    config["plugins"] = {"perm": {"grant": ["storage"]}}
+    async with Runtime(config) as rt:
+        with anyio.fail_after(CALL_DEADLINE):
+            report = await rt.load_all(entry_points=False)
+        assert "perm" in report.loaded
+        assert "storage" in rt.get("perm").permissions.effective
 
 
 # -- the environment and the version dir are read-only ---------------------------------------
