@@ -4,17 +4,24 @@ file access kept out of every plugin-writable tree."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psutil
 import pytest
 
 from cordon.protocol import CallTimeout, InvalidParams, PermissionDenied
+from cordon.runtime import PluginHandle, Runtime
 from cordon.runtime._hostapi._exec import (
+    MAX_INPUT,
     CommandNotFound,
     ExecConfigError,
     ExecPolicy,
@@ -24,6 +31,7 @@ from cordon.runtime._hostapi._exec import (
 )
 from cordon.runtime._hostapi._exec_landlock import LandlockUnavailable, abi_version
 from cordon.runtime._settings._exec_rules import matches_any
+from tests.conftest import base_config
 
 
 @pytest.fixture
@@ -525,3 +533,223 @@ async def test_the_locked_down_command_cannot_mount(
     r = await policy.run(["sh", "-c", f'mkdir x && mount --bind "{victim}" x; echo "rc=$?"'])
     assert "rc=0" not in r.stdout, r
     assert list(runs.iterdir()) == []
+
+
+# -- stdin: ctx.exec(argv, input=...) ----------------------------------------------------------
+
+#: tr feeds its output back while it reads: a host that wrote all input before reading any
+#: output would block on a full stdout pipe while tr blocks on a full stdin.
+_INPUT_RULES = {
+    "tr": ExecRule(allow=("a-z A-Z",), input=True),
+    "wc": ExecRule(allow=("-c",), input=True),
+    "true": ExecRule(allow=("",), input=True),
+    "sort": ExecRule(allow=("",)),
+}
+
+
+async def test_input_reaches_the_commands_stdin_as_text_or_bytes(scratch: Path, runs: Path) -> None:
+    policy = _policy(scratch, runs, rules=_INPUT_RULES)
+    r = await policy.run(["tr", "a-z", "A-Z"], input="héllo --privileged $(id)\n")
+    assert (r.returncode, r.stdout) == (0, "HéLLO --PRIVILEGED $(ID)\n")
+    binary = bytes(range(256)) * 3
+    r = await policy.run(["wc", "-c"], input=binary)
+    assert r.stdout.strip() == str(len(binary))
+
+
+async def test_input_over_the_limit_is_invalid_params_naming_input(
+    scratch: Path, runs: Path
+) -> None:
+    policy = _policy(scratch, runs, rules=_INPUT_RULES)
+    for big in ("x" * (MAX_INPUT + 1), b"x" * (MAX_INPUT + 1), "é" * (MAX_INPUT // 2 + 1)):
+        with pytest.raises(InvalidParams) as err:
+            await policy.run(["wc", "-c"], input=big)
+        assert err.value.fields()["field"] == "input"
+    r = await policy.run(["wc", "-c"], input=b"x" * MAX_INPUT)
+    assert r.stdout.strip() == str(MAX_INPUT), "the limit itself is allowed"
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {},  # exec granted, no table at all
+        {"sort": ExecRule(allow=("",))},  # narrowed, but input not allowed
+        {"sort": ExecRule(input=True)},  # input without allow (config refuses; code too)
+    ],
+)
+async def test_input_is_refused_unless_the_operator_allows_it_with_patterns(
+    scratch: Path, runs: Path, rules: dict[str, ExecRule]
+) -> None:
+    policy = _policy(scratch, runs, rules=rules)
+    with pytest.raises(PermissionDenied) as err:
+        await policy.run(["sort"], input="b\na\n")
+    assert "exec:sort" in str(err.value) and "input" in str(err.value)
+    assert (await policy.run(["sort"])).returncode == 0, "without input the grant still works"
+
+
+async def test_a_command_that_never_reads_its_input_finishes_without_deadlock(
+    scratch: Path, runs: Path
+) -> None:
+    policy = _policy(scratch, runs, rules=_INPUT_RULES)
+    started = time.monotonic()
+    with anyio.fail_after(20):
+        r = await policy.run(["true"], input=b"\n" * MAX_INPUT, timeout=15)
+    assert r.returncode == 0
+    assert time.monotonic() - started < 5, "not held until the timeout"
+
+
+async def test_input_is_written_while_output_is_read(scratch: Path, runs: Path) -> None:
+    policy = _policy(scratch, runs, rules=_INPUT_RULES, max_output=2 * MAX_INPUT)
+    with anyio.fail_after(20):
+        r = await policy.run(["tr", "a-z", "A-Z"], input="ab" * (MAX_INPUT // 2), timeout=15)
+    assert (r.returncode, r.truncated) == (0, False)
+    assert r.stdout == "AB" * (MAX_INPUT // 2)
+
+
+async def test_a_command_given_input_is_still_killed_at_its_timeout(
+    scratch: Path, runs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pidfile = out / "child.pid"
+    rule = ExecRule(allow=("-c *",), input=True, write=(str(out),))
+    policy = _policy(scratch, runs, rules={"sh": rule})
+    started = time.monotonic()
+    with pytest.raises(ExecTimeout):
+        # Never reads stdin: the feed is blocked on a full pipe when the deadline comes.
+        await policy.run(
+            ["sh", "-c", f"sleep 30 & echo $! > {pidfile}; sleep 30"],
+            input=b"x" * MAX_INPUT,
+            timeout=0.5,
+        )
+    assert time.monotonic() - started < 5
+    _gone, alive = psutil.wait_procs(_procs(int(pidfile.read_text())), timeout=5)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+
+
+# -- stdin through a real worker: ctx.exec(argv, input=...) in a strict sandbox ---------------
+
+_FEEDER = """
+from typing import Any
+
+import msgspec
+
+from cordon.worker import Context, Plugin
+
+plugin = Plugin()
+
+
+@plugin.tool
+async def run(
+    ctx: Context,
+    argv: list[str],
+    text: str | None = None,
+    hex: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    data = bytes.fromhex(hex) if hex is not None else text
+    try:
+        result = await ctx.exec(argv, input=data, timeout=timeout)
+    except Exception as exc:
+        fields = exc.fields() if hasattr(exc, "fields") else {}
+        return {"error": type(exc).__name__, "message": str(exc), "field": fields.get("field")}
+    return msgspec.structs.asdict(result)
+"""
+
+
+@contextlib.asynccontextmanager
+async def _feeder(tmp_path: Path) -> AsyncIterator[PluginHandle]:
+    plugin_dir = tmp_path / "plugins" / "feeder"
+    plugin_dir.mkdir(parents=True)
+    perms = ["exec:tr", "exec:wc", "exec:true", "exec:sort", "exec:sh"]
+    (plugin_dir / "plugin.toml").write_text(
+        '[plugin]\nid = "feeder"\nname = "Feeder"\nversion = "1.0.0"\n'
+        f'entry = "feeder:plugin"\npermissions = {json.dumps(perms)}\n'
+    )
+    (plugin_dir / "feeder.py").write_text(_FEEDER)
+    (tmp_path / "out").mkdir()
+    exec_tables = {
+        command: {"allow": list(rule.allow or ()), "input": rule.input}
+        for command, rule in _INPUT_RULES.items()
+    }
+    exec_tables["sh"] = {"allow": ["-c *"], "input": True, "write": [str(tmp_path / "out")]}
+    cfg = base_config(tmp_path, sandbox="strict")
+    cfg["plugins"] = {"feeder": {"grant": perms, "exec": exec_tables}}
+    async with Runtime(cfg) as rt:
+        yield await rt.load(plugin_dir)
+
+
+@pytest.fixture
+async def feeder(tmp_path: Path) -> AsyncIterator[PluginHandle]:
+    async with _feeder(tmp_path) as plugin:
+        yield plugin
+
+
+async def _feed(plugin: PluginHandle, argv: list[str], **params: object) -> dict[str, Any]:
+    with anyio.fail_after(30):
+        result: dict[str, Any] = await plugin.call("run", {"argv": argv, **params})
+    return result
+
+
+@needs_landlock
+async def test_a_sandboxed_plugin_feeds_a_commands_stdin(feeder: PluginHandle) -> None:
+    r = await _feed(feeder, ["tr", "a-z", "A-Z"], text="apiVersion: v1\nkind: Pod\n")
+    assert (r["returncode"], r["stdout"]) == (0, "APIVERSION: V1\nKIND: POD\n")
+    r = await _feed(feeder, ["wc", "-c"], hex=(b"\x00\xff" * 1000).hex())
+    assert r["stdout"].strip() == "2000", "bytes arrive as bytes (base64 on the wire)"
+
+
+@needs_landlock
+async def test_a_sandboxed_plugins_oversize_or_unallowed_input_is_refused(
+    feeder: PluginHandle,
+) -> None:
+    r = await _feed(feeder, ["wc", "-c"], hex=(b"x" * (MAX_INPUT + 1)).hex())
+    assert (r["error"], r["field"]) == ("InvalidParams", "input")
+    r = await _feed(feeder, ["wc", "-c"], text="x" * (MAX_INPUT + 1))
+    assert (r["error"], r["field"]) == ("InvalidParams", "input")
+    r = await _feed(feeder, ["sort"], text="b\na\n")
+    assert r["error"] == "PermissionDenied" and "exec:sort" in r["message"]
+    assert "input" in r["message"]
+    assert (await _feed(feeder, ["sort"]))["returncode"] == 0
+
+
+@needs_landlock
+async def test_a_sandboxed_plugins_input_neither_deadlocks_nor_outlives_the_timeout(
+    feeder: PluginHandle, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    r = await _feed(feeder, ["true"], hex=(b"\n" * MAX_INPUT).hex(), timeout=20)
+    assert r["returncode"] == 0 and time.monotonic() - started < 10
+    pidfile = tmp_path / "out" / "child.pid"
+    started = time.monotonic()
+    r = await _feed(
+        feeder,
+        ["sh", "-c", f"sleep 30 & echo $! > {pidfile}; sleep 30"],
+        text="x" * MAX_INPUT,
+        timeout=0.5,
+    )
+    assert r["error"] in ("CallTimeout", "ExecTimeout") and "timed out" in r["message"]
+    assert time.monotonic() - started < 10
+    _gone, alive = psutil.wait_procs(_procs(int(pidfile.read_text())), timeout=5)
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+
+
+@needs_landlock
+async def test_the_audit_trail_records_the_inputs_size_never_its_content(tmp_path: Path) -> None:
+    secret = "password: hunter2-cordon\n"
+    async with _feeder(tmp_path) as plugin:
+        r = await _feed(plugin, ["tr", "a-z", "A-Z"], text=secret)
+        assert r["stdout"] == secret.upper()
+    toml = tmp_path / "cordon.toml"
+    toml.write_text(f'[runtime]\nstate-dir = "{tmp_path / "state"}"\n')
+    cordon = str(Path(sys.executable).parent / "cordon")
+    audit = subprocess.run(
+        [cordon, "audit", "feeder", "--json", "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert audit.returncode == 0, audit.stderr
+    (entry,) = [e for e in json.loads(audit.stdout) if e["method"] == "host/exec"]
+    assert entry["allowed"] and f"<stdin: {len(secret.encode())} bytes>" in entry["summary"]
+    assert "hunter2" not in audit.stdout

@@ -140,11 +140,44 @@ def test_exec_tables_parse_and_merge_command_by_command_over_the_defaults() -> N
         ({"git": {"write": "/srv"}}, "plugins.p.exec.git.write"),
         ({"git": {"alow": []}}, "plugins.p.exec.git.alow"),
         ({"git": "status"}, "plugins.p.exec.git"),
+        ({"git": {"input": "yes"}}, "plugins.p.exec.git.input"),
+        ({"git": {"input": True}}, "plugins.p.exec.git.input"),
     ],
 )
 def test_a_bad_exec_table_is_reported_under_its_toml_path(table: object, path: str) -> None:
     problems = _problems({"plugins": {"p": {"exec": table}}})
     assert [p for p, _ in problems] == [path], problems
+
+
+def test_exec_input_without_allow_is_refused_saying_why() -> None:
+    ((path, message),) = _problems(
+        {"plugins": {"p": {"grant": ["exec:sh"], "exec": {"sh": {"input": True}}}}}
+    )
+    assert path == "plugins.p.exec.sh.input"
+    assert "needs an allow list" in message and "runs what it is fed" in message
+
+
+def test_exec_input_with_allow_parses_and_round_trips() -> None:
+    cfg = parse_config(
+        {"plugins": {"k": {"exec": {"kubectl": {"allow": ["apply --filename=-"], "input": True}}}}}
+    )
+    rules = cfg.plugins["k"].exec_rules
+    assert rules["kubectl"] == ExecRule(allow=("apply --filename=-",), input=True)
+    assert parse_config(cfg.to_toml_dict()).plugins["k"].exec_rules == rules
+    assert ExecRule().input is False, "stdin stays empty unless the operator says so"
+
+
+def test_plugin_info_and_config_check_say_when_a_grant_takes_input(tmp_path: Path) -> None:
+    toml = _docker_config(
+        tmp_path, '[plugins.docker.exec.docker]\nallow = ["build -- -"]\ninput = true\n'
+    )
+    info = _cordon("plugin", "info", "docker", "--json", "--config", str(toml))
+    (grant,) = json.loads(info.stdout)["exec"]
+    assert grant["input"] is True
+    assert "may feed its stdin" in grant["summary"]
+    check = _cordon("config", "check", str(toml))
+    assert check.returncode == 0, check.stderr
+    assert "may feed its stdin (input = true)" in check.stdout
 
 
 def _cordon(*args: str) -> subprocess.CompletedProcess[str]:
