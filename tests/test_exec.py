@@ -753,3 +753,21 @@ async def test_the_audit_trail_records_the_inputs_size_never_its_content(tmp_pat
     (entry,) = [e for e in json.loads(audit.stdout) if e["method"] == "host/exec"]
     assert entry["allowed"] and f"<stdin: {len(secret.encode())} bytes>" in entry["summary"]
     assert "hunter2" not in audit.stdout
+
+
+async def test_input_of_another_type_is_refused_in_the_worker_before_any_request() -> None:
+    from cordon.worker._hostapi import exec_command
+
+    sent: list[object] = []
+
+    async def request(method: str, params: object) -> object:
+        sent.append(params)
+        return {"returncode": 0, "stdout": "", "stderr": "", "truncated": False}
+
+    with pytest.raises(InvalidParams) as err:
+        await exec_command(request, ["wc", "-c"], input=42)  # type: ignore[arg-type]
+    assert err.value.fields()["field"] == "input" and sent == []
+    await exec_command(request, ["wc", "-c"], input=b"\xff")
+    assert sent == [
+        {"argv": ["wc", "-c"], "timeout": None, "input": "/w==", "input_encoding": "base64"}
+    ]

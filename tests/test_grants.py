@@ -325,6 +325,11 @@ async def test_a_plugin_whose_exec_write_path_holds_the_state_dir_does_not_load(
         ("kubernetes", "kubectl", ["exec", "web", "--", "sh"]),
         ("kubernetes", "kubectl", ["get", "secrets", "--output=json"]),
         ("kubernetes", "kubectl", ["describe", "--namespace=x", "--kubeconfig=/k", "--", "a", "b"]),
+        # The manifest comes only on stdin: no file name, no second -f, no injected option.
+        ("kubernetes", "kubectl", ["apply", "--filename=/etc/kubernetes/admin.yaml"]),
+        ("kubernetes", "kubectl", ["apply", "--filename=-", "--filename=/tmp/x"]),
+        ("kubernetes", "kubectl", ["apply", "--filename=-", "--kubeconfig=/k"]),
+        ("kubernetes", "kubectl", ["create", "--filename=-"]),
     ],
 )
 def test_the_example_configs_patterns_refuse_escalations(
