@@ -248,7 +248,9 @@ class PluginHandle(PluginLifecycle):
         """Hot reload: see :meth:`Runtime.reload`."""
         self._stopped = False
         async with self._reload_lock:
-            manifest = load_manifest(self.manifest.directory)
+            # An installed plugin reloads into the version `current` names now (an update or
+            # a rollback swapped it); any other plugin, from its folder.
+            manifest = load_manifest(self.runtime._reload_dir(self.manifest))
             check_cordon_compat(manifest, CORDON_VERSION)
             if manifest.id != self.id:
                 raise PluginUnavailable(

@@ -60,4 +60,9 @@ class PluginHost(Protocol):
 
     def _check_dependencies(self, manifest: Manifest) -> None: ...
 
+    def _reload_dir(self, manifest: Manifest) -> str:
+        """Where a reload reads the plugin from (an installed one: the version ``current``
+        names now)."""
+        ...
+
     def _permissions_for(self, manifest: Manifest, settings: PluginSettings) -> PermissionSet: ...

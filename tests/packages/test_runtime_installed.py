@@ -341,32 +341,34 @@ async def test_an_fs_write_grant_reaching_the_store_is_refused_before_any_worker
     assert [p["path"] for p in info.value.problems] == ["plugins.one.fs-write[0]"]
 
 
-def test_reload_of_an_installed_plugin_reads_the_version_current_names_now(
+async def test_a_hot_reload_after_an_update_runs_the_new_version_in_its_new_env(
     tmp_path: Path,
 ) -> None:
     s = Store(tmp_path)
     first = s.install("upd", "cordonlib==1.0")
-    rt = Runtime(s.config())  # not entered: _reload_dir reads only the store
-    (tmp_path / "src").rename(tmp_path / "src-1")
-    second_src = make_plugin(tmp_path / "src", "upd", ["cordonlib==2.0"], version="2.0.0")
-    _, staged = stage(
-        str(second_src),
-        state_dir=s.state,
-        trusted_keys=(),
-        require_signatures=False,
-        options=s.options,
-    )
-    second = commit(staged)
-    manifest = parse_manifest(
-        {"plugin": {"id": "upd", "name": "upd", "version": "1.0.0", "entry": "upd_main:plugin"}},
-        directory=first.plugin_dir,
-    )
-    assert rt._reload_dir(manifest) == second.plugin_dir
-    elsewhere = parse_manifest(
-        {"plugin": {"id": "upd", "name": "upd", "version": "1.0.0", "entry": "upd_main:plugin"}},
-        directory=tmp_path / "src-1" / "upd-src",
-    )
-    assert rt._reload_dir(elsewhere) == elsewhere.directory
+    async with Runtime(s.config()) as rt:
+        await rt.load("upd")
+        assert (await call(rt, "upd", "lib"))["version"] == "1.0"
+        (tmp_path / "src").rename(tmp_path / "src-1")
+        second_src = make_plugin(tmp_path / "src", "upd", ["cordonlib==2.0"], version="2.0.0")
+        _, staged = stage(
+            str(second_src),
+            state_dir=s.state,
+            trusted_keys=(),
+            require_signatures=False,
+            options=s.options,
+        )
+        second = commit(staged)
+        assert second.env_key != first.env_key
+        # Until the reload, the running worker keeps the version (and env) it started with.
+        assert (await call(rt, "upd", "lib"))["version"] == "1.0"
+        with anyio.fail_after(CALL_DEADLINE):
+            await rt.reload("upd")
+        assert rt.get("upd").manifest.version == "2.0.0"
+        assert rt.get("upd").manifest.directory == second.plugin_dir
+        got = await call(rt, "upd", "lib")
+        assert second.site_packages is not None
+        assert got["version"] == "2.0" and got["file"].startswith(second.site_packages)
 
 
 # -- .pth files never run --------------------------------------------------------------------
