@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import stat
+from typing import Any
 
 from cordon.worker import Context, Plugin
 
@@ -19,6 +20,7 @@ plugin = Plugin()
 
 def _frames(kind: str) -> bytes:
     fake = {"fds": "applied", "forged-layer": "applied"}
+    frames: list[dict[str, Any]]
     if kind == "locked-down":
         frames = [{"jsonrpc": "2.0", "method": "$/lockedDown", "params": {"sandbox": fake}}]
     elif kind == "all-applied":
