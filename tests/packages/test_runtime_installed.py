@@ -95,6 +95,12 @@ def attempt(op: str, path: str) -> str:
             os.mkdir(path)
         elif op == "symlink":
             os.symlink("/tmp", path)
+        elif op == "chmod":
+            os.chmod(path, 0o000)
+        elif op == "utime":
+            os.utime(path, (0, 0))
+        elif op == "chown":
+            os.chown(path, 12345, 12345)
         else:
             return "unknown op"
     except OSError as exc:
@@ -103,7 +109,8 @@ def attempt(op: str, path: str) -> str:
 '''
 
 #: What each write-like operation targets inside a read-only tree: a new name, or the
-#: installed module itself.
+#: installed module itself (its content, its name, its metadata: chmod 000 on a hard-linked
+#: file would break every env sharing it).
 WRITES = [
     ("create", "new"),
     ("mkdir", "new"),
@@ -112,6 +119,9 @@ WRITES = [
     ("truncate", "module"),
     ("unlink", "module"),
     ("rename", "module"),
+    ("chmod", "module"),
+    ("utime", "module"),
+    ("chown", "module"),
 ]
 
 
@@ -269,6 +279,12 @@ async def test_cordon_run_loads_installed_plugins_which_still_need_the_operators
 # -- the environment and the version dir are read-only ---------------------------------------
 
 
+def _fingerprint(path: str) -> tuple[bytes, int, int, int, int]:
+    """Content and the metadata a plugin could try to change (mode, owner, mtime)."""
+    st = os.stat(path)
+    return Path(path).read_bytes(), st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns
+
+
 def _target(base: str, what: str, module: str) -> str:
     return os.path.join(base, "planted_by_plugin.py" if what == "new" else module)
 
@@ -281,10 +297,10 @@ async def test_a_plugin_cannot_write_into_its_environment(
     assert record is not None and record.site_packages is not None
     await rt.load("one")
     module = os.path.join(record.site_packages, "cordonlib.py")
-    before = Path(module).read_bytes()
+    before = _fingerprint(module)
     got = await call(rt, "one", "attempt", op=op, path=_target(record.site_packages, what, module))
     assert got in {"EACCES", "EROFS", "EPERM"}, got
-    assert Path(module).read_bytes() == before
+    assert _fingerprint(module) == before
     assert not Path(record.site_packages, "planted_by_plugin.py").exists()
     # The other plugin sharing nothing still imports the genuine module, and so does this one.
     assert (await call(rt, "one", "lib"))["version"] == "1.0"
@@ -298,10 +314,10 @@ async def test_a_plugin_cannot_write_into_its_own_installed_version_dir(
     assert record is not None
     await rt.load("one")
     module = os.path.join(record.plugin_dir, "one_main.py")
-    before = Path(module).read_bytes()
+    before = _fingerprint(module)
     got = await call(rt, "one", "attempt", op=op, path=_target(record.plugin_dir, what, module))
     assert got in {"EACCES", "EROFS", "EPERM"}, got
-    assert Path(module).read_bytes() == before
+    assert _fingerprint(module) == before
     assert not Path(record.plugin_dir, "planted_by_plugin.py").exists()
 
 
