@@ -128,6 +128,10 @@ def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | 
         return None
     root = plugins_root(state_dir) / plugin_id
     link = root / name
+    if root.is_symlink():
+        # An install makes a real folder: a link here would take every path below elsewhere.
+        log.warning("installed plugin folder ignored: it is a symlink", plugin=plugin_id)
+        return None
     try:
         target = os.readlink(link)
     except OSError:

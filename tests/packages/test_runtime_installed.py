@@ -579,6 +579,14 @@ def test_a_current_link_leading_out_of_the_plugins_folder_is_never_followed(
     assert installed(tmp_path, "evil") is None
 
 
+def test_a_plugin_folder_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    _fake(tmp_path, "other", "1.0")
+    os.symlink(tmp_path / "plugins" / "other", tmp_path / "plugins" / "alias")
+    assert installed(tmp_path, "other") is not None
+    assert installed(tmp_path, "alias") is None
+    assert [p.plugin_id for p in list_installed(tmp_path)] == ["other"]
+
+
 def test_a_record_whose_paths_point_elsewhere_gets_the_layouts_paths_or_is_refused(
     tmp_path: Path,
 ) -> None:
