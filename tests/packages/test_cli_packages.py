@@ -450,12 +450,6 @@ def test_two_installed_plugins_needing_cordonlib_1_and_2_each_import_their_own(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="the host's reload re-reads the version dir it started from "
-    "(PluginHandle.reload loads manifest.directory); following <id>/current is the "
-    "runtime-integration engineer's change",
-)
 async def test_after_update_and_rollback_a_running_host_answers_with_the_version_installed(
     room: Room,
 ) -> None:
