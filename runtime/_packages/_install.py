@@ -5,11 +5,13 @@ while changing nothing anyone can see: fetch (or pack a folder), :func:`open_pac
 hash, every entry), the signature policy, extraction into ``<state>/plugins/.staging/<tmp>/``,
 and the :class:`InstallPlan` the operator is asked to consent to. :func:`commit` builds the
 environment (:func:`env_for`, atomic on its own), moves the version dir and its record into
-place, and then swaps ``current`` with one ``rename`` of a temp symlink over it: that rename is
-the commit point. A SIGKILL before it leaves ``current`` on the previous version (or absent);
-after it, the new version is whole. What a killed install leaves (a staging dir, a version dir
-nothing points at) is swept by the next install. No plugin code runs: the manifest is read as
-TOML, the environment is wheels only.
+place, and then replaces the plugin's ``.state.json`` (``{current, previous}``, see
+:mod:`._store`) with one ``rename`` of an fsync'd temp file over it: that rename is the commit
+point. A SIGKILL before it leaves the old pointers (or none); after it, the new version is
+whole and the old one is ``previous``. :func:`rollback` swaps the two in the same single step,
+so no moment exists at which both pointers name one version. What a killed install leaves
+(a staging dir, a version dir nothing points at) is swept by the next install. No plugin code
+runs: the manifest is read as TOML, the environment is wheels only.
 
 Installs, rollbacks and uninstalls of one state dir are serialised by an ``flock`` on
 ``<state>/plugins/.lock`` (dropped by the kernel when a holder dies), so a prune never removes
@@ -18,8 +20,9 @@ in use: the sweep removes only those whose owner is gone.
 
 Test hook (documented, explicit, inert unless set): ``CORDON_TEST_INSTALL_PAUSE=<point>``
 makes the installer, on reaching ``<point>`` (``staged``, ``env-built``, ``before-swap``,
-``between-links``, ``after-swap``), write ``<state>/plugins/.staging/paused-<point>`` and
-wait there, so a test can SIGKILL it at exactly that moment.
+``after-swap``; ``rollback-locked``, ``rollback-before-swap``, ``rollback-after-swap``),
+write ``<state>/plugins/.staging/paused-<point>`` and wait there, so a test can SIGKILL it
+at exactly that moment.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import shutil
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +46,15 @@ from ._errors import LockError, NotInstalled, PackageError, PackageInvalid, Sign
 from ._fetch import check_fresh, fetch_package
 from ._lock import IndexOptions
 from ._store import (
-    CURRENT,
-    PREVIOUS,
     STAGING,
+    STATE_FILE,
     InstalledPlugin,
+    Pointers,
     installed,
     list_installed,
     plugins_root,
     previous,
+    read_pointers,
     record_path,
 )
 
@@ -264,13 +268,16 @@ def discard(staged: Staged) -> None:
             staged.fd = -1
 
 
-def _point(link: Path, target: str) -> None:
-    """Make ``link`` a symlink to ``target`` with one rename: readers see old or new."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.rename(tmp, link)
-    _fsync_dir(link.parent)
+def _set_pointers(root: Path, current: str, previous: str | None) -> None:
+    """Replace ``root/.state.json`` with one rename of an fsync'd temp file: a reader (or the
+    next operation after a SIGKILL) sees the old pair or the new one, nothing in between."""
+    tmp = root / f"{STATE_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgspec.json.encode(Pointers(current=current, previous=previous)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, root / STATE_FILE)
+    _fsync_dir(root)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -290,31 +297,34 @@ def _write_record(path: Path, record: InstalledPlugin) -> None:
     os.rename(tmp, path)
 
 
-def _referenced(plugin_root: Path) -> set[str]:
-    out = set()
-    for name in (CURRENT, PREVIOUS):
-        try:
-            out.add(os.readlink(plugin_root / name))
-        except OSError:
-            pass
-    return out
+def _referenced(state_dir: Path, plugin_id: str) -> set[str]:
+    ptr = read_pointers(state_dir, plugin_id)
+    if ptr is None:
+        return set()
+    return {v for v in (ptr.current, ptr.previous) if v is not None}
 
 
-def _tidy(state_dir: Path, plugin_id: str) -> None:
-    """Remove version dirs and records neither ``current`` nor ``previous`` names, then the
-    environments no installed version (current or previous, of any plugin) uses."""
+def _tidy(state_dir: Path, plugin_id: str, in_use: Collection[str] = ()) -> None:
+    """Remove version dirs and records neither ``current`` nor ``previous`` names (nor
+    ``in_use``: versions a running host reports it still runs from), then the environments no
+    kept version (of any plugin) uses."""
     from ._env import prune_envs
 
     root = plugins_root(state_dir) / plugin_id
+    kept_envs: set[str] = set()
     if root.is_dir():
-        keep = _referenced(root)
+        keep = _referenced(state_dir, plugin_id) | set(in_use)
         for entry in root.iterdir():
-            if entry.name in (CURRENT, PREVIOUS):
+            if entry.name == STATE_FILE:
                 continue
             version = entry.name[: -len(".json")] if entry.name.endswith(".json") else entry.name
             if version.startswith(".") or version not in keep:
                 _rmtree(entry)
-    keys: set[str] = set()
+        for version in set(in_use) - _referenced(state_dir, plugin_id):
+            rec = _record(record_path(state_dir, plugin_id, version))
+            if rec is not None and rec.env_key:
+                kept_envs.add(rec.env_key)
+    keys = kept_envs
     plugins = plugins_root(state_dir)
     if plugins.is_dir():
         for p in plugins.iterdir():
@@ -330,9 +340,12 @@ def _tidy(state_dir: Path, plugin_id: str) -> None:
     prune_envs(state_dir / "envs", keys)
 
 
-def commit(staged: Staged, *, progress: bool = False) -> InstalledPlugin:
-    """Build the environment, place the version, swap ``current``; keep the old as
-    ``previous``. Consumes ``staged`` (its staging dir is gone afterwards)."""
+def commit(
+    staged: Staged, *, progress: bool = False, in_use: Collection[str] = ()
+) -> InstalledPlugin:
+    """Build the environment, place the version, make it ``current``; keep the old as
+    ``previous``. Consumes ``staged`` (its staging dir is gone afterwards). ``in_use``: versions
+    of this plugin a running host still runs from, which the tidy after it must keep."""
     from ._env import env_for
 
     state_dir, pkg = staged.state_dir, staged.package
@@ -352,7 +365,8 @@ def commit(staged: Staged, *, progress: bool = False) -> InstalledPlugin:
             root.mkdir(parents=True, exist_ok=True)
             version_dir = root / pkg.version
             rec_path = record_path(state_dir, pkg.plugin_id, pkg.version)
-            refs = _referenced(root)
+            ptr = read_pointers(state_dir, pkg.plugin_id)
+            refs = _referenced(state_dir, pkg.plugin_id)
             if pkg.version in refs:
                 # Versions are immutable once installed: the same bytes are a no-op; other
                 # bytes under the same version would change code under a running host.
@@ -381,20 +395,14 @@ def commit(staged: Staged, *, progress: bool = False) -> InstalledPlugin:
             )
             _write_record(rec_path, record)
             _pause(state_dir, "before-swap")
-            try:
-                current = os.readlink(root / CURRENT)
-            except OSError:
-                current = None
+            current = ptr.current if ptr is not None else None
             if current != pkg.version:
-                # ``previous`` first: killed between the two renames, both name the old
-                # version (still whole, and a retry completes the update); the other order
-                # would leave the old version unnamed, and the next tidy would delete it.
-                if current is not None and (root / current).is_dir():
-                    _point(root / PREVIOUS, current)
-                _pause(state_dir, "between-links")
-                _point(root / CURRENT, pkg.version)  # the commit point
+                # The old version becomes ``previous`` (if it is still whole) in the same
+                # write that makes the new one current: the commit point.
+                keep = current if current is not None and (root / current).is_dir() else None
+                _set_pointers(root, pkg.version, keep)
                 _pause(state_dir, "after-swap")
-            _tidy(state_dir, pkg.plugin_id)
+            _tidy(state_dir, pkg.plugin_id, in_use)
     finally:
         discard(staged)
     return record
@@ -409,18 +417,21 @@ def _record(path: Path) -> InstalledPlugin | None:
 
 def rollback(state_dir: Path, plugin_id: str) -> InstalledPlugin:
     """Swap ``current`` and ``previous``: the version before the last update is active again
-    (and the one it replaces becomes ``previous``, so a second rollback undoes the first)."""
+    (and the one it replaces becomes ``previous``, so a second rollback undoes the first).
+    The swap is one write of ``.state.json``: killed at any moment, the pair is the old one
+    or the swapped one."""
     state_dir = Path(state_dir).absolute()
     with _state_lock(state_dir):
+        _pause(state_dir, "rollback-locked")
         cur, prev = installed(state_dir, plugin_id), previous(state_dir, plugin_id)
         if prev is None:
             raise NotInstalled(
                 f"{plugin_id} has no previous version to roll back to", plugin=plugin_id
             )
         root = plugins_root(state_dir) / plugin_id
-        _point(root / CURRENT, prev.version)
-        if cur is not None:
-            _point(root / PREVIOUS, cur.version)
+        _pause(state_dir, "rollback-before-swap")
+        _set_pointers(root, prev.version, cur.version if cur is not None else None)
+        _pause(state_dir, "rollback-after-swap")
     return prev
 
 

@@ -4,16 +4,20 @@ Layout (written by :mod:`._install`)::
 
     <state>/plugins/<id>/<version>/       the extracted package (what the worker imports)
     <state>/plugins/<id>/<version>.json   its record: an :class:`InstalledPlugin` as JSON
-    <state>/plugins/<id>/current          symlink to the active version dir
-    <state>/plugins/<id>/previous         symlink to the version rollback returns to
+    <state>/plugins/<id>/.state.json      {"current": <version>, "previous": <version>|null}
     <state>/envs/<key>/                   environments (:mod:`._env`)
     <state>/plugins/.staging/             installs in progress (swept by the next install)
 
-A plugin is installed when ``current`` resolves to a version dir whose record exists: that
-symlink is the one thing an install swaps, so whatever a reader finds is a whole version.
+A plugin is installed when ``.state.json``'s ``current`` names a version dir whose record
+exists. That one file holds both pointers and is the one thing an install, update or rollback
+replaces (temp file, fsync, rename over it), so a SIGKILL at any moment leaves either the old
+pair or the new one: never two pointers naming the same version with the other one lost (what
+two symlinks swapped one after the other could leave). Its name starts with a dot, so no
+version can collide with it.
 
-The reader trusts none of it blindly: a link must name a sibling version dir (never a path
-that leads out of ``<state>/plugins/<id>/``), the version dir must be a real directory, and a
+The reader trusts none of it blindly: a pointer must be a bare sibling version name (never a
+path that leads out of ``<state>/plugins/<id>/``), the state file must be a regular file (not
+a link), the version dir must be a real directory, and a
 record's paths are recomputed from the layout rather than taken from the file. A half-written
 state (a link to a version dir that is gone, a missing record) reads as *not installed*, with a
 warning naming what is missing; a record that exists but does not parse is a
@@ -23,6 +27,7 @@ warning naming what is missing; a record that exists but does not parse is a
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Final
 
@@ -37,18 +42,23 @@ __all__ = [
     "ENVS",
     "PREVIOUS",
     "STAGING",
+    "STATE_FILE",
     "InstalledPlugin",
+    "Pointers",
     "installed",
     "installed_at_dir",
     "list_installed",
     "plugins_root",
     "previous",
     "read_installed",
+    "read_pointers",
     "record_path",
 ]
 
 CURRENT: Final = "current"
 PREVIOUS: Final = "previous"
+#: The plugin's pointers (``{current, previous}``); hidden, so never a version's name.
+STATE_FILE: Final = ".state.json"
 STAGING: Final = ".staging"
 ENVS: Final = "envs"
 #: A record is a few hundred bytes; anything larger is not ours.
@@ -68,6 +78,13 @@ class InstalledPlugin(msgspec.Struct, frozen=True):
     site_packages: str | None  # the env's site-packages, read-only to the worker
     installed_at: float
     requested: tuple[str, ...]  # permissions the manifest requests
+
+
+class Pointers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What ``.state.json`` holds: the active version and the one rollback returns to."""
+
+    current: str
+    previous: str | None = None
 
 
 def plugins_root(state_dir: Path) -> Path:
@@ -123,28 +140,60 @@ def _site_packages(state_dir: Path, record: InstalledPlugin, path: Path) -> str 
     return str(site)
 
 
-def _read_link(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | None:
+def read_pointers(state_dir: Path, plugin_id: str) -> Pointers | None:
+    """``plugin_id``'s ``.state.json``, or ``None`` when there is none (or the folder is not
+    one an install made). A pointer that is not a bare version name is dropped with a
+    warning: it could lead out of the plugin's folder. A file that does not parse is a
+    :class:`PackageError` naming it."""
     if not PLUGIN_ID.fullmatch(plugin_id):
         return None
     root = plugins_root(state_dir) / plugin_id
-    link = root / name
     if root.is_symlink():
         # An install makes a real folder: a link here would take every path below elsewhere.
         log.warning("installed plugin folder ignored: it is a symlink", plugin=plugin_id)
         return None
+    path = root / STATE_FILE
     try:
-        target = os.readlink(link)
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    if not _version_name(target):
-        log.warning(
-            "installed plugin link ignored: it leads outside the plugin's folder",
-            plugin=plugin_id,
-            link=str(link),
-            target=target,
-        )
+    except OSError as exc:
+        raise PackageError(f"installed state {path} cannot be read: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PackageError(f"installed state {path} is malformed: not a regular file")
+            data = f.read(_MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise PackageError(f"installed state {path} cannot be read: {exc.strerror}") from exc
+    if len(data) > _MAX_RECORD_BYTES:
+        raise PackageError(f"installed state {path} is malformed: over {_MAX_RECORD_BYTES} bytes")
+    try:
+        ptr = msgspec.json.decode(data, type=Pointers)
+    except msgspec.DecodeError as exc:
+        raise PackageError(f"installed state {path} is malformed: {exc}") from exc
+    for name in (CURRENT, PREVIOUS):
+        target = getattr(ptr, name)
+        if target is not None and not _version_name(target):
+            log.warning(
+                "installed plugin pointer ignored: it leads outside the plugin's folder",
+                plugin=plugin_id,
+                pointer=name,
+                target=target,
+            )
+            if name == CURRENT:
+                return None
+            ptr = msgspec.structs.replace(ptr, previous=None)
+    return ptr
+
+
+def _read_pointer(state_dir: Path, plugin_id: str, name: str) -> InstalledPlugin | None:
+    ptr = read_pointers(state_dir, plugin_id)
+    target = getattr(ptr, name) if ptr is not None else None
+    if target is None:
         return None
-    return _read_version(state_dir, plugin_id, target, via=str(link))
+    via = str(plugins_root(state_dir) / plugin_id / STATE_FILE) + f":{name}"
+    return _read_version(state_dir, plugin_id, target, via=via)
 
 
 def _read_version(
@@ -204,15 +253,15 @@ def installed_at_dir(state_dir: Path, plugin_dir: str | os.PathLike[str]) -> Ins
 
 
 def installed(state_dir: Path, plugin_id: str) -> InstalledPlugin | None:
-    """The active version of ``plugin_id`` (through ``current``), or ``None`` when it is not
-    installed (or only half: see the module's docstring). A malformed record is a
+    """The active version of ``plugin_id`` (``.state.json``'s ``current``), or ``None`` when
+    it is not installed (or only half: see the module's docstring). A malformed record is a
     :class:`PackageError` naming the file."""
-    return _read_link(state_dir, plugin_id, CURRENT)
+    return _read_pointer(state_dir, plugin_id, CURRENT)
 
 
 def previous(state_dir: Path, plugin_id: str) -> InstalledPlugin | None:
     """The version ``rollback`` would return to, or ``None``."""
-    return _read_link(state_dir, plugin_id, PREVIOUS)
+    return _read_pointer(state_dir, plugin_id, PREVIOUS)
 
 
 def read_installed(state_dir: Path) -> list[tuple[str, InstalledPlugin | PackageError | None]]:

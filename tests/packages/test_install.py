@@ -6,8 +6,10 @@ the next install sweeps what the killed one left and succeeds.
 The moments: as soon as its staging dir appears; while its ``uv`` is downloading a wheel (a
 loopback find-links server holds the download until the test has killed the installer); and at
 the named points of the installer's documented test hook (``CORDON_TEST_INSTALL_PAUSE``):
-after staging, after the env build, right before the links move, between ``previous`` and
-``current``, and right after ``current``.
+after staging, after the env build, right before ``.state.json`` is replaced, and right
+after. ``cordon plugin rollback`` is SIGKILLed at each of its points too (lock taken, right
+before and right after its one write): the pointers are the old pair or the swapped pair,
+never both naming one version, and a rollback afterwards works.
 """
 
 from __future__ import annotations
@@ -58,8 +60,14 @@ def updating(room: Room) -> tuple[Room, Path]:
 def _start(
     room: Room, source: Path, *index: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    return _start_cli(room, "install", str(source), "--yes", *index, env=env)
+
+
+def _start_cli(
+    room: Room, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [CORDON, "plugin", "install", str(source), "--yes", "--config", str(room.config), *index],
+        [CORDON, "plugin", *args, "--config", str(room.config)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -104,15 +112,13 @@ def _then_install_succeeds(room: Room, v2: Path) -> None:
     _whole(installed(room.state, "alpha"), "2.0.0", "2.0")
     _whole(previous(room.state, "alpha"), "1.0.0", "1.0")
     assert list((room.state / "plugins" / ".staging").iterdir()) == []
-    # Nothing but the two versions (dirs, records, links) and their two envs.
+    # Nothing but the two versions (dirs, records), their pointers and their two envs.
     top = {p.split("/")[2] for p in leftovers(room.state) if p.startswith("plugins/alpha/")}
-    assert top == {"1.0.0", "1.0.0.json", "2.0.0", "2.0.0.json", "current", "previous"}
+    assert top == {"1.0.0", "1.0.0.json", "2.0.0", "2.0.0.json", ".state.json"}
     assert len([p for p in leftovers(room.state) if p.startswith("envs/")]) == 2
 
 
-@pytest.mark.parametrize(
-    "point", ["staged", "env-built", "before-swap", "between-links", "after-swap"]
-)
+@pytest.mark.parametrize("point", ["staged", "env-built", "before-swap", "after-swap"])
 def test_a_sigkill_at_each_named_point_of_an_update_leaves_a_whole_version(
     updating: tuple[Room, Path], point: str
 ) -> None:
@@ -127,6 +133,31 @@ def test_a_sigkill_at_each_named_point_of_an_update_leaves_a_whole_version(
     else:
         _whole(installed(room.state, "alpha"), "1.0.0", "1.0")
     _then_install_succeeds(room, v2)
+
+
+@pytest.mark.parametrize(
+    "point", ["rollback-locked", "rollback-before-swap", "rollback-after-swap"]
+)
+def test_a_sigkill_at_each_point_of_a_rollback_leaves_both_versions_named_and_rollback_works(
+    updating: tuple[Room, Path], point: str
+) -> None:
+    room, v2 = updating
+    assert room.cordon("plugin", "install", str(v2), "--yes").returncode == 0
+    proc = _start_cli(room, "rollback", "alpha", env={PAUSE_ENV: point})
+    marker = room.state / "plugins" / ".staging" / f"paused-{point}"
+    _wait_for(proc, point, marker.exists)
+    _kill(proc)
+    swapped = point == "rollback-after-swap"
+    now, before = ("1.0.0", "2.0.0") if swapped else ("2.0.0", "1.0.0")
+    lib = {"1.0.0": "1.0", "2.0.0": "2.0"}
+    _whole(installed(room.state, "alpha"), now, lib[now])
+    _whole(previous(room.state, "alpha"), before, lib[before])
+    # The next rollback swaps them (nothing was lost), and the one after swaps them back.
+    for expected, other in ((before, now), (now, before)):
+        done = room.cordon("plugin", "rollback", "alpha", index=False)
+        assert done.returncode == 0, done.stderr
+        _whole(installed(room.state, "alpha"), expected, lib[expected])
+        _whole(previous(room.state, "alpha"), other, lib[other])
 
 
 def test_a_sigkill_as_soon_as_the_staging_dir_appears_leaves_the_previous_version(

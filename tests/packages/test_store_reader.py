@@ -17,6 +17,7 @@ from cordon.runtime._packages._store import (
     InstalledPlugin,
     installed,
     list_installed,
+    previous,
     read_installed,
     record_path,
 )
@@ -71,7 +72,7 @@ def test_dependencies_must_be_a_list_of_strings() -> None:
 
 def _fake(state: Path, name: str, version: str, **fields: Any) -> Path:
     """A store entry written by hand: ``<state>/plugins/<name>/<version>/``, its record
-    (``fields`` override it), and ``current`` naming it."""
+    (``fields`` override it), and ``.state.json``'s ``current`` naming it."""
     root = state / "plugins" / name
     (root / version).mkdir(parents=True)
     record = {
@@ -88,8 +89,13 @@ def _fake(state: Path, name: str, version: str, **fields: Any) -> Path:
         **fields,
     }
     record_path(state, name, version).write_bytes(msgspec.json.encode(record))
-    os.symlink(version, root / "current")
+    _pointers(root, version)
     return root
+
+
+def _pointers(root: Path, current: str, previous: str | None = None) -> None:
+    data = {"current": current, "previous": previous}
+    (root / ".state.json").write_bytes(msgspec.json.encode(data))
 
 
 def test_a_current_link_to_a_missing_version_dir_reads_as_not_installed(tmp_path: Path) -> None:
@@ -112,15 +118,46 @@ def test_a_malformed_record_is_a_package_error_naming_its_file(tmp_path: Path) -
     assert isinstance(listing["good"], InstalledPlugin)
 
 
-@pytest.mark.parametrize("target", ["../other/1.0", "/etc", "..", ".", "1.0/../../other/1.0"])
-def test_a_current_link_leading_out_of_the_plugins_folder_is_never_followed(
+@pytest.mark.parametrize(
+    "target", ["../other/1.0", "/etc", "..", ".", "1.0/../../other/1.0", "", ".state.json"]
+)
+def test_a_pointer_leading_out_of_the_plugins_folder_is_never_followed(
     tmp_path: Path, target: str
 ) -> None:
     _fake(tmp_path, "other", "1.0")
     root = tmp_path / "plugins" / "evil"
     root.mkdir(parents=True)
-    os.symlink(target, root / "current")
+    _pointers(root, target)
     assert installed(tmp_path, "evil") is None
+    evil = _fake(tmp_path, "evil2", "1.0")
+    _pointers(evil, "1.0", target)
+    assert installed(tmp_path, "evil2") is not None
+    assert previous(tmp_path, "evil2") is None
+
+
+def test_a_state_file_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    _fake(tmp_path, "other", "1.0")
+    root = tmp_path / "plugins" / "evil"
+    (root / "1.0").mkdir(parents=True)
+    os.symlink(tmp_path / "plugins" / "other" / ".state.json", root / ".state.json")
+    with pytest.raises(PackageError, match="cannot be read"):
+        installed(tmp_path, "evil")
+
+
+def test_a_state_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    root = tmp_path / "plugins" / "evil"
+    root.mkdir(parents=True)
+    os.mkfifo(root / ".state.json")
+    with pytest.raises(PackageError, match="not a regular file"):
+        installed(tmp_path, "evil")
+
+
+def test_a_malformed_state_file_is_a_package_error_naming_it(tmp_path: Path) -> None:
+    root = _fake(tmp_path, "bad", "1.0")
+    (root / ".state.json").write_text('{"current": "1.0", "extra": 1}')
+    with pytest.raises(PackageError) as info:
+        installed(tmp_path, "bad")
+    assert str(root / ".state.json") in info.value.message
 
 
 def test_a_plugin_folder_that_is_a_symlink_is_never_followed(tmp_path: Path) -> None:
