@@ -27,6 +27,7 @@ RANKS = {
     "_packages": 2,
     "_hostapi": 3,
     "_platform": 3,
+    "_marketplace": 3,
     "_supervise": 4,
     "_core": 5,
     "_cli": 6,
