@@ -141,6 +141,13 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     require_signatures: bool = False
 
 
+class RegistrySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """``[registry]``: where ``cordon plugin search|install ID|publish`` go (``--registry``
+    overrides it); ``None``: no default registry."""
+
+    url: str | None = None
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """A validated configuration. ``plugins`` holds each listed plugin's settings already
     merged with ``defaults``; ``source`` is the file it came from (``None`` for the built-in
@@ -150,6 +157,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     defaults: PluginSettings
     plugins: dict[str, PluginSettings]
     source: str | None = None
+    registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
 
     def for_plugin(self, plugin_id: str) -> PluginSettings:
         """The effective settings for ``plugin_id``: its own section, else the defaults."""
@@ -184,6 +192,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             },
             "defaults": settings_to_dict(self.defaults, with_settings=False),
             "plugins": {pid: settings_to_dict(s) for pid, s in sorted(self.plugins.items())},
+            **({"registry": {"url": self.registry.url}} if self.registry.url else {}),
         }
 
     def show(self) -> str:
@@ -263,7 +272,7 @@ def _parse(ck: Checker, data: object, *, source: str | None, base_dir: Path | No
     if not isinstance(data, Mapping):
         ck.wrong_type("", "a table", data)
         return DEFAULT_CONFIG
-    ck.check_keys("", data, ("runtime", "defaults", "plugins"))
+    ck.check_keys("", data, ("runtime", "defaults", "plugins", "registry"))
     runtime = DEFAULT_CONFIG.runtime
     rt_table = ck.expect_table("runtime", data.get("runtime", {}))
     if not isinstance(rt_table, Invalid):
@@ -283,7 +292,17 @@ def _parse(ck: Checker, data: object, *, source: str | None, base_dir: Path | No
             table = ck.expect_table(path, section)
             if not isinstance(table, Invalid):
                 plugins[pid] = parse_section(ck, path, table, defaults, base_dir, is_plugin=True)
-    return Config(runtime=runtime, defaults=defaults, plugins=plugins, source=source)
+    registry = RegistrySettings()
+    r_table = ck.expect_table("registry", data.get("registry", {}))
+    if not isinstance(r_table, Invalid):
+        ck.check_keys("registry", r_table, ("url",))
+        if "url" in r_table:
+            url = ck.expect_str(join("registry", "url"), r_table["url"], max_len=2000)
+            if isinstance(url, str):
+                registry = RegistrySettings(url=url)
+    return Config(
+        runtime=runtime, defaults=defaults, plugins=plugins, source=source, registry=registry
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
