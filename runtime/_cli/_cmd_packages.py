@@ -1,8 +1,17 @@
 """The package commands: ``cordon plugin lock|pack|install|update|rollback|uninstall|sync`` and
 ``cordon key new``. The work is :mod:`cordon.runtime._packages`'; here are the operator's side
 of it: the plan shown before anything is placed, the ``[y/N]`` question (asked only on a
-terminal; a script says ``--yes``, and without either the answer is no), and the hot reload of
-a running host after an update or rollback.
+terminal; a script says ``--yes``, and without either the answer is no), and the talk with a
+running host (``cordon run``, over its control socket):
+
+- after an update or rollback it is asked to ``reload`` (drain-and-switch to the new current);
+- before an uninstall it is asked to ``unload`` the plugin when it runs it from the store, so
+  no worker keeps running from deleted files (a refusal, e.g. ``PluginInUse``, aborts the
+  uninstall with nothing deleted);
+- before an update it is asked which version dir it runs (``plugins``): the tidy after the
+  update never deletes that one (nor its environment), even though it is no longer current
+  or previous, since a host that did not reload still imports from it. The next install or
+  update of the plugin sweeps it once no reachable host reports it.
 """
 
 from __future__ import annotations
@@ -149,11 +158,52 @@ def _stage_and_commit(args: argparse.Namespace, source: str) -> int:
     except BaseException:
         discard(staged)
         raise
-    record = commit(staged, progress=sys.stderr.isatty())
+    record = commit(staged, progress=sys.stderr.isatty(), in_use=_live_versions(args, cfg, plan))
     print(f"installed {record.plugin_id} {record.version} in {record.plugin_dir}")
     if plan.previous_version is not None:
         _reload_live(args, record.plugin_id)
     return EXIT_OK
+
+
+def _live_dirs(args: argparse.Namespace, plugin_id: str) -> list[Path] | None:
+    """The folders a reachable running host runs ``plugin_id`` from (``None``: no host)."""
+    try:
+        listing = ask_host(args, "plugins")
+    except HostNotRunning:
+        return None
+    except ControlSocketError as exc:
+        if exc.reason == "path-too-long":
+            return None  # no host can listen on an address that cannot exist
+        raise
+    return [
+        Path(p["directory"])
+        for p in listing
+        if isinstance(p, dict) and p.get("id") == plugin_id and isinstance(p.get("directory"), str)
+    ]
+
+
+def _store_versions(cfg: Config, plugin_id: str, dirs: list[Path]) -> list[str]:
+    """Of ``dirs``, the version names of those that are ``plugin_id``'s store version dirs."""
+    from .._packages._store import plugins_root
+
+    root = (plugins_root(_state_dir(cfg)) / plugin_id).resolve()
+    return [d.name for d in dirs if d.resolve().parent == root]
+
+
+def _live_versions(args: argparse.Namespace, cfg: Config, plan: InstallPlan) -> list[str]:
+    if plan.previous_version is None:
+        return []
+    return _store_versions(cfg, plan.plugin_id, _live_dirs(args, plan.plugin_id) or [])
+
+
+def _unload_live(args: argparse.Namespace, cfg: Config, plugin_id: str) -> None:
+    """Ask a running host that runs ``plugin_id`` from the store to unload it (its worker
+    stops) before its files go. Its typed refusal propagates: nothing is deleted."""
+    dirs = _live_dirs(args, plugin_id)
+    if not dirs or not _store_versions(cfg, plugin_id, dirs):
+        return  # no host, or it runs a plugin of that id from elsewhere (a plugin-dir)
+    unloaded = ask_host(args, "unload", {"plugin": plugin_id})
+    print(f"unloaded {', '.join(map(str, unloaded))} in the running host")
 
 
 def _reload_live(args: argparse.Namespace, plugin_id: str) -> None:
@@ -229,7 +279,8 @@ def cmd_plugin_uninstall(args: argparse.Namespace) -> int:
     from .._packages._install import uninstall
     from .._packages._store import installed
 
-    state = _state_dir(_config(args))
+    cfg = _config(args)
+    state = _state_dir(cfg)
     have = installed(state, args.plugin_id)
     if have is None:
         raise NotInstalled(f"{args.plugin_id} is not installed", plugin=args.plugin_id)
@@ -239,6 +290,7 @@ def cmd_plugin_uninstall(args: argparse.Namespace) -> int:
             f"{args.plugin_id} not uninstalled (answer y on a terminal, or pass --yes)",
             plugin=args.plugin_id,
         )
+    _unload_live(args, cfg, args.plugin_id)
     uninstall(state, args.plugin_id, purge=args.purge)
     print(
         f"uninstalled {args.plugin_id} {have.version}" + (" (storage purged)" if args.purge else "")

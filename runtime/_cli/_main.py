@@ -81,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("call", help="load one plugin, call one tool, print the result as JSON")
     add_log_options(c)
-    c.add_argument("plugin_dir", help="directory holding plugin.toml")
+    c.add_argument(
+        "plugin_dir",
+        metavar="PLUGIN",
+        help="an installed plugin's id, or a directory holding plugin.toml",
+    )
     c.add_argument("tool", help="name of the tool (or other contribution) to call")
     c.add_argument("--params", metavar="JSON", help="arguments as a JSON object or array")
     c.add_argument("--kind", default="tool", help="contribution kind (default: tool)")
@@ -208,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     un.add_argument("--purge", action="store_true", help="also delete its stored data")
     un.add_argument("--yes", action="store_true", help="do not ask")
     config_opt(un)
+    socket_opt(un)
     un.set_defaults(func=cmd_plugin_uninstall)
     sy = pl_sub.add_parser(
         "sync", help="install exactly what FILE pins (--write FILE: what is installed here)"

@@ -4,12 +4,16 @@ its own stdin/stdout.
 One JSON text per line, as between host and worker, on both channels. Methods:
 
 - ``call {plugin, name, arguments?, kind?, timeout?}`` → the contribution's result
-- ``plugins {}`` → ``[{id, version, state, reason, sandbox}]``
+- ``plugins {}`` → ``[{id, version, state, reason, sandbox, directory}]`` (``directory``: the
+  folder its worker runs from, e.g. an installed version's dir)
 - ``stats {}`` → per-plugin stats (as ``rt.stats()``)
 - ``reset {plugin}`` → closes a plugin's circuit breaker
 - ``reload {plugin}`` / ``enable {plugin}`` / ``disable {plugin}`` → the plugin's new state;
   ``enable``/``disable`` are also persisted in ``<state-dir>/plugin-overrides.json``, so they
   survive a restart
+- ``unload {plugin}`` → the ids unloaded: stops the plugin's worker and forgets it until the
+  host restarts (``cordon plugin uninstall`` asks this first). A plugin other loaded plugins
+  require is refused (``PluginInUse``), an unknown one is ``PluginUnavailable``; not persisted
 - ``emit {topic, payload?}`` → delivers an application event, returns the subscriber count
 - ``audit {plugin, limit?}`` → the plugin's host-API audit trail
 - ``logs {plugin, limit?, follow?}`` → the plugin's last ``limit`` log records (from the
@@ -159,6 +163,7 @@ class Host:
                     "state": h.state,
                     "reason": h.state_reason,
                     "sandbox": h.sandbox,
+                    "directory": str(h.manifest.directory),
                 }
                 for h in rt.plugins.values()
             ]
@@ -181,6 +186,10 @@ class Host:
                 else:
                     await rt.disable(ref.plugin, reason="disabled by the operator")
             return rt.get(ref.plugin).state
+        if method == "unload":
+            ref = _params(raw, _PluginRef)
+            async with self._lifecycle:
+                return await rt.unload(ref.plugin)
         if method == "reset":
             rt.reset(_params(raw, _PluginRef).plugin)
             return True

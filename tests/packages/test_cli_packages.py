@@ -485,3 +485,108 @@ async def test_after_update_and_rollback_a_running_host_answers_with_the_version
         assert proc.returncode == 0 and b"reloaded alpha" in proc.stdout, proc.stderr
         answer = (await rpc(s.socket, "call", call))["result"]
         assert answer == {"cordonlib": "1.0", "self": "1.0.0"}
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (its workers, warm spares included), from /proc's
+    parent links."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat_line[stat_line.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+async def _cli(room: Room, *args: str) -> subprocess.CompletedProcess[bytes]:
+    index = ("--find-links", str(room.wheelhouse), "--offline") if args[1] != "uninstall" else ()
+    with anyio.fail_after(CLI_TIMEOUT):
+        return await anyio.run_process(
+            [CORDON, *args, "--config", str(room.config), *index], cwd=room.root, check=False
+        )
+
+
+@pytest.mark.anyio
+async def test_uninstall_unloads_the_plugin_from_a_running_host_first_and_stops_its_worker(
+    room: Room,
+) -> None:
+    from tests.test_control import Setup, rpc, running_host
+
+    v1 = plugin_folder(room.root, "alpha", "1.0.0", dependencies=("cordonlib==1.0",))
+    assert room.cordon("plugin", "install", str(v1), "--yes").returncode == 0
+    s = Setup(room.root, room.config, room.state, v1)
+    call = {"plugin": "alpha", "name": "which", "arguments": {}}
+    async with running_host(s) as host:
+        assert (await rpc(s.socket, "call", call))["result"]["self"] == "1.0.0"
+        worker = (await rpc(s.socket, "stats"))["result"]["alpha"]["pid"]
+        assert worker in _descendants(host.pid), "the control: alpha's worker runs"
+        proc = await _cli(room, "plugin", "uninstall", "alpha", "--yes")
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert b"unloaded alpha in the running host" in proc.stdout
+        listed = (await rpc(s.socket, "plugins"))["result"]
+        assert [p["id"] for p in listed] == []
+        answer = await rpc(s.socket, "call", call)
+        assert answer["error"]["data"]["type"] == "PluginUnavailable", answer
+        assert worker not in _descendants(host.pid)
+    assert installed(room.state, "alpha") is None
+
+
+@pytest.mark.anyio
+async def test_unload_over_the_control_socket_answers_typed_errors(room: Room) -> None:
+    from tests.test_control import Setup, rpc, running_host
+
+    v1 = plugin_folder(room.root, "alpha", "1.0.0")
+    assert room.cordon("plugin", "install", str(v1), "--yes", index=False).returncode == 0
+    s = Setup(room.root, room.config, room.state, v1)
+    async with running_host(s):
+        unknown = await rpc(s.socket, "unload", {"plugin": "nope"})
+        assert unknown["error"]["data"]["type"] == "PluginUnavailable", unknown
+        bad = await rpc(s.socket, "unload", {"plugin": 3})
+        assert bad["error"]["code"] == -32602, bad
+        assert (await rpc(s.socket, "unload", {"plugin": "alpha"}))["result"] == ["alpha"]
+    assert installed(room.state, "alpha") is not None  # unload is not uninstall
+
+
+@pytest.mark.anyio
+async def test_an_update_never_deletes_the_version_dir_a_running_host_still_runs_from(
+    room: Room,
+) -> None:
+    from tests.test_control import Setup, rpc, running_host
+
+    v1 = plugin_folder(room.root, "alpha", "1.0.0", dependencies=("cordonlib==1.0",))
+    assert room.cordon("plugin", "install", str(v1), "--yes").returncode == 0
+    broken = plugin_folder(room.root, "alpha", "1.1.0")
+    (broken / "alpha_main.py").write_text("raise RuntimeError('broken on import')\n")
+    v2 = plugin_folder(room.root, "alpha", "1.2.0")
+    s = Setup(room.root, room.config, room.state, v1)
+    call = {"plugin": "alpha", "name": "which", "arguments": {}}
+    v1_dir = room.state / "plugins" / "alpha" / "1.0.0"
+    async with running_host(s):
+        # 1.1.0 fails to start: the host keeps serving 1.0.0 (now ``previous``).
+        proc = await _cli(room, "plugin", "update", "alpha", str(broken), "--yes")
+        assert b"did not reload alpha" in proc.stdout, proc.stdout
+        # 1.2.0 pushes 1.0.0 out of current/previous, but the host still runs from it.
+        proc = await _cli(room, "plugin", "update", "alpha", str(v2), "--yes")
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert v1_dir.is_dir()
+        rec = installed(room.state, "alpha")
+        prev = previous(room.state, "alpha")
+        assert rec is not None and prev is not None
+        assert (rec.version, prev.version) == ("1.2.0", "1.1.0")
+        answer = (await rpc(s.socket, "call", call))["result"]
+        assert answer == {"self": "1.2.0"}  # the reload after the update switched it
+    # Once no host reports it, the next update sweeps it.
+    v3 = plugin_folder(room.root, "alpha", "1.3.0")
+    assert room.cordon("plugin", "install", str(v3), "--yes", index=False).returncode == 0
+    assert not v1_dir.exists()
