@@ -35,6 +35,12 @@ from ._core._loading import LoadFailure, LoadReport, PluginInUse
 from ._core._routing import MiddlewareFailed
 from ._core._runtime import Runtime
 from ._errors import ConfigError, ManifestError, Problem
+from ._marketplace._errors import (
+    PluginNotFound,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
+)
 from ._packages._errors import (
     ConsentRefused,
     EnvBuildError,
@@ -96,6 +102,7 @@ __all__ = [
     "PluginError",
     "PluginHandle",
     "PluginInUse",
+    "PluginNotFound",
     "PluginSettings",
     "PluginStats",
     "PluginUnavailable",
@@ -103,6 +110,9 @@ __all__ = [
     "ProtocolError",
     "QuotaExceeded",
     "Registry",
+    "RegistryError",
+    "RegistryRefused",
+    "RegistryUnavailable",
     "RemoteError",
     "Runtime",
     "SandboxUnavailable",

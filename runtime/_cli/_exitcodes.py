@@ -30,6 +30,12 @@ from cordon.protocol import (
 from .._core._loading import PluginInUse
 from .._core._routing import MiddlewareFailed
 from .._errors import ConfigError
+from .._marketplace._errors import (
+    PluginNotFound,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
+)
 from .._packages._errors import (
     ConsentRefused,
     EnvBuildError,
@@ -173,6 +179,25 @@ TABLE: Final[tuple[ExitCode, ...]] = (
         (ConsentRefused,),
     ),
     ExitCode(28, "any other package error (`PackageError`)", (PackageError,)),
+    ExitCode(
+        29,
+        "the registry does not answer (`RegistryUnavailable`: refused, timed out, or 5xx "
+        "after the retries)",
+        (RegistryUnavailable,),
+    ),
+    ExitCode(
+        30,
+        "the registry has no such plugin, version, or version matching the spec "
+        "(`PluginNotFound`)",
+        (PluginNotFound,),
+    ),
+    ExitCode(
+        31,
+        "the registry refused the request (`RegistryRefused`: bad or wrong-scope token, "
+        "version already published, look-alike id, invalid package, too large; any other "
+        "`RegistryError`)",
+        (RegistryRefused, RegistryError),
+    ),
 )
 
 

@@ -29,20 +29,31 @@ from ._cmd_packages import (
     add_index_options,
     add_install_options,
     cmd_key_new,
-    cmd_plugin_install,
     cmd_plugin_lock,
     cmd_plugin_pack,
     cmd_plugin_rollback,
     cmd_plugin_sync,
     cmd_plugin_uninstall,
-    cmd_plugin_update,
 )
 from ._cmd_plugin import (
     cmd_new_plugin,
-    cmd_plugin_info,
     cmd_plugin_list,
     cmd_plugin_reload,
     cmd_plugin_toggle,
+)
+from ._cmd_registry import (
+    TOKEN_ENV,
+    add_registry_option,
+    cmd_plugin_info_any,
+    cmd_plugin_install_any,
+    cmd_plugin_publish,
+    cmd_plugin_search,
+    cmd_plugin_update_any,
+    cmd_plugin_yank,
+    cmd_registry_serve,
+    cmd_registry_token_create,
+    cmd_registry_token_revoke,
+    cmd_registry_trust,
 )
 from ._cmd_run import cmd_call, cmd_logs, cmd_run, cmd_stats
 from ._exitcodes import help_text
@@ -159,7 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     config_opt(info)
     socket_opt(info)
     info.add_argument("--json", action="store_true")
-    info.set_defaults(func=cmd_plugin_info)
+    info.add_argument("--remote", action="store_true", help="the registry's page of the plugin")
+    add_registry_option(info)
+    info.set_defaults(func=cmd_plugin_info_any)
     for action, what, func in (
         ("enable", "allow a plugin to run (live, and persisted for restarts)", cmd_plugin_toggle),
         ("disable", "stop a plugin and refuse its calls (live and persisted)", cmd_plugin_toggle),
@@ -191,7 +204,8 @@ def _parser() -> argparse.ArgumentParser:
     socket_opt(ins)
     add_install_options(ins)
     add_index_options(ins)
-    ins.set_defaults(func=cmd_plugin_install)
+    add_registry_option(ins)
+    ins.set_defaults(func=cmd_plugin_install_any)
     up = pl_sub.add_parser(
         "update", help="install a new version (default: from the same source); keeps the old"
     )
@@ -201,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     socket_opt(up)
     add_install_options(up)
     add_index_options(up)
-    up.set_defaults(func=cmd_plugin_update)
+    add_registry_option(up)
+    up.set_defaults(func=cmd_plugin_update_any)
     rb = pl_sub.add_parser("rollback", help="return an installed plugin to its previous version")
     rb.add_argument("plugin_id", metavar="ID")
     config_opt(rb)
@@ -223,6 +238,37 @@ def _parser() -> argparse.ArgumentParser:
     add_install_options(sy)
     add_index_options(sy)
     sy.set_defaults(func=cmd_plugin_sync)
+
+    # The registry: search it, publish to it, yank from it (install ID and update use it too).
+    se = pl_sub.add_parser("search", help="search the registry (typos forgiven)")
+    se.add_argument("query", metavar="Q")
+    se.add_argument("--category", metavar="C")
+    se.add_argument(
+        "--sort", metavar="S", choices=("relevance", "downloads", "rating", "updated", "name")
+    )
+    se.add_argument("--limit", type=int, default=20, help="results (default: 20, at most 100)")
+    se.add_argument("--json", action="store_true")
+    config_opt(se)
+    add_registry_option(se)
+    se.set_defaults(func=cmd_plugin_search)
+    pb = pl_sub.add_parser(
+        "publish", aliases=["register"], help="publish a .cordon package to the registry"
+    )
+    pb.add_argument("file", metavar="FILE")
+    pb.add_argument("--token", metavar="T", help=f"publish token (or ${TOKEN_ENV})")
+    pb.add_argument("--category", default="other", help="catalogue category (default: other)")
+    pb.add_argument("--repository", metavar="URL", help="source repository shown in the catalogue")
+    config_opt(pb)
+    add_registry_option(pb)
+    pb.set_defaults(func=cmd_plugin_publish)
+    yk = pl_sub.add_parser("yank", help="withdraw a published version (kept for exact pins)")
+    yk.add_argument("plugin_id", metavar="ID")
+    yk.add_argument("version", metavar="VERSION")
+    yk.add_argument("--reason", required=True, help="shown to users (e.g. CVE, broken build)")
+    yk.add_argument("--token", metavar="T", help=f"publish token (or ${TOKEN_ENV})")
+    config_opt(yk)
+    add_registry_option(yk)
+    yk.set_defaults(func=cmd_plugin_yank)
 
     au = sub.add_parser("audit", help="a plugin's audit trail of host-API calls")
     au.add_argument("plugin_id")
@@ -251,6 +297,32 @@ def _parser() -> argparse.ArgumentParser:
     kn = ky_sub.add_parser("new", help="write an Ed25519 key to PATH (public key: PATH.pub)")
     kn.add_argument("path", metavar="PATH")
     kn.set_defaults(func=cmd_key_new)
+
+    rg = sub.add_parser("registry", help="run a plugin registry; manage its tokens; pin one")
+    rg_sub = rg.add_subparsers(dest="registry_command", required=True, metavar="ACTION")
+    rs = rg_sub.add_parser("serve", help="serve the registry in DIR (prints its URL when ready)")
+    rs.add_argument("--data", required=True, metavar="DIR")
+    rs.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    rs.add_argument("--port", type=int, default=8470, help="port (default: 8470; 0: any free)")
+    rs.set_defaults(func=cmd_registry_serve)
+    rt = rg_sub.add_parser("token", help="publish tokens (stored hashed)")
+    rt_sub = rt.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tc = rt_sub.add_parser("create", help="print a new token allowed to publish the --scope ids")
+    tc.add_argument("--data", required=True, metavar="DIR")
+    tc.add_argument("--scope", required=True, action="append", metavar="ID", help="repeatable")
+    tc.add_argument("--expires-days", type=float, metavar="DAYS", help="default: never")
+    tc.set_defaults(func=cmd_registry_token_create)
+    tr = rt_sub.add_parser("revoke", help="revoke TOKEN")
+    tr.add_argument("--data", required=True, metavar="DIR")
+    tr.add_argument("token", metavar="TOKEN")
+    tr.set_defaults(func=cmd_registry_token_revoke)
+    tt = rg_sub.add_parser(
+        "trust", help="pin a registry's signing key (default: the one it serves now)"
+    )
+    tt.add_argument("url", metavar="URL")
+    tt.add_argument("key", metavar="KEY", nargs="?", help="ed25519:... (from its operator)")
+    config_opt(tt)
+    tt.set_defaults(func=cmd_registry_trust)
 
     new = sub.add_parser("new", help="scaffold a new plugin")
     new_sub = new.add_subparsers(dest="new_command", required=True, metavar="WHAT")
