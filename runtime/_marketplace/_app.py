@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -308,6 +310,8 @@ def create_app(data_dir: Path, *, max_package_bytes: int = MAX_PACKAGE_BYTES) ->
         return _error(status, code, str(detail))
 
     async def internal(request: Request, exc: Exception) -> Response:
+        # The operator's log gets the traceback; the client only that it was our fault.
+        traceback.print_exception(exc, file=sys.stderr)
         return _error(500, "internal", "internal error")
 
     routes = [

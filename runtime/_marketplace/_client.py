@@ -323,7 +323,7 @@ class RegistryClient:
             params=params,
             content=data,
             headers={
-                "Authorization": f"Bearer {token}",
+                **_auth(token),
                 "Content-Type": "application/octet-stream",
                 "X-Cordon-Sha256": hashlib.sha256(data).hexdigest(),
             },
@@ -336,7 +336,7 @@ class RegistryClient:
             "POST",
             f"/plugins/{_seg(plugin_id)}/{_seg(version)}/yank",
             content=json.dumps({"reason": reason}).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            headers={**_auth(token), "Content-Type": "application/json"},
             retry=False,
             plugin=plugin_id,
         )
@@ -346,11 +346,16 @@ class RegistryClient:
             "POST",
             f"/plugins/{_seg(plugin_id)}/ratings",
             content=json.dumps({"stars": stars}).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            headers={**_auth(token), "Content-Type": "application/json"},
             retry=False,
             plugin=plugin_id,
         )
         return dict(response.json())
+
+
+def _auth(token: str) -> dict[str, str]:
+    # No token, no header (an empty "Bearer " is not a header value): the server says 401.
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _seg(part: str) -> str:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+from ._trust import edit_distance
+
 __all__ = ["DB_FILE", "SORTS", "Database"]
 
 DB_FILE: Final = "registry.sqlite3"
@@ -97,6 +99,15 @@ CREATE VIRTUAL TABLE IF NOT EXISTS plugins_fts USING fts5(
 """
 
 _WORD: Final = re.compile(r"[^\W_]+", re.UNICODE)
+#: A query word this many edits from an id finds it; shorter words are matched as text only
+#: (two edits turn most three-letter words into another word).
+_TYPO_DISTANCE: Final = 2
+_TYPO_MIN_LENGTH: Final = 4
+_MAX_NEAR: Final = 20
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def fts_query(q: str) -> str | None:
@@ -183,36 +194,64 @@ class Database:
         otherwise; only plugins with an installable (not yanked) version."""
         where = ["p.latest != ''"]
         args: list[Any] = []
+        order_args: list[Any] = []
         join = ""
         order = SORTS.get(sort or "", SORTS["downloads"])
         if q:
             match = fts_query(q)
+            near = self._near_ids(q)
+            conds: list[str] = []
             if match is not None:
-                join = "JOIN plugins_fts f ON f.rowid = p.rowid"
-                where.append("plugins_fts MATCH ?")
-                args.append(match)
-                if sort is None or sort == "relevance":
-                    order = "bm25(plugins_fts), p.downloads DESC, p.id"
-            else:
-                like = (
-                    "%"
-                    + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                    + "%"
+                # bm25 of the trigram hits; rows only found by their id's spelling score 0.
+                join = (
+                    "LEFT JOIN (SELECT rowid AS hit, bm25(plugins_fts) AS score FROM plugins_fts "
+                    "WHERE plugins_fts MATCH ?) h ON h.hit = p.rowid"
                 )
-                where.append("(lower(p.id) LIKE ? ESCAPE '\\' OR lower(p.name) LIKE ? ESCAPE '\\')")
+                args.append(match)
+                conds.append("h.hit IS NOT NULL")
+            else:
+                like = "%" + _escape_like(q.lower()) + "%"
+                conds.append("(lower(p.id) LIKE ? ESCAPE '\\' OR lower(p.name) LIKE ? ESCAPE '\\')")
                 args += [like, like]
+            if near:
+                conds.append(f"p.id IN ({', '.join('?' * len(near))})")
+                args += list(near)
+            where.append("(" + " OR ".join(conds) + ")")
+            if sort is None or sort == "relevance":
+                # An id one or two typos from a query word first (closest first), then bm25.
+                closeness = "CASE p.id " + " ".join("WHEN ? THEN ?" for _ in near) + " ELSE 99 END"
+                order_args = [x for item in near.items() for x in item]
+                terms = [closeness] if near else []
+                terms += ["h.score"] if match is not None else []
+                order = ", ".join([*terms, "p.downloads DESC", "p.id"])
         if category:
             where.append("p.category = ?")
             args.append(category)
         cond = " AND ".join(where)
+        if not q or not (sort is None or sort == "relevance"):
+            order_args = []
         with self.connect() as db:
             count = f"SELECT count(*) FROM plugins p {join} WHERE {cond}"
             total = db.execute(count, args).fetchone()[0]
             rows = db.execute(
                 f"SELECT p.* FROM plugins p {join} WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?",
-                [*args, limit, offset],
+                [*args, *order_args, limit, offset],
             ).fetchall()
         return [dict(r) for r in rows], int(total)
+
+    def _near_ids(self, q: str) -> dict[str, int]:
+        """Ids within :data:`_TYPO_DISTANCE` edits of a query word (a swapped pair of letters
+        shares no trigram with the right spelling: ``dokcer``), with their distance."""
+        words = [w for w in _WORD.findall(q.lower()) if len(w) >= _TYPO_MIN_LENGTH][:8]
+        if not words:
+            return {}
+        found: dict[str, int] = {}
+        for plugin_id in self.all_ids():
+            for word in words:
+                d = edit_distance(word, plugin_id, _TYPO_DISTANCE)
+                if d <= _TYPO_DISTANCE and d < found.get(plugin_id, 99):
+                    found[plugin_id] = d
+        return dict(sorted(found.items(), key=lambda kv: kv[1])[:_MAX_NEAR])
 
     def categories(self) -> list[tuple[str, int]]:
         with self.connect() as db:
