@@ -590,3 +590,27 @@ async def test_an_update_never_deletes_the_version_dir_a_running_host_still_runs
     v3 = plugin_folder(room.root, "alpha", "1.3.0")
     assert room.cordon("plugin", "install", str(v3), "--yes", index=False).returncode == 0
     assert not v1_dir.exists()
+
+
+@pytest.mark.anyio
+async def test_uninstall_refused_by_the_running_host_deletes_nothing(room: Room) -> None:
+    from tests.test_control import Setup, rpc, running_host
+
+    base = plugin_folder(room.root, "alpha", "1.0.0")
+    user = plugin_folder(room.root, "beta", "1.0.0")
+    with (user / "plugin.toml").open("a") as f:
+        f.write('\n[plugin.requires]\nalpha = ">=1"\n')
+    for folder in (base, user):
+        done = room.cordon("plugin", "install", str(folder), "--yes", index=False)
+        assert done.returncode == 0, done.stderr
+    s = Setup(room.root, room.config, room.state, base)
+    async with running_host(s):
+        proc = await _cli(room, "plugin", "uninstall", "alpha", "--yes")
+        err = proc.stderr.decode().strip()
+        assert proc.returncode == 21, err  # the exit code table's PluginInUse
+        assert err.startswith("cordon: PluginInUse: plugin 'alpha' is required by beta"), err
+        ids = sorted(p["id"] for p in (await rpc(s.socket, "plugins"))["result"])
+        assert ids == ["alpha", "beta"]
+        answer = await rpc(s.socket, "call", {"plugin": "alpha", "name": "which"})
+        assert answer["result"] == {"self": "1.0.0"}
+    assert installed(room.state, "alpha") is not None
