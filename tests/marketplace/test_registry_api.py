@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -257,7 +258,7 @@ async def test_a_body_over_the_limit_without_a_length_is_cut_off_with_413(
 ) -> None:
     token = registry.token("big")
 
-    async def endless():  # chunked: no Content-Length to refuse up front
+    async def endless() -> AsyncIterator[bytes]:  # chunked: no Content-Length to refuse up front
         chunk = b"\0" * (1 << 20)
         for _ in range(64):
             yield chunk
