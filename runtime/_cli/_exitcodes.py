@@ -194,10 +194,10 @@ TABLE: Final[tuple[ExitCode, ...]] = (
     ExitCode(
         31,
         "the registry refused the request (`RegistryRefused`: bad or wrong-scope token, "
-        "version already published, look-alike id, invalid package, too large; any other "
-        "`RegistryError`)",
-        (RegistryRefused, RegistryError),
+        "version already published, look-alike id, invalid package, too large)",
+        (RegistryRefused,),
     ),
+    ExitCode(32, "any other registry error (`RegistryError`)", (RegistryError,)),
 )
 
 
