@@ -155,10 +155,11 @@ def _stage_and_commit(args: argparse.Namespace, source: str) -> int:
                 plugin=plan.plugin_id,
                 permissions=list(asked),
             )
+        in_use = _live_versions(args, cfg, plan)
     except BaseException:
         discard(staged)
         raise
-    record = commit(staged, progress=sys.stderr.isatty(), in_use=_live_versions(args, cfg, plan))
+    record = commit(staged, progress=sys.stderr.isatty(), in_use=in_use)
     print(f"installed {record.plugin_id} {record.version} in {record.plugin_dir}")
     if plan.previous_version is not None:
         _reload_live(args, record.plugin_id)
