@@ -14,9 +14,6 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_architecture import RANKS
 
-#: The host's rooms (runtime/<room>/), each its own subpackage in the wheel.
-ROOMS = [room for room in RANKS if (ROOT / "runtime" / room).is_dir()]
-
 
 def _modules_after(statement: str) -> set[str]:
     code = f"{statement}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
@@ -82,7 +79,8 @@ def test_the_wheel_installs_the_four_cordon_packages_and_nothing_bare(tmp_path: 
         "cordon/worker",
         "cordon/worker/_sandbox",
         "cordon/testing",
-        *(f"cordon/runtime/{room}" for room in ROOMS),
+        # The host's rooms (runtime/<room>/) in the tracked files, each its own subpackage.
+        *(f"cordon/runtime/{room}" for room in RANKS if (src / "runtime" / room).is_dir()),
     }
     assert "cordon/__init__.py" not in names  # a namespace: other distributions may add to it
     assert "cordon/testing/__init__.py" in names
