@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cordon.protocol import CordonError
 
-from ._cmd_common import ask_host, shown
+from ._cmd_common import ask_host, live_or_none, shown
 from ._control import ControlSocketError, HostNotRunning
 from ._exitcodes import EXIT_OK, EXIT_USAGE
 
@@ -168,14 +168,9 @@ def _stage_and_commit(args: argparse.Namespace, source: str) -> int:
 
 def _live_dirs(args: argparse.Namespace, plugin_id: str) -> list[Path] | None:
     """The folders a reachable running host runs ``plugin_id`` from (``None``: no host)."""
-    try:
-        listing = ask_host(args, "plugins")
-    except HostNotRunning:
+    listing = live_or_none(args, "plugins")
+    if listing is None:
         return None
-    except ControlSocketError as exc:
-        if exc.reason == "path-too-long":
-            return None  # no host can listen on an address that cannot exist
-        raise
     return [
         Path(p["directory"])
         for p in listing

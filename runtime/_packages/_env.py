@@ -55,6 +55,7 @@ __all__ = [
     "env_size",
     "envs_disk_usage",
     "prune_envs",
+    "remove_tree",
 ]
 
 #: ``uv venv`` only copies a few files and queries the interpreter.
@@ -111,7 +112,7 @@ def env_for(
         if (env := _complete(final, key)) is not None:
             return env
         if final.exists() or final.is_symlink():
-            _rmtree(final)  # not ours (no marker): never reuse what we did not finish
+            remove_tree(final)  # not ours (no marker): never reuse what we did not finish
         build = Path(tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{key}-", dir=envs_root))
         try:
             venv = build / "env"
@@ -126,7 +127,7 @@ def env_for(
             os.rename(venv, final)
             _fsync_dir(envs_root)
         finally:
-            _rmtree(build)
+            remove_tree(build)
     env = _complete(final, key)
     if env is None:  # pragma: no cover - we just renamed it into place
         raise EnvBuildError(f"environment {key} vanished after its build", key=key)
@@ -277,7 +278,7 @@ def _key_lock(envs_root: Path, key: str, *, wait: bool = True) -> Iterator[int |
 def _remove_leftovers(envs_root: Path, key: str) -> None:
     """Build dirs of ``key`` left by a killed builder (we hold the key's lock: none is live)."""
     for stale in envs_root.glob(f"{_BUILD_PREFIX}{key}-*"):
-        _rmtree(stale)
+        remove_tree(stale)
 
 
 def _make_read_only(root: Path) -> None:
@@ -294,7 +295,7 @@ def _make_read_only(root: Path) -> None:
     os.chmod(root, 0o555)
 
 
-def _rmtree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a tree that may be read-only (our envs are): make its dirs writable first."""
     if not os.path.lexists(path):
         return
@@ -355,7 +356,7 @@ def prune_envs(envs_root: Path, keep: set[str]) -> list[str]:
                 continue
             _remove_leftovers(envs_root, key)
             if os.path.lexists(envs_root / key):
-                _rmtree(envs_root / key)
+                remove_tree(envs_root / key)
                 removed.append(key)
             # The lock file stays (empty): unlinking it while another process waits on it
             # would let a third create a fresh one and build the same key beside it.

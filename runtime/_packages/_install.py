@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import tempfile
 import time
 import tomllib
@@ -42,6 +41,7 @@ from typing import Final
 import msgspec
 
 from ._archive import VerifiedPackage, extract, open_package
+from ._env import remove_tree
 from ._errors import LockError, NotInstalled, PackageError, PackageInvalid, SignatureInvalid
 from ._fetch import check_fresh, fetch_package
 from ._lock import IndexOptions
@@ -123,20 +123,6 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _rmtree(path: Path) -> None:
-    if not os.path.lexists(path):
-        return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    for dirpath, dirnames, _ in os.walk(path):
-        os.chmod(dirpath, 0o700)
-        for name in dirnames:
-            if not os.path.islink(os.path.join(dirpath, name)):
-                os.chmod(os.path.join(dirpath, name), 0o700)
-    shutil.rmtree(path)
-
-
 def sweep_staging(state_dir: Path) -> None:
     """Remove staging dirs (and pause markers) whose installer is gone: their flock is free."""
     staging = plugins_root(state_dir) / STAGING
@@ -156,7 +142,7 @@ def sweep_staging(state_dir: Path) -> None:
             os.close(fd)
             continue  # an install in progress
         try:
-            _rmtree(entry)
+            remove_tree(entry)
         finally:
             os.close(fd)
 
@@ -253,7 +239,7 @@ def stage(
         _pause(state_dir, "staged")
         return plan, staged
     except BaseException:
-        _rmtree(work)
+        remove_tree(work)
         os.close(fd)
         raise
 
@@ -261,7 +247,7 @@ def stage(
 def discard(staged: Staged) -> None:
     """Forget a staged install (the operator said no): its staging dir goes."""
     try:
-        _rmtree(staged.dir)
+        remove_tree(staged.dir)
     finally:
         if staged.fd >= 0:
             os.close(staged.fd)
@@ -319,7 +305,7 @@ def _tidy(state_dir: Path, plugin_id: str, in_use: Collection[str] = ()) -> None
                 continue
             version = entry.name[: -len(".json")] if entry.name.endswith(".json") else entry.name
             if version.startswith(".") or version not in keep:
-                _rmtree(entry)
+                remove_tree(entry)
         for version in set(in_use) - _referenced(state_dir, plugin_id):
             rec = _record(record_path(state_dir, plugin_id, version))
             if rec is not None and rec.env_key:
@@ -378,7 +364,7 @@ def commit(
                         "content; publish it under a new version",
                     )
             else:
-                _rmtree(version_dir)  # an orphan of a killed install: nothing points at it
+                remove_tree(version_dir)  # an orphan of a killed install: nothing points at it
                 os.rename(staged.tree, version_dir)
                 _fsync_dir(root)
             record = InstalledPlugin(
@@ -449,7 +435,7 @@ def uninstall(state_dir: Path, plugin_id: str, *, purge: bool) -> None:
         gone = Path(tempfile.mkdtemp(prefix="uninstall-", dir=staging))
         os.rename(root, gone / plugin_id)
         _fsync_dir(root.parent)
-        _rmtree(gone)
+        remove_tree(gone)
         _tidy(state_dir, plugin_id)
         if purge:
             _purge_storage(state_dir, plugin_id)
