@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.to_thread
 
+from ._pages import catalogue_routes
 from ._publish import MAX_PACKAGE_BYTES, ApiError, Registry, check_category, check_id, check_version
 
 if TYPE_CHECKING:
@@ -328,6 +329,8 @@ def create_app(data_dir: Path, *, max_package_bytes: int = MAX_PACKAGE_BYTES) ->
         Route("/plugins/{id}/{version}", api(one_version)),
         Route("/plugins/{id}/{version}/download", api(download)),
         Route("/plugins/{id}/{version}/yank", api(yank), methods=["POST"]),
+        # The HTML catalogue a person browses (_pages.py).
+        *catalogue_routes(reg),
     ]
     app = Starlette(
         routes=routes,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from ._trust import edit_distance
+from ._trust import edit_distance, normalise_id
 
 __all__ = ["DB_FILE", "SORTS", "Database"]
 
@@ -93,15 +93,22 @@ CREATE TABLE IF NOT EXISTS downloads (
     day TEXT NOT NULL,
     PRIMARY KEY (plugin_id, client, day)
 );
+-- Each id's normalised form and its one-deletion variants: two ids one edit apart share a
+-- key (symmetric deletion), so the look-alike check is an index lookup, not a scan.
+CREATE TABLE IF NOT EXISTS id_keys (
+    key TEXT NOT NULL,
+    plugin_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS id_keys_key ON id_keys (key);
 CREATE VIRTUAL TABLE IF NOT EXISTS plugins_fts USING fts5(
     id, name, description, keywords, tokenize = 'trigram'
 );
 """
 
 _WORD: Final = re.compile(r"[^\W_]+", re.UNICODE)
-#: A query word this many edits from an id finds it; shorter words are matched as text only
-#: (two edits turn most three-letter words into another word).
-_TYPO_DISTANCE: Final = 2
+#: A query word this many edits from an id finds it (the id_keys index holds one-deletion
+#: variants, so one is what it answers); shorter words are matched as text only.
+_TYPO_DISTANCE: Final = 1
 _TYPO_MIN_LENGTH: Final = 4
 _MAX_NEAR: Final = 20
 
@@ -240,17 +247,19 @@ class Database:
         return [dict(r) for r in rows], int(total)
 
     def _near_ids(self, q: str) -> dict[str, int]:
-        """Ids within :data:`_TYPO_DISTANCE` edits of a query word (a swapped pair of letters
-        shares no trigram with the right spelling: ``dokcer``), with their distance."""
+        """Ids (normalised) within :data:`_TYPO_DISTANCE` edit of a query word, with their
+        distance: a swapped pair of letters shares no trigram with the right spelling
+        (``dokcer``), so these are found through ``id_keys`` (an index lookup per word)."""
         words = [w for w in _WORD.findall(q.lower()) if len(w) >= _TYPO_MIN_LENGTH][:8]
         if not words:
             return {}
         found: dict[str, int] = {}
-        for plugin_id in self.all_ids():
+        with self.connect() as db:
             for word in words:
-                d = edit_distance(word, plugin_id, _TYPO_DISTANCE)
-                if d <= _TYPO_DISTANCE and d < found.get(plugin_id, 99):
-                    found[plugin_id] = d
+                for plugin_id in self.similar_ids(db, word):
+                    d = edit_distance(normalise_id(word), normalise_id(plugin_id), _TYPO_DISTANCE)
+                    if d <= _TYPO_DISTANCE and d < found.get(plugin_id, 99):
+                        found[plugin_id] = d
         return dict(sorted(found.items(), key=lambda kv: kv[1])[:_MAX_NEAR])
 
     def categories(self) -> list[tuple[str, int]]:
@@ -318,6 +327,27 @@ class Database:
                 return False
             db.execute("UPDATE plugins SET downloads = downloads + 1 WHERE id = ?", (plugin_id,))
             return True
+
+    @staticmethod
+    def id_keys(plugin_id: str) -> set[str]:
+        norm = normalise_id(plugin_id)
+        return {norm} | {norm[:i] + norm[i + 1 :] for i in range(len(norm))}
+
+    def similar_ids(self, db: sqlite3.Connection, plugin_id: str) -> list[str]:
+        """Existing ids that may be one edit from ``plugin_id`` (candidates: the caller
+        confirms with the edit distance)."""
+        keys = sorted(self.id_keys(plugin_id))
+        rows = db.execute(
+            f"SELECT DISTINCT plugin_id FROM id_keys WHERE key IN ({', '.join('?' * len(keys))})",
+            keys,
+        )
+        return [r[0] for r in rows]
+
+    def add_id_keys(self, db: sqlite3.Connection, plugin_id: str) -> None:
+        db.executemany(
+            "INSERT INTO id_keys (key, plugin_id) VALUES (?, ?)",
+            [(k, plugin_id) for k in sorted(self.id_keys(plugin_id))],
+        )
 
     def refresh_fts(self, db: sqlite3.Connection, plugin_id: str) -> None:
         # Keyed by the plugins row's rowid: an update touches one FTS row, no scan.

@@ -191,8 +191,7 @@ class Registry:
                     f"{plugin_id} {version} is not newer than the published {newest}",
                 )
             if not have:
-                ids = [r[0] for r in db.execute("SELECT id FROM plugins")]
-                similar = lookalike_of(plugin_id, ids)
+                similar = lookalike_of(plugin_id, self.db.similar_ids(db, plugin_id))
                 # The owner of the other id may have both (``foo`` and ``foo2``): the token
                 # then names both.
                 if similar is not None and similar not in scope:
@@ -247,6 +246,8 @@ class Registry:
                 ),
             )
             self.db.refresh_fts(db, plugin_id)
+            if not have:
+                self.db.add_id_keys(db, plugin_id)
             # Placed inside the transaction: if the commit then fails, the file is an orphan
             # no row names (and the next publish of that version replaces it).
             final = self.package_path(plugin_id, version)
