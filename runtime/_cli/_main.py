@@ -197,7 +197,9 @@ def _parser() -> argparse.ArgumentParser:
     add_index_options(pk)
     pk.set_defaults(func=cmd_plugin_pack)
     ins = pl_sub.add_parser(
-        "install", help="install a .cordon file, a plugin folder or an https URL into state-dir"
+        "install",
+        help="install a .cordon file, a plugin folder, an https URL, or ID[@VERSION|SPEC] from "
+        "the registry, into state-dir",
     )
     ins.add_argument("source", metavar="SOURCE")
     config_opt(ins)
