@@ -308,7 +308,7 @@ def chromium() -> str:
     elsewhere."""
     path = shutil.which("chromium")
     if path is None:
-        why = "chromium is not installed (apt-get install chromium)"
+        why = "chromium is not installed (apt-get install chromium; with CI set this fails)"
         if os.environ.get("CI"):
             pytest.fail(f"{why}: CI must run the browser tests")
         pytest.skip(why)
