@@ -117,7 +117,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
             raise ApiError(413, "too_large", f"the body may be at most {MAX_JSON_BYTES} bytes")
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise ApiError(400, "invalid_json", "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body is a JSON object")
@@ -128,6 +128,7 @@ def create_app(data_dir: Path, *, max_package_bytes: int = MAX_PACKAGE_BYTES) ->
     """The registry's ASGI app over ``data_dir`` (created, with its key, if new)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import FileResponse
     from starlette.routing import Route
 
@@ -304,6 +305,10 @@ def create_app(data_dir: Path, *, max_package_bytes: int = MAX_PACKAGE_BYTES) ->
         total, count = await run(reg.rate, plugin_id, _token(request), body.get("stars"))
         return _json({"id": plugin_id, "rating": round(total / count, 2), "rating_count": count})
 
+    async def disconnected(request: Request, exc: Exception) -> Response:
+        # The client went away mid-body: nothing to answer, and nothing for the operator's log.
+        return _error(400, "client_disconnected", "the request body was cut off")
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
@@ -334,7 +339,11 @@ def create_app(data_dir: Path, *, max_package_bytes: int = MAX_PACKAGE_BYTES) ->
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: internal},
+        exception_handlers={
+            HTTPException: http_error,
+            ClientDisconnect: disconnected,
+            Exception: internal,
+        },
     )
     app.state.registry = reg
     return app

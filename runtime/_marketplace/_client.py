@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import anyio
 
 from .._packages._archive import PACKAGE_SUFFIX
+from .._settings._config_values import check_plugin_id
 from ._errors import PluginNotFound, RegistryRefused, RegistryUnavailable, SignatureInvalid
 from ._publish import MAX_PACKAGE_BYTES
 from ._trust import verify_version
@@ -44,6 +46,7 @@ READ_TIMEOUT: Final = 30.0
 ATTEMPTS: Final = 4
 BACKOFF: Final = 0.25
 _CHUNK: Final = 1 << 16
+_SAFE_VERSION: Final = re.compile(r"[0-9][0-9A-Za-z.+!_-]{0,63}")
 
 
 def check_registry_url(url: str) -> str:
@@ -85,7 +88,7 @@ def resolve(plugin_id: str, versions: list[dict[str, Any]], want: str | None) ->
 
     if want is not None and want[0].isdigit():
         for v in versions:
-            if v["version"] == want:
+            if v["version"] == want and v.get("id", plugin_id) == plugin_id:
                 return v
         raise PluginNotFound(plugin=plugin_id, version=want)
     try:
@@ -96,7 +99,7 @@ def resolve(plugin_id: str, versions: list[dict[str, Any]], want: str | None) ->
         ) from None
     best: tuple[Version, dict[str, Any]] | None = None
     for v in versions:
-        if v["yanked"]:
+        if v["yanked"] or v.get("id", plugin_id) != plugin_id:
             continue
         try:
             parsed = Version(v["version"])
@@ -268,6 +271,14 @@ class RegistryClient:
         plugin_id, version = str(info["id"]), str(info["version"])
         sha, size = str(info["sha256"]), int(info["size"])
         where = f"{self.url}/plugins/{plugin_id}/{version}"
+        # The id and version name a file here: a registry (even one whose key is pinned) does
+        # not get to choose a path with them.
+        if check_plugin_id(plugin_id) is not None or not _SAFE_VERSION.fullmatch(version):
+            raise RegistryRefused(
+                f"the registry answered with an unusable id or version: {plugin_id[:80]!r} "
+                f"{version[:80]!r}",
+                reason="bad_answer",
+            )
         verify_version(key, plugin_id, version, sha, str(info["signature"]), where=where)
         if size > MAX_PACKAGE_BYTES:
             raise SignatureInvalid(
