@@ -49,6 +49,8 @@ __all__ = [
 TOKEN_ENV: Final = "CORDON_REGISTRY_TOKEN"
 CACHE_DIR: Final = "registry-cache"
 _SECONDS_PER_DAY: Final = 86400.0
+#: A terminal shows the top of a readme; the registry's page has the rest.
+_README_LINES: Final = 200
 T = TypeVar("T")
 
 
@@ -234,7 +236,9 @@ def cmd_plugin_info_any(args: argparse.Namespace) -> int:
         print(f"    version {shown(v['version'])}{mark}")
     if info.get("readme"):
         print()
-        print(shown(info["readme"]))
+        # Line by line: shown() makes one line of what it is given, and neutralises escapes.
+        for line in str(info["readme"]).splitlines()[:_README_LINES]:
+            print(shown(line))
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ def package(
     *,
     permissions: tuple[str, ...] = ("log",),
     description: str = "",
+    readme: str = "",
 ) -> Path:
     """A real ``.cordon`` package of a tiny plugin (tool ``which`` returns its version)."""
     folder = plugin_folder(tmp_path / "src", plugin_id, version, permissions=permissions)
@@ -38,4 +39,6 @@ def package(
             "[plugin]\n", f"[plugin]\ndescription = {description!r}\nkeywords = ['demo']\n", 1
         )
         manifest.write_text(text)
+    if readme:
+        (folder / "README.md").write_text(readme)
     return pack(folder, tmp_path / "dist")

@@ -215,3 +215,18 @@ def test_cli_errors_name_the_registry_failure_with_its_exit_code(
     insecure = cordon(user, "plugin", "search", "x", "--registry", "http://example.com")
     assert insecure.returncode == 31 and "https" in insecure.stderr
     assert registry.alive()
+
+
+def test_text_from_the_registry_reaches_the_terminal_without_its_escape_sequences(
+    registry: Server, user: Path, tmp_path: Path
+) -> None:
+    # Terminal escapes in a description and a readme: clear the screen, set the clipboard
+    # (OSC 52), rewrite the title. The catalogue is as untrusted as the plugins it lists.
+    hostile = "\x1b[2J\x1b]52;c;Y3VybCBldmlsfHNo\x07\x1b]0;pwned\x07"
+    path = package(tmp_path, "noisy", description=f"nice {hostile}", readme=f"# Hi\n{hostile}\n")
+    ok(cordon(user, "plugin", "publish", str(path), "--token", registry.token("noisy")))
+    for args in (("search", "noisy"), ("info", "noisy", "--remote")):
+        out = ok(cordon(user, "plugin", *args))
+        assert "noisy" in out
+        assert "\x1b" not in out and "\x07" not in out, out
+    assert "# Hi" in out  # the readme is shown, line by line
