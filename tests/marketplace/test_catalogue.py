@@ -11,6 +11,7 @@ event attribute or link the catalogue's own markup does not have fails them.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import struct
@@ -26,6 +27,7 @@ import httpx2
 import pytest
 
 from cordon.runtime._marketplace._client import RegistryClient
+from cordon.runtime._marketplace._html import MAX_README_CHARS, render_readme, safe_url
 from cordon.runtime._marketplace._pages import PAGE_SIZE, SECURITY_HEADERS
 from cordon.runtime._packages._archive import pack
 from tests.marketplace.conftest import package
@@ -298,6 +300,75 @@ def test_the_stylesheet_is_served_with_the_same_headers(catalogue: Catalogue) ->
     r = get(catalogue.url + "/assets/catalogue.css")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
     assert_secure_headers(r)
+
+
+# -- the renderer, on every input of a kind ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        " javascript:alert(1)",
+        "java\tscript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:x",
+        "//evil.example/x",
+        "/local/path",
+        "https:/no-host",
+        "https://",
+        "https://ex ample.org",
+        "https://example.org/\u202egnp.exe",
+        "https://example.org/\nx",
+        "ftp://example.org",
+        "https://" + "a" * 600 + ".org",
+    ],
+)
+def test_only_an_absolute_http_url_with_a_host_becomes_a_link(url: str) -> None:
+    assert safe_url(url) is None
+    assert safe_url("https://example.org/a?b=c#d") == "https://example.org/a?b=c#d"
+    assert safe_url("http://example.org") == "http://example.org"
+
+
+def test_any_readme_renders_to_the_renderers_own_markup_only() -> None:
+    # Random text over the characters markup is made of: whatever the order, the output holds
+    # only the renderer's elements, no attribute but its note's class, and no raw controls.
+    rng = random.Random(1234)
+    alphabet = [
+        *"<>\"'&=/:;!-#*`~[]() \t\n",
+        "\n\n",
+        "```",
+        "script",
+        "img",
+        "on",
+        "a",
+        "href",
+        "javascript",
+        "\u202e",
+        "\u2066",
+        "\x00",
+        "\r",
+        "&#60;",
+        "<!--",
+    ]
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        out = render_readme(text)
+        markup = parse(out)
+        assert set(markup.tags) <= {"h3", "h4", "h5", "h6", "p", "ul", "li", "pre", "code"}, (
+            text,
+            out,
+        )
+        assert markup.attrs == [], (text, out)
+        assert not any(c in out for c in BIDI + "\x00\r"), (text, out)
+        assert "<!--" not in out
+
+
+def test_a_readme_over_the_page_limit_is_cut_with_a_note() -> None:
+    out = render_readme("x" * (MAX_README_CHARS + 1))
+    assert out.count("x") < MAX_README_CHARS + 10 and "The readme is cut here" in out
+    assert "cut here" not in render_readme("x" * MAX_README_CHARS)
 
 
 # -- in a real browser ----------------------------------------------------------------------
