@@ -471,18 +471,19 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def test_in_a_browser_a_screenshot_of_a_plugin_page_is_kept(
-    catalogue: Catalogue, tmp_path: Path
+@pytest.mark.parametrize(
+    ("name", "path"), [("weather", "/p/weather"), ("search", "/?q=filler&sort=name")]
+)
+def test_in_a_browser_a_screenshot_of_a_page_is_kept(
+    catalogue: Catalogue, tmp_path: Path, name: str, path: str
 ) -> None:
-    shot = tmp_path / "weather.png"
-    run_browser(
-        tmp_path, f"--screenshot={shot}", "--window-size=1200,900", catalogue.url + "/p/weather"
-    )
+    shot = tmp_path / f"{name}.png"
+    run_browser(tmp_path, f"--screenshot={shot}", "--window-size=1200,900", catalogue.url + path)
     data = shot.read_bytes()
     assert png_size(data) == (1200, 900)
     # A blank page compresses to almost nothing; a rendered one with text does not.
     assert len(data) > 20_000, len(data)
     ARTIFACTS.mkdir(exist_ok=True)
-    kept = ARTIFACTS / "catalogue-weather.png"
+    kept = ARTIFACTS / f"catalogue-{name}.png"
     shutil.copyfile(shot, kept)
-    print(f"screenshot of the plugin page: {kept}")
+    print(f"screenshot of {path}: {kept}")
