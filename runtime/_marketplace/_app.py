@@ -35,6 +35,8 @@ __all__ = ["API_VERSION", "create_app"]
 API_VERSION: Final = 1
 #: JSON bodies (a rating, a yank reason) are tiny.
 MAX_JSON_BYTES: Final = 16 * 1024
+#: A whole upload (at most the package limit) within this: generous for a slow uplink.
+UPLOAD_DEADLINE: Final = 300.0
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 100
 #: An offset past this is a crawler, not a person paging: refused rather than scanned.
@@ -267,15 +269,23 @@ def create_app(data_dir: Path, *, max_package_bytes: int = MAX_PACKAGE_BYTES) ->
         upload = Path(name)
         try:
             received = 0
-            async with anyio.wrap_file(os.fdopen(fd, "wb")) as out:
-                async for chunk in request.stream():
-                    received += len(chunk)
-                    # Counted as it arrives: a missing or lying Content-Length changes nothing.
-                    if received > max_package_bytes:
-                        raise ApiError(
-                            413, "too_large", f"a package may be at most {max_package_bytes} bytes"
-                        )
-                    await out.write(chunk)
+            # A whole-upload deadline: a client dripping bytes holds a connection and a temp
+            # file; it gets UPLOAD_DEADLINE, not forever.
+            with anyio.move_on_after(UPLOAD_DEADLINE) as upload_scope:
+                async with anyio.wrap_file(os.fdopen(fd, "wb")) as out:
+                    async for chunk in request.stream():
+                        received += len(chunk)
+                        # Counted as it arrives: a missing or lying Content-Length changes
+                        # nothing.
+                        if received > max_package_bytes:
+                            raise ApiError(
+                                413,
+                                "too_large",
+                                f"a package may be at most {max_package_bytes} bytes",
+                            )
+                        await out.write(chunk)
+            if upload_scope.cancelled_caught:
+                raise ApiError(408, "timeout", f"the upload took over {UPLOAD_DEADLINE:g} s")
             result = await run(
                 lambda: reg.publish(
                     upload,

@@ -46,6 +46,8 @@ READ_TIMEOUT: Final = 30.0
 ATTEMPTS: Final = 4
 BACKOFF: Final = 0.25
 _CHUNK: Final = 1 << 16
+#: A whole download (at most MAX_PACKAGE_BYTES) within this, or the registry is unavailable.
+DOWNLOAD_DEADLINE: Final = 300.0
 _SAFE_VERSION: Final = re.compile(r"[0-9][0-9A-Za-z.+!_-]{0,63}")
 
 
@@ -127,12 +129,14 @@ class RegistryClient:
         read_timeout: float = READ_TIMEOUT,
         attempts: int = ATTEMPTS,
         backoff: float = BACKOFF,
+        download_deadline: float = DOWNLOAD_DEADLINE,
     ) -> None:
         self.url = check_registry_url(url)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._attempts = max(1, attempts)
         self._backoff = backoff
+        self._download_deadline = download_deadline
         self._http: httpx2.AsyncClient | None = None
 
     async def __aenter__(self) -> Self:
@@ -288,28 +292,23 @@ class RegistryClient:
             )
         target = dest_dir / f"{plugin_id}-{version}{PACKAGE_SUFFIX}"
         path = f"/plugins/{_seg(plugin_id)}/{_seg(version)}/download"
-        assert self._http is not None, "use the client inside `async with`"
-        h = hashlib.sha256()
-        received = 0
         try:
-            async with self._http.stream("GET", path) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    self._raise(response, plugin_id)
-                async with await anyio.open_file(target, "wb") as out:
-                    async for chunk in response.aiter_bytes(_CHUNK):
-                        received += len(chunk)
-                        if received > size:
-                            break  # more than the signed size: refused below
-                        h.update(chunk)
-                        await out.write(chunk)
+            # A whole-download deadline: the read timeout alone lets a server drip one byte
+            # per timeout forever.
+            with anyio.fail_after(self._download_deadline):
+                received, digest = await self._stream_to(path, target, size, plugin_id)
+        except TimeoutError:
+            await anyio.Path(target).unlink(missing_ok=True)
+            raise RegistryUnavailable(
+                url=self.url, detail=f"download not finished within {self._download_deadline:g} s"
+            ) from None
         except httpx2.TransportError as exc:
             await anyio.Path(target).unlink(missing_ok=True)
             raise RegistryUnavailable(url=self.url, detail=f"download: {exc}") from None
         except BaseException:
             target.unlink(missing_ok=True)  # also on cancellation: no await here
             raise
-        if received != size or h.hexdigest() != sha:
+        if received != size or digest != sha:
             await anyio.Path(target).unlink(missing_ok=True)
             raise SignatureInvalid(
                 f"{where}: the downloaded bytes do not match the sha256 the registry signed "
@@ -318,6 +317,27 @@ class RegistryClient:
                 reason="hash mismatch",
             )
         return target
+
+    async def _stream_to(
+        self, path: str, target: Path, size: int, plugin_id: str
+    ) -> tuple[int, str]:
+        """Write the answer to ``path`` into ``target``: (bytes received, their sha256),
+        stopping one chunk past ``size`` (the caller refuses any count but ``size``)."""
+        assert self._http is not None, "use the client inside `async with`"
+        h = hashlib.sha256()
+        received = 0
+        async with self._http.stream("GET", path) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                self._raise(response, plugin_id)
+            async with await anyio.open_file(target, "wb") as out:
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    received += len(chunk)
+                    if received > size:
+                        break  # more than the signed size: refused by the caller
+                    h.update(chunk)
+                    await out.write(chunk)
+        return received, h.hexdigest()
 
     # -- writes -------------------------------------------------------------------------------
 

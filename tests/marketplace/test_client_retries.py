@@ -4,6 +4,7 @@ purpose (a registry behind a restarting proxy): 5xx is retried with backoff, 4xx
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -76,3 +77,42 @@ async def test_a_4xx_is_not_retried() -> None:
     outcome, seen = await run_against([(400, refusal), (200, EMPTY_PAGE)])
     assert isinstance(outcome, RegistryRefused) and outcome.reason == "invalid_parameter"
     assert len(seen) == 1
+
+
+async def test_a_download_dripping_slower_than_its_deadline_is_unavailable_and_left_nowhere(
+    tmp_path: Path,
+) -> None:
+    from cordon.runtime._marketplace._trust import sign_version
+    from cordon.runtime._packages._keys import new_key
+
+    key_path = tmp_path / "k.pem"
+    public = new_key(key_path)
+    size, sha = 1000, "ab" * 32
+    info = {
+        "id": "drip",
+        "version": "1.0.0",
+        "sha256": sha,
+        "size": size,
+        "signature": sign_version(key_path, "drip", "1.0.0", sha),
+    }
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+
+    async def drip(stream: SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+            for _ in range(size):  # a byte every 50 ms: each read is quick, the whole is not
+                await stream.send(b"x")
+                await anyio.sleep(0.05)
+
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    with anyio.fail_after(DEADLINE):
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, drip)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with RegistryClient(f"http://127.0.0.1:{port}", download_deadline=0.5) as reg:
+                with pytest.raises(RegistryUnavailable, match="not finished within"):
+                    await reg.download(info, dest, key=public)
+            tg.cancel_scope.cancel()
+    assert list(dest.iterdir()) == []
