@@ -106,9 +106,15 @@ async def test_a_token_publishes_only_the_ids_it_is_scoped_to(
     with anyio.fail_after(DEADLINE):
         async with RegistryClient(registry.url) as reg:
             with pytest.raises(RegistryRefused) as exc:
-                await publish(reg, package(tmp_path, "victim"), registry.token("mine"))
+                await publish(reg, package(tmp_path / "m", "victim"), registry.token("mine"))
             assert (exc.value.status, exc.value.reason) == (403, "scope")
             assert (await reg.search("victim"))["total"] == 0
+            # Nor may it yank another's version.
+            await publish(reg, package(tmp_path / "v", "victim"), registry.token("victim"))
+            with pytest.raises(RegistryRefused) as exc:
+                await reg.yank("victim", "1.0.0", "mine now", registry.token("mine"))
+            assert (exc.value.status, exc.value.reason) == (403, "scope")
+            assert (await reg.versions("victim"))[0]["yanked"] is False
         await still_serving(registry)
 
 
