@@ -187,8 +187,7 @@ TABLE: Final[tuple[ExitCode, ...]] = (
     ),
     ExitCode(
         30,
-        "the registry has no such plugin, version, or version matching the spec "
-        "(`PluginNotFound`)",
+        "the registry has no such plugin, version, or version matching the spec (`PluginNotFound`)",
         (PluginNotFound,),
     ),
     ExitCode(
