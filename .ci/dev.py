@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -121,6 +122,10 @@ def repeat_suite(times: int, load: bool, rest: list[str]) -> int:
                 for line in out:
                     if line.startswith(("FAILED", "ERROR")):
                         print(f"    {line}", flush=True)
+                # The whole report of a failed run, to read why: one line says only which.
+                log = Path(tempfile.gettempdir()) / f"cordon-repeat-{os.getpid()}-{i}.log"
+                log.write_text(proc.stdout + proc.stderr)
+                print(f"    full output: {log}", flush=True)
             else:
                 clean += 1
     finally:
