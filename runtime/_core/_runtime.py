@@ -36,8 +36,10 @@ from .._platform._registry import Registry
 from .._settings._config import Config, find_config, parse_config
 from .._supervise._cgroup import CgroupSupport, WorkerCgroup
 from .._supervise._handle import PLUGIN_STATES, PluginHandle
+from .._supervise._launcher import Launcher, SpawnLauncher, choose_launcher
 from .._supervise._stats import PluginStats
 from .._supervise._worker import WorkerProcess
+from .._supervise._zygote import ZygoteLauncher
 from ._loading import LoadFailure, Loading, LoadReport, PluginInUse
 from ._routing import MiddlewareFailed, Routing
 from ._workers import WorkerPool
@@ -116,6 +118,10 @@ class Runtime(Loading, Routing, WorkerPool):
         self._spare_added = anyio.Event()
         #: Every contribution of every loaded plugin; routing by name goes through it.
         self.registry = Registry(self)
+        #: What starts this runtime's workers (chosen in __aenter__; a zygote starts on the
+        #: first worker start, not before) and why that one (``cordon doctor`` says it).
+        self.launcher: Launcher | None = None
+        self.launcher_why = "the runtime is not running"
 
     # -- context management ---------------------------------------------------------------
 
@@ -145,6 +151,14 @@ class Runtime(Loading, Routing, WorkerPool):
             stack.callback(self.cgroups.close)
             if not self.cgroups.available:
                 log.info("cgroup.unavailable", why=self.cgroups.why)
+            name, self.launcher_why = choose_launcher(self.config.runtime.launcher)
+            launcher: Launcher = (
+                ZygoteLauncher(self._python) if name == "zygote" else SpawnLauncher()
+            )
+            self.launcher = launcher
+            # After the task group has reaped every worker: the zygote is stopped (its socket
+            # closed, then reaped) before the cgroups go.
+            stack.push_async_callback(_shielded, launcher.aclose)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise

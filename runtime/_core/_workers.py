@@ -34,6 +34,7 @@ from .._packages._store import installed_at_dir, plugins_root
 from .._settings._manifest import Manifest
 from .._supervise._cgroup import CgroupSupport, WorkerCgroup
 from .._supervise._handle import PluginHandle
+from .._supervise._launcher import Launcher
 from .._supervise._worker import WorkerProcess
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class WorkerPool:
         _spares_wanted: int
         _filling: bool
         _spare_added: anyio.Event
+        launcher: Launcher | None
 
         def _tg_soon(self, fn: Callable[..., Any], *args: Any) -> None: ...
         async def _tg_start(self, fn: Callable[..., Any]) -> Any: ...
@@ -212,6 +214,7 @@ class WorkerPool:
             worker = spare_worker
         else:
             worker = WorkerProcess(python=self._python, **wiring)
+            worker.launcher = self.launcher
         worker.host_requests_max = s.host_requests
         worker.host_request_bytes_max = s.host_request_memory
         if group is not None:
@@ -268,6 +271,7 @@ class WorkerPool:
                     exit_probe=group.exit_reason if group is not None else None,
                     place=group.move_in if group is not None else None,
                 )
+                spare.launcher = self.launcher
                 if group is not None:
                     self._cgroups[spare] = group
                 try:

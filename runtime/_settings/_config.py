@@ -129,6 +129,10 @@ class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):
     middleware_order: tuple[str, ...]
     cgroups: Literal["auto", "off"] = "auto"
     warm_workers: int = 1
+    #: How workers start (``zygote``: forked from a template process; ``spawn``: a fresh
+    #: interpreter); ``None``: the zygote where the kernel allows it (``$CORDON_LAUNCHER``
+    #: overrides that default).
+    launcher: Literal["zygote", "spawn"] | None = None
     #: Whether ``cordon run`` loads installed distributions' ``cordon.plugins`` entry points.
     entry_points: bool = True
     #: The operator's log settings (``cordon run``/``call``); ``None``: the CLI's default.
@@ -186,6 +190,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                         ("log-level", rt.log_level),
                         ("log-format", rt.log_format),
                         ("log-file", rt.log_file),
+                        ("launcher", rt.launcher),
                     )
                     if value is not None
                 },

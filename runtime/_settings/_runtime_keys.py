@@ -31,6 +31,7 @@ _RUNTIME_KEYS: Final = (
     "middleware-order",
     "cgroups",
     "warm-workers",
+    "launcher",
     "entry-points",
     "log-level",
     "log-format",
@@ -75,6 +76,10 @@ def parse_runtime(
     if "warm-workers" in table:
         changes["warm_workers"] = ck.expect_int(
             "runtime.warm-workers", table["warm-workers"], minimum=0
+        )
+    if "launcher" in table:
+        changes["launcher"] = ck.expect_choice(
+            "runtime.launcher", table["launcher"], ("zygote", "spawn")
         )
     if "entry-points" in table:
         changes["entry_points"] = ck.expect_bool("runtime.entry-points", table["entry-points"])

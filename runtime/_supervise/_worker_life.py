@@ -10,11 +10,10 @@ still in flight with why.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import select
 import signal
 from collections.abc import Awaitable, Callable
-from subprocess import PIPE
 from typing import TYPE_CHECKING, Final, cast
 
 import anyio
@@ -36,6 +35,7 @@ from cordon.protocol import (
 )
 
 from .._hostapi._redact import Redactor
+from ._launcher import LaunchedProcess, Launcher, SpawnLauncher, StdioPipes
 from ._worker_exit import ExitInfo, _classify
 from ._worker_state import (
     ExitProbe,
@@ -75,11 +75,18 @@ ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ")
 #: ("can't start new thread"). Python holds the GIL anyway, so one arena costs nothing
 #: measurable. glibc reads it once, at process start: it must be in the worker's env.
 MALLOC_ARENA_MAX: Final = "1"
+#: The launcher of a worker nobody gave one (tests, tools): a plain spawn.
+_SPAWN: Final = SpawnLauncher()
 
 
 class _WorkerLife(_WorkerState):
     """The process: spawn, handshake, claim, reap, stop (a mixin of ``WorkerProcess``, the
     only class it is part of: hence the casts where it hands itself out as one)."""
+
+    #: What starts the process (the runtime's, set before ``run``); ``None``: a spawn.
+    launcher: Launcher | None = None
+    #: The started process (``run`` sets it): pid, pidfd, stderr; reaped through its pidfd.
+    process: LaunchedProcess | None
 
     @property
     def alive(self) -> bool:
@@ -104,34 +111,18 @@ class _WorkerLife(_WorkerState):
         """Run the worker for its whole life. ``task_status.started`` fires once it is
         initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
         self._attach_loop()
-        child_stdin, self._wfd = os.pipe()
+        pipes = StdioPipes()
+        launcher = self.launcher if self.launcher is not None else _SPAWN
         try:
-            self._rfd, child_stdout = os.pipe()
-        except BaseException:
-            os.close(child_stdin)
-            self._close_stdin_fd()
-            raise
-        try:
-            process = await anyio.open_process(
-                self._argv,
-                stdin=child_stdin,
-                stdout=child_stdout,
-                stderr=PIPE,
-                env=self._env(),
-                cwd=self._home,
-                start_new_session=True,
-            )
+            process = await launcher.start(self._argv, env=self._env(), cwd=self._home, pipes=pipes)
         except OSError as exc:
-            self._close_stdin_fd()
-            self._close_stdout_fd()
+            pipes.close_all()
             raise InternalError(f"cannot start worker for {self.plugin_id!r}: {exc}") from exc
         except BaseException:
-            self._close_stdin_fd()
-            self._close_stdout_fd()
+            pipes.close_all()
             raise
-        finally:
-            os.close(child_stdin)
-            os.close(child_stdout)
+        # The channel's ends are the worker's from here (its reader and writer close them).
+        self._wfd, self._rfd = pipes.wfd, pipes.rfd
         os.set_blocking(self._wfd, False)
         os.set_blocking(self._rfd, False)
         self.process = process
@@ -197,19 +188,10 @@ class _WorkerLife(_WorkerState):
     def terminated(self) -> bool:
         """Has the process ended — even if not yet reaped (``exit`` is set only after the
         reap and a grace for its last stderr)? Asked of a spare before it is handed out."""
-        if self.exit is not None or self.pid is None:
+        if self.exit is not None or self.process is None:
             return self.exit is not None
-        try:
-            fd = os.pidfd_open(self.pid)
-        except ProcessLookupError:
-            return True
-        try:
-            # A pidfd turns readable when the process terminates, zombie or not.
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(0))
-        finally:
-            os.close(fd)
+        # A pidfd turns readable when the process terminates, zombie or not.
+        return self.process.terminated()
 
     @property
     def spare(self) -> bool:
@@ -346,7 +328,8 @@ class _WorkerLife(_WorkerState):
         }.get(reason)
 
     async def _reap(self) -> None:
-        """Wait for the process to end, then fail everything still in flight with why."""
+        """Wait for the process to end (its pidfd turns readable; ``waitid`` gives the exact
+        status), then fail everything still in flight with why."""
         assert self.process is not None
         returncode = await self.process.wait()
         if self.exit is not None:
@@ -401,15 +384,16 @@ class _WorkerLife(_WorkerState):
 
     def _signal_group(self, sig: int) -> None:
         proc = self.process
-        # Only while unreaped: afterwards the pid (and group id) may belong to someone else.
+        # Only while unreaped: afterwards the group id may belong to someone else.
         if proc is None or proc.returncode is not None:
             return
         try:
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             pass
-        except PermissionError:
-            proc.send_signal(signal.Signals(sig))
+        # And the worker itself through its pidfd: a forked worker's group exists only once
+        # it has called setsid, and the pidfd names this process whatever became of the pid.
+        proc.send_signal(sig)
 
     async def stop(self, *, deactivate: bool = True) -> None:
         """Shielded, escalating stop: deactivate → close stdin → wait → TERM → wait → KILL."""
@@ -439,12 +423,9 @@ class _WorkerLife(_WorkerState):
 
     async def _close_pipes(self) -> None:
         assert self.process is not None
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                try:
-                    await stream.aclose()
-                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass
+        # Its stderr stream, and its pidfd once reaped.
+        with contextlib.suppress(OSError):
+            await self.process.aclose()
         self._stdin_closing = True
         self._close_stdin_fd()
         self._close_stdout_fd()

@@ -1,0 +1,211 @@
+"""``python -I -m cordon.worker._zygote FD``: the template process workers are forked from.
+
+Started once per runtime by the host (``cordon.runtime``'s ``_supervise/_zygote.py``), with
+the same interpreter flags and allow-listed environment as a spawned worker. It imports the
+worker's modules and everything they import (asyncio, msgspec, the server, the sandbox), never
+anything of a plugin, freezes the heap for the garbage collector (so forked children do not
+copy every page by touching its objects' headers), then serves fork requests on one unix
+socket (``FD``, a ``SOCK_SEQPACKET`` end; its only other fds are 0-2 on ``/dev/null``).
+
+A request is a JSON object ``{"env": {...}, "cwd": str}`` with the worker's three stdio
+fds attached (``SCM_RIGHTS``; the host made the pipes, as for a spawned worker). The reply
+is ``{"pid": N}`` or ``{"error": str}``. The child is made with ``clone(CLONE_PARENT)``: it
+is the *host's* child (the host reaps and signals it through a pidfd exactly like a spawned
+worker, and its ``PDEATHSIG`` names the host), never the zygote's. It then drops everything of
+the zygote (the socket, every fd but its stdio), takes its env and cwd, starts its own
+session, and enters the same launch sequence as ``python -m cordon.worker``
+(:func:`cordon.worker._launch.main`): limits, namespaces, Landlock, seccomp, then the plugin.
+
+What the zygote itself can do: it runs as the host's uid with the host's rlimits, in the
+host's namespaces and cgroup, with no-new-privs set, not dumpable (no ptrace or
+``/proc/<pid>/mem`` from the same uid), ``PDEATHSIG`` to the host, cwd ``/``. It reads
+nothing but its socket, writes nothing but replies, and runs no code it was not started with.
+It cannot be sandboxed further (Landlock, seccomp, namespaces) without its children
+inheriting the same narrowing before they know their plugin's rules.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any, Final, NoReturn
+
+# Everything a worker imports before its plugin: imported once here, shared by every fork.
+from . import _entry, _launch, _logging, _plugin, _server  # noqa: F401
+from ._sandbox import _lockdown  # noqa: F401
+
+__all__ = ["FORK_FLAGS", "TID_OFFSET", "main"]
+
+PR_SET_PDEATHSIG: Final = 1
+PR_SET_DUMPABLE: Final = 4
+PR_SET_NO_NEW_PRIVS: Final = 38
+SYS_CLONE: Final = 56  # x86_64
+CLONE_PARENT: Final = 0x00008000
+CLONE_CHILD_SETTID: Final = 0x01000000
+#: The child is the caller's parent's child (the host's); ``CLONE_CHILD_SETTID`` has the
+#: kernel write the child's tid into glibc's thread descriptor, as glibc's own ``fork`` does,
+#: so ``pthread_kill``/``raise`` in the child name the child, not the zygote.
+FORK_FLAGS: Final = CLONE_PARENT | CLONE_CHILD_SETTID | signal.SIGCHLD
+#: Where glibc (2.26 and later, x86_64) keeps a thread's tid in its ``struct pthread``: checked
+#: against ``gettid`` before the first fork (:func:`tid_slot`); the zygote refuses to serve on
+#: a libc where it does not hold.
+TID_OFFSET: Final = 720
+#: A request (env and cwd) is small; anything larger is not from the host.
+REQUEST_MAX: Final = 256 * 1024
+#: Exit status of a forked child that could not become a worker (bad fds, cwd): the host
+#: sees it exit before its hello, as with a worker that failed to start.
+EXIT_CHILD_SETUP: Final = 71
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# Called with the GIL held (PyDLL): nothing else runs between the fork hooks and the clone.
+_raw = ctypes.PyDLL(None, use_errno=True)
+_syscall = _raw.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long, ctypes.c_ulong] + [ctypes.c_void_p] * 3
+_before_fork = ctypes.pythonapi.PyOS_BeforeFork
+_after_child = ctypes.pythonapi.PyOS_AfterFork_Child
+_after_parent = ctypes.pythonapi.PyOS_AfterFork_Parent
+for _f in (_before_fork, _after_child, _after_parent):
+    _f.restype = None
+    _f.argtypes = []
+
+
+def tid_slot() -> int:
+    """The address of this thread's tid in glibc's thread descriptor, or 0 if the layout is
+    not the one :data:`TID_OFFSET` assumes."""
+    _libc.pthread_self.restype = ctypes.c_void_p
+    base = _libc.pthread_self()
+    if not base:
+        return 0
+    addr = int(base) + TID_OFFSET
+    return addr if ctypes.c_int.from_address(addr).value == threading.get_native_id() else 0
+
+
+def clone_parent(tid_addr: int) -> int:
+    """Fork, the child becoming our parent's: ``os.fork``'s interpreter hooks (the import
+    lock, ``random`` re-seeded and other ``register_at_fork`` handlers, thread state) around
+    a raw ``clone``. Returns the child's pid in the zygote, 0 in the child."""
+    _before_fork()
+    pid = _syscall(SYS_CLONE, FORK_FLAGS, None, None, tid_addr, None)
+    if pid == 0:
+        _after_child()
+        return 0
+    err = ctypes.get_errno()
+    _after_parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return int(pid)
+
+
+def _narrow() -> None:
+    host = int(os.environ.get("CORDON_HOST_PID", "0") or 0)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if host and os.getppid() != host:
+        os._exit(_launch.EXIT_PARENT_GONE)
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    os.chdir("/")
+
+
+def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> NoReturn:
+    """In the child: drop the zygote, become a worker. Never returns to the zygote's loop."""
+    status = EXIT_CHILD_SETUP
+    try:
+        # Forget the socket without closing its fd: close_range below closes it, and a
+        # finaliser closing that number later could hit one of the worker's own fds.
+        sock.detach()
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        # Every fd of the zygote, and the received ones now on 0-2 (close_range).
+        os.closerange(3, 1 << 20)
+        # The zygote is not dumpable; a spawned worker is (the host reads its /proc).
+        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+        os.chdir(str(request["cwd"]))
+        status = _launch.EXIT_BAD_HANDSHAKE
+        _launch.main()
+    except BaseException as exc:
+        try:
+            os.write(2, f"cordon zygote child: {type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(status)
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    fds = array.array("i")
+    msg, anc, flags, _ = sock.recvmsg(REQUEST_MAX, socket.CMSG_SPACE(3 * fds.itemsize))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        return None
+    try:
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
+            raise ValueError("a request carries a JSON object and exactly three fds")
+        request = json.loads(msg)
+        if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
+            raise ValueError("a request is {'env': {...}, 'cwd': str}")
+        if not isinstance(request.get("cwd"), str):
+            raise ValueError("a request is {'env': {...}, 'cwd': str}")
+    except ValueError as exc:
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"error": str(exc)}).encode())
+        return {}, []
+    return request, list(fds)
+
+
+def serve(sock: socket.socket) -> NoReturn:
+    tid_addr = tid_slot()
+    threads = len(os.listdir("/proc/self/task"))
+    if not tid_addr or threading.active_count() != 1 or threads != 1:
+        why = "cannot fork safely here (more than one thread, or an unknown libc layout)"
+        sock.send(json.dumps({"error": why}).encode())
+        os._exit(1)
+    gc.collect()
+    # Everything alive now is the template's: never collected, so the collector's passes in
+    # a child do not write to (and copy) these pages.
+    gc.freeze()
+    sock.send(json.dumps({"ready": os.getpid()}).encode())
+    while True:
+        got = _receive(sock)
+        if got is None:
+            os._exit(0)  # the host closed its end: the runtime is done with us
+        request, fds = got
+        if not fds:
+            continue
+        try:
+            pid = clone_parent(tid_addr)
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            sock.send(json.dumps({"error": str(exc)}).encode())
+            continue
+        if pid == 0:
+            _become_worker(sock, request, fds)
+        for fd in fds:
+            os.close(fd)
+        sock.send(json.dumps({"pid": pid}).encode())
+
+
+def main() -> NoReturn:
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    _narrow()
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()
