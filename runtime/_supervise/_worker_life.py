@@ -68,8 +68,9 @@ KILL_WAIT: Final = 5.0
 #: How often the CPU time of a worker with a cpu-time limit is sampled, so that a SIGKILL the
 #: kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any other SIGKILL.
 CPU_SAMPLE: Final = 0.25
-#: Only the worker's own pipes and these variables cross into it.
-ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ")
+#: Only the worker's own pipes and these variables cross into it (CORDON_LOOP_SHORTCUTS=0:
+#: the worker's loop on the public asyncio API too, see worker/_loopfast.py).
+ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ", "CORDON_LOOP_SHORTCUTS")
 #: glibc gives each new thread its own malloc arena, reserving 64 MiB of address space that
 #: RLIMIT_AS counts: under the default 256 MiB limit four sync-tool threads exhausted it
 #: ("can't start new thread"). Python holds the GIL anyway, so one arena costs nothing
