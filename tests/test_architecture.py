@@ -30,7 +30,8 @@ RANKS = {
     "_marketplace": 3,
     "_supervise": 4,
     "_core": 5,
-    "_cli": 6,
+    "_mcp": 6,
+    "_cli": 7,
 }
 MAX_LINES = 800
 MAX_TOP_LEVEL_MODULES = 8

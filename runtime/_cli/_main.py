@@ -25,6 +25,7 @@ from pathlib import Path
 from ._clilog import add_log_options, configure_from_args, count_arg
 from ._cmd_admin import cmd_audit, cmd_config_check, cmd_config_show, cmd_doctor
 from ._cmd_common import EXIT_CODES, exit_code_for, fail
+from ._cmd_mcp import add_mcp_parser
 from ._cmd_packages import (
     add_index_options,
     add_install_options,
@@ -325,6 +326,9 @@ def _parser() -> argparse.ArgumentParser:
     tt.add_argument("key", metavar="KEY", nargs="?", help="ed25519:... (from its operator)")
     config_opt(tt)
     tt.set_defaults(func=cmd_registry_trust)
+
+    # The MCP bridge; the SDK is imported only when `cordon mcp serve` runs.
+    add_mcp_parser(sub, config_opt, add_log_options)
 
     new = sub.add_parser("new", help="scaffold a new plugin")
     new_sub = new.add_subparsers(dest="new_command", required=True, metavar="WHAT")

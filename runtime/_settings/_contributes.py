@@ -18,6 +18,7 @@ import msgspec
 from ._validate import INVALID, Checker, Invalid, join, show
 
 __all__ = [
+    "TOOL_HINTS",
     "UI_KINDS",
     "Command",
     "Contributes",
@@ -45,6 +46,14 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     #: A JSON-schema-ish description of the parameters; data for UIs and agents, not enforced.
     params: dict[str, Any] | None = None
+    #: Behaviour hints for agents (``read-only``, ``destructive``, ``idempotent``,
+    #: ``open-world`` → MCP's tool annotations); only the keys the manifest wrote. Hints the
+    #: plugin's author claims: nothing enforces them.
+    hints: dict[str, bool] = msgspec.field(default_factory=dict)
+
+
+#: The optional boolean hints a tool table may carry (MCP's ToolAnnotations, kebab-cased).
+TOOL_HINTS: Final = ("read-only", "destructive", "idempotent", "open-world")
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,9 +164,21 @@ def _build_tool(ck: Checker, where: str, t: Mapping[str, Any]) -> Tool | Invalid
     params: Mapping[str, Any] | Invalid | None = None
     if "params" in t:
         params = ck.expect_table(join(where, "params"), t["params"])
+    hints: dict[str, bool] = {}
+    for key in TOOL_HINTS:
+        if key in t:
+            flag = ck.expect_bool(join(where, key), t[key])
+            if isinstance(flag, Invalid):
+                return INVALID
+            hints[key] = flag
     if isinstance(d, Invalid) or isinstance(params, Invalid):
         return INVALID
-    return Tool(name=t["name"], description=d, params=dict(params) if params is not None else None)
+    return Tool(
+        name=t["name"],
+        description=d,
+        params=dict(params) if params is not None else None,
+        hints=hints,
+    )
 
 
 def _build_middleware(ck: Checker, where: str, t: Mapping[str, Any]) -> MiddlewareDecl | Invalid:
@@ -205,7 +226,7 @@ def parse_contributes(ck: Checker, value: object) -> Contributes:
     ck.check_keys("contributes", table, _CONTRIBUTES_KEYS)
     named = ("name", "description")
     kinds: dict[str, tuple[tuple[str, ...], str, re.Pattern[str], _Build, bool]] = {
-        "tools": ((*named, "params"), "name", _NAME, _build_tool, False),
+        "tools": ((*named, "params", *TOOL_HINTS), "name", _NAME, _build_tool, False),
         "commands": (named, "name", _NAME, _build_named(Command), False),
         "providers": (named, "name", _NAME, _build_named(Provider), False),
         "middleware": ((*named, "priority"), "name", _NAME, _build_middleware, False),
