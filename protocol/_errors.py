@@ -19,6 +19,7 @@ __all__ = [
     "CordonError",
     "ErrorObject",
     "FrameTooLarge",
+    "HttpError",
     "IncompatibleProtocol",
     "InternalError",
     "InvalidParams",
@@ -275,6 +276,23 @@ class CommandNotFound(CordonError):
 
     def _default_message(self) -> str:
         return f"command {self.command!r} not found on the host's PATH"
+
+
+class HttpError(CordonError):
+    """A ``ctx.http`` request the host made failed on the way (name not found, connection
+    refused or reset, TLS verification, a malformed answer, too many redirects). ``url`` is
+    the URL without credentials; ``reason`` a short class (``dns``, ``connect``, ``tls``,
+    ``protocol``, ``redirects``). Refusals are :class:`PermissionDenied`, bounds
+    :class:`QuotaExceeded`, deadlines :class:`CallTimeout`."""
+
+    code = -32021
+    _fields = ("url", "reason", "plugin")
+    url: str | None
+    reason: str | None
+    plugin: str | None
+
+    def _default_message(self) -> str:
+        return f"http request to {self.url!r} failed ({self.reason})"
 
 
 class RemoteError(CordonError):

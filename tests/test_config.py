@@ -240,7 +240,7 @@ grant = ["net"]
             'plugins.hello.cpu-time: "soon" is not a duration',
             "plugins.hello.grant[0]: unknown permission 'net' (known: log, storage, "
             "storage:shared, config, events:emit:<topic>, events:subscribe:<topic>, "
-            "exec:<command>)",
+            "exec:<command>, http:<origin>)",
         ]
     )
     assert all(isinstance(p, Problem) for p in err.fields()["problems"])

@@ -34,7 +34,7 @@ ID_RULE = "(lower-case letter, then up to 63 lower-case letters, digits, _ or -)
 ENTRY_RULE = '(expected module:attribute, like "hello_plugin:plugin")'
 KNOWN = (
     "(known: log, storage, storage:shared, config, events:emit:<topic>, "
-    "events:subscribe:<topic>, exec:<command>)"
+    "events:subscribe:<topic>, exec:<command>, http:<origin>)"
 )
 
 FULL = """\

@@ -7,6 +7,7 @@ This package runs inside the sandboxed worker process. It imports nothing from
 from cordon.protocol import (
     CallCancelled,
     CordonError,
+    HttpError,
     InvalidParams,
     PermissionDenied,
     PluginError,
@@ -15,6 +16,7 @@ from cordon.protocol import (
 
 from ._context import Context
 from ._hostapi import CommandNotFound, ExecResult
+from ._http import HttpResponse, SecretRef
 from ._plugin import Plugin, PluginDefinitionError
 
 __all__ = [
@@ -23,10 +25,13 @@ __all__ = [
     "Context",
     "CordonError",
     "ExecResult",
+    "HttpError",
+    "HttpResponse",
     "InvalidParams",
     "PermissionDenied",
     "Plugin",
     "PluginDefinitionError",
     "PluginError",
     "QuotaExceeded",
+    "SecretRef",
 ]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ._hostapi import ConfigAPI, EventsAPI, LogAPI, StorageAPI
+    from ._http import HttpAPI, SecretRef
 
 __all__ = ["Context"]
 
@@ -98,6 +99,20 @@ class Context:
         from ._hostapi import EventsAPI
 
         return EventsAPI(self._request)
+
+    @cached_property
+    def http(self) -> HttpAPI:
+        """HTTP requests the host makes (needs ``http:<origin>``; see ``_http``)."""
+        from ._http import HttpAPI
+
+        return HttpAPI(self._request)
+
+    def secret(self, name: str) -> SecretRef:
+        """A reference to the operator-configured secret ``name``, usable as (part of) a
+        header value in ``ctx.http``; its text is ``<secret NAME>``, never the value."""
+        from ._http import secret_ref
+
+        return secret_ref(name)
 
     async def exec(
         self, argv: list[str], *, input: str | bytes | None = None, timeout: float | None = None

@@ -21,6 +21,7 @@ from cordon.protocol import CordonError, PermissionDenied, PluginUnavailable
 
 from .._hostapi._api import HostAPI
 from .._hostapi._exec import policy_for_plugin
+from .._hostapi._http import http_for_plugin
 from .._packages._errors import NotInstalled, PackageError
 from .._packages._store import InstalledPlugin, installed, installed_at_dir
 from .._platform._discovery import discover
@@ -218,6 +219,9 @@ class Loading:
                 plugin_dir=manifest.directory,
                 config=self.config,
                 plugin_id=manifest.id,
+            ),
+            http=http_for_plugin(
+                manifest.id, settings, audit=self.audit_trail, source=self.config.source
             ),
         )
         # This object is the Runtime (Loading is only ever its base): the handle's host.

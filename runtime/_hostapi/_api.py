@@ -33,11 +33,16 @@ method                       params                                        resul
 ``host/exec``                ``{argv: [str], timeout?: float|null,         ``{returncode,
                              input?: str|null, input_encoding?:            stdout, stderr,
                              "utf-8"|"base64" = "utf-8"}``                 truncated}``
+``host/http.request``        ``{method: str, url: str, headers?:           ``{status, headers:
+                             [[name, value]], content?: base64|null,       [[name, value]],
+                             timeout?: float|null}``                       content: base64,
+                                                                           url}``
 ===========================  ============================================  ===================
 
 Permissions: ``log``; ``storage`` (own namespace) or ``storage:shared`` (``shared: true``);
 ``config``; ``events:emit:<topic>``; ``exec:<argv[0]>`` (and, for ``input``, the operator's
-``input = true`` for that command).
+``input = true`` for that command); ``http:<scheme>://<host>:<port>`` (matched against
+``http:<pattern>`` grants by origin, see ``_settings._http_keys``; redirect hops re-checked).
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ from .._settings._permissions import PermissionSet
 from ._audit import AuditTrail
 from ._events import LIFECYCLE_PREFIX, Deliver, EventBus, Subscription, check_topic
 from ._exec import MAX_INPUT, ExecPolicy, check_argv, check_input
+from ._http import HttpParams, HttpPolicy, check_method
+from ._http_policy import parse_url
 from ._logsink import LogSink
 from ._storage import Storage
 
@@ -65,6 +72,7 @@ __all__ = [
     "CONFIG_GET",
     "EVENTS_EMIT",
     "EXEC",
+    "HTTP_REQUEST",
     "LOG",
     "METHODS",
     "STORAGE_DELETE",
@@ -86,6 +94,7 @@ STORAGE_USAGE: Final = "host/storage.usage"
 CONFIG_GET: Final = "host/config.get"
 EVENTS_EMIT: Final = "host/events.emit"
 EXEC: Final = "host/exec"
+HTTP_REQUEST: Final = "host/http.request"
 
 METHODS: Final = (
     LOG,
@@ -97,6 +106,7 @@ METHODS: Final = (
     CONFIG_GET,
     EVENTS_EMIT,
     EXEC,
+    HTTP_REQUEST,
 )
 
 #: An event payload is a message, not a file transfer.
@@ -190,7 +200,7 @@ def _field_of(message: str) -> str | None:
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
 
-def _decode(params: Any, typ: type[_P]) -> Any:
+def _decode(params: Any, typ: type[msgspec.Struct]) -> Any:
     if params is None or (isinstance(params, msgspec.Raw | bytes) and not params):
         raw: bytes | msgspec.Raw = b"{}"
     elif isinstance(params, msgspec.Raw | bytes):
@@ -211,6 +221,8 @@ def _decode(params: Any, typ: type[_P]) -> Any:
 
 
 _Handler = Callable[[Any], Awaitable[Any]]
+#: A method's params struct, its (permission, audit summary), its handler.
+_Entry = tuple[type[msgspec.Struct], Callable[[Any], tuple[str, str]], _Handler]
 
 
 class HostAPI:
@@ -228,6 +240,7 @@ class HostAPI:
         settings: Mapping[str, Any] | None = None,
         events: EventBus | None = None,
         exec_policy: ExecPolicy | None = None,
+        http: HttpPolicy | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.permissions = permissions
@@ -237,10 +250,11 @@ class HostAPI:
         self.settings: Mapping[str, Any] = dict(settings or {})
         self.events = events
         self.exec_policy = exec_policy
+        self.http = http
         self._subscriptions: list[Subscription] = []
         self._flush_pending = False
         self._log_denied_told = False
-        self._methods: dict[str, tuple[type[_P], Callable[[Any], tuple[str, str]], _Handler]] = {
+        self._methods: dict[str, _Entry] = {
             LOG: (LogParams, self._describe_log, self._log),
             STORAGE_GET: (KeyParams, self._describe_key, self._storage_get),
             STORAGE_SET: (SetParams, self._describe_key, self._storage_set),
@@ -250,6 +264,7 @@ class HostAPI:
             CONFIG_GET: (ConfigParams, self._describe_config, self._config_get),
             EVENTS_EMIT: (EmitParams, self._describe_emit, self._emit),
             EXEC: (ExecParams, self._describe_exec, self._exec),
+            HTTP_REQUEST: (HttpParams, self._describe_http, self._http),
         }
 
     async def handle(self, method: str, params: Any) -> Any:
@@ -420,6 +435,12 @@ class HostAPI:
             summary += f" <stdin: {len(data)} bytes>"
         return f"exec:{argv[0]}", summary
 
+    def _describe_http(self, p: HttpParams) -> tuple[str, str]:
+        # The URL parsed (refusing what is ambiguous) before the grant is looked at; the
+        # summary names the origin only: paths and queries carry credentials.
+        target = parse_url(p.url, plugin=self.plugin_id)
+        return target.permission, f"{check_method(p.method)} {target.origin}"
+
     # -- the calls -----------------------------------------------------------------------
 
     async def _log(self, p: LogParams) -> Any:
@@ -477,6 +498,15 @@ class HostAPI:
             p.argv, timeout=p.timeout, plugin=self.plugin_id, checked=True, input=_exec_input(p)
         )
         return msgspec.structs.asdict(result)
+
+    async def _http(self, p: HttpParams) -> Any:
+        if self.http is None:
+            raise PermissionDenied(
+                "this host makes no HTTP requests for plugins",
+                permission="http",
+                plugin=self.plugin_id,
+            )
+        return await self.http.request(p, allows=self.permissions.allows)
 
 
 def _storage_perm(shared: bool) -> str:

@@ -52,6 +52,7 @@ from .._errors import ConfigError
 from ._config_show import dump_toml, settings_to_dict
 from ._config_values import check_plugin_id
 from ._exec_rules import ExecRule
+from ._http_keys import HttpLimits, SecretSpec
 from ._plugin_keys import Activation, MiddlewarePolicy, SandboxMode, parse_section
 from ._runtime_keys import parse_runtime
 from ._units import parse_size
@@ -119,6 +120,10 @@ class PluginSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: ``[plugins.<id>.exec.<command>]``: the operator's narrowing of each exec grant
     #: (argument patterns, extra environment, writable paths); see ``_exec_rules``.
     exec_rules: dict[str, ExecRule] = {}
+    #: ``http = {...}``: the bounds on ``ctx.http`` (``_http_keys.HttpLimits``).
+    http: HttpLimits = HttpLimits()
+    #: ``[plugins.<id>.secrets.<NAME>]``: where each secret comes from and where it may go.
+    secrets: dict[str, SecretSpec] = {}
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True):

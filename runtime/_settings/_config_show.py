@@ -14,6 +14,7 @@ from datetime import date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 from ._config_values import UNLIMITED
+from ._http_keys import http_table_to_dict
 from ._units import format_duration, format_size
 from ._validate import join, show
 
@@ -65,6 +66,12 @@ def settings_to_dict(s: PluginSettings, *, with_settings: bool = True) -> dict[s
         "enabled": s.enabled,
         "middleware-policy": s.middleware_policy,
     }
+    out["http"] = http_table_to_dict(s.http)
+    if s.secrets:
+        out["secrets"] = {
+            name: {"env": spec.env, "hosts": list(spec.hosts)}
+            for name, spec in sorted(s.secrets.items())
+        }
     if s.exec_rules:
         out["exec"] = {cmd: _exec_rule_to_dict(r) for cmd, r in sorted(s.exec_rules.items())}
     if with_settings:

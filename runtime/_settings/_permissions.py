@@ -1,7 +1,8 @@
 """Permission strings: their grammar, and the effective set a plugin runs with.
 
 Grammar: ``log``, ``storage``, ``storage:shared``, ``config``, ``events:emit:<glob>``,
-``events:subscribe:<glob>``, ``exec:<command>``.
+``events:subscribe:<glob>``, ``exec:<command>``, ``http:<origin pattern>`` (its grammar and
+matching, by origin rather than by glob: :mod:`._http_keys`).
 
 How a plugin ends up allowed to do something
 --------------------------------------------
@@ -46,6 +47,7 @@ from fnmatch import fnmatchcase
 from typing import Final
 
 from .._errors import ConfigError, Problem
+from ._http_keys import HTTP_PREFIX, check_http_scope, scope_matches
 
 __all__ = [
     "PermissionSet",
@@ -58,7 +60,7 @@ _SIMPLE: Final = frozenset({"log", "storage", "storage:shared", "config"})
 _TOPIC_GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\-/\[\]!]{1,200}")
 _COMMAND: Final = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
 _COMMAND_GLOB: Final = re.compile(r"[A-Za-z0-9_.+\-*?\[\]!]{1,64}")
-_SCOPED_KINDS: Final = ("events:emit:", "events:subscribe:", "exec:")
+_SCOPED_KINDS: Final = ("events:emit:", "events:subscribe:", "exec:", HTTP_PREFIX)
 
 
 def check_permission_string(perm: object) -> str | None:
@@ -77,9 +79,12 @@ def check_permission_string(perm: object) -> str | None:
             if not pattern.fullmatch(rest):
                 return f"{perm!r}: {rest!r} is not {what}"
             return None
+    if perm.startswith(HTTP_PREFIX):
+        why = check_http_scope(perm[len(HTTP_PREFIX) :])
+        return None if why is None else f"{perm!r}: {why}"
     return (
         f"unknown permission {perm!r} (known: log, storage, storage:shared, config, "
-        "events:emit:<topic>, events:subscribe:<topic>, exec:<command>)"
+        "events:emit:<topic>, events:subscribe:<topic>, exec:<command>, http:<origin>)"
     )
 
 
@@ -116,6 +121,8 @@ def _matches(concrete: str, pattern: str) -> bool:
         return False
     if cscope is None or pscope is None:
         return cscope is None and pscope is None
+    if ckind == HTTP_PREFIX:
+        return cscope == pscope or scope_matches(cscope, pscope)
     return cscope == pscope or fnmatchcase(cscope, pscope)
 
 

@@ -32,6 +32,7 @@ from ._config_values import (
     size_field,
 )
 from ._exec_rules import ExecRule, check_env_name, check_pattern, input_problem
+from ._http_keys import parse_http_table, parse_secrets
 from ._permissions import check_permission_string
 from ._units import format_duration
 from ._validate import Checker, Invalid, join, show
@@ -138,9 +139,10 @@ _FIELDS: Final[dict[str, tuple[str, FieldParse]]] = {
     "enabled": ("enabled", bool_field),
     "middleware-policy": ("middleware_policy", choice_field(MIDDLEWARE_POLICIES)),
 }
-_DEFAULTS_KEYS: Final = (*_FIELDS, "restart", "exec")
+_DEFAULTS_KEYS: Final = (*_FIELDS, "restart", "exec", "http")
 _EXEC_KEYS: Final = ("allow", "env", "write", "input")
-_PLUGIN_KEYS: Final = (*_DEFAULTS_KEYS, "settings")
+#: secrets belong to one plugin: a [defaults] secret would go to every plugin's requests.
+_PLUGIN_KEYS: Final = (*_DEFAULTS_KEYS, "settings", "secrets")
 
 
 def _parse_restart(
@@ -260,6 +262,14 @@ def parse_section(
     if "exec" in table:
         changes["exec_rules"] = _parse_exec(
             ck, join(path, "exec"), table["exec"], base.exec_rules, base_dir
+        )
+    if "http" in table:
+        changes["http"] = parse_http_table(
+            ck, join(path, "http"), table["http"], base.http, base_dir
+        )
+    if "secrets" in table and is_plugin:
+        changes["secrets"] = parse_secrets(
+            ck, join(path, "secrets"), table["secrets"], base.secrets, base_dir
         )
     if "restart" in table:
         changes["restart"] = _parse_restart(

@@ -1,0 +1,540 @@
+"""``ctx.http``: HTTP requests the host makes for a plugin (the worker has no network).
+
+One :class:`HttpPolicy` per plugin. For each request (``host/http.request``):
+
+1. The URL is parsed once into a canonical target (:mod:`._http_policy`); the permission
+   ``http:<scheme>://<host>:<port>`` is checked by HostAPI against the plugin's grants.
+2. Method, headers and body are checked: standard methods only; header names are tokens,
+   values printable ASCII (no CR/LF/NUL), and the headers that frame or route the message
+   (``Host``, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, ``Upgrade``, ...)
+   are the host's to set; bodies up to ``max-request``.
+3. Rate (a token bucket per plugin, ``rate``/``burst``) and concurrency (``concurrency``
+   in flight, the rest wait inside their deadline).
+4. The host resolves the name itself (the running loop's ``getaddrinfo``, inside the
+   request's deadline) and refuses the request if *any* address is in a denied class;
+   an IP literal the grant names is taken as it is. It then connects to the checked
+   address (the URL it hands the transport carries the IP: nothing resolves again), with
+   the ``Host`` header and the TLS server name (SNI, certificate verification) set to the
+   name. No proxy or netrc from the environment, no cookie jar, one fresh connection per
+   request (a pooled connection verified for one name must not carry another's request).
+5. Redirects (301/302/303/307/308) are followed by the host, at most
+   :data:`MAX_REDIRECTS`, each hop parsed, granted, resolved and checked as in 1-4. A hop
+   to another origin drops ``Authorization``, ``Cookie`` and ``Proxy-Authorization``, and a
+   header carrying a secret goes only where that secret may go (:mod:`._secrets`).
+6. The response body is read as raw bytes (never decompressed here: ``Accept-Encoding:
+   identity`` is sent unless the plugin asks otherwise, and a compressed body is the
+   plugin's to inflate inside its own memory limit) and cut off past ``max-response``
+   (connection closed, :class:`QuotaExceeded`). Secret values the server echoes back are
+   replaced by their placeholder before the answer leaves the host.
+7. One audit record per hop: method, origin, status, bytes out and in, elapsed. Never a
+   header value, a path or a query (they carry credentials as often as not).
+
+Errors are typed: :class:`PermissionDenied` (grant, address class, secret), ``InvalidParams``
+(method, header, body), ``QuotaExceeded`` (``http-rate``, ``http-request-body``,
+``http-response-body``), ``HttpTimeout`` (a :class:`CallTimeout`), :class:`HttpError`.
+Every message is passed through the secret store's scrub first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import math
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urljoin
+
+import anyio
+import msgspec
+
+from cordon.protocol import (
+    CallTimeout,
+    CordonError,
+    HttpError,
+    InvalidParams,
+    PermissionDenied,
+    QuotaExceeded,
+)
+
+from .._settings._http_keys import Grant, HttpLimits
+from ._http_policy import Target, address_problem, parse_url
+from ._secrets import PLACEHOLDER, SecretStore, load_secrets
+
+if TYPE_CHECKING:
+    from .._settings._config import PluginSettings
+    from ._audit import AuditTrail
+
+__all__ = [
+    "MAX_REDIRECTS",
+    "METHODS",
+    "HttpParams",
+    "HttpPolicy",
+    "HttpTimeout",
+    "http_for_plugin",
+]
+
+#: The standard methods. CONNECT (a tunnel) and TRACE (echoes credentials) are not.
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Redirects followed per request: APIs use one or two; a chain is a loop or a probe.
+MAX_REDIRECTS: Final = 5
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+#: Set by the host on every hop (framing, routing, connection management): a plugin-set
+#: one could smuggle a second request or reach another virtual host than the one granted.
+HOST_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "http2-settings",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+#: Dropped on a hop to another origin unless a secret in them may go there.
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
+#: Headers per request and bytes of them: an API call's, far below a server's limits.
+MAX_HEADERS: Final = 100
+MAX_HEADER_BYTES: Final = 64 * 1024
+#: How long a name may take to resolve, within the request's own deadline: a resolver
+#: that hangs must not hold the request (and a concurrency slot) for all of it.
+DNS_TIMEOUT: Final = 5.0
+#: One read from the response: small enough that the cap is checked often.
+_CHUNK: Final = 64 * 1024
+
+
+class HttpParams(msgspec.Struct, forbid_unknown_fields=True):
+    """``host/http.request`` params. ``content``: the body as base64, or ``None``."""
+
+    method: str
+    url: str
+    headers: list[tuple[str, str]] = []
+    content: str | None = None
+    timeout: float | None = None
+
+
+class HttpTimeout(CallTimeout):
+    """The request ran past its deadline (the call's ``timeout``, the plugin's ``http``
+    timeout, capped by its max-call-timeout); arrives in the plugin as a CallTimeout."""
+
+    timeout: float | None
+    method: str | None
+    plugin: str | None
+
+    def _default_message(self) -> str:
+        return f"{self.method} for plugin {self.plugin!r} timed out after {self.timeout} s"
+
+
+def check_method(method: str) -> str:
+    m = method.upper()
+    if m not in METHODS:
+        raise InvalidParams(
+            f"method {method[:20]!r} is not one of {', '.join(sorted(METHODS))}", field="method"
+        )
+    return m
+
+
+def check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The plugin's headers if every one is well-formed and its own to set."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidParams(f"more than {MAX_HEADERS} headers", field="headers")
+    total = 0
+    for i, (name, value) in enumerate(headers):
+        where = f"headers[{i}]"
+        if not _TOKEN.fullmatch(name):
+            raise InvalidParams(f"{where}: {name[:60]!r} is not a header name", field=where)
+        if name.lower() in HOST_HEADERS:
+            raise InvalidParams(f"{where}: {name} is set by the host, not the plugin", field=where)
+        if not _VALUE.fullmatch(value):
+            # Never the value in the message: it may be a credential.
+            raise InvalidParams(
+                f"{where} ({name}): the value has control or non-ASCII characters", field=where
+            )
+        total += len(name) + len(value) + 4
+    if total > MAX_HEADER_BYTES:
+        raise InvalidParams(f"headers are over {MAX_HEADER_BYTES} bytes", field="headers")
+    return headers
+
+
+def _origin_grant(target: Target) -> Grant:
+    return Grant(target.scheme, target.host, target.port)
+
+
+class HttpPolicy:
+    """One plugin's ``host/http.request`` calls. ``allows``: the plugin's permission check
+    (HostAPI's, for redirect hops); ``max_timeout``: its max-call-timeout."""
+
+    def __init__(
+        self,
+        plugin: str,
+        limits: HttpLimits,
+        *,
+        secrets: SecretStore | None = None,
+        max_timeout: float = 60.0,
+        audit: AuditTrail | None = None,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.limits = limits
+        self.secrets = secrets if secrets is not None else SecretStore(plugin, {})
+        self.max_timeout = max_timeout
+        self.audit = audit
+        self._verify = verify
+        self._slots = anyio.Semaphore(limits.concurrency)
+        self._tokens = float(limits.burst)
+        self._refilled = time.monotonic()
+        self.in_flight = 0
+
+    # -- checks before anything is sent ----------------------------------------------------
+
+    def target(self, p: HttpParams) -> Target:
+        """The request's first target (:class:`PermissionDenied` for a refused URL)."""
+        return parse_url(p.url, plugin=self.plugin)
+
+    def timeout_for(self, timeout: float | None) -> float:
+        cap = min(self.limits.timeout, self.max_timeout) if timeout is None else self.max_timeout
+        if timeout is None:
+            return cap
+        if not (timeout > 0) or math.isinf(timeout) or math.isnan(timeout):
+            raise InvalidParams("timeout must be a positive number", field="timeout")
+        # Capped, not refused: the calling tool's own deadline (at most max-call-timeout)
+        # ends the wait sooner anyway.
+        return min(float(timeout), cap)
+
+    def body(self, content: str | None) -> bytes | None:
+        if content is None:
+            return None
+        limit = self.limits.max_request
+        # Refuse by length before decoding: base64 is 4 characters per 3 bytes.
+        if len(content) > (limit + 2) // 3 * 4:
+            raise self._quota("http-request-body", limit, "the request body")
+        try:
+            data = base64.b64decode(content, validate=True)
+        except binascii.Error:
+            raise InvalidParams("content is not valid base64", field="content") from None
+        if len(data) > limit:
+            raise self._quota("http-request-body", limit, "the request body")
+        return data
+
+    def _quota(self, kind: str, limit: float, what: str) -> QuotaExceeded:
+        return QuotaExceeded(
+            f"http: {what} is over plugin {self.plugin!r}'s {kind} limit ({limit})",
+            kind=kind,
+            limit=limit,
+            plugin=self.plugin,
+        )
+
+    def _take_token(self) -> None:
+        now = time.monotonic()
+        rate, burst = self.limits.rate, self.limits.burst
+        self._tokens = min(float(burst), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1.0:
+            raise QuotaExceeded(
+                f"http: plugin {self.plugin!r} is over its rate of {rate:g} requests/s "
+                f"(burst {burst})",
+                kind="http-rate",
+                limit=rate,
+                plugin=self.plugin,
+            )
+        self._tokens -= 1.0
+
+    # -- the request -----------------------------------------------------------------------
+
+    async def request(
+        self, p: HttpParams, *, allows: Callable[[str], bool], first: Target | None = None
+    ) -> dict[str, Any]:
+        """Carry out one request (its first target already granted by the caller)."""
+        target = first if first is not None else self.target(p)
+        method = check_method(p.method)
+        headers = check_headers(p.headers)
+        body = self.body(p.content)
+        limit = self.timeout_for(p.timeout)
+        self._take_token()
+        try:
+            with self._scrubbed():
+                with anyio.fail_after(limit):
+                    async with self._slots:
+                        self.in_flight += 1
+                        try:
+                            return await self._follow(method, target, headers, body, allows)
+                        finally:
+                            self.in_flight -= 1
+        except TimeoutError:
+            raise HttpTimeout(
+                timeout=limit, method=f"http {method} {target.origin}", plugin=self.plugin
+            ) from None
+
+    @contextmanager
+    def _scrubbed(self) -> Iterator[None]:
+        """No message leaves with a secret's value in it, whatever raised it."""
+        try:
+            yield
+        except CordonError as exc:
+            clean = self.secrets.scrub(exc.message)
+            if clean != exc.message:
+                exc.message = clean
+                exc.args = (clean,)
+            raise
+
+    async def _follow(
+        self,
+        method: str,
+        target: Target,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        allows: Callable[[str], bool],
+    ) -> dict[str, Any]:
+        original = target.origin
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop and not allows(target.permission):
+                raise PermissionDenied(
+                    f"http: a redirect to {target.url()!r} leaves the plugin's grant",
+                    permission=target.permission,
+                    plugin=self.plugin,
+                )
+            address = await self._address(target)
+            sent = self._hop_headers(
+                headers, target, first=hop == 0, cross=target.origin != original
+            )
+            status, raw_headers, content, location = await self._send(
+                method, target, address, sent, body
+            )
+            if status not in _REDIRECTS or location is None:
+                return {
+                    "status": status,
+                    "headers": raw_headers,
+                    "content": base64.b64encode(content).decode("ascii"),
+                    "url": target.url(),
+                }
+            try:
+                nxt = parse_url(urljoin(target.url(), location), plugin=self.plugin)
+            except PermissionDenied as exc:
+                raise PermissionDenied(
+                    f"http: refused redirect from {target.origin}: {exc.message}",
+                    permission=exc.permission,
+                    plugin=self.plugin,
+                ) from None
+            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+                method, body = "GET", None
+                headers = [(n, v) for n, v in headers if n.lower() != "content-type"]
+            target = nxt
+        raise HttpError(
+            f"http: more than {MAX_REDIRECTS} redirects from {original}",
+            url=original,
+            reason="redirects",
+            plugin=self.plugin,
+        )
+
+    def _hop_headers(
+        self, headers: list[tuple[str, str]], target: Target, *, first: bool, cross: bool
+    ) -> list[tuple[str, str]]:
+        origin = _origin_grant(target)
+        out: list[tuple[str, str]] = []
+        for name, value in headers:
+            if PLACEHOLDER.search(value):
+                sub = self.secrets.substitute(value, origin, header=name)
+                if sub is None:
+                    if first:
+                        raise self.secrets.refusal(value, origin)
+                    continue  # a redirect hop where its secret may not go: dropped
+                out.append((name, sub))
+            elif not (cross and name.lower() in CREDENTIAL_HEADERS):
+                out.append((name, value))
+        if not any(n.lower() == "accept-encoding" for n, _ in out):
+            out.append(("Accept-Encoding", "identity"))
+        if not any(n.lower() == "user-agent" for n, _ in out):
+            out.append(("User-Agent", "cordon"))
+        return [("Host", target.host_header), *out]
+
+    async def _address(self, target: Target) -> str:
+        """The address to connect to: the granted IP literal itself, or the first address
+        the name resolves to when every one of them is allowed."""
+        host = target.host
+        if host.kind != "name":
+            # Only a grant naming this literal let the request this far (wildcards never
+            # cover IPs), which is the operator's say-so for this very address.
+            return host.bare
+        try:
+            with anyio.fail_after(DNS_TIMEOUT):
+                infos = await anyio.getaddrinfo(host.bare, target.port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise HttpError(
+                f"http: resolving {host.text} took over {DNS_TIMEOUT} s",
+                url=target.url(),
+                reason="dns",
+                plugin=self.plugin,
+            ) from None
+        except OSError as exc:
+            raise HttpError(
+                f"http: cannot resolve {host.text} ({exc.strerror or type(exc).__name__})",
+                url=target.url(),
+                reason="dns",
+                plugin=self.plugin,
+            ) from None
+        addresses = list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
+        if not addresses:
+            raise HttpError(
+                f"http: {host.text} has no address",
+                url=target.url(),
+                reason="dns",
+                plugin=self.plugin,
+            )
+        for text in addresses:
+            why = address_problem(ipaddress.ip_address(text))
+            if why is not None:
+                # Every address, not only the one we would use: a name that resolves to
+                # an internal address at all is pointed there on purpose (DNS rebinding).
+                raise PermissionDenied(
+                    f"http: {host.text} resolves to {text}, {why}; only a grant naming that "
+                    "IP literal reaches it",
+                    permission=target.permission,
+                    plugin=self.plugin,
+                )
+        return addresses[0]
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._verify is None:
+            import httpx2
+
+            self._verify = httpx2.create_ssl_context()
+        return self._verify
+
+    async def _send(
+        self,
+        method: str,
+        target: Target,
+        address: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+    ) -> tuple[int, list[list[str]], bytes, str | None]:
+        import httpx2
+
+        host = f"[{address}]" if ":" in address else address
+        url = httpx2.URL(f"{target.scheme}://{host}:{target.port}{target.path}")
+        extensions: dict[str, Any] = {}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host.bare
+        request = httpx2.Request(method, url, headers=headers, content=body, extensions=extensions)
+        transport = httpx2.AsyncHTTPTransport(
+            verify=self._ssl() if target.scheme == "https" else False,
+            trust_env=False,
+            http1=True,
+            http2=False,
+            retries=0,
+        )
+        started = time.monotonic()
+        status = 0
+        received = 0
+        outcome = "ok"
+        try:
+            async with transport:
+                try:
+                    response = await transport.handle_async_request(request)
+                except httpx2.TimeoutException:
+                    raise TimeoutError from None
+                except httpx2.HTTPError as exc:
+                    raise self._failed(target, exc) from None
+                status = response.status_code
+                try:
+                    if status in _REDIRECTS and "location" in response.headers:
+                        return status, [], b"", response.headers["location"]
+                    content = bytearray()
+                    cap = self.limits.max_response
+                    try:
+                        async for chunk in response.stream:  # type: ignore[union-attr]
+                            received += len(chunk)
+                            if received > cap:
+                                raise self._quota("http-response-body", cap, "the response body")
+                            content += chunk
+                    except httpx2.TimeoutException:
+                        raise TimeoutError from None
+                    except httpx2.HTTPError as exc:
+                        raise self._failed(target, exc) from None
+                finally:
+                    await response.aclose()
+            return status, self._response_headers(response), self._scrub_bytes(content), None
+        except CordonError as exc:
+            outcome = type(exc).__name__
+            raise
+        except TimeoutError:
+            outcome = "HttpTimeout"
+            raise
+        finally:
+            if self.audit is not None:
+                ms = (time.monotonic() - started) * 1000
+                self.audit.add(
+                    self.plugin,
+                    "http.response",
+                    f"{method} {target.origin} status={status} out={len(body or b'')} "
+                    f"in={received} elapsed={ms:.0f}ms",
+                    allowed=True,
+                    outcome=outcome,
+                )
+
+    def _response_headers(self, response: Any) -> list[list[str]]:
+        out = []
+        for name, value in response.headers.raw:
+            text = value.decode("latin-1")
+            out.append([name.decode("latin-1").lower(), self.secrets.scrub(text)])
+        return out
+
+    def _scrub_bytes(self, content: bytearray) -> bytes:
+        data = bytes(content)
+        return self.secrets.scrub_bytes(data)
+
+    def _failed(self, target: Target, exc: Exception) -> HttpError:
+        import httpx2
+
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx2.ConnectError):
+            reason = "tls" if "CERTIFICATE" in text.upper() or "SSL" in text.upper() else "connect"
+        elif isinstance(exc, httpx2.ProtocolError):
+            reason = "protocol"
+        else:
+            reason = "transport"
+        return HttpError(
+            f"http: {target.origin} failed ({reason}): {self.secrets.scrub(text)[:300]}",
+            url=target.url(),
+            reason=reason,
+            plugin=self.plugin,
+        )
+
+
+def http_for_plugin(
+    plugin_id: str,
+    settings: PluginSettings,
+    *,
+    audit: AuditTrail | None = None,
+    source: str | None = None,
+) -> HttpPolicy:
+    """The runtime's policy for one plugin: its ``http`` bounds, its secrets read from the
+    host's environment now (a missing variable is a ``ConfigError`` naming the plugin, the
+    secret and the variable), requests capped by its max-call-timeout."""
+    from .._errors import ConfigError
+
+    try:
+        secrets = load_secrets(plugin_id, settings.secrets)
+    except ConfigError as exc:
+        raise ConfigError(source=source, problems=exc.problems) from None
+    return HttpPolicy(
+        plugin_id,
+        settings.http,
+        secrets=secrets,
+        max_timeout=settings.max_call_timeout,
+        audit=audit,
+    )

@@ -1,0 +1,178 @@
+"""Secrets a plugin uses but never sees.
+
+The operator writes ``[plugins.<id>.secrets.<NAME>] env = "VAR", hosts = [...]``. At load
+the host reads ``$VAR`` into a :class:`SecretStore` for that plugin alone; the value never
+crosses into the worker. ``ctx.secret("NAME")`` in the worker is only a reference whose text
+is the placeholder ``<secret NAME>``; a request header carrying it (whole, or inside a value
+such as ``f"Bearer {ref}"``) is substituted here, on the host, and only on a request to one
+of the secret's ``hosts`` (grant patterns: ``api.github.com`` is https on 443,
+``host:port``, ``http://127.0.0.1:8080``, ``*.slack.com``).
+
+* A placeholder on a request to any other origin is refused (:class:`PermissionDenied`
+  naming the secret and the origin) before anything is sent; on a redirect hop to such an
+  origin the header is dropped instead (the plugin did not choose that hop).
+* Placeholders in the URL or the body are never substituted (sent as the text they are).
+* A plugin reaches only its own store: the name in a placeholder is looked up among the
+  secrets configured for the plugin whose channel the request came on, so no reference can
+  name another plugin's secret.
+* Every message the HTTP code builds goes through :meth:`SecretStore.scrub`, so a value
+  echoed into an exception's text never reaches the plugin, a log or the audit trail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Final
+
+from cordon.protocol import InvalidParams, PermissionDenied
+
+from .._errors import ConfigError, Problem
+from .._settings._http_keys import Grant, SecretSpec, grant_covers, parse_grant
+
+__all__ = ["PLACEHOLDER", "SecretStore", "load_secrets"]
+
+#: ``<secret NAME>``: the text of a reference in the worker (``worker/_http.py``).
+PLACEHOLDER: Final = re.compile(r"<secret ([A-Za-z_][A-Za-z0-9_.-]{0,63})>")
+#: A value must be a valid header value on its own (the operator's env var, not ours).
+_VALUE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+class _Secret:
+    __slots__ = ("hosts", "name", "value")
+
+    def __init__(self, name: str, value: str, hosts: tuple[Grant, ...]) -> None:
+        self.name = name
+        self.value = value
+        self.hosts = hosts
+
+    def __repr__(self) -> str:
+        return f"<secret {self.name}>"
+
+
+class SecretStore:
+    """One plugin's secrets, resolved. Its repr names them only."""
+
+    __slots__ = ("_secrets", "plugin")
+
+    def __init__(self, plugin: str, secrets: Mapping[str, tuple[str, tuple[str, ...]]]) -> None:
+        """``secrets``: name -> (value, host patterns)."""
+        self.plugin = plugin
+        self._secrets = {
+            name: _Secret(name, value, tuple(parse_grant(h) for h in hosts))
+            for name, (value, hosts) in secrets.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"SecretStore({self.plugin!r}, names={sorted(self._secrets)!r})"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._secrets))
+
+    def names_in(self, text: str) -> list[str]:
+        return [m.group(1) for m in PLACEHOLDER.finditer(text)]
+
+    def substitute(self, value: str, origin: Grant, *, header: str) -> str | None:
+        """``value`` with each placeholder replaced for a request to ``origin``; ``None``
+        when a secret in it may not go there. :class:`PermissionDenied` for a placeholder
+        naming no secret of this plugin."""
+        allowed = True
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal allowed
+            secret = self._secrets.get(m.group(1))
+            if secret is None:
+                raise PermissionDenied(
+                    f"http: header {header!r} names secret {m.group(1)!r}, which the operator "
+                    f"has not configured for plugin {self.plugin!r}",
+                    permission=f"secret:{m.group(1)}",
+                    plugin=self.plugin,
+                )
+            if not any(grant_covers(g, origin) for g in secret.hosts):
+                allowed = False
+                return ""
+            return secret.value
+
+        out = PLACEHOLDER.sub(one, value)
+        return out if allowed else None
+
+    def refusal(self, value: str, origin: Grant) -> PermissionDenied:
+        """The error for a header whose secret may not go to ``origin``."""
+        names = [
+            n
+            for n in self.names_in(value)
+            if n in self._secrets
+            and not any(grant_covers(g, origin) for g in self._secrets[n].hosts)
+        ]
+        name = names[0] if names else "?"
+        return PermissionDenied(
+            f"http: secret {name!r} may not be sent to {origin} (its hosts: "
+            f"{', '.join(str(g) for g in self._secrets[name].hosts) if names else ''})",
+            permission=f"secret:{name}",
+            plugin=self.plugin,
+        )
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        """``data`` (a response body) with every secret value replaced by its placeholder:
+        a server echoing the credential back must not hand it to the plugin."""
+        for s in self._secrets.values():
+            value = s.value.encode("ascii")
+            if value in data:
+                data = data.replace(value, repr(s).encode("ascii"))
+        return data
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret value replaced by its placeholder."""
+        for s in self._secrets.values():
+            if s.value and s.value in text:
+                text = text.replace(s.value, repr(s))
+        return text
+
+
+def load_secrets(
+    plugin: str,
+    specs: Mapping[str, SecretSpec],
+    *,
+    environ: Mapping[str, str] | None = None,
+    section: str | None = None,
+) -> SecretStore:
+    """Read each secret's variable from ``environ`` (the host's environment). A missing,
+    empty or malformed one is a :class:`ConfigError` naming the plugin, the secret and the
+    variable (never the value)."""
+    env = os.environ if environ is None else environ
+    where = section or f"plugins.{plugin}"
+    problems: list[Problem] = []
+    resolved: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for name, spec in specs.items():
+        value = env.get(spec.env)
+        at = f"{where}.secrets.{name}.env"
+        if not value:
+            problems.append(
+                Problem(
+                    at,
+                    f"plugin {plugin!r}: secret {name!r} reads environment variable "
+                    f"{spec.env}, which is {'empty' if value == '' else 'not set'}",
+                )
+            )
+        elif not _VALUE.fullmatch(value):
+            problems.append(
+                Problem(
+                    at,
+                    f"plugin {plugin!r}: secret {name!r}: the value of {spec.env} is not "
+                    "usable in a header (control or non-ASCII characters, or surrounding "
+                    "spaces)",
+                )
+            )
+        else:
+            resolved[name] = (value, spec.hosts)
+    if problems:
+        raise ConfigError(problems=problems)
+    return SecretStore(plugin, resolved)
+
+
+def check_no_placeholder(text: str, field: str) -> None:
+    """Refuse a header *name* shaped like a placeholder (names are never substituted)."""
+    if PLACEHOLDER.search(text):
+        raise InvalidParams(f"{field}: a secret can only be used in a header value", field=field)
