@@ -174,6 +174,7 @@ def serve(sock: socket.socket) -> NoReturn:
         why = "cannot fork safely here (more than one thread, or an unknown libc layout)"
         sock.send(json.dumps({"error": why}).encode())
         os._exit(1)
+    _lockdown.freeze_read_roots()
     gc.collect()
     # Everything alive now is the template's: never collected, so the collector's passes in
     # a child do not write to (and copy) these pages.
@@ -200,9 +201,18 @@ def serve(sock: socket.socket) -> NoReturn:
         sock.send(json.dumps({"pid": pid}).encode())
 
 
+#: Where the zygote keeps its socket; every fd above it is closed.
+SOCKET_FD: Final = 3
+
+
 def main() -> NoReturn:
     fd = int(sys.argv[1])
-    sock = socket.socket(fileno=fd)
+    if fd != SOCKET_FD:
+        os.dup2(fd, SOCKET_FD, inheritable=False)
+        os.close(fd)
+    # The host passed only this one (close_fds); a zygote holds nothing else, whoever ran it.
+    os.closerange(SOCKET_FD + 1, 1 << 20)
+    sock = socket.socket(fileno=SOCKET_FD)
     _narrow()
     serve(sock)
 

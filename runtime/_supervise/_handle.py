@@ -472,4 +472,5 @@ class PluginHandle(PluginLifecycle):
             in_flight=worker.in_flight if worker is not None else 0,
             cgroup=self.cgroup,
             crashes=self.crashes,
+            launcher=worker.launched_by if worker is not None and worker.exit is None else None,
         )

@@ -35,6 +35,9 @@ class PluginStats(msgspec.Struct, kw_only=True):
     cgroup: str = "not started"
     #: Worker exits the host did not ask for (crashes, kills for a quota or a timeout).
     crashes: int = 0
+    #: What started the running worker: ``zygote`` (forked from the template) or ``spawn``;
+    #: ``None`` while none runs.
+    launcher: str | None = None
 
 
 class CallStats:

@@ -65,8 +65,9 @@ STDIN_CLOSE_WAIT: Final = 2.0
 TERM_WAIT: Final = 2.0
 #: SIGKILL cannot be ignored; this only bounds a kernel that is slow to reap.
 KILL_WAIT: Final = 5.0
-#: How often the CPU time of a worker with a cpu-time limit is sampled, so that a SIGKILL the
-#: kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any other SIGKILL.
+#: How often a worker on its own (no runtime's ``cpu_watch``) samples its CPU time, so that a
+#: SIGKILL the kernel sends at the RLIMIT_CPU hard limit (soft + 1 s) can be told from any
+#: other SIGKILL. Under a runtime, ``_sampler`` does it for the whole fleet in one pass.
 CPU_SAMPLE: Final = 0.25
 #: Only the worker's own pipes and these variables cross into it (CORDON_LOOP_SHORTCUTS=0:
 #: the worker's loop on the public asyncio API too, see worker/_loopfast.py).
@@ -195,6 +196,11 @@ class _WorkerLife(_WorkerState):
         return self.process.terminated()
 
     @property
+    def launched_by(self) -> str | None:
+        """``zygote`` or ``spawn``: what started this worker (``None`` before it started)."""
+        return self.process.launcher if self.process is not None else None
+
+    @property
     def spare(self) -> bool:
         """A warm spare nobody has claimed yet."""
         return self._params is None
@@ -310,7 +316,15 @@ class _WorkerLife(_WorkerState):
             stderr_tail=self._clean_tail(),
         )
 
+    #: The runtime's one pass over all its workers (``FleetSampler.watch_cpu``), set before
+    #: ``run``: it samples this worker's CPU time with everyone else's. ``None`` (a worker on
+    #: its own): it samples itself every :data:`CPU_SAMPLE`.
+    cpu_watch: Callable[[WorkerProcess], None] | None = None
+
     async def _sample_cpu(self) -> None:
+        if self.cpu_watch is not None:
+            self.cpu_watch(cast("WorkerProcess", self))
+            return
         try:
             proc = psutil.Process(self.pid)
             while self.exit is None:

@@ -88,9 +88,24 @@ def _symlinks_below(root: str, depth: int) -> Iterator[str]:
             continue
 
 
+#: :func:`read_roots` as the zygote computed it (:func:`freeze_read_roots`), for its forks.
+_frozen_roots: tuple[str, ...] | None = None
+
+
+def freeze_read_roots() -> None:
+    """Compute :func:`read_roots` once, in the zygote (``cordon.worker._zygote``), before any
+    fork: every forked worker locks down with the template's ``sys.path`` and loaded packages
+    (its plugin's paths are added after the lock-down), so the answer is the same in each, and
+    walking them is ~4 ms of a fork's start. Nothing of a plugin has run when it is computed."""
+    global _frozen_roots
+    _frozen_roots = tuple(read_roots())
+
+
 def read_roots() -> list[str]:
     """Everything the interpreter needs to keep importing: the installation, every existing
     ``sys.path`` entry (and what links inside them point at), loaded packages' real dirs."""
+    if _frozen_roots is not None:
+        return list(_frozen_roots)
     roots: list[str] = []
     for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix):
         roots += [p, os.path.realpath(p)]

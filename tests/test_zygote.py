@@ -1,0 +1,224 @@
+"""The zygote: workers forked from a template process are the host's own children, hold
+nothing of the template (no fd, no shared random state), cannot reach it, and are locked down
+like spawned ones; a zygote that dies or wedges costs the next start a spawn, never the start.
+
+The sandbox, quota, crash, cgroup and spare suites run against forked workers by default
+(and under ``CORDON_LAUNCHER=spawn`` in CI); these tests are about the fork itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from cordon.runtime import Runtime
+from cordon.runtime._supervise import _zygote
+from cordon.runtime._supervise._launcher import zygote_unsupported
+from cordon.runtime._supervise._zygote import ZygoteLauncher
+from tests.conftest import TEST_PLUGINS, base_config
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(zygote_unsupported() is not None, reason=str(zygote_unsupported())),
+]
+
+WITNESS = TEST_PLUGINS / "fork_witness"
+PROBE = TEST_PLUGINS / "probe"
+
+
+def _config(tmp_path: Path, launcher: str = "zygote", **defaults: Any) -> dict[str, Any]:
+    config = base_config(tmp_path, **defaults)
+    config["runtime"] = {**config["runtime"], "launcher": launcher}  # type: ignore[dict-item]
+    return config
+
+
+def _zygote_of(rt: Runtime) -> ZygoteLauncher:
+    assert isinstance(rt.launcher, ZygoteLauncher)
+    return rt.launcher
+
+
+def _zygote_socket_inode(pid: int) -> int:
+    """The inode of the zygote's end of its control socket (fd 3), as the host sees it."""
+    link = os.readlink(f"/proc/{pid}/fd/3")
+    assert link.startswith("socket:["), link
+    return int(link[len("socket:[") : -1])
+
+
+async def test_a_forked_worker_is_the_hosts_child_in_its_own_session_with_every_layer(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path, sandbox="strict")) as rt:
+            witness = await rt.load(WITNESS)
+            ids = await witness.call("ids")
+            zygote = _zygote_of(rt)
+            assert zygote.pid is not None and zygote.forks == 1
+            assert witness.worker is not None and witness.worker.process is not None
+            assert witness.worker.process.launcher == "zygote"
+            assert ids["ppid"] == os.getpid()  # the host reaps it, not the zygote
+            assert ids["sid"] == ids["pid"]  # its own session (the host signals the group)
+            assert psutil.Process(ids["pid"]).ppid() == os.getpid()
+            assert set(witness.sandbox.values()) == {"applied"}
+            assert rt.stats()["fork_witness"].launcher == "zygote"
+
+
+async def test_a_forked_worker_holds_no_fd_of_the_zygote_only_what_a_spawned_worker_holds(
+    tmp_path: Path,
+) -> None:
+    """fds compared by kind with a spawned worker's (same count, same types), and no fd the
+    zygote's socket, checked by inode, under the sandbox and without it."""
+    shapes = {}
+    with anyio.fail_after(90):
+        for launcher in ("zygote", "spawn"):
+            async with Runtime(_config(tmp_path / launcher, launcher, sandbox="off")) as rt:
+                witness = await rt.load(WITNESS)
+                fds = await witness.call("fds")
+                if launcher == "zygote":
+                    zygote = _zygote_of(rt)
+                    assert zygote.pid is not None
+                    inode = _zygote_socket_inode(zygote.pid)
+                    assert inode not in {ino for ino, _kind in fds.values()}
+                shapes[launcher] = sorted((int(fd), kind) for fd, (_ino, kind) in fds.items())
+    assert shapes["zygote"] == shapes["spawn"]
+
+
+async def test_forked_workers_draw_different_random_numbers_from_each_other(
+    tmp_path: Path,
+) -> None:
+    """random is re-seeded after the fork (os.register_at_fork); secrets, uuid4 and urandom
+    come from the kernel. The str hash secret is per interpreter: forks of one zygote share it
+    (the README says why that is acceptable), and it is not the host's."""
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            first = await rt.load(WITNESS)
+            a = await first.call("randomness")
+            await first.stop()
+            b = await first.call("randomness")
+            assert _zygote_of(rt).forks == 2
+    for key in ("random", "secrets", "urandom", "uuid4"):
+        assert a[key] != b[key], key
+    assert a["hash"] == b["hash"]
+    assert a["hash"] != str(hash("cordon-fork-witness"))
+
+
+async def test_a_forked_worker_cannot_signal_open_or_read_the_zygote(tmp_path: Path) -> None:
+    """Under the sandbox every way in is refused; the control (sandbox off) shows the same
+    attempts reach the zygote (same uid), so the refusals are the sandbox's doing."""
+    with anyio.fail_after(90):
+        async with Runtime(_config(tmp_path / "strict", sandbox="strict")) as rt:
+            witness = await rt.load(WITNESS)
+            own_pid = (await witness.call("ids"))["pid"]  # started: the zygote runs
+            zygote = _zygote_of(rt)
+            assert zygote.pid is not None
+            locked = await witness.call("reach", {"pid": zygote.pid})
+            own = await witness.call("reach", {"pid": own_pid})
+        async with Runtime(_config(tmp_path / "off", sandbox="off")) as rt:
+            witness = await rt.load(WITNESS)
+            await witness.call("ids")
+            zygote = _zygote_of(rt)
+            assert zygote.pid is not None
+            control = await witness.call("reach", {"pid": zygote.pid})
+    assert all(result != "ok" for result in locked.values()), locked
+    assert own["signal"] == "ok"  # the same call on itself works: the target is what is refused
+    assert control["signal"] == control["sigcont"] == control["pidfd"] == "ok", control
+    # Not dumpable: even the same uid, unsandboxed, cannot read its memory or take its fds.
+    assert control["proc_mem"] != "ok" and control["proc_fd"] != "ok", control
+
+
+async def test_the_zygote_is_narrowed_no_new_privs_not_dumpable_cwd_root_only_its_socket(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            await (await rt.load(PROBE)).call("pid")
+            zygote = _zygote_of(rt)
+            assert zygote.pid is not None
+            pid = zygote.pid
+            status = Path(f"/proc/{pid}/status").read_text()
+            assert "\nNoNewPrivs:\t1\n" in status
+            assert os.readlink(f"/proc/{pid}/cwd") == "/"
+            assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2, 3]
+            assert len(os.listdir(f"/proc/{pid}/task")) == 1  # single-threaded
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not [v for v in env if v and v.split(b"=")[0] not in _ZYGOTE_ENV], env
+        # The runtime's exit stopped and reaped it.
+        assert not psutil.pid_exists(pid)
+
+
+_ZYGOTE_ENV = {
+    b"LANG",
+    b"LC_ALL",
+    b"TZ",
+    b"PATH",
+    b"HOME",
+    b"TMPDIR",
+    b"CORDON_HOST_PID",
+    b"MALLOC_ARENA_MAX",
+}
+
+
+async def test_a_zygote_killed_mid_run_is_restarted_for_the_next_start(tmp_path: Path) -> None:
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            probe = await rt.load(PROBE)
+            first = await probe.call("pid")
+            zygote = _zygote_of(rt)
+            old = zygote.pid
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            # The running worker is the host's child: the zygote's death does not touch it.
+            assert await probe.call("pid") == first
+            await probe.stop()
+            second = await probe.call("pid")
+            assert second != first
+            assert zygote.pid not in (None, old)
+            assert probe.worker is not None and probe.worker.process is not None
+            assert probe.worker.process.launcher == "zygote"
+        assert not psutil.pid_exists(old)
+
+
+async def test_past_its_restarts_a_dying_zygote_leaves_the_next_starts_to_spawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_zygote, "RESTARTS", 0)
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            probe = await rt.load(PROBE)
+            await probe.call("pid")
+            zygote = _zygote_of(rt)
+            assert zygote.pid is not None
+            os.kill(zygote.pid, signal.SIGKILL)
+            await probe.stop()
+            await probe.call("pid")
+            assert probe.worker is not None and probe.worker.process is not None
+            assert probe.worker.process.launcher == "spawn"
+            assert zygote.pid is None
+
+
+async def test_a_wedged_zygote_misses_the_fork_deadline_and_the_worker_is_spawned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_zygote, "FORK_TIMEOUT", 0.5)
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            probe = await rt.load(PROBE)
+            await probe.call("pid")
+            zygote = _zygote_of(rt)
+            wedged = zygote.pid
+            assert wedged is not None
+            os.kill(wedged, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+            await probe.stop()
+            await probe.call("pid")
+            assert probe.worker is not None and probe.worker.process is not None
+            assert probe.worker.process.launcher == "spawn"
+            assert not psutil.pid_exists(wedged)  # killed and reaped, not left stopped
+            # The next start has a zygote again.
+            await probe.stop()
+            await probe.call("pid")
+            assert probe.worker.process.launcher == "zygote"
+            assert zygote.pid not in (None, wedged)
