@@ -37,12 +37,13 @@ from .._settings._config import Config, find_config, parse_config
 from .._supervise._cgroup import CgroupSupport, WorkerCgroup
 from .._supervise._handle import PLUGIN_STATES, PluginHandle
 from .._supervise._launcher import Launcher, SpawnLauncher, choose_launcher
+from .._supervise._sampler import FleetSampler
 from .._supervise._stats import PluginStats
 from .._supervise._worker import WorkerProcess
 from .._supervise._zygote import ZygoteLauncher
 from ._loading import LoadFailure, Loading, LoadReport, PluginInUse
 from ._routing import MiddlewareFailed, Routing
-from ._workers import WorkerPool
+from ._workers import START_CONCURRENCY, WorkerPool, raise_open_files_limit
 
 # The names runtime/__init__.py re-exports, importable from here as before the split.
 __all__ = [
@@ -116,6 +117,10 @@ class Runtime(Loading, Routing, WorkerPool):
         self._filling = False
         #: Set (and replaced) whenever a spare becomes ready: for tests and diagnostics.
         self._spare_added = anyio.Event()
+        #: The one pass over every worker: CPU time, RSS, health, idleness (see _sampler).
+        self._sampler = FleetSampler()
+        #: Worker starts under way at once (see WorkerPool._start_worker).
+        self._start_slots = anyio.Semaphore(START_CONCURRENCY)
         #: Every contribution of every loaded plugin; routing by name goes through it.
         self.registry = Registry(self)
         #: What starts this runtime's workers (chosen in __aenter__; a zygote starts on the
@@ -126,6 +131,7 @@ class Runtime(Loading, Routing, WorkerPool):
     # -- context management ---------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
+        raise_open_files_limit()
         self.state_dir = self._resolve_state_dir()
         (self.state_dir / "scratch").mkdir(parents=True, exist_ok=True, mode=0o700)
         stack = contextlib.AsyncExitStack()
@@ -167,6 +173,7 @@ class Runtime(Loading, Routing, WorkerPool):
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self.log_sink.run_reporter)
+        tg.start_soon(self._sampler.run)
         # No spare yet: the first is made by the first worker start, so a runtime that never
         # runs a plugin never pays for one.
         return self

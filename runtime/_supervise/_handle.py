@@ -17,7 +17,6 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-import psutil
 import structlog
 
 from cordon.protocol import (
@@ -38,6 +37,7 @@ from .._settings._config import PluginSettings
 from .._settings._manifest import Manifest, check_cordon_compat, load_manifest
 from .._settings._permissions import PermissionSet
 from ._lifecycle import EXIT_HISTORY, PluginLifecycle, _Start
+from ._sampler import read_stat
 from ._stats import CallStats, PluginStats
 from ._worker import ExitInfo, WorkerProcess
 
@@ -127,6 +127,9 @@ class PluginHandle(PluginLifecycle):
         self._stopped = False
         self._unloaded = False
         self._restart_again = False
+        #: Health pings sent to this plugin's workers (the fleet pass sends one only when a
+        #: worker needs it: see ``_sampler``).
+        self.health_checks = 0
 
     # -- calling --------------------------------------------------------------------------
 
@@ -437,13 +440,10 @@ class PluginHandle(PluginLifecycle):
         worker = self._worker
         cpu = rss = None
         if worker is not None and worker.pid and worker.exit is None:
-            try:
-                proc = psutil.Process(worker.pid)
-                times = proc.cpu_times()
-                cpu = times.user + times.system
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                pass
+            # One read of /proc/<pid>/stat (psutil would make three).
+            sample = read_stat(worker.pid)
+            if sample is not None:
+                cpu, rss = sample.cpu_seconds, sample.rss_bytes
         last = self._exits[-1] if self._exits else None
         return PluginStats(
             plugin=self.id,
@@ -473,4 +473,5 @@ class PluginHandle(PluginLifecycle):
             cgroup=self.cgroup,
             crashes=self.crashes,
             launcher=worker.launched_by if worker is not None and worker.exit is None else None,
+            health_checks=self.health_checks,
         )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .._settings._permissions import PermissionSet
     from ._cgroup import WorkerCgroup
     from ._handle import PluginHandle
+    from ._sampler import FleetSampler
     from ._worker import WorkerProcess
 
 __all__ = ["PluginHost"]
@@ -40,6 +41,11 @@ class PluginHost(Protocol):
 
     @property
     def _cgroups(self) -> Mapping[WorkerProcess, WorkerCgroup]: ...
+
+    @property
+    def _sampler(self) -> FleetSampler:
+        """The runtime's one pass over its workers (health, RSS, idleness, CPU time)."""
+        ...
 
     @property
     def _cgroup_why(self) -> Mapping[WorkerProcess, str]: ...

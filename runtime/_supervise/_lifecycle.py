@@ -1,6 +1,7 @@
 """A plugin's worker over time: starting one (shared by every caller waiting for it, run
 in the runtime's task group), launching and adopting it (the same path a reload uses),
-watching it (health pings, RSS, idle stop), counting its exit, restarting it after a backoff
+watching it (health pings, RSS, idle stop: the rules in ``_sampler``, whose one pass for
+the runtime calls back here), counting its exit, restarting it after a backoff
 behind a circuit breaker, and stopping.
 
 :class:`PluginLifecycle` is a mixin of :class:`~cordon.runtime._supervise._handle.PluginHandle`
@@ -18,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import anyio
-import psutil
 import structlog
 
 from cordon.protocol import (
@@ -284,7 +284,16 @@ class PluginLifecycle:
             )
         # Counted the moment the exit is known, before callers get its error (see _count_exit).
         worker.exit_listeners.append(self._count_exit)
-        self.runtime._tg_soon(self._watch, worker)
+        # Its idle time counts from now, not from the last call to the worker before it (the
+        # call that started this one is not counted in yet).
+        self._last_call = time.monotonic()
+        if worker.exit is not None:
+            # It died while being started: the listeners were called before they were added.
+            self._exited(worker)
+        else:
+            worker.exit_listeners.append(self._exited)
+            # Health, RSS and idleness are watched by the runtime's one pass over all workers.
+            self.runtime._sampler.supervise(worker, cast("PluginHandle", self))
         await self._sync_subscription()
         await self.runtime._emit("cordon.plugin.started", {"plugin": self.id, "pid": worker.pid})
 
@@ -314,55 +323,39 @@ class PluginLifecycle:
                 last_exits=[e.reason for e in self._exits],
             )
 
-    async def _watch(self, worker: WorkerProcess) -> None:
-        """Health pings while idle and the RSS watchdog, until the worker ends."""
-        interval = self.settings.health_interval
-        proc: psutil.Process | None = None
-        try:
-            proc = psutil.Process(worker.pid) if worker.pid else None
-        except psutil.Error:
-            proc = None
-        idle_timeout = self.settings.idle_timeout
-        while True:
-            wait = interval
-            if idle_timeout > 0:
-                wait = min(wait, max(0.01, self._last_call + idle_timeout - time.monotonic()))
-            with anyio.move_on_after(wait):
-                await worker.exited.wait()
-            if worker.exit is not None:
-                break
-            if not worker.alive:
-                await worker.exited.wait()
-                break
-            if (
-                idle_timeout > 0
-                and self._worker is worker
-                and not self._active_calls.get(worker)
-                and time.monotonic() - self._last_call >= idle_timeout
-            ):
-                log.info("worker.idle_stop", plugin=self.id, pid=worker.pid, idle=idle_timeout)
-                # Stopped as far as callers can tell: the next call starts a new worker.
-                self.state, self.state_reason = "stopped", f"idle for {idle_timeout} s"
-                await worker.stop()
-                continue
-            self._check_rss(worker, proc)
-            idle = worker.in_flight == 0 and time.monotonic() - worker.last_activity >= interval
-            if idle and not await worker.ping(self.settings.health_timeout) and worker.exit is None:
-                worker.kill_nowait(
-                    "unresponsive", f"no answer to ping within {self.settings.health_timeout} s"
-                )
-        await self._on_exit(worker)
+    def _idle_due(self, worker: WorkerProcess, now: float) -> float | None:
+        """For the fleet pass: when ``worker`` may be stopped for idleness (``None``: never,
+        it is not the serving worker or there is no idle-timeout). A call in flight puts it
+        off: its end moves ``_last_call``, so asking again one timeout later is never late."""
+        timeout = self.settings.idle_timeout
+        if timeout <= 0 or self._worker is not worker:
+            return None
+        if self._active_calls.get(worker):
+            return now + timeout
+        return self._last_call + timeout
 
-    def _check_rss(self, worker: WorkerProcess, proc: psutil.Process | None) -> None:
-        limit = self.settings.memory
-        if proc is None or not limit:
+    async def _stop_idle(self, worker: WorkerProcess) -> None:
+        """Stop a worker the fleet pass found idle past ``idle-timeout`` (the next call
+        starts another)."""
+        if self._worker is not worker or self._active_calls.get(worker):
+            # A call came in since the pass looked: ask again one timeout from now.
+            self.runtime._sampler.supervise(worker, cast("PluginHandle", self))
             return
+        timeout = self.settings.idle_timeout
+        log.info("worker.idle_stop", plugin=self.id, pid=worker.pid, idle=timeout)
+        # Stopped as far as callers can tell: the next call starts a new worker.
+        self.state, self.state_reason = "stopped", f"idle for {timeout} s"
+        await worker.stop()
+
+    def _exited(self, worker: WorkerProcess) -> None:
+        """An exit listener (after :meth:`_count_exit`): the rest of the exit's handling —
+        logs, events, a restart — runs as a task of the runtime, as the per-worker watcher
+        that used to wait for the exit did."""
+        self.runtime._sampler.forget(worker)
         try:
-            rss = proc.memory_info().rss
-        except psutil.Error:
-            return
-        if rss > limit:
-            worker.kill_nowait("memory", f"RSS {rss} bytes over the {limit}-byte limit")
+            self.runtime._tg_soon(self._on_exit, worker)
+        except RuntimeError:
+            pass  # the runtime has ended: there is nothing left to restart or tell
 
     def _count_exit(self, worker: WorkerProcess) -> None:
         """Bring state, ``crashes`` and the exit history up to date with ``worker``'s exit,

@@ -38,6 +38,9 @@ class PluginStats(msgspec.Struct, kw_only=True):
     #: What started the running worker: ``zygote`` (forked from the template) or ``spawn``;
     #: ``None`` while none runs.
     launcher: str | None = None
+    #: Health pings sent to the plugin's workers: only to those that need one (an idle
+    #: worker that has run nothing since it last answered is not asked again).
+    health_checks: int = 0
 
 
 class CallStats:
