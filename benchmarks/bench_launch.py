@@ -62,7 +62,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {}
+        results: dict[str, tuple[float, list[float], str]] = {}
         # Interleaved rounds, so a burst of load elsewhere on the machine hits both alike.
         rounds = 4
         for launcher in ("spawn", "zygote"):
