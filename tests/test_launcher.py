@@ -5,8 +5,11 @@ of launcher (``[runtime] launcher``, ``$CORDON_LAUNCHER``, what the kernel allow
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +220,27 @@ def test_the_config_key_takes_zygote_or_spawn_and_nothing_else(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         parse_config({"runtime": {"launcher": "fork"}})
     assert [p["path"] for p in caught.value.problems] == ["runtime.launcher"]
+
+
+@pytest.mark.parametrize("env", ["spawn", "zygote"])
+def test_doctor_says_which_launcher_workers_get_and_what_the_machine_allows(
+    tmp_path: Path, env: str
+) -> None:
+    config = tmp_path / "cordon.toml"
+    config.write_text('[runtime]\nstate-dir = "state"\n')
+    cordon = str(Path(sys.executable).with_name("cordon"))
+    r = subprocess.run(
+        [cordon, "doctor", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+        env={**os.environ, LAUNCHER_ENV: env},
+    )
+    assert r.returncode == 0, r.stderr
+    launcher = json.loads(r.stdout)["launcher"]
+    assert launcher["zygote_unsupported"] == zygote_unsupported()
+    expected = env if env == "spawn" or zygote_unsupported() is None else "spawn"
+    assert launcher["name"] == expected
+    assert launcher["why"].startswith("$CORDON_LAUNCHER")

@@ -114,6 +114,22 @@ def _cgroup_verdict(setting: str) -> dict[str, Any]:
     }
 
 
+def _launcher_verdict(setting: str | None) -> dict[str, Any]:
+    """Which launcher a runtime here would start workers with, and why (what the kernel
+    allows: the zygote needs Linux x86_64, glibc and pidfds; spawn needs pidfds)."""
+    from .._supervise._launcher import choose_launcher, zygote_unsupported
+
+    name, why = choose_launcher(setting)
+    missing = zygote_unsupported()
+    allows = "zygote and spawn" if missing is None else f"spawn only ({missing})"
+    return {
+        "name": name,
+        "why": why,
+        "zygote_unsupported": missing,
+        "verdict": f"{name}, per {why}; this machine allows {allows}",
+    }
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from cordon.worker._sandbox import LAYERS, probe
 
@@ -152,6 +168,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report["missing_layers"] = missing
     report["plugins"] = plugins
     report["cgroup_limits"] = _cgroup_verdict(cfg.runtime.cgroups)
+    report["launcher"] = _launcher_verdict(cfg.runtime.launcher)
     report["exec_lockdown"] = _exec_lockdown_verdict()
     report["exec_grants"] = exec_report
     if args.json:
@@ -172,6 +189,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"{'layers':18} {', '.join(LAYERS)}")
     cg = report["cgroup_limits"]
     print(f"{'cgroups':18} {cg['verdict']}")
+    print(f"{'launcher':18} {report['launcher']['verdict']}")
     print(f"{'missing layers':18} {', '.join(missing) or 'none'}")
     print(f"{'exec lockdown':18} {report['exec_lockdown']}")
     for plugin_id, verdict in sorted(plugins.items()):
