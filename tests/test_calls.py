@@ -176,6 +176,7 @@ async def test_the_worker_gets_a_scrubbed_environment_and_no_extra_fds(
         "TMPDIR",
         "CORDON_HOST_PID",
         "MALLOC_ARENA_MAX",
+        "CORDON_LOOP_SHORTCUTS",  # only when set for the host (CI's public-path pass)
     }
     # 0-2, the two channel fds, and what the interpreter and asyncio open themselves
     # (epoll, the self-pipe socketpair): nothing inherited.

@@ -10,9 +10,28 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import msgspec
 import pytest
 
-from cordon.protocol import OVERSIZE, FrameSplitter
+from cordon.protocol import OVERSIZE, FrameSplitter, WorkerCrashed, encode_result
+from cordon.protocol._messages import decode_success
+from cordon.runtime import Runtime
+from cordon.runtime._supervise._worker_reader import (
+    DECODE_PIECE,
+    LARGE_FRAME,
+    decode_answer,
+    decode_large,
+    large_answer_id,
+)
+from tests.conftest import TEST_PLUGINS
+from tests.test_perf_paths import FRAMES
+
+HELLO = TEST_PLUGINS.parent.parent / "examples" / "plugins" / "hello"
+LOOPPATH = TEST_PLUGINS / "looppath"
+
+pytestmark = pytest.mark.anyio
 
 
 class _Chunk(bytes):
@@ -105,3 +124,87 @@ def test_an_oversize_frame_in_pieces_is_dropped_and_the_next_frame_still_arrives
     assert splitter.pending == 0  # nothing held past the limit
     got += splitter.feed(b"tail\n{}\n")
     assert got == [OVERSIZE, b"{}"]
+
+
+# -- decoding: once, and a large answer in its caller's task, in pieces --------------------
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_the_one_pass_answer_decoder_accepts_exactly_what_decode_success_does(
+    frame: bytes,
+) -> None:
+    ok, ans = decode_success(frame), decode_answer(frame)
+    assert (ok is None) == (ans is None)
+    if ok is not None and ans is not None:
+        assert ans.id == ok.id
+        assert ans.result == msgspec.json.decode(ok.result)
+
+
+BODIES: list[Any] = [
+    [{"i": i, "s": "é" * (i % 5), "l": [i, None, 1.5]} for i in range(30_000)],
+    {f"k{i}": list(range(i % 50)) for i in range(5_000)},
+    [[list(range(1000))] * 40] * 8,
+    "x" * 300_000,
+    {"a": [{"b": {"c": ["z" * 100_000, [1] * 50_000]}}]},
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=["objects", "dict", "nested", "string", "deep"])
+async def test_a_large_answer_decodes_in_pieces_to_exactly_the_whole_decode(body: Any) -> None:
+    frame = encode_result(7, body).rstrip(b"\n")
+    assert len(frame) > LARGE_FRAME and large_answer_id(frame) == 7
+    checkpoints = 0
+
+    async def checkpoint() -> None:
+        nonlocal checkpoints
+        checkpoints += 1
+
+    assert await decode_large(frame, checkpoint) == msgspec.json.decode(frame)["result"]
+    if not isinstance(body, str):  # a string is one piece; containers are cut up
+        assert checkpoints >= len(frame) // (2 * DECODE_PIECE)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"jsonrpc":"2.0","id":1,"result":"' + b"x" * 70_000 + b'","error":{}}',
+        b'{"jsonrpc":"2.0","id":1,"result":[' + b"1," * 40_000 + b"}",
+        b'{"jsonrpc":"2.0","id":1,"result":' + b"[1]" * 30_000 + b"}",
+    ],
+)
+async def test_a_large_frame_with_a_valid_envelope_and_a_bad_body_fails_to_decode(
+    frame: bytes,
+) -> None:
+    assert large_answer_id(frame) == 1
+    with pytest.raises(msgspec.DecodeError):
+        await decode_large(frame, anyio.lowlevel.checkpoint)
+
+
+@pytest.mark.parametrize("size", [70_000, 3_000_000])
+async def test_large_arguments_and_results_cross_a_real_worker_intact(
+    rt: Runtime, size: int
+) -> None:
+    with anyio.fail_after(60):
+        hello = await rt.load(HELLO)
+        value = {"text": "é€" * (size // 5), "list": list(range(size // 100))}
+        assert await hello.call("echo", {"value": value}) == value
+        plugin = await rt.load(LOOPPATH)
+        objs = await plugin.call("objects", {"n": size // 40})
+        assert len(objs) == size // 40 and objs[3] == {
+            "i": 3,
+            "s": "yy",
+            "f": 1.5,
+            "l": [3, None, True],
+        }
+
+
+async def test_a_forged_large_answer_kills_its_worker_and_fails_only_its_call(rt: Runtime) -> None:
+    with anyio.fail_after(60):
+        plugin = await rt.load(LOOPPATH)
+        hello = await rt.load(HELLO)
+        with pytest.raises(WorkerCrashed) as info:
+            await plugin.call("forge_large", {"size": 200_000})
+        assert info.value.reason == "protocol-violation"
+        # The next call gets a fresh worker; another plugin never noticed.
+        assert await plugin.call("loop_path") in ("shortcuts", "public")
+        assert await hello.call("echo", {"value": 1}) == 1

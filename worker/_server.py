@@ -9,12 +9,10 @@ burst of responses produced in one loop iteration leaves in one ``write``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import os
 import resource
-import select
 import traceback
 from typing import Any, Final, Literal
 
@@ -58,6 +56,7 @@ from cordon.protocol._methods import FAULT
 from ._context import Context
 from ._logging import attach as attach_logging
 from ._logging import detach as detach_logging
+from ._loopfast import LoopFast
 from ._plugin import Handler, Plugin
 from ._threads import NO_THREAD, SyncCalls, thread_quota
 
@@ -67,6 +66,9 @@ __all__ = ["Server"]
 #: Not more: ``os.read`` allocates the full size up front, and above glibc's mmap threshold
 #: (128 KiB) every read was an mmap, mremap and munmap (see runtime/_worker.py).
 READ_SIZE: Final = 64 * 1024
+#: Bytes per read while a frame is partly read: a large one is coming, and the grown pipe
+#: (F_SETPIPE_SZ, up to 1 MiB) holds this much; the allocation is paid once per MiB here.
+LARGE_READ_SIZE: Final = 1024 * 1024
 #: Traceback text sent to the host is for humans; cap it so a deep recursion cannot bloat a frame.
 MAX_TRACEBACK: Final = 16 * 1024
 
@@ -132,11 +134,8 @@ class Server:
         self._next_host_id = 0
         self._closed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: The loop's ready queue (see :meth:`_spawn`); ``None`` on a loop without one.
-        self._ready: collections.deque[Any] | None = None
-        self._idle_poll: select.poll | None = None
-        #: What the idle poll returns when only a request is waiting.
-        self._only_ours = [(rfd, select.POLLIN)]
+        #: The loop shortcuts (or their public stand-ins), chosen in :meth:`serve`.
+        self._fast: LoopFast | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -145,15 +144,13 @@ class Server:
         self._sync.bind(self._loop)
         # Log records from now on travel as notifications on this channel (see _logging).
         attach_logging(self.post)
-        ready = getattr(self._loop, "_ready", None)
-        self._ready = ready if isinstance(ready, collections.deque) else None
+        self._fast = LoopFast(self._loop, self.rfd)
         self._closed = asyncio.Event()
         os.set_blocking(self.rfd, False)
         os.set_blocking(self.wfd, False)
         for frame in initial_frames:
             self._dispatch(frame)
         self._loop.add_reader(self.rfd, self._on_readable)
-        self._idle_poll = self._make_idle_poll(self._loop)
         try:
             await self._closed.wait()
         finally:
@@ -164,9 +161,10 @@ class Server:
             self._flush()
 
     def _on_readable(self) -> None:
+        splitter = self.splitter
         while True:
             try:
-                data = os.read(self.rfd, READ_SIZE)
+                data = os.read(self.rfd, LARGE_READ_SIZE if splitter.pending else READ_SIZE)
             except BlockingIOError:
                 return
             except OSError:
@@ -178,7 +176,7 @@ class Server:
                 return
             self._holding = True
             try:
-                for frame in self.splitter.feed(data):
+                for frame in splitter.feed(data):
                     self._dispatch(frame)
             finally:
                 self._holding = False
@@ -200,35 +198,17 @@ class Server:
 
     def _wait_here(self) -> bool:
         """Wait for the next request inside this callback while nothing else could need
-        the loop: no call in flight, no callback ready, no timer, no fd but ours and the
-        loop's self-pipe, no output waiting, not closing. A sequential caller's requests
-        are then served here, one poll each, without passing through asyncio's loop
-        machinery. True: a request is waiting. False: back to the loop, as when the
-        self-pipe wakes (a signal, ``call_soon_threadsafe`` from a plugin's thread) or the
-        host hangs up.
+        the loop: no call in flight, no output waiting, not closing, and (``_loopfast``) no
+        callback ready, no timer, no fd but ours and the loop's self-pipe. A sequential
+        caller's requests are then served here, one poll each, without passing through
+        asyncio's loop machinery. True: a request is waiting. False: back to the loop.
         """
-        poller = self._idle_poll
-        if poller is None or self._tasks or self._threaded or self._host_pending or self._out:
+        fast = self._fast
+        if fast is None or self._tasks or self._threaded or self._host_pending or self._out:
             return False
         if self._closed is None or self._closed.is_set():
             return False  # the host is gone (a failed write): serve() must see it now
-        loop: Any = self._loop  # a selector loop's internals, checked in _make_idle_poll
-        if self._ready or loop._scheduled or len(loop._selector.get_map()) != 2:
-            return False
-        return poller.poll() == self._only_ours
-
-    def _make_idle_poll(self, loop: asyncio.AbstractEventLoop) -> select.poll | None:
-        """What :meth:`_wait_here` polls: our channel and the loop's self-pipe. ``None``
-        (never wait here) on a loop without the selector-loop internals it checks."""
-        ssock = getattr(loop, "_ssock", None)
-        if ssock is None or self._ready is None:
-            return None
-        if not (hasattr(loop, "_selector") and hasattr(loop, "_scheduled")):
-            return None
-        poller = select.poll()
-        poller.register(self.rfd, select.POLLIN)
-        poller.register(ssock.fileno(), select.POLLIN)
-        return poller
+        return fast.idle_poll()
 
     # -- output ---------------------------------------------------------------------------
 
@@ -449,12 +429,8 @@ class Server:
             task = loop.create_task(coro, name=name)
         self._tasks[ident] = task
         if self._holding:
-            ready = self._ready
-            if ready is not None and len(ready) == 1:
-                handle = ready[0]
-                if getattr(handle._callback, "__self__", None) is task:
-                    ready.pop()
-                    handle._run()
+            assert self._fast is not None
+            self._fast.step_now(task)
         return task
 
     async def _complete(self, ident: Any, coro: Any, batched: bool) -> bytes | None:

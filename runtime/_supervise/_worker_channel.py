@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import structlog
 
@@ -54,6 +55,7 @@ from cordon.protocol import (
     SandboxUnavailable,
     WorkerCrashed,
     decode_frame,
+    decode_params,
     encode_error,
     encode_notification,
     encode_request,
@@ -62,7 +64,7 @@ from cordon.protocol import (
     error_to_wire,
 )
 
-from ._worker_reader import _FuturePending
+from ._worker_reader import UNDECODED, _FuturePending, decode_large
 from ._worker_state import _Pending, _WorkerState
 
 __all__ = ["CANCEL_GRACE", "SEND_BUFFER"]
@@ -422,12 +424,26 @@ class _WorkerChannel(_WorkerState):
         on_progress: Callable[[ProgressParams], Any] | None = None,
         label: str | None = None,
     ) -> msgspec.Raw:
-        """Send a request and wait for its answer.
+        """Send a request and wait for its answer, the result as the JSON it is.
 
         On ``timeout`` the worker is asked to cancel; if it has not answered within
         :data:`CANCEL_GRACE` it is killed (reason ``timeout``). If the caller is cancelled,
         the worker is told (``$/cancel``) and the cancellation propagates unchanged.
         """
+        raw: msgspec.Raw = await self._call(method, params, timeout, on_progress, label, False)
+        return raw
+
+    async def _call(
+        self,
+        method: str,
+        params: Any,
+        timeout: float | None,
+        on_progress: Callable[[ProgressParams], Any] | None,
+        label: str | None,
+        want_value: bool,
+    ) -> Any:
+        """:meth:`request`; with ``want_value`` the result decoded (once: in the reader, or
+        here for a large one, see ``_worker_reader``) rather than as ``msgspec.Raw``."""
         if self.exit is not None:
             raise self.exit.error(self.plugin_id)
         self._next_id += 1
@@ -436,7 +452,7 @@ class _WorkerChannel(_WorkerState):
         pending: _Pending
         fut: asyncio.Future[None] | None = None
         if loop is not None:
-            pending = _FuturePending(on_progress, loop)
+            pending = _FuturePending(on_progress, loop, want_value)
             fut = pending._fut  # to await it without pending.wait()'s call
         else:
             pending = _Pending(on_progress)
@@ -467,7 +483,27 @@ class _WorkerChannel(_WorkerState):
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
-        return pending.result
+        if not want_value:
+            return pending.result
+        if fut is not None:
+            assert isinstance(pending, _FuturePending)
+            if pending.value is not UNDECODED:
+                return pending.value
+            if pending.frame is not None:
+                return await self._decode_large(pending.frame)
+        return decode_params(pending.result)
+
+    async def _decode_large(self, frame: bytes) -> Any:
+        """A large answer, decoded in this caller's task, in pieces; a frame that is no
+        valid answer after all is the protocol violation it would have been in the reader
+        (the worker is killed), and the call fails as the worker's other calls do."""
+        try:
+            return await decode_large(frame, anyio.lowlevel.checkpoint)
+        except msgspec.DecodeError:
+            self._on_frame(frame)  # classified as the reader would have: a violation
+            await self.exited.wait()
+            assert self.exit is not None
+            raise self.exit.error(self.plugin_id) from None
 
     async def _cancel_after_timeout(
         self, ident: int, pending: _Pending, method: str, timeout: float
@@ -493,7 +529,20 @@ class _WorkerChannel(_WorkerState):
         """``await`` it: :meth:`request` for ``invoke``. Hands out request's own coroutine
         rather than awaiting it in one more (every tool call passes here)."""
         params = {"name": name, "kind": kind, "arguments": arguments}
-        return self.request(INVOKE, params, timeout=timeout, on_progress=on_progress, label=name)
+        return self._call(INVOKE, params, timeout, on_progress, name, False)
+
+    def invoke_decoded(
+        self,
+        name: str,
+        arguments: Any,
+        *,
+        kind: str = "tool",
+        timeout: float | None,
+        on_progress: Callable[[ProgressParams], Any] | None = None,
+    ) -> Coroutine[Any, Any, Any]:
+        """:meth:`invoke`, its result decoded: the tool-call path (``PluginHandle.call``)."""
+        params = {"name": name, "kind": kind, "arguments": arguments}
+        return self._call(INVOKE, params, timeout, on_progress, name, True)
 
     async def ping(self, timeout: float) -> bool:
         try:

@@ -2,36 +2,129 @@
 
 On anyio's asyncio backend a reader callback (:meth:`_on_readable`) resolves the callers'
 futures (:class:`_FuturePending`) itself: an answer costs no task wake-up, and a sequential
-caller may go on from the very read that brought its answer. Whatever is not a plain
-answer is handed to the pump task in order, and reading pauses until it is handled. On any
-other backend (trio) :meth:`_read_stdout` handles every frame in the pump task.
+caller may go on from the very read that brought its answer (see ``_loopfast``). Whatever
+is not a plain answer is handed to the pump task in order, and reading pauses until it is
+handled. On any other backend (trio) :meth:`_read_stdout` handles every frame in the pump
+task.
 
-These are the tuned hot paths (see benchmarks/RESULTS.md), moved here unchanged.
+Where an answer is decoded (once): a frame up to :data:`LARGE_FRAME` bytes is decoded in
+the reader callback, envelope and result in one pass (:func:`decode_answer`); a larger
+answer to a tool call is handed to its caller undecoded and decoded in the caller's own
+task, in pieces with a checkpoint between them (``_decode_large``), so one plugin's big
+result never holds the loop the other plugins' calls are served on for long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 import anyio
+import msgspec
 
 from cordon.protocol import OVERSIZE, Batch, Incoming, ProgressParams, Response, decode_frame
 from cordon.protocol._messages import decode_success
 
+from ._loopfast import LoopFast
 from ._worker_state import _Pending, _WorkerState
 
-__all__ = ["READ_SIZE"]
+__all__ = ["LARGE_FRAME", "READ_SIZE", "decode_answer"]
 
 #: Bytes per read of the worker's stdout: a pipe's whole default capacity, so a pipelined
 #: burst still arrives in one syscall. Not more: ``os.read`` allocates the full size first,
 #: and above glibc's 128 KiB mmap threshold that was an mmap + mremap + munmap and fresh
 #: zeroed pages on every read, which cost a sequential call ~25 us on each side.
 READ_SIZE: Final = 64 * 1024
+#: Bytes per read while a frame is partly read: a large frame is coming, and the grown pipe
+#: (F_SETPIPE_SZ, up to 1 MiB) holds this much; the allocation is paid once per MiB here.
+LARGE_READ_SIZE: Final = 1024 * 1024
+#: Answers larger than this are decoded by their caller, in pieces (see the module doc).
+#: Small enough that decoding one in the reader holds the loop well under a millisecond
+#: (256 KiB of small objects: ~3 ms; of a string: ~0.1 ms), large enough that the common
+#: answer takes the one-pass path.
+LARGE_FRAME: Final = 64 * 1024
+#: A piece of a large answer decoded between two checkpoints of its caller's task.
+DECODE_PIECE: Final = 64 * 1024
+#: How deep a large answer is cut into pieces; deeper members are decoded whole.
+MAX_PIECE_DEPTH: Final = 8
+
+
+class _Answer(msgspec.Struct, forbid_unknown_fields=True):
+    """A success answer with an integer id, its result decoded with it in one pass: exactly
+    the frames ``decode_success`` accepts (tests hold the two to that)."""
+
+    jsonrpc: Literal["2.0"]
+    id: int
+    result: Any
+
+
+_answer_decoder = msgspec.json.Decoder(_Answer)
+_any_decoder = msgspec.json.Decoder()
+_list_pieces = msgspec.json.Decoder(list[msgspec.Raw])
+_dict_pieces = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_encoder = msgspec.json.Encoder()
+#: The envelope of a success answer as the worker's encoder writes it (members in this
+#: order, no spaces): enough to find a large answer's caller without decoding it.
+_LARGE_PREFIX = re.compile(rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}),"result":')
+#: ``result`` of an answer decoded elsewhere: the call was answered.
+_ANSWERED: Final = msgspec.Raw(b"null")
+
+
+class _Undecoded:
+    __slots__ = ()
+
+
+#: ``value`` of a call whose answer was not decoded into it.
+UNDECODED: Final = _Undecoded()
+
+
+def decode_answer(frame: bytes) -> _Answer | None:
+    """The common frame, a success answer, decoded whole in one pass. ``None``: anything
+    else (or not valid); classify it with ``decode_frame``."""
+    try:
+        return _answer_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return None
+
+
+def large_answer_id(frame: bytes) -> int | None:
+    """The id of a large success answer, read off its envelope; ``None``: not one (its
+    body is checked when decoded, see :func:`decode_large`)."""
+    m = _LARGE_PREFIX.match(frame)
+    if m is None or frame[-1:] != b"}":
+        return None
+    return int(m.group(1))
+
+
+async def decode_large(frame: bytes, checkpoint: Callable[[], Awaitable[Any]]) -> Any:
+    """The result of a large answer (one :func:`large_answer_id` accepted), decoded in
+    pieces of about :data:`DECODE_PIECE` bytes with ``checkpoint()`` between them.
+    ``msgspec.DecodeError`` when the frame is not a valid answer after all."""
+    prefix = _LARGE_PREFIX.match(frame)
+    assert prefix is not None
+    body = memoryview(frame)[prefix.end() : -1]
+    done = [0]  # bytes decoded since the last checkpoint
+
+    async def piece(raw: Any, depth: int) -> Any:
+        head = bytes(memoryview(raw)[:1])
+        if len(raw) <= DECODE_PIECE or depth >= MAX_PIECE_DEPTH or head not in (b"[", b"{"):
+            value = _any_decoder.decode(raw)
+            done[0] += len(raw)
+            if done[0] >= DECODE_PIECE:
+                done[0] = 0
+                await checkpoint()
+            return value
+        # One structural pass cuts it into members (and checks it is one JSON value).
+        if head == b"[":
+            return [await piece(m, depth + 1) for m in _list_pieces.decode(raw)]
+        members = _dict_pieces.decode(raw)
+        return {k: await piece(v, depth + 1) for k, v in members.items()}
+
+    return await piece(body, 0)
 
 
 class _FuturePending(_Pending):
@@ -39,14 +132,21 @@ class _FuturePending(_Pending):
     ``anyio.Event`` (no backend lookup, no ``asyncio.Event`` with its waiter list), and
     cancelling the waiting task cancels the future, so cancel scopes work unchanged."""
 
-    __slots__ = ("_fut",)
+    __slots__ = ("_fut", "frame", "value", "want_value")
 
     def __init__(
         self,
         on_progress: Callable[[ProgressParams], Any] | None,
         loop: asyncio.AbstractEventLoop,
+        want_value: bool = False,
     ) -> None:
         self.result = None
+        #: The caller wants the decoded result (a tool call), not the raw JSON.
+        self.want_value = want_value
+        #: The decoded result, decoded in the reader; or the whole large answer, for the
+        #: caller to decode (``result`` is then :data:`_ANSWERED`).
+        self.value: Any = UNDECODED
+        self.frame: bytes | None = None
         self.error = None
         self.expired = False
         self.on_progress = on_progress
@@ -86,13 +186,19 @@ class _WorkerReader(_WorkerState):
     #: Use the asyncio-only channel paths when anyio runs on asyncio (tests turn this off to
     #: exercise the generic ones, which trio would get).
     _asyncio_fast_path: ClassVar[bool] = True
+    #: ``step_now`` of the loop's shortcuts, or ``None`` on the public path.
+    _step_now: Callable[[asyncio.Future[Any]], None] | None = None
+    #: Which path this worker's reader took: "shortcuts" or "public" (both through the
+    #: reader callback on asyncio), or "generic" (a task, any anyio backend).
+    loop_path: str = "generic"
 
     def _attach_loop(self) -> None:
         """At the start of :meth:`run`: take the fast path if anyio runs on asyncio."""
         self._loop = loop = _asyncio_loop() if self._asyncio_fast_path else None
         if loop is not None:
-            ready = getattr(loop, "_ready", None)
-            self._run_queue = ready if isinstance(ready, deque) else None
+            fast = LoopFast(loop)
+            self.loop_path = fast.path
+            self._step_now = fast.step_now if fast.path == "shortcuts" else None
             if type(loop).time is not asyncio.BaseEventLoop.time:
                 self._clock = loop.time
 
@@ -103,7 +209,7 @@ class _WorkerReader(_WorkerState):
         while True:
             await anyio.wait_readable(fd)
             try:
-                data = os.read(fd, READ_SIZE)
+                data = os.read(fd, LARGE_READ_SIZE if splitter.pending else READ_SIZE)
             except BlockingIOError:
                 continue
             except OSError:
@@ -163,8 +269,9 @@ class _WorkerReader(_WorkerState):
         self._reader_wake.set()
 
     def _on_readable(self) -> None:
+        splitter = self._splitter
         try:
-            data = os.read(self._rfd, READ_SIZE)
+            data = os.read(self._rfd, LARGE_READ_SIZE if splitter.pending else READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -175,41 +282,53 @@ class _WorkerReader(_WorkerState):
             return
         self.last_activity = time.monotonic()
         try:
-            frames = self._splitter.feed(data)
+            frames = splitter.feed(data)
             pending = self._pending
+            last = len(frames) - 1
             for i, frame in enumerate(frames):
                 msg: Incoming | Batch | None = None
                 if frame is not OVERSIZE and self.reply_delay <= 0:
                     assert isinstance(frame, bytes)
-                    ok = decode_success(frame)
-                    if ok is not None:
-                        # The common case, decoded by the narrow struct alone. Only the
-                        # asyncio path reads here, so every call waits on a future.
-                        call = pending.pop(ok.id, None)
-                        if call is not None:
-                            assert isinstance(call, _FuturePending)
-                            call.result = ok.result
-                            fut = call._fut
-                            if not fut.done():  # call.wake()
-                                fut.set_result(None)
-                                ready = self._run_queue
-                                if ready and i == len(frames) - 1:
-                                    # Nothing follows in this read, so the caller goes on
-                                    # now rather than on the loop's next pass: it sends
-                                    # its next request from this read (one loop pass and
-                                    # one epoll_wait less per sequential call). The step
-                                    # run is the one set_result just queued for this
-                                    # future (the task's own wake-up), so the task runs as
-                                    # it would a moment later; only its order relative to
-                                    # callbacks already queued changes, as with 3.12's
-                                    # eager tasks. Never from inside a task, which asyncio
-                                    # refuses to enter another from (a reader callback
-                                    # never is).
-                                    handle = ready[-1]
-                                    args = handle._args
-                                    if args and args[0] is fut and asyncio.current_task() is None:
-                                        ready.pop()
-                                        handle._run()
+                    # Only the asyncio path reads here, so every call waits on a future.
+                    call: Any = None
+                    if len(frame) <= LARGE_FRAME:
+                        ans = decode_answer(frame)
+                        if ans is not None:
+                            # The common case, decoded whole in one narrow pass.
+                            call = pending.pop(ans.id, None)
+                            if call is not None:
+                                if call.want_value:
+                                    call.value = ans.result
+                                    call.result = _ANSWERED
+                                else:  # a request that wants the JSON (initialize...): rare
+                                    call.result = msgspec.Raw(_encoder.encode(ans.result))
+                            else:
+                                continue  # an answer to nothing we asked: ignored
+                    else:
+                        ident = large_answer_id(frame)
+                        call = pending.get(ident) if ident is not None else None
+                        if ident is not None and call is not None and call.want_value:
+                            del pending[ident]
+                            call.frame = frame  # its caller decodes it, in pieces
+                            call.result = _ANSWERED
+                        else:
+                            call = None
+                            ok = decode_success(frame)
+                            if ok is not None:
+                                call = pending.pop(ok.id, None)
+                                if call is None:
+                                    continue
+                                call.result = ok.result
+                    if call is not None:
+                        assert isinstance(call, _FuturePending)
+                        fut = call._fut
+                        if not fut.done():  # call.wake()
+                            fut.set_result(None)
+                            if i == last and self._step_now is not None:
+                                # Nothing follows in this read, so the caller goes on now
+                                # rather than on the loop's next pass: it sends its next
+                                # request from this read (see _loopfast).
+                                self._step_now(fut)
                         continue
                     msg = decode_frame(frame)
                     if isinstance(msg, Response):
