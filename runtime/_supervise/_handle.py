@@ -26,7 +26,6 @@ from cordon.protocol import (
     PluginUnavailable,
     ProgressParams,
     QuotaExceeded,
-    decode_params,
 )
 
 from .._hostapi._api import HostAPI
@@ -180,7 +179,7 @@ class PluginHandle(PluginLifecycle):
         # on Linux, at the same resolution).
         started = time.monotonic()
         try:
-            raw = await worker.invoke(
+            value = await worker.invoke_decoded(
                 name,
                 arguments if arguments is not None else {},
                 kind=kind,
@@ -199,7 +198,7 @@ class PluginHandle(PluginLifecycle):
             now = self._call_done(worker)
         self._stats.record(now - started, None)
         self._failures = 0
-        return decode_params(raw)
+        return value
 
     async def _worker_within(self, name: str, limit: float) -> tuple[WorkerProcess, float]:
         """A serving worker, waited for at most ``limit`` seconds, and the time left;
