@@ -36,7 +36,9 @@ async def forge_large(ctx: Context, size: int) -> None:
 
     server = next(o for o in gc.get_objects() if type(o).__name__ == "Server")
     frame = (
-        b'{"jsonrpc":"2.0","id":%d,"result":"' % int(ctx.call_id)
+        b'{"jsonrpc":"2.0","id":'
+        + str(ctx.call_id).encode()
+        + b',"result":"'
         + b"x" * size
         + b'","error":{"code":1,"message":"forged"}}\n'
     )
