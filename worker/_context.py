@@ -105,7 +105,7 @@ class Context:
         """HTTP requests the host makes (needs ``http:<origin>``; see ``_http``)."""
         from ._http import HttpAPI
 
-        return HttpAPI(self._request)
+        return HttpAPI(self._request, self._notify)
 
     def secret(self, name: str) -> SecretRef:
         """A reference to the operator-configured secret ``name``, usable as (part of) a

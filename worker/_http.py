@@ -16,7 +16,9 @@ sent in a body, it is the same harmless text.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
@@ -28,8 +30,14 @@ from cordon.protocol import InvalidParams
 __all__ = ["Headers", "HttpAPI", "HttpResponse", "SecretRef", "secret_ref"]
 
 RequestFn = Callable[[str, Any], Awaitable[Any]]
+NotifyFn = Callable[[str, Any], None]
 
 HTTP_REQUEST: Final = "host/http.request"
+#: Sent when the waiting coroutine is cancelled (the call's deadline, ``$/cancel``): the
+#: host aborts the request instead of holding a connection and a slot for its own timeout.
+HTTP_CANCEL: Final = "host/http.cancel"
+#: Request ids, unique in this worker (the host keys in-flight requests by them).
+_ids = itertools.count(1)
 #: The same grammar as the operator's ``[plugins.<id>.secrets.<NAME>]`` keys.
 _SECRET_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _CHARSET: Final = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", re.IGNORECASE)
@@ -178,10 +186,11 @@ class HttpAPI:
     """``ctx.http``: ``await ctx.http.request("GET", url, headers=..., json=...)``; from a
     sync tool ``ctx.run(ctx.http.get(url))``. Needs an ``http:<origin>`` grant."""
 
-    __slots__ = ("_request",)
+    __slots__ = ("_notify", "_request")
 
-    def __init__(self, request: RequestFn) -> None:
+    def __init__(self, request: RequestFn, notify: NotifyFn | None = None) -> None:
         self._request = request
+        self._notify = notify
 
     async def request(
         self,
@@ -210,14 +219,21 @@ class HttpAPI:
             body = bytes(content)
         elif content is not None:
             raise InvalidParams("content must be bytes, str or None", field="content")
+        rid = next(_ids)
         params: dict[str, Any] = {
+            "id": rid,
             "method": method,
             "url": url,
             "headers": pairs,
             "content": None if body is None else base64.b64encode(body).decode("ascii"),
             "timeout": timeout,
         }
-        reply = await self._request(HTTP_REQUEST, params)
+        try:
+            reply = await self._request(HTTP_REQUEST, params)
+        except asyncio.CancelledError:
+            if self._notify is not None:
+                self._notify(HTTP_CANCEL, {"id": rid})
+            raise
         return HttpResponse(
             int(reply["status"]),
             Headers([(str(k), str(v)) for k, v in reply["headers"]]),

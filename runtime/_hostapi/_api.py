@@ -95,6 +95,8 @@ CONFIG_GET: Final = "host/config.get"
 EVENTS_EMIT: Final = "host/events.emit"
 EXEC: Final = "host/exec"
 HTTP_REQUEST: Final = "host/http.request"
+#: A notification: the worker stopped waiting for a request (see ``_http.HttpPolicy.cancel``).
+HTTP_CANCEL: Final = "host/http.cancel"
 
 METHODS: Final = (
     LOG,
@@ -312,6 +314,11 @@ class HostAPI:
         Returns the audit flush to run in the background (``None`` when one is already
         pending), which the caller starts: the record is in the trail's batch already.
         """
+        if method == HTTP_CANCEL and self.http is not None:
+            # The worker stopped waiting for one of its requests: abort it (nothing to audit:
+            # the request's own record says how it ended).
+            self.http.cancel(params)
+            return None
         if method != LOG:
             # JSON-RPC: an unknown notification is ignored; the trail still shows it.
             self.audit.add(self.plugin_id, method[:100], "", allowed=False, outcome="ignored")

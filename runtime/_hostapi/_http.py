@@ -54,6 +54,7 @@ import anyio
 import msgspec
 
 from cordon.protocol import (
+    CallCancelled,
     CallTimeout,
     CordonError,
     HttpError,
@@ -113,8 +114,9 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 #: How long a name may take to resolve, within the request's own deadline: a resolver
 #: that hangs must not hold the request (and a concurrency slot) for all of it.
 DNS_TIMEOUT: Final = 5.0
-#: One read from the response: small enough that the cap is checked often.
-_CHUNK: Final = 64 * 1024
+#: Cancellations remembered for requests not started yet (still queued behind the
+#: channel's bound): enough for every request a worker can have waiting.
+MAX_EARLY_CANCELS: Final = 4096
 
 
 class HttpParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -125,6 +127,15 @@ class HttpParams(msgspec.Struct, forbid_unknown_fields=True):
     headers: list[tuple[str, str]] = []
     content: str | None = None
     timeout: float | None = None
+    #: The worker's id for it, so ``host/http.cancel`` can abort it (``None``: not cancellable).
+    id: int | None = None
+
+
+class CancelParams(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+
+
+_cancel_decoder = msgspec.json.Decoder(CancelParams)
 
 
 class HttpTimeout(CallTimeout):
@@ -198,6 +209,28 @@ class HttpPolicy:
         self._tokens = float(limits.burst)
         self._refilled = time.monotonic()
         self.in_flight = 0
+        #: Running requests by the worker's id, and ids cancelled before they started.
+        self._running: dict[int, anyio.CancelScope] = {}
+        self._early: dict[int, None] = {}
+
+    def cancel(self, params: Any) -> bool:
+        """``host/http.cancel``: the worker stopped waiting for request ``id`` (its call
+        timed out or was cancelled); abort it. ``False`` for malformed params."""
+        try:
+            if isinstance(params, msgspec.Raw | bytes | bytearray | memoryview):
+                rid = _cancel_decoder.decode(bytes(params))
+            else:
+                rid = msgspec.convert(params, CancelParams)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+            return False
+        scope = self._running.get(rid.id)
+        if scope is not None:
+            scope.cancel()
+        else:
+            self._early[rid.id] = None
+            while len(self._early) > MAX_EARLY_CANCELS:
+                del self._early[next(iter(self._early))]
+        return True
 
     # -- checks before anything is sent ----------------------------------------------------
 
@@ -264,20 +297,35 @@ class HttpPolicy:
         headers = check_headers(p.headers)
         body = self.body(p.content)
         limit = self.timeout_for(p.timeout)
+        if p.id is not None:
+            if p.id in self._early:
+                # Cancelled while it waited behind the channel's bound: never started.
+                del self._early[p.id]
+                raise CallCancelled(method=f"http {method} {target.origin}")
+            if p.id in self._running:
+                raise InvalidParams(f"request id {p.id} is already in flight", field="id")
         self._take_token()
-        try:
-            with self._scrubbed():
-                with anyio.fail_after(limit):
-                    async with self._slots:
-                        self.in_flight += 1
-                        try:
-                            return await self._follow(method, target, headers, body, allows)
-                        finally:
-                            self.in_flight -= 1
-        except TimeoutError:
-            raise HttpTimeout(
-                timeout=limit, method=f"http {method} {target.origin}", plugin=self.plugin
-            ) from None
+        with anyio.CancelScope() as scope:
+            if p.id is not None:
+                self._running[p.id] = scope
+            try:
+                with self._scrubbed():
+                    with anyio.fail_after(limit):
+                        async with self._slots:
+                            self.in_flight += 1
+                            try:
+                                return await self._follow(method, target, headers, body, allows)
+                            finally:
+                                self.in_flight -= 1
+            except TimeoutError:
+                raise HttpTimeout(
+                    timeout=limit, method=f"http {method} {target.origin}", plugin=self.plugin
+                ) from None
+            finally:
+                if p.id is not None:
+                    self._running.pop(p.id, None)
+        # Only a host/http.cancel gets here: nobody waits for this answer any more.
+        raise CallCancelled(method=f"http {method} {target.origin}")
 
     @contextmanager
     def _scrubbed(self) -> Iterator[None]:
