@@ -87,7 +87,7 @@ class SecretStore:
                 raise PermissionDenied(
                     f"http: header {header!r} names secret {m.group(1)!r}, which the operator "
                     f"has not configured for plugin {self.plugin!r}",
-                    permission=f"secret:{m.group(1)}",
+                    permission=f"secrets.{m.group(1)}",
                     plugin=self.plugin,
                 )
             if not any(grant_covers(g, origin) for g in secret.hosts):
@@ -110,7 +110,7 @@ class SecretStore:
         return PermissionDenied(
             f"http: secret {name!r} may not be sent to {origin} (its hosts: "
             f"{', '.join(str(g) for g in self._secrets[name].hosts) if names else ''})",
-            permission=f"secret:{name}",
+            permission=f"secrets.{name}",
             plugin=self.plugin,
         )
 

@@ -1,0 +1,246 @@
+"""Secrets a plugin uses but never sees: ``ctx.secret("NAME")`` is a reference; the host
+puts the value into a header only on requests to the secret's hosts. Real strict workers,
+real loopback servers; the value is looked for in every byte anything else received."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from structlog.testing import capture_logs
+
+from cordon.protocol import InvalidParams, PermissionDenied
+from cordon.runtime import ConfigError, PluginHandle, Runtime
+from cordon.runtime._hostapi._secrets import load_secrets
+from cordon.runtime._settings._config import parse_config
+from cordon.runtime._settings._http_keys import SecretSpec
+
+from .conftest import base_config
+from .http_loopback import Loopback, Seen, answer, loopback, make_plugin
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 20.0
+#: The secret's value, and the variable the operator keeps it in.
+VALUE = "s3cr3t-Value-9f2c71d4"
+VAR = "CORDON_TEST_HTTP_TOKEN"
+
+
+async def _echo(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+    """Echo every request header back, in a header and in the body (a hostile or merely
+    debug-happy server reflecting the credential)."""
+    if seen.path == "/bounce":
+        await answer(stream, 307, headers=[("Location", f"{seen.headers['x-next']}/landed")])
+        return
+    auth = seen.headers.get("authorization", "")
+    await answer(
+        stream,
+        200,
+        json.dumps({"headers": seen.headers, "body": seen.body.decode()}).encode(),
+        headers=[("Content-Type", "application/json"), ("X-Echo-Auth", auth)],
+    )
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[tuple[Loopback, Loopback]]:
+    """``own``: the secret's host; ``other``: granted to the plugin, but not the secret's."""
+    async with loopback(_echo) as own, loopback(_echo) as other:
+        yield own, other
+
+
+def _config(tmp_path: Path, own: Loopback, other: Loopback) -> dict[str, Any]:
+    config = base_config(tmp_path)
+    config["plugins"] = {
+        "web": {
+            "grant": ["log", own.grant, other.grant],
+            "secrets": {"TOKEN": {"env": VAR, "hosts": [f"http://127.0.0.1:{own.port}"]}},
+        },
+        "neighbour": {"grant": [own.grant]},
+    }
+    return config
+
+
+def _plugins(tmp_path: Path, own: Loopback, other: Loopback) -> tuple[Path, Path]:
+    web = make_plugin(tmp_path / "plugins", "web", ["log", own.grant, other.grant])
+    neighbour = make_plugin(tmp_path / "plugins", "neighbour", [own.grant])
+    return web, neighbour
+
+
+async def _call(handle: PluginHandle, tool: str, **args: Any) -> Any:
+    return await handle.call(tool, args, timeout=10)
+
+
+def _nowhere(value: str, *places: object) -> None:
+    for place in places:
+        assert value not in repr(place), f"the secret's value leaked into {place!r}"[:300]
+
+
+async def test_the_secret_reaches_its_host_and_the_plugin_sees_only_its_placeholder(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.setenv(VAR, VALUE)
+    web_dir, _ = _plugins(tmp_path, own, other)
+    with anyio.fail_after(DEADLINE), capture_logs() as logs:
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            web = await rt.load(web_dir)
+            out = await _call(
+                web,
+                "fetch",
+                url=own.url("/api"),
+                method="POST",
+                body="token=<secret TOKEN>",
+                secret="TOKEN",
+                secret_header="Authorization",
+                secret_prefix="Bearer ",
+            )
+            shown = await _call(web, "show_secret", name="TOKEN")
+            audit = await rt.audit_trail.read("web")  # type: ignore[union-attr]
+    # The server got the value, in the header and only there (the body is not substituted).
+    assert own.seen[0].headers["authorization"] == f"Bearer {VALUE}"
+    assert own.seen[0].body == b"token=<secret TOKEN>"
+    # What came back to the plugin (an echo of it) carries the placeholder, never the value.
+    assert ["x-echo-auth", "Bearer <secret TOKEN>"] in out["headers"]
+    assert out["json"]["headers"]["authorization"] == "Bearer <secret TOKEN>"
+    assert shown == {
+        "str": "<secret TOKEN>",
+        "repr": "<secret TOKEN>",
+        "format": "<secret TOKEN>",
+        "name": "TOKEN",
+    }
+    _nowhere(VALUE, out, shown, logs, audit)
+
+
+async def test_a_secret_on_a_request_to_another_host_is_refused_and_nothing_is_sent(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.setenv(VAR, VALUE)
+    web_dir, _ = _plugins(tmp_path, own, other)
+    with anyio.fail_after(DEADLINE), capture_logs() as logs:
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            web = await rt.load(web_dir)
+            with pytest.raises(PermissionDenied) as info:
+                await _call(web, "secret_in_error", name="TOKEN", url=other.url("/steal"))
+            # The same origin on another port is another origin.
+            with pytest.raises(PermissionDenied):
+                await _call(
+                    web, "secret_in_error", name="TOKEN", url=f"http://127.0.0.1:{own.port + 1}/"
+                )
+            audit = await rt.audit_trail.read("web")  # type: ignore[union-attr]
+    assert other.seen == []
+    assert "TOKEN" in info.value.message and str(other.port) in info.value.message
+    assert info.value.permission == "secrets.TOKEN"
+    _nowhere(VALUE, info.value.message, info.value.fields(), logs, audit)
+
+
+async def test_a_redirect_to_another_origin_drops_the_secret_bearing_header(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.setenv(VAR, VALUE)
+    web_dir, _ = _plugins(tmp_path, own, other)
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            web = await rt.load(web_dir)
+            out = await _call(
+                web,
+                "fetch",
+                url=own.url("/bounce"),
+                headers={"X-Next": other.url("").rstrip("/"), "Cookie": "session=plugin-own"},
+                secret="TOKEN",
+                secret_header="Authorization",
+            )
+    assert out["status"] == 200 and out["url"] == other.url("/landed")
+    # The secret's host saw it; the other origin saw neither the secret nor the cookie.
+    assert own.seen[0].headers["authorization"] == VALUE
+    landed = other.seen[0]
+    assert "authorization" not in landed.headers and "cookie" not in landed.headers
+    assert VALUE.encode() not in landed.raw
+
+
+async def test_a_plugin_cannot_use_a_secret_configured_for_another_plugin(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.setenv(VAR, VALUE)
+    _, neighbour_dir = _plugins(tmp_path, own, other)
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            neighbour = await rt.load(neighbour_dir)
+            # The same name, to the very host web's TOKEN may go to: still not neighbour's.
+            with pytest.raises(PermissionDenied, match="not configured for plugin 'neighbour'"):
+                await _call(neighbour, "secret_in_error", name="TOKEN", url=own.url("/"))
+    assert own.seen == []
+
+
+async def test_a_missing_variable_fails_the_load_naming_plugin_secret_and_variable(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.delenv(VAR, raising=False)
+    web_dir, _ = _plugins(tmp_path, own, other)
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            with pytest.raises(ConfigError) as info:
+                await rt.load(web_dir)
+    (problem,) = info.value.problems
+    assert problem["path"] == "plugins.web.secrets.TOKEN.env"
+    message = problem["message"]
+    assert "'web'" in message and "'TOKEN'" in message
+    assert VAR in message and "not set" in message
+
+
+@pytest.mark.parametrize("value", ["", "two\nlines", " padded ", "caf\u00e9"])
+def test_a_secret_value_unusable_in_a_header_is_refused_without_showing_it(value: str) -> None:
+    spec = SecretSpec(env=VAR, hosts=("api.example.com",))
+    with pytest.raises(ConfigError) as info:
+        load_secrets("web", {"TOKEN": spec}, environ={VAR: value})
+    assert VAR in str(info.value)
+    if value.strip():
+        assert value.strip() not in str(info.value)
+
+
+def test_the_secrets_table_is_checked_at_config_time() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "defaults": {"secrets": {"A": {"env": "X", "hosts": ["a.example"]}}},
+                "plugins": {
+                    "web": {
+                        "secrets": {
+                            "B": {"env": "not a var", "hosts": ["a.example"]},
+                            "C": {"env": "X", "hosts": ["a.example/path"]},
+                            "D": {"env": "X", "hosts": []},
+                            "E F": {"env": "X", "hosts": ["a.example"]},
+                        }
+                    }
+                },
+            }
+        )
+    paths = {p["path"] for p in info.value.problems}
+    assert paths == {
+        "defaults.secrets",
+        "plugins.web.secrets.B.env",
+        "plugins.web.secrets.C.hosts[0]",
+        "plugins.web.secrets.D.hosts",
+        'plugins.web.secrets."E F"',
+    }
+
+
+def test_a_secret_reference_holds_nothing_but_its_name() -> None:
+    from cordon.worker._http import SecretRef, secret_ref
+
+    ref = secret_ref("TOKEN")
+    assert isinstance(ref, SecretRef)
+    assert str(ref) == repr(ref) == f"{ref}" == "<secret TOKEN>"
+    assert ref.__slots__ == ("name",)
+    with pytest.raises(AttributeError):
+        ref.name = "OTHER"
+    with pytest.raises(InvalidParams):
+        secret_ref("<secret X>")
