@@ -1,0 +1,22 @@
+"""Test plugin for the MCP bridge: a second plugin, for names and the --plugins filter."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cordon.worker import Context, Plugin
+
+plugin = Plugin()
+
+
+@plugin.tool
+async def greet(ctx: Context, name: str) -> str:
+    """Greet, the other way."""
+    return f"Hi {name}, from the other plugin"
+
+
+@plugin.tool
+async def slow(ctx: Context) -> str:
+    """Never answers by itself: only the operator's call timeout ends it."""
+    await asyncio.Event().wait()
+    return "never"

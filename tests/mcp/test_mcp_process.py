@@ -1,0 +1,160 @@
+"""The stdio bridge as a process: its stdout carries MCP and nothing else, and it leaves no
+worker behind however it is stopped (the client leaving mid-call, SIGTERM with stdin open).
+Raw JSON-RPC lines, no client library: what is on the wire is the point."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import psutil
+import pytest
+
+from .conftest import CORDON, DEADLINE, EXIT_DEADLINE
+
+pytestmark = pytest.mark.anyio
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def _call(ident: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": ident,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+
+
+class _Wire:
+    """The bridge's stdin and stdout, a line at a time."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._buf = b""
+        self.lines: list[bytes] = []
+
+    async def send(self, *messages: dict[str, Any] | bytes) -> None:
+        for m in messages:
+            await self._stdin.send(m if isinstance(m, bytes) else json.dumps(m).encode() + b"\n")
+
+    async def answer(self, ident: int) -> dict[str, Any]:
+        """Read lines until the response to ``ident``; every line read is kept."""
+        while True:
+            while b"\n" not in self._buf:
+                self._buf += await self._stdout.receive()
+            line, self._buf = self._buf.split(b"\n", 1)
+            self.lines.append(line)
+            message = json.loads(line)
+            if message.get("id") == ident:
+                return dict(message)
+
+    async def rest(self) -> None:
+        """Everything else the bridge writes until it closes stdout."""
+        try:
+            while True:
+                self._buf += await self._stdout.receive()
+        except anyio.EndOfStream:
+            pass
+        self.lines += [line for line in self._buf.split(b"\n") if line]
+
+    async def close_stdin(self) -> None:
+        await self._stdin.aclose()
+
+
+@asynccontextmanager
+async def _bridge(config: Path, *args: str) -> AsyncIterator[_Wire]:
+    log = config.parent / "bridge.log"
+    with log.open("w") as errlog:
+        command = [CORDON, "mcp", "serve", "--config", str(config), *args]
+        async with await anyio.open_process(command, stderr=errlog) as process:
+            try:
+                yield _Wire(process)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` exits within the deadline (a worker of a bridge that has exited is
+    no child of ours to wait for)."""
+    try:
+        psutil.Process(pid).wait(timeout=EXIT_DEADLINE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        psutil.Process(pid).kill()
+        return False
+    return True
+
+
+async def test_stdout_carries_only_json_rpc_even_with_debug_logs_and_a_printing_plugin(
+    bridge_config: Path,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with _bridge(bridge_config, "--log-level", "debug") as wire:
+            await wire.send(INITIALIZE, INITIALIZED, _call(2, "mcpdemo.noisy", {}))
+            noisy = await wire.answer(2)
+            await wire.send(b"this is not json\n", _call(3, "mcpdemo.greet", {"name": "Ada"}))
+            greet = await wire.answer(3)
+            await wire.close_stdin()
+            await wire.rest()
+            with anyio.fail_after(EXIT_DEADLINE):
+                assert await wire.process.wait() == 0
+    assert noisy["result"]["content"][0]["text"] == "ok"
+    assert greet["result"]["content"][0]["text"] == "Hello Ada"
+    for line in wire.lines:
+        message = json.loads(line)  # nothing but JSON on stdout...
+        assert message["jsonrpc"] == "2.0"  # ... and all of it JSON-RPC
+        assert message.get("id") != 99, "the plugin's print reached the client"
+    log = (bridge_config.parent / "bridge.log").read_text()
+    assert "to stderr" in log  # what the plugin printed went to the host's log, on stderr
+    assert "worker.started" in log  # and so did cordon's debug records
+
+
+async def test_the_client_leaving_mid_call_stops_the_bridge_and_its_worker(
+    bridge_config: Path,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with _bridge(bridge_config) as wire:
+            await wire.send(INITIALIZE, INITIALIZED, _call(2, "mcpdemo.pid", {}))
+            pid = int((await wire.answer(2))["result"]["content"][0]["text"])
+            await wire.send(_call(3, "mcpdemo.hold", {"gate": "left"}))
+            await wire.close_stdin()
+            await wire.rest()
+            with anyio.fail_after(EXIT_DEADLINE):
+                assert await wire.process.wait() == 0
+    assert await anyio.to_thread.run_sync(_gone, pid)
+
+
+async def test_sigterm_stops_the_bridge_and_its_worker_while_stdin_stays_open(
+    bridge_config: Path,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with _bridge(bridge_config) as wire:
+            await wire.send(INITIALIZE, INITIALIZED, _call(2, "mcpdemo.pid", {}))
+            pid = int((await wire.answer(2))["result"]["content"][0]["text"])
+            wire.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(EXIT_DEADLINE):
+                assert await wire.process.wait() == 0
+    assert await anyio.to_thread.run_sync(_gone, pid)
