@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,57 @@ async def test_a_wedged_zygote_misses_the_fork_deadline_and_the_worker_is_spawne
             await probe.call("pid")
             assert probe.worker.process.launcher == "zygote"
             assert zygote.pid not in (None, wedged)
+
+
+HOST_SCRIPT = """
+import sys, anyio
+from cordon.runtime import Runtime
+
+async def main():
+    config = {"runtime": {"state-dir": sys.argv[1], "warm-workers": 0, "launcher": "zygote"}}
+    async with Runtime(config) as rt:
+        with anyio.fail_after(60):  # the test's deadline: it reads until this line or EOF
+            probe = await rt.load(sys.argv[2])
+            worker = await probe.call("pid")
+        print("PIDS", rt.launcher.pid, worker, flush=True)
+        sys.stdin.read()
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("zygote_stopped", [False, True])
+def test_the_zygote_and_its_forked_workers_die_with_a_host_killed_outright(
+    tmp_path: Path, zygote_stopped: bool
+) -> None:
+    """A running zygote reads EOF on its socket; a stopped one (it cannot read) is ended by
+    its PDEATHSIG, which SIGKILLs even a stopped process."""
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST_SCRIPT, str(tmp_path / "state"), str(PROBE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        line = host.stdout.readline()
+        while line and not line.startswith("PIDS "):  # the host's log lines come first
+            line = host.stdout.readline()
+        zygote_pid, worker_pid = map(int, line.split()[1:])
+        zygote, worker = psutil.Process(zygote_pid), psutil.Process(worker_pid)
+        assert worker.ppid() == host.pid  # the host's child, not the zygote's
+        if zygote_stopped:
+            zygote.suspend()
+        host.kill()  # no cleanup runs: only PDEATHSIG can end them
+        host.wait(timeout=30)
+        _gone, alive = psutil.wait_procs([zygote, worker], timeout=30)
+        for proc in alive:
+            proc.kill()  # leave nothing behind, then fail
+        assert not alive, alive
+    finally:
+        host.kill()
+        host.wait(timeout=30)
+        assert host.stdin is not None and host.stdout is not None
+        host.stdin.close()
+        host.stdout.close()
