@@ -1,0 +1,289 @@
+"""Large payloads and the hot path, side by side with raw pipes, in one run.
+
+    .venv/bin/python -m benchmarks.bench_payload [--quick] [--sandbox strict]
+
+Prints, each as a median with its ratio to the raw figure measured in the same run:
+
+* 1 MiB and 64 KiB echo through a real worker (Runtime → worker → plugin → back) against a
+  raw ``os.read``/``os.write`` echo of the same size between two processes; the raw echo
+  with the default pipe buffer (64 KiB) and with ``F_SETPIPE_SZ`` at the system maximum.
+* Sequential small calls against the small-message pipe floor, and 64 calls in flight.
+* Each of those with the loop shortcuts on and off (``CORDON_LOOP_SHORTCUTS=0``), two
+  runtimes in this one process, interleaved round by round.
+* A bystander: one plugin's sequential small calls, p50/p99, alone and while another plugin
+  streams large results (a 6 MB string, then 6 MB of small objects).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+
+from benchmarks.run import HELLO, pipelined, raw_pipe_floor, sequential
+from cordon.runtime import Runtime
+
+#: Linux's fcntl number (Python 3.11's fcntl module lacks the name; 3.10 added it on some
+#: builds only).
+F_SETPIPE_SZ: Final = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: A bystander's pace: one small call due every 2 ms.
+PACE: Final = 0.002
+#: The raw echo's reads: the whole pipe, as a well-tuned raw peer would read.
+RAW_READ: Final = 1024 * 1024
+
+_ECHO = textwrap.dedent(
+    """
+    import os, sys
+    size = int(sys.argv[1])
+    while True:
+        buf = bytearray()
+        while not buf.endswith(b"\\n"):
+            data = os.read(0, size)
+            if not data:
+                raise SystemExit
+            buf += data
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(1, view):]
+    """
+)
+
+_BIG_PLUGIN_TOML = """\
+[plugin]
+id = "big"
+name = "Big"
+version = "1.0.0"
+description = "Large results for the payload benchmark."
+entry = "big_plugin:plugin"
+requires-cordon = ">=0.1"
+
+[contributes]
+tools = [{ name = "blob", description = "A large result." }]
+"""
+
+_BIG_PLUGIN_PY = """\
+from cordon.worker import Plugin
+
+plugin = Plugin()
+_CACHE = {}
+
+
+@plugin.tool()
+async def blob(size: int, kind: str = "str"):
+    key = (size, kind)
+    if key not in _CACHE:
+        if kind == "str":
+            _CACHE[key] = "x" * size
+        else:
+            _CACHE[key] = [{"i": i, "s": "yy"} for i in range(size // 20)]
+    return _CACHE[key]
+"""
+
+
+def _write_big_plugin(tmp: Path) -> Path:
+    big_dir = tmp / "big"
+    big_dir.mkdir()
+    (big_dir / "plugin.toml").write_text(_BIG_PLUGIN_TOML)
+    (big_dir / "big_plugin.py").write_text(_BIG_PLUGIN_PY)
+    return big_dir
+
+
+def _pipe_max() -> int:
+    return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+
+
+def raw_echo(size: int, n: int, big_pipes: bool) -> float:
+    """Median seconds per round trip of a ``size``-byte line through a bare child."""
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", _ECHO, str(RAW_READ)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    w, r = proc.stdin.fileno(), proc.stdout.fileno()
+    if big_pipes:
+        for fd in (w, r):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, _pipe_max())
+    msg = b"x" * (size - 1) + b"\n"
+    times = []
+    try:
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            os.write(w, msg)  # blocking: the child reads as it goes
+            got = 0
+            while got < size:
+                got += len(os.read(r, RAW_READ))
+            if i:  # the first trip warms the child
+                times.append(time.perf_counter() - t0)
+    finally:
+        proc.stdin.close()
+        proc.wait()
+        proc.stdout.close()
+    return statistics.median(times)
+
+
+async def stack_echo(rt: Runtime, size: int, n: int) -> float:
+    hello = rt.get("hello")
+    value = "x" * (size - 40)  # the envelope makes up the rest
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = await hello.call("echo", {"value": value})
+        times.append(time.perf_counter() - t0)
+        assert len(out) == len(value)
+    return statistics.median(times)
+
+
+@contextmanager
+def shortcuts(on: bool) -> Iterator[None]:
+    """The environment a runtime's workers (and its own reader) choose their path from."""
+    old = os.environ.pop("CORDON_LOOP_SHORTCUTS", None)
+    if not on:
+        os.environ["CORDON_LOOP_SHORTCUTS"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("CORDON_LOOP_SHORTCUTS", None)
+        if old is not None:
+            os.environ["CORDON_LOOP_SHORTCUTS"] = old
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def bystander(
+    rt: Runtime, seconds: float, big: tuple[int, str] | None
+) -> tuple[float, float, float, int]:
+    """The hello plugin's small calls, one due every :data:`PACE` seconds, while ``big``
+    plugin calls stream results of that (size, kind) in a loop: p50, p99 and max latency,
+    counted from when each call was *due* (a call held up delays the next ones too, and
+    that counts: no coordinated omission), and how many big results arrived."""
+    lat: list[float] = []
+    big_done = 0
+    hello = rt.get("hello")
+
+    async def streamer() -> None:
+        nonlocal big_done
+        assert big is not None
+        while True:
+            await rt.get("big").call("blob", {"size": big[0], "kind": big[1]}, timeout=60)
+            big_done += 1
+
+    async with anyio.create_task_group() as tg:
+        if big is not None:
+            tg.start_soon(streamer)
+            await anyio.sleep(0.2)  # the stream is under way
+        start = time.perf_counter()
+        for i in range(int(seconds / PACE)):
+            due = start + i * PACE
+            now = time.perf_counter()
+            if now < due:
+                await anyio.sleep(due - now)
+            await hello.call("echo", {"value": i})
+            lat.append(time.perf_counter() - due)
+        tg.cancel_scope.cancel()
+    return _pct(lat, 0.5), _pct(lat, 0.99), max(lat), big_done
+
+
+def _config(state: str, sandbox: str) -> dict[str, Any]:
+    return {
+        "runtime": {"state-dir": state, "warm-workers": 0},
+        "defaults": {"sandbox": sandbox, "memory": "1GiB"},
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    rounds = 3 if args.quick else 7
+    n_big = 10 if args.quick else 30
+    n_seq = 1000 if args.quick else 4000
+    n_pipe = 6400 if args.quick else 32000
+    res: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
+    raw: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        big_dir = _write_big_plugin(Path(tmp))
+        rts: dict[str, Runtime] = {}
+        async with AsyncExitStack() as stack:
+            for mode in ("on", "off"):
+                with shortcuts(mode == "on"):
+                    rt = await stack.enter_async_context(
+                        Runtime(_config(str(Path(tmp, mode)), args.sandbox))
+                    )
+                    rts[mode] = rt
+                    await rt.load(HELLO)
+                    await rt.load(big_dir)
+                    await rt.get("hello").call("echo", {"value": 0})
+                    await rt.get("big").call("blob", {"size": 10})
+            for _ in range(rounds):  # interleaved, so drift hits every column alike
+                for label, size in (("1 MiB", 1 << 20), ("64 KiB", 64 << 10)):
+                    for big in (False, True):
+                        key = f"{label} raw" + (" big pipes" if big else "")
+                        raw.setdefault(key, []).append(raw_echo(size, n_big, big))
+                    for mode, rt in rts.items():
+                        t = await stack_echo(rt, size, n_big)
+                        res[mode].setdefault(label, []).append(t)
+                raw.setdefault("floor", []).append(raw_pipe_floor(n_seq))
+                for mode, rt in rts.items():
+                    res[mode].setdefault("seq", []).append((await sequential(rt, n_seq))[0])
+                    res[mode].setdefault("64", []).append((await pipelined(rt, n_pipe))[0])
+            stand: dict[str, tuple[float, float, float, int]] = {}
+            rt = rts["on"]
+            secs = 1.0 if args.quick else 3.0
+            stand["alone"] = await bystander(rt, secs, None)
+            stand["6 MB string"] = await bystander(rt, secs, (6_000_000, "str"))
+            stand["6 MB objects"] = await bystander(rt, secs, (6_000_000, "objects"))
+    med = statistics.median
+    print(
+        f"payload benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+        f"sandbox={args.sandbox}, pipe max {_pipe_max()} bytes)"
+    )
+    print("  echo, median per round trip    raw      raw+big pipes   cordon (shortcuts on / off)")
+    for label in ("1 MiB", "64 KiB"):
+        r0, r1 = med(raw[f"{label} raw"]), med(raw[f"{label} raw big pipes"])
+        on, off = med(res["on"][label]), med(res["off"][label])
+        print(
+            f"    {label:7s} {r0 * 1e3:8.3f} ms  {r1 * 1e3:8.3f} ms   "
+            f"{on * 1e3:8.3f} ms ({r0 / on:.2f}x raw, {r1 / on:.2f}x big) / "
+            f"{off * 1e3:8.3f} ms ({r0 / off:.2f}x raw)"
+        )
+    floor = med(raw["floor"])
+    print(f"  small-message pipe floor       {floor:10.0f} msgs/s")
+    for key, label in (("seq", "sequential"), ("64", "64 in flight")):
+        on, off = med(res["on"][key]), med(res["off"][key])
+        print(
+            f"  {label:14s} shortcuts on {on:8.0f} calls/s ({on / floor:.2f}x floor), "
+            f"off {off:8.0f} ({off / floor:.2f}x), on/off {on / off:.2f}"
+        )
+    print("  a bystander's small calls, one due every 2 ms, latency from due time:")
+    print("    while another plugin streams      p50        p99        max    big results")
+    for name, (p50, p99, worst, done) in stand.items():
+        print(
+            f"    {name:28s} {p50 * 1e3:7.2f} ms  {p99 * 1e3:7.2f} ms  {worst * 1e3:7.2f} ms"
+            f"   {done}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument(
+        "--sandbox", default="best-effort", choices=["strict", "best-effort", "off"]
+    )
+    anyio.run(main_async, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
