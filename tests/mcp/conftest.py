@@ -31,7 +31,8 @@ pytestmark = pytest.mark.anyio
 
 
 def write_config(tmp_path: Path) -> Path:
-    """Both test plugins; mcpother's call timeout is short (its ``slow`` tool runs into it),
+    """Both test plugins; mcpother's call timeout and memory are small (its ``slow`` and
+    ``hoard`` tools run into them),
     mcpdemo's is long (a cancellation must not be mistaken for a timeout: see
     CANCEL_DEADLINE)."""
     config = tmp_path / "cordon.toml"
@@ -49,6 +50,7 @@ max-call-timeout = "60 s"
 
 [plugins.mcpother]
 call-timeout = "1 s"
+memory = "96 MiB"
 """
     )
     return config

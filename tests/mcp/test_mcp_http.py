@@ -51,12 +51,14 @@ async def test_failures_over_http_are_tool_errors_and_the_bridge_keeps_serving(
             crashed = await client.call_tool("mcpdemo.crash", {})
             slow = await client.call_tool("mcpother.slow", {})
             failed = await client.call_tool("mcpdemo.fail", {"message": "boom"})
+            hoard = await client.call_tool("mcpother.hoard", {})
             with pytest.raises(MCPError):
                 await client.call_tool("mcpdemo.missing", {})
             after = await client.call_tool("mcpdemo.greet", {"name": "Ada"})
     assert crashed.is_error and text_of(crashed).startswith("WorkerCrashed: ")
     assert slow.is_error and text_of(slow).startswith("CallTimeout: ")
     assert failed.is_error and text_of(failed) == "PluginError: ValueError: boom"
+    assert hoard.is_error and text_of(hoard).startswith("QuotaExceeded: ")
     assert text_of(after) == "Hello Ada"
 
 

@@ -29,6 +29,7 @@ ALL_TOOLS = [
     "mcpdemo.stats",
     "mcpdemo.was_cancelled",
     "mcpother.greet",
+    "mcpother.hoard",
     "mcpother.slow",
 ]
 
@@ -166,6 +167,19 @@ async def test_a_call_past_the_operators_timeout_is_a_tool_error_and_serving_goe
     assert text_of(after) == "Hi Ada, from the other plugin"
 
 
+async def test_a_quota_hit_is_a_tool_error_and_the_worker_is_recycled(
+    bridge_config: Path,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with stdio_bridge(bridge_config) as client:
+            hoard = await client.call_tool("mcpother.hoard", {})
+            after = await client.call_tool("mcpother.greet", {"name": "Ada"})
+    assert hoard.is_error
+    assert text_of(hoard).startswith("QuotaExceeded: ")
+    assert "memory" in text_of(hoard)
+    assert text_of(after) == "Hi Ada, from the other plugin"
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_progress_reaches_the_client_increasing_redacted_and_before_the_result(
     bridge_config: Path, mode: str
@@ -248,7 +262,7 @@ async def test_the_plugin_filter_exposes_only_the_named_plugins(bridge_config: P
             names = [t.name for t in (await client.list_tools()).tools]
             with pytest.raises(MCPError):
                 await client.call_tool("mcpdemo.greet", {"name": "Ada"})
-    assert names == ["mcpother.greet", "mcpother.slow"]
+    assert names == ["mcpother.greet", "mcpother.hoard", "mcpother.slow"]
 
 
 async def test_the_separator_option_names_tools_for_clients_without_dots(
@@ -258,5 +272,5 @@ async def test_the_separator_option_names_tools_for_clients_without_dots(
         async with stdio_bridge(bridge_config, "--plugins", "mcpother", "--separator", "__") as c:
             names = [t.name for t in (await c.list_tools()).tools]
             greet = await c.call_tool("mcpother__greet", {"name": "Ada"})
-    assert names == ["mcpother__greet", "mcpother__slow"]
+    assert names == ["mcpother__greet", "mcpother__hoard", "mcpother__slow"]
     assert text_of(greet) == "Hi Ada, from the other plugin"

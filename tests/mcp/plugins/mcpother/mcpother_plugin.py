@@ -20,3 +20,11 @@ async def slow(ctx: Context) -> str:
     """Never answers by itself: only the operator's call timeout ends it."""
     await asyncio.Event().wait()
     return "never"
+
+
+@plugin.tool
+async def hoard(ctx: Context) -> int:
+    """Allocate until the memory limit refuses (the MemoryError escapes)."""
+    held: list[bytearray] = []
+    while True:
+        held.append(bytearray(1024 * 1024))
