@@ -4,7 +4,11 @@ real loopback servers; the value is looked for in every byte anything else recei
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -244,3 +248,35 @@ def test_a_secret_reference_holds_nothing_but_its_name() -> None:
         ref.name = "OTHER"
     with pytest.raises(InvalidParams):
         secret_ref("<secret X>")
+
+
+def test_plugin_info_and_config_check_show_grants_and_secret_names_never_values(
+    tmp_path: Path,
+) -> None:
+    make_plugin(tmp_path / "plugins", "web", ["http:api.github.com"])
+    config = tmp_path / "cordon.toml"
+    config.write_text(
+        '[runtime]\nplugin-dirs = ["plugins"]\nstate-dir = "state"\n'
+        '[plugins.web]\ngrant = ["http:api.github.com", "http:http://10.0.0.5:8080"]\n'
+        f'[plugins.web.secrets.GH]\nenv = "{VAR}"\nhosts = ["api.github.com"]\n'
+    )
+    cordon = str(Path(sys.executable).with_name("cordon"))
+    env = {**os.environ, VAR: VALUE}
+    run = functools.partial(
+        subprocess.run, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    info = run([cordon, "plugin", "info", "web", "--json", "--config", str(config)])
+    text = run([cordon, "plugin", "info", "web", "--config", str(config)])
+    check = run([cordon, "config", "check", str(config)])
+    assert info.returncode == text.returncode == check.returncode == 0, info.stderr
+    row = json.loads(info.stdout)
+    # Only what the manifest requested and the operator granted is effective.
+    assert row["http"] == ["http:api.github.com: requests to https://api.github.com:443"]
+    assert row["secrets"] == [
+        {"name": "GH", "env": VAR, "set": True, "hosts": ["https://api.github.com:443"]}
+    ]
+    assert f"GH from ${VAR} (set) -> https://api.github.com:443" in text.stdout
+    assert "internal address, 10.0.0.5" in check.stdout
+    assert f"plugins.web.secrets.GH: secret from ${VAR} (set)" in check.stdout
+    for out in (info, text, check):
+        assert VALUE not in out.stdout + out.stderr

@@ -52,8 +52,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _exec_notes(cfg: Any) -> list[tuple[str, str]]:
-    """Every exec grant, in plain words, under the TOML path that grants it."""
+    """Every exec and http grant and every secret, in plain words, under the TOML path
+    that grants it."""
+    import os
+
     from .._settings._exec_rules import exec_grants
+    from .._settings._http_keys import http_notes
 
     sections = [("defaults", cfg.defaults)]
     sections += [(f"plugins.{pid}", s) for pid, s in cfg.plugins.items()]
@@ -61,7 +65,7 @@ def _exec_notes(cfg: Any) -> list[tuple[str, str]]:
         (f"{where}.grant", str(g["summary"]))
         for where, s in sections
         for g in exec_grants(s.grant, s.exec_rules)
-    ]
+    ] + http_notes(sections, os.environ)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

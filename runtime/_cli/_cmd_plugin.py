@@ -7,6 +7,7 @@ reachable. None of them starts a worker.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,7 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
     from .._platform._discovery import discover
     from .._settings._config import find_config
     from .._settings._exec_rules import exec_grants
+    from .._settings._http_keys import http_grant_summary, secret_summaries
     from .._settings._manifest import load_manifest
     from .._settings._permissions import effective_permissions
     from ._control import apply_overrides, overrides_path, read_overrides
@@ -136,6 +138,9 @@ def _plugin_rows(config: Path | None) -> list[dict[str, Any]]:
                 "sandbox": s.sandbox,
                 # Each exec grant in plain words: as powerful as the command, escalators named.
                 "exec": exec_grants(usable, s.exec_rules),
+                # Origins it may reach through the host, and its secrets by name (never values).
+                "http": [http_grant_summary(p) for p in perms.effective if p.startswith("http:")],
+                "secrets": secret_summaries(s.secrets, os.environ),
                 # Installed with ``cordon plugin install``: its version, source and signer.
                 "installed": (
                     installed_row(store, cand.path)
@@ -212,10 +217,20 @@ def cmd_plugin_info(args: argparse.Namespace) -> int:
                 print_json(r)
             else:
                 grants = r.pop("exec", None) or []
+                origins = r.pop("http", None) or []
+                secrets = r.pop("secrets", None) or []
                 print_kv(r)
                 # One line per exec grant: what it lets the plugin do, escalators named.
                 for grant in grants:
                     print(f"{'exec':12} {shown(grant['summary'])}")
+                for origin in origins:
+                    print(f"{'http':12} {shown(origin)}")
+                for sec in secrets:
+                    state = "set" if sec["set"] else "NOT SET"
+                    to = ", ".join(sec["hosts"])
+                    print(
+                        f"{'secret':12} {shown(sec['name'])} from ${sec['env']} ({state}) -> {to}"
+                    )
             return EXIT_OK
     raise PluginUnavailable(
         f"no plugin {args.plugin_id!r} under the configured plugin dirs",

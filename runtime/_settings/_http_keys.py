@@ -373,3 +373,58 @@ def parse_secrets(
         elif good:
             out[str(name)] = SecretSpec(env=env, hosts=tuple(hosts))
     return out
+
+
+# -- what the operator is shown (config check, plugin info) -----------------------------------
+
+
+def http_grant_summary(permission: str) -> str:
+    """One ``http:`` grant in plain words (for ``config check`` and ``plugin info``)."""
+    try:
+        grant = parse_grant(permission[len(HTTP_PREFIX) :])
+    except ValueError as exc:
+        return f"{permission}: {exc}"
+    what = f"{permission}: requests to {grant}"
+    if grant.host.kind != "name":
+        ip = ipaddress.ip_address(grant.host.bare)
+        if not ip.is_global:
+            what += f" (an internal address, {grant.host.text}, reachable by its literal)"
+    elif grant.wildcard:
+        what += " (every name below it; the host refuses names resolving to internal addresses)"
+    return what
+
+
+def secret_summaries(
+    specs: Mapping[str, SecretSpec], environ: Mapping[str, str]
+) -> list[dict[str, object]]:
+    """Each secret by name, where it comes from and where it may go; never its value."""
+    return [
+        {
+            "name": name,
+            "env": spec.env,
+            "set": bool(environ.get(spec.env)),
+            "hosts": [str(parse_grant(h)) for h in spec.hosts],
+        }
+        for name, spec in sorted(specs.items())
+    ]
+
+
+def http_notes(
+    sections: list[tuple[str, object]], environ: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """``config check`` notes: every http grant in plain words, every secret (a variable not
+    set in this environment said so: a host started from it would refuse to load the plugin)."""
+    notes: list[tuple[str, str]] = []
+    for where, settings in sections:
+        grants = [g for g in getattr(settings, "grant", ()) if g.startswith(HTTP_PREFIX)]
+        notes += [(f"{where}.grant", http_grant_summary(g)) for g in grants]
+        for s in secret_summaries(getattr(settings, "secrets", {}), environ):
+            hosts = ", ".join(str(h) for h in s["hosts"])  # type: ignore[attr-defined]
+            state = "set" if s["set"] else "NOT SET here: the plugin will not load"
+            notes.append(
+                (
+                    f"{where}.secrets.{s['name']}",
+                    f"secret from ${s['env']} ({state}), sent only to {hosts}",
+                )
+            )
+    return notes
