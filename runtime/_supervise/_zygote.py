@@ -184,11 +184,12 @@ class ZygoteLauncher:
             # Not the worker command (a test's stand-in peer, another interpreter): only a
             # spawn runs exactly what was asked.
             return await self._spawn.start(argv, env=env, cwd=cwd, pipes=pipes)
-        # Shielded and bounded (START_TIMEOUT, FORK_TIMEOUT): a caller cancelled between the
-        # request and its reply would leave the reply to be read as the next fork's, and a
-        # forked child nobody adopted.
-        with anyio.CancelScope(shield=True):
-            async with self._lock:
+        # One request at a time (a reply names no request). Waiting for the turn may be
+        # cancelled; the turn itself is shielded and bounded (START_TIMEOUT, FORK_TIMEOUT): a
+        # caller cancelled between request and reply would leave the reply to be read as the
+        # next fork's, and a forked child nobody adopted.
+        async with self._lock:
+            with anyio.CancelScope(shield=True):
                 process = await self._fork_or_spawn(argv, env=env, cwd=cwd, pipes=pipes)
         return process
 
