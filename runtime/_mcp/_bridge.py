@@ -129,6 +129,9 @@ class Bridge:
         self.separator = separator
         assert rt.log_sink is not None, "the runtime is not running"
         self._redactor = rt.log_sink.redactor
+        #: name → tool, as last listed: a call finds its tool without walking every
+        #: contribution (a plugin with thousands of tools must not slow every call down).
+        self._by_name: dict[str, BridgedTool] = {}
 
     def check_plugins(self) -> None:
         """Every plugin ``--plugins`` names must be loaded: a typo would serve nothing."""
@@ -164,7 +167,19 @@ class Bridge:
                     tg.start_soon(start, pid)
 
     def tools(self) -> list[BridgedTool]:
-        return bridged_tools(self.rt, self.plugins, self.separator)
+        tools = bridged_tools(self.rt, self.plugins, self.separator)
+        self._by_name = {t.name: t for t in tools}
+        return tools
+
+    def tool(self, name: str) -> BridgedTool | None:
+        """The tool called ``name``; the list is walked again only for a name not seen in
+        the last one (a reload may have added it). A tool gone since answers MethodNotFound
+        from its worker, which the caller gets as an unknown tool."""
+        found = self._by_name.get(name)
+        if found is None:
+            self.tools()
+            found = self._by_name.get(name)
+        return found
 
     def server(self) -> Server[Any]:
         return Server(
@@ -186,7 +201,7 @@ class Bridge:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        tool = next((t for t in self.tools() if t.name == params.name), None)
+        tool = self.tool(params.name)
         if tool is None:
             raise _unknown_tool(params.name)
         arguments = params.arguments or {}

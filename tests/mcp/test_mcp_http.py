@@ -154,3 +154,22 @@ def test_stdio_refuses_http_only_options(bridge_config: Path) -> None:
     )
     assert done.returncode == 2
     assert "--port and --allow-remote are for --transport http" in done.stderr
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_plugin_filter_naming_a_plugin_not_loaded_is_refused(
+    bridge_config: Path, transport: str
+) -> None:
+    command = [CORDON, "mcp", "serve", "--config", str(bridge_config), "--transport", transport]
+    extra = ["--port", "0"] if transport == "http" else []
+    done = subprocess.run(
+        [*command, *extra, "--plugins", "mcpdemo,nope"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert done.returncode == 10, done.stderr  # PluginUnavailable
+    assert "--plugins names 'nope', which is not loaded (loaded: mcpdemo, mcpother)" in done.stderr
+    assert done.stdout == ""
