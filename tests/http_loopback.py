@@ -10,10 +10,12 @@ nothing at all. One request per connection; the client closes after each.
 from __future__ import annotations
 
 import shutil
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -137,3 +139,114 @@ def make_plugin(root: Path, plugin_id: str, permissions: list[str]) -> Path:
     manifest = manifest.replace("permissions = []", f"permissions = [{listed}]")
     (dest / "plugin.toml").write_text(manifest)
     return dest
+
+
+class LoopbackCA:
+    """A throwaway certificate authority (Ed25519 would do, but ssl wants what OpenSSL's
+    default verification takes: EC P-256) issuing server certificates for the TLS tests."""
+
+    def __init__(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cordon test CA")])
+        self.cert = (
+            self._builder(name, name, self.key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def _builder(self, subject: Any, issuer: Any, public_key: Any) -> Any:
+        import datetime
+
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            self._x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(self._x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+        )
+
+    def client_context(self) -> ssl.SSLContext:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        ctx = ssl.create_default_context(cadata=self.cert.public_bytes(Encoding.PEM).decode())
+        return ctx
+
+    def server_context(self, tmp: Path, *, dns: list[str], ips: list[str]) -> ssl.SSLContext:
+        """A server context whose certificate names ``dns`` and ``ips``."""
+        import ipaddress
+
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
+        x509 = self._x509
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        names: list[Any] = [x509.DNSName(d) for d in dns]
+        names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        subject = x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, "server")])
+        cert = (
+            self._builder(subject, self.cert.subject, key.public_key())
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(self.key, self._hashes.SHA256())
+        )
+        pem = tmp / f"server-{len(list(tmp.glob('server-*')))}.pem"
+        pem.write_bytes(
+            key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+            + cert.public_bytes(Encoding.PEM)
+        )
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(pem)
+        return ctx
+
+
+@asynccontextmanager
+async def tls_loopback(
+    handler: Handler, context: ssl.SSLContext, server_names: list[str | None]
+) -> AsyncIterator[Loopback]:
+    """:func:`loopback` over TLS; ``server_names`` collects the SNI each client sent."""
+    from anyio.streams.tls import TLSListener
+
+    def sni(_sock: Any, name: str | None, _ctx: Any) -> None:
+        server_names.append(name)
+
+    context.sni_callback = sni
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    server = Loopback(port)
+
+    async def serve(stream: Any) -> None:
+        async with stream:
+            with anyio.fail_after(HANDLER_DEADLINE):
+                seen = await _read_request(stream)
+                if seen is None:
+                    return
+                server.seen.append(seen)
+                try:
+                    await handler(seen, stream)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass
+
+    async def guarded(stream: Any) -> None:
+        try:
+            await serve(stream)
+        except (ssl.SSLError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+            pass  # a client that refused our certificate hangs up mid-handshake
+
+    tls = TLSListener(listener, context, standard_compatible=False)
+    async with tls, anyio.create_task_group() as tg:
+        tg.start_soon(tls.serve, guarded)
+        try:
+            yield server
+        finally:
+            tg.cancel_scope.cancel()

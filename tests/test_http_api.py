@@ -5,6 +5,8 @@ talks to a real server on a loopback port started by the test."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,12 @@ import pytest
 
 from cordon.protocol import CallTimeout, HttpError, InvalidParams, PermissionDenied, QuotaExceeded
 from cordon.runtime import PluginHandle, Runtime
+from cordon.runtime._hostapi._http import HttpPolicy
+from cordon.runtime._hostapi._http_policy import parse_url
+from cordon.runtime._settings._http_keys import HttpLimits
 
 from .conftest import base_config
-from .http_loopback import Loopback, Seen, answer, loopback, make_plugin
+from .http_loopback import Loopback, LoopbackCA, Seen, answer, loopback, make_plugin, tls_loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -374,3 +379,71 @@ async def test_without_a_grant_a_plugin_has_no_http_at_all(
             with pytest.raises(PermissionDenied):
                 await _call(web, "fetch", url=server.url())
     assert server.seen == []
+
+
+# -- TLS: certificates are checked against the name, on the address the host pinned ----------
+
+
+@pytest.fixture(scope="module")
+def ca() -> LoopbackCA:
+    return LoopbackCA()
+
+
+async def test_https_to_a_granted_ip_literal_round_trips_with_its_certificate_verified(
+    tmp_path: Path, ca: LoopbackCA
+) -> None:
+    names: list[str | None] = []
+    good = ca.server_context(tmp_path, dns=[], ips=["127.0.0.1"])
+    wrong = ca.server_context(tmp_path, dns=["other.test"], ips=[])
+    async with (
+        tls_loopback(_json_echo, good, names) as srv,
+        tls_loopback(_json_echo, wrong, names) as bad,
+    ):
+        grants = [f"http:127.0.0.1:{srv.port}", f"http:127.0.0.1:{bad.port}"]
+        rt, plugin = await _runtime(tmp_path, grants)
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                assert web.host_api.http is not None
+                web.host_api.http._verify = ca.client_context()
+                out = await _call(web, "fetch", url=f"https://127.0.0.1:{srv.port}/tls")
+                failed = await _call(web, "try_fetch", url=f"https://127.0.0.1:{bad.port}/")
+    assert out["status"] == 200 and out["json"]["path"] == "/tls"
+    assert failed["type"] == "HttpError" and failed["reason"] == "tls"
+    assert bad.seen == []
+
+
+@pytest.mark.parametrize(("cert_name", "ok"), [("cordon.test", True), ("evil.test", False)])
+async def test_a_pinned_connection_checks_the_certificate_against_the_name_it_was_asked_for(
+    tmp_path: Path, ca: LoopbackCA, cert_name: str, ok: bool
+) -> None:
+    # Below the address check (a name cannot reach loopback through it): the host connects
+    # to the address it resolved and checked, and TLS still speaks and verifies the name.
+    names: list[str | None] = []
+    server_ctx = ca.server_context(tmp_path, dns=[cert_name], ips=["127.0.0.1"])
+    policy = HttpPolicy("web", HttpLimits(), verify=ca.client_context())
+    async with tls_loopback(_json_echo, server_ctx, names) as srv:
+        target = parse_url(f"https://cordon.test:{srv.port}/pinned")
+        headers = policy._hop_headers([], target, first=True, cross=False)
+        with anyio.fail_after(DEADLINE):
+            if ok:
+                status, _, content, _ = await policy._send(
+                    "GET", target, "127.0.0.1", headers, None
+                )
+            else:
+                with pytest.raises(HttpError) as info:
+                    await policy._send("GET", target, "127.0.0.1", headers, None)
+    assert names == ["cordon.test"]
+    if ok:
+        assert status == 200 and json.loads(content)["path"] == "/pinned"
+        assert srv.seen[0].headers["host"] == f"cordon.test:{srv.port}"
+    else:
+        assert info.value.reason == "tls" and srv.seen == []
+
+
+def test_the_worker_side_imports_no_http_client() -> None:
+    code = "import sys, cordon.worker; print(sorted(m for m in sys.modules if 'http' in m))"
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "httpx" not in out.stdout and "httpcore" not in out.stdout and "h11" not in out.stdout
