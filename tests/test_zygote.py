@@ -18,9 +18,11 @@ import anyio
 import psutil
 import pytest
 
+from cordon.protocol import PROTOCOL_VERSION, InitializeParams, SandboxPolicy
 from cordon.runtime import Runtime
 from cordon.runtime._supervise import _zygote
 from cordon.runtime._supervise._launcher import zygote_unsupported
+from cordon.runtime._supervise._worker import WorkerProcess
 from cordon.runtime._supervise._zygote import ZygoteLauncher
 from tests.conftest import TEST_PLUGINS, base_config
 
@@ -228,6 +230,7 @@ async def test_a_wedged_zygote_misses_the_fork_deadline_and_the_worker_is_spawne
 
 HOST_SCRIPT = """
 import sys, anyio
+from cordon.protocol import PROTOCOL_VERSION, InitializeParams, SandboxPolicy
 from cordon.runtime import Runtime
 
 async def main():
@@ -278,3 +281,40 @@ def test_the_zygote_and_its_forked_workers_die_with_a_host_killed_outright(
         assert host.stdin is not None and host.stdout is not None
         host.stdin.close()
         host.stdout.close()
+
+
+async def test_a_zygote_that_cannot_start_leaves_workers_to_spawn_and_says_why(
+    tmp_path: Path,
+) -> None:
+    """An interpreter on which the zygote dies at start (here a wrapper that refuses it):
+    the worker is spawned with that interpreter, and the zygote's last words are kept."""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *cordon.worker._zygote*) echo "zygote refused here" >&2; exit 3;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    launcher = ZygoteLauncher(str(python))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    params = InitializeParams(
+        protocol=PROTOCOL_VERSION,
+        plugin_id="probe",
+        plugin_dir=str(PROBE),
+        entry="probe_plugin:plugin",
+        scratch_dir=str(scratch),
+        sandbox=SandboxPolicy(mode="best-effort"),
+    )
+    worker = WorkerProcess(plugin_id="probe", params=params, python=str(python))
+    worker.launcher = launcher
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                await tg.start(worker.run)
+                assert worker.launched_by == "spawn"
+                await worker.stop()
+    finally:
+        await launcher.aclose()
+    assert launcher.forks == 0 and launcher.pid is None
+    assert launcher.broken is not None and "zygote refused here" in launcher.broken

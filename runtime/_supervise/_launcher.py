@@ -140,6 +140,13 @@ class _FdReceiveStream(anyio.abc.ByteReceiveStream):
                 raise anyio.EndOfStream
             return data
 
+    def read_now(self, limit: int) -> bytes:
+        """What the pipe holds right now, up to ``limit`` bytes; never waits."""
+        try:
+            return os.read(self._fd, limit) if self._fd >= 0 else b""
+        except OSError:
+            return b""
+
     async def aclose(self) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
@@ -178,6 +185,11 @@ class LaunchedProcess(anyio.abc.Process):
     @property
     def stderr(self) -> anyio.abc.ByteReceiveStream:
         return self._stderr
+
+    def stderr_now(self, limit: int = 4096) -> str:
+        """Its stderr's unread bytes, up to ``limit`` (for a log line about a process whose
+        stderr nobody pumps: the zygote's last words)."""
+        return self._stderr.read_now(limit).decode("utf-8", "replace")
 
     def poll(self) -> int | None:
         """Reap the child if it has ended; its status, or ``None`` while it runs."""

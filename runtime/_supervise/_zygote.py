@@ -43,6 +43,8 @@ START_TIMEOUT: Final = 30.0
 RESTARTS: Final = 3
 #: A reply is a small JSON object.
 REPLY_MAX: Final = 4096
+#: Characters of a dead zygote's stderr (a traceback's end) put in the log line.
+STDERR_SHOWN: Final = 1000
 #: How long a stopping zygote may take to leave after its socket closed, before SIGKILL.
 STOP_WAIT: Final = 2.0
 
@@ -53,6 +55,8 @@ class _Zygote:
     def __init__(self, sock: socket.socket, process: LaunchedProcess) -> None:
         self.sock = sock
         self.process = process
+        #: The end of its stderr, read once it has exited (a traceback, if it died of one).
+        self.last_words = ""
 
     async def request(self, payload: bytes, fds: Sequence[int]) -> dict[str, Any]:
         sock = self.sock
@@ -91,6 +95,7 @@ class _Zygote:
             if self.process.returncode is None:
                 self.process.kill()
                 await self.process.wait()
+            self.last_words = self.process.stderr_now()[-STDERR_SHOWN:].strip()
             await self.process.aclose()
 
 
@@ -143,8 +148,10 @@ class ZygoteLauncher:
         except BaseException as exc:
             await zygote.stop()
             if isinstance(exc, TimeoutError | ConnectionError | ValueError):
+                said = zygote.last_words
                 raise InternalError(
                     f"the zygote did not start: {exc!r} (status {zygote.process.returncode})"
+                    + (f": {said}" if said else "")
                 ) from None
             raise
         if "ready" not in hello:
@@ -155,7 +162,12 @@ class ZygoteLauncher:
     async def _zygote_for(self, env: dict[str, str]) -> _Zygote | None:
         z = self._zygote
         if z is not None and z.process.poll() is not None:
-            log.warning("zygote.died", pid=z.process.pid, status=z.process.returncode)
+            log.warning(
+                "zygote.died",
+                pid=z.process.pid,
+                status=z.process.returncode,
+                stderr=z.process.stderr_now()[-STDERR_SHOWN:],
+            )
             await self._drop()
             if self._restarts >= RESTARTS:
                 self._broken = f"the zygote died {RESTARTS + 1} times"
@@ -192,6 +204,11 @@ class ZygoteLauncher:
             with anyio.CancelScope(shield=True):
                 process = await self._fork_or_spawn(argv, env=env, cwd=cwd, pipes=pipes)
         return process
+
+    @property
+    def broken(self) -> str | None:
+        """Why every start is now a spawn (the zygote could not start, or died too often)."""
+        return self._broken
 
     def worker_argv(self) -> list[str]:
         return [self._python, "-I", "-m", "cordon.worker"]
