@@ -5,8 +5,10 @@ talks to a real server on a loopback port started by the test."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 
 from cordon.protocol import CallTimeout, HttpError, InvalidParams, PermissionDenied, QuotaExceeded
 from cordon.runtime import PluginHandle, Runtime
-from cordon.runtime._hostapi._http import HttpPolicy
+from cordon.runtime._hostapi._http import HttpParams, HttpPolicy, HttpTimeout
 from cordon.runtime._hostapi._http_policy import parse_url
 from cordon.runtime._settings._http_keys import HttpLimits
 
@@ -447,3 +449,44 @@ def test_the_worker_side_imports_no_http_client() -> None:
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert "httpx" not in out.stdout and "httpcore" not in out.stdout and "h11" not in out.stdout
+
+
+async def test_lookups_given_up_on_still_count_against_the_plugin_until_their_threads_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A resolver that never answers for *.hang (a stand-in for a hostile nameserver: the
+    # lookup's thread stays in the C library long after the request gave up on it).
+    answer_now = threading.Event()
+    started: list[str] = []
+    real = socket.getaddrinfo
+
+    def resolver(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        started.append(host)
+        if host.endswith(".hang"):
+            answer_now.wait(DEADLINE)
+            raise socket.gaierror(socket.EAI_AGAIN, "timed out")
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    policy = HttpPolicy("web", HttpLimits(concurrency=2, timeout=0.2))
+
+    def allow_all(permission: str) -> bool:
+        return True  # every origin granted: this test is about the resolver
+
+    async def get(url: str, timeout: float | None = None) -> Any:
+        params = HttpParams(method="GET", url=url, timeout=timeout)
+        return await policy.request(params, allows=allow_all)
+
+    with anyio.fail_after(DEADLINE):
+        for name in ("a.hang", "b.hang", "c.hang"):
+            with pytest.raises(HttpTimeout):
+                await get(f"https://{name}/")
+        # Two threads are stuck; the third lookup never started (it waited for a slot).
+        assert started == ["a.hang", "b.hang"]
+        answer_now.set()
+        # The next lookup waits for those threads to end, then runs; its loopback answer
+        # is refused.
+        with pytest.raises(PermissionDenied, match="loopback"):
+            await get("https://fine.test/", timeout=DEADLINE)
+    assert policy._lookups == 0
+    assert started == ["a.hang", "b.hang", "fine.test"]

@@ -51,6 +51,9 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urljoin
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 
 from cordon.protocol import (
@@ -212,6 +215,10 @@ class HttpPolicy:
         #: Running requests by the worker's id, and ids cancelled before they started.
         self._running: dict[int, anyio.CancelScope] = {}
         self._early: dict[int, None] = {}
+        #: Resolver threads running for this plugin (given up on or not), and an event set
+        #: when one ends.
+        self._lookups = 0
+        self._lookup_ended: anyio.Event | None = None
 
     def cancel(self, params: Any) -> bool:
         """``host/http.cancel``: the worker stopped waiting for request ``id`` (its call
@@ -409,6 +416,36 @@ class HttpPolicy:
             out.append(("User-Agent", "cordon"))
         return [("Host", target.host_header), *out]
 
+    async def _lookup(self, host: str, port: int) -> list[Any]:
+        """``getaddrinfo`` on a worker thread, at most ``concurrency`` of them per plugin
+        *counted until each thread returns*: a lookup given up at its deadline (a resolver
+        that does not answer) keeps its thread until the C library gives up, and a plugin
+        must not fill the host's threads with those. Past the bound, the next lookup waits
+        (inside its request's deadline) for one of them to end."""
+        while self._lookups >= self.limits.concurrency:
+            if self._lookup_ended is None:
+                self._lookup_ended = anyio.Event()
+            await self._lookup_ended.wait()
+        self._lookups += 1
+        token = anyio.lowlevel.current_token()
+
+        def ended() -> None:
+            self._lookups -= 1
+            event, self._lookup_ended = self._lookup_ended, None
+            if event is not None:
+                event.set()
+
+        def resolve() -> list[Any]:
+            try:
+                return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            finally:
+                try:
+                    anyio.from_thread.run_sync(ended, token=token)
+                except RuntimeError:
+                    pass  # the host's loop is gone: nothing left to count for
+
+        return await anyio.to_thread.run_sync(resolve, abandon_on_cancel=True)
+
     async def _address(self, target: Target) -> str:
         """The address to connect to: the granted IP literal itself, or the first address
         the name resolves to when every one of them is allowed."""
@@ -419,7 +456,7 @@ class HttpPolicy:
             return host.bare
         try:
             with anyio.fail_after(DNS_TIMEOUT):
-                infos = await anyio.getaddrinfo(host.bare, target.port, type=socket.SOCK_STREAM)
+                infos = await self._lookup(host.bare, target.port)
         except TimeoutError:
             raise HttpError(
                 f"http: resolving {host.text} took over {DNS_TIMEOUT} s",
