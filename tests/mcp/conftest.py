@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import anyio
 import anyio.abc
+import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -111,6 +112,19 @@ async def _ready_url(process: anyio.abc.Process, log: Path) -> str:
     text = line.decode().strip()
     assert text.startswith("cordon mcp serving on http://127.0.0.1:"), text
     return text.rsplit(" ", 1)[1]
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` exits within the deadline: a worker of a bridge that has exited
+    is no descendant of the test's (the leak check cannot see it), so it is asked for by pid."""
+    try:
+        psutil.Process(pid).wait(timeout=EXIT_DEADLINE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        psutil.Process(pid).kill()
+        return False
+    return True
 
 
 def text_of(result: object) -> str:

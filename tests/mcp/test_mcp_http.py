@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from .conftest import CANCEL_DEADLINE, CORDON, DEADLINE, http_bridge, text_of
+from .conftest import CANCEL_DEADLINE, CORDON, DEADLINE, gone, http_bridge, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +36,9 @@ async def test_list_call_and_progress_over_streamable_http(
             stats = await client.call_tool("mcpdemo.stats", {"values": [2, 3]})
             count = await client.call_tool("mcpdemo.count", {"n": 3}, progress_callback=on_progress)
             await client.list_tools()  # lets progress callbacks already received finish
+            pid = int(text_of(await client.call_tool("mcpdemo.pid", {})))
+        # SIGTERM stopped the bridge (exit 0, checked by http_bridge) and its workers with it.
+        assert await anyio.to_thread.run_sync(gone, pid)
     assert "mcpdemo.greet" in names and "mcpother.slow" in names
     assert text_of(greet) == "Hello Ada"
     assert stats.structured_content == {"sum": 5, "count": 2}

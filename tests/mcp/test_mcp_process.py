@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,10 +15,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import psutil
 import pytest
 
-from .conftest import CORDON, DEADLINE, EXIT_DEADLINE
+from .conftest import CORDON, DEADLINE, EXIT_DEADLINE, gone
 
 pytestmark = pytest.mark.anyio
 
@@ -95,19 +96,6 @@ async def _bridge(config: Path, *args: str) -> AsyncIterator[_Wire]:
                     await process.wait()
 
 
-def _gone(pid: int) -> bool:
-    """Whether ``pid`` exits within the deadline (a worker of a bridge that has exited is
-    no child of ours to wait for)."""
-    try:
-        psutil.Process(pid).wait(timeout=EXIT_DEADLINE)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.TimeoutExpired:
-        psutil.Process(pid).kill()
-        return False
-    return True
-
-
 async def test_stdout_carries_only_json_rpc_even_with_debug_logs_and_a_printing_plugin(
     bridge_config: Path,
 ) -> None:
@@ -144,7 +132,7 @@ async def test_the_client_leaving_mid_call_stops_the_bridge_and_its_worker(
             await wire.rest()
             with anyio.fail_after(EXIT_DEADLINE):
                 assert await wire.process.wait() == 0
-    assert await anyio.to_thread.run_sync(_gone, pid)
+    assert await anyio.to_thread.run_sync(gone, pid)
 
 
 async def test_sigterm_stops_the_bridge_and_its_worker_while_stdin_stays_open(
@@ -157,4 +145,39 @@ async def test_sigterm_stops_the_bridge_and_its_worker_while_stdin_stays_open(
             wire.process.send_signal(signal.SIGTERM)
             with anyio.fail_after(EXIT_DEADLINE):
                 assert await wire.process.wait() == 0
-    assert await anyio.to_thread.run_sync(_gone, pid)
+    assert await anyio.to_thread.run_sync(gone, pid)
+
+
+def test_the_cordon_command_loads_no_mcp_sdk_until_mcp_serve_runs() -> None:
+    probe = (
+        "import sys\n"
+        "from cordon.runtime._cli._main import _parser\n"
+        "_parser().parse_args(['mcp', 'serve'])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types'))\n"
+        "print(loaded)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_without_the_mcp_sdk_mcp_serve_says_which_extra_to_install(bridge_config: Path) -> None:
+    probe = (
+        "import sys\n"
+        "sys.modules['mcp'] = None  # as if the extra were not installed\n"
+        "sys.modules['mcp_types'] = None\n"
+        "from cordon.runtime._cli._main import main\n"
+        f"sys.exit(main(['mcp', 'serve', '--config', {str(bridge_config)!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'cordon[mcp]'" in done.stderr
+    assert done.stdout == ""
