@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/bench_launch.py [--runs N]
 
 One runtime per launcher, side by side in one run, with every sandbox layer (``strict``) and
-cgroups where the machine has them, no warm spares. Each run stops the ``hello`` example
-plugin and times its next call: start the process, hello, cgroup placement, initialize (limits,
-namespaces, Landlock, seccomp, the plugin's import), activate, then the call's answer. The
-zygote's own start (once per runtime) is printed apart. Medians; the machines here are small
-and shared, so read the two columns against each other.
+cgroups where the machine has them, no warm spares, for two plugins: the ``hello`` example
+(three tools, each with its schema built at import) and a minimal one (one tool, nothing
+imported: the launcher's own floor). Each run stops the plugin and times its next call:
+start the process, hello, cgroup placement, initialize (limits, namespaces, Landlock,
+seccomp, the plugin's import), activate, then the call's answer. A runtime's first call
+(the zygote's own start included) is printed apart. Medians; the machines here are small
+and shared, so read the columns against each other.
 """
 
 from __future__ import annotations
@@ -29,6 +31,30 @@ from cordon.runtime import Runtime  # noqa: E402
 from cordon.runtime._supervise._zygote import ZygoteLauncher  # noqa: E402
 
 HELLO = ROOT / "examples" / "plugins" / "hello"
+MINIMAL_TOML = """[plugin]
+id = "minimal"
+name = "Minimal"
+version = "1.0.0"
+description = "One tool, nothing imported."
+entry = "minimal_plugin:plugin"
+requires-cordon = ">=0.1"
+"""
+MINIMAL_PY = """from cordon.worker import Plugin
+
+plugin = Plugin()
+
+
+@plugin.tool
+async def greet(ctx, name: str) -> str:
+    return name
+"""
+
+
+def _minimal(where: Path) -> Path:
+    where.mkdir()
+    (where / "plugin.toml").write_text(MINIMAL_TOML)
+    (where / "minimal_plugin.py").write_text(MINIMAL_PY)
+    return where
 
 
 def _config(state: Path, launcher: str) -> dict[str, Any]:
@@ -38,9 +64,11 @@ def _config(state: Path, launcher: str) -> dict[str, Any]:
     }
 
 
-async def _measure(launcher: str, runs: int, state: Path) -> tuple[float, list[float], str]:
+async def _measure(
+    launcher: str, plugin: Path, runs: int, state: Path
+) -> tuple[float, list[float], str]:
     async with Runtime(_config(state, launcher)) as rt:
-        hello = await rt.load(HELLO)
+        hello = await rt.load(plugin)
         t0 = time.perf_counter()
         await hello.call("greet", {"name": "x"})
         first = time.perf_counter() - t0
@@ -62,27 +90,33 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results: dict[str, tuple[float, list[float], str]] = {}
+        plugins = {"hello": HELLO, "minimal": _minimal(Path(tmp) / "minimal")}
+        results: dict[tuple[str, str], tuple[float, list[float], str]] = {}
         # Interleaved rounds, so a burst of load elsewhere on the machine hits both alike.
         rounds = 4
-        for launcher in ("spawn", "zygote"):
-            results[launcher] = (0.0, [], "")
         for r in range(rounds):
-            for launcher in ("spawn", "zygote"):
-                first, times, got = await _measure(
-                    launcher, max(1, args.runs // rounds), Path(tmp) / f"{launcher}{r}"
-                )
-                prev_first, prev, _ = results[launcher]
-                results[launcher] = (max(prev_first, first), prev + times, got)
-    print(f"{'launcher':<24} {'runs':>5} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8}")
-    for launcher, (_first, times, got) in results.items():
+            for plugin, path in plugins.items():
+                for launcher in ("spawn", "zygote"):
+                    first, times, got = await _measure(
+                        launcher,
+                        path,
+                        max(1, args.runs // rounds),
+                        Path(tmp) / f"{plugin}-{launcher}{r}",
+                    )
+                    prev_first, prev, _ = results.get((plugin, launcher), (0.0, [], ""))
+                    results[(plugin, launcher)] = (max(prev_first, first), prev + times, got)
+    print("stop -> first call answered (fork or spawn, lock-down, import, activate, call)")
+    print(
+        f"{'plugin':<9} {'launcher':<18} {'runs':>5} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8}"
+    )
+    for (plugin, _launcher), (_first, times, got) in results.items():
         q = statistics.quantiles(times, n=10)
         print(
-            f"{got:<24} {len(times):>5} {statistics.median(times) * 1e3:>10.1f}"
+            f"{plugin:<9} {got:<18} {len(times):>5} {statistics.median(times) * 1e3:>10.1f}"
             f" {q[0] * 1e3:>8.1f} {q[-1] * 1e3:>8.1f}"
         )
-    for launcher, (first, _times, _got) in results.items():
-        print(f"first call of a runtime ({launcher}, zygote start included): {first * 1e3:.0f} ms")
+    for (plugin, launcher), (first, _times, _got) in results.items():
+        print(f"slowest first call of a runtime, {plugin}/{launcher}: {first * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
