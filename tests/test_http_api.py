@@ -488,5 +488,5 @@ async def test_lookups_given_up_on_still_count_against_the_plugin_until_their_th
         # is refused.
         with pytest.raises(PermissionDenied, match="loopback"):
             await get("https://fine.test/", timeout=DEADLINE)
-    assert policy._lookups == 0
+    assert policy._resolver.lookups == 0
     assert started == ["a.hang", "b.hang", "fine.test"]

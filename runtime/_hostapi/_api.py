@@ -63,8 +63,8 @@ from .._settings._permissions import PermissionSet
 from ._audit import AuditTrail
 from ._events import LIFECYCLE_PREFIX, Deliver, EventBus, Subscription, check_topic
 from ._exec import MAX_INPUT, ExecPolicy, check_argv, check_input
-from ._http import HttpParams, HttpPolicy, check_method
-from ._http_policy import parse_url
+from ._http import HttpParams, HttpPolicy
+from ._http_policy import check_method, parse_url
 from ._logsink import LogSink
 from ._storage import Storage
 

@@ -10,8 +10,9 @@ One :class:`HttpPolicy` per plugin. For each request (``host/http.request``):
    are the host's to set; bodies up to ``max-request``.
 3. Rate (a token bucket per plugin, ``rate``/``burst``) and concurrency (``concurrency``
    in flight, the rest wait inside their deadline).
-4. The host resolves the name itself (the running loop's ``getaddrinfo``, inside the
-   request's deadline) and refuses the request if *any* address is in a denied class;
+4. The host resolves the name itself (:mod:`._http_resolve`: ``getaddrinfo`` on a worker
+   thread, inside the request's deadline, a bounded number of threads per plugin) and
+   refuses the request if *any* address is in a denied class;
    an IP literal the grant names is taken as it is. It then connects to the checked
    address (the URL it hands the transport carries the IP: nothing resolves again), with
    the ``Host`` header and the TLS server name (SNI, certificate verification) set to the
@@ -39,10 +40,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import math
-import re
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -67,7 +65,14 @@ from cordon.protocol import (
 )
 
 from .._settings._http_keys import Grant, HttpLimits
-from ._http_policy import Target, address_problem, parse_url
+from ._http_policy import (
+    CREDENTIAL_HEADERS,
+    Target,
+    check_headers,
+    check_method,
+    parse_url,
+)
+from ._http_resolve import Resolver
 from ._secrets import PLACEHOLDER, SecretStore, load_secrets
 
 if TYPE_CHECKING:
@@ -76,47 +81,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_REDIRECTS",
-    "METHODS",
     "HttpParams",
     "HttpPolicy",
     "HttpTimeout",
     "http_for_plugin",
 ]
 
-#: The standard methods. CONNECT (a tunnel) and TRACE (echoes credentials) are not.
-METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Redirects followed per request: APIs use one or two; a chain is a loop or a probe.
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-#: Set by the host on every hop (framing, routing, connection management): a plugin-set
-#: one could smuggle a second request or reach another virtual host than the one granted.
-HOST_HEADERS: Final = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "http2-settings",
-        "proxy-authorization",
-        "proxy-authenticate",
-    }
-)
-#: Dropped on a hop to another origin unless a secret in them may go there.
-CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
-_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
-_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
-#: Headers per request and bytes of them: an API call's, far below a server's limits.
-MAX_HEADERS: Final = 100
-MAX_HEADER_BYTES: Final = 64 * 1024
-#: How long a name may take to resolve, within the request's own deadline: a resolver
-#: that hangs must not hold the request (and a concurrency slot) for all of it.
-DNS_TIMEOUT: Final = 5.0
 #: Cancellations remembered for requests not started yet (still queued behind the
 #: channel's bound): enough for every request a worker can have waiting.
 MAX_EARLY_CANCELS: Final = 4096
@@ -153,37 +126,6 @@ class HttpTimeout(CallTimeout):
         return f"{self.method} for plugin {self.plugin!r} timed out after {self.timeout} s"
 
 
-def check_method(method: str) -> str:
-    m = method.upper()
-    if m not in METHODS:
-        raise InvalidParams(
-            f"method {method[:20]!r} is not one of {', '.join(sorted(METHODS))}", field="method"
-        )
-    return m
-
-
-def check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The plugin's headers if every one is well-formed and its own to set."""
-    if len(headers) > MAX_HEADERS:
-        raise InvalidParams(f"more than {MAX_HEADERS} headers", field="headers")
-    total = 0
-    for i, (name, value) in enumerate(headers):
-        where = f"headers[{i}]"
-        if not _TOKEN.fullmatch(name):
-            raise InvalidParams(f"{where}: {name[:60]!r} is not a header name", field=where)
-        if name.lower() in HOST_HEADERS:
-            raise InvalidParams(f"{where}: {name} is set by the host, not the plugin", field=where)
-        if not _VALUE.fullmatch(value):
-            # Never the value in the message: it may be a credential.
-            raise InvalidParams(
-                f"{where} ({name}): the value has control or non-ASCII characters", field=where
-            )
-        total += len(name) + len(value) + 4
-    if total > MAX_HEADER_BYTES:
-        raise InvalidParams(f"headers are over {MAX_HEADER_BYTES} bytes", field="headers")
-    return headers
-
-
 def _origin_grant(target: Target) -> Grant:
     return Grant(target.scheme, target.host, target.port)
 
@@ -215,10 +157,7 @@ class HttpPolicy:
         #: Running requests by the worker's id, and ids cancelled before they started.
         self._running: dict[int, anyio.CancelScope] = {}
         self._early: dict[int, None] = {}
-        #: Resolver threads running for this plugin (given up on or not), and an event set
-        #: when one ends.
-        self._lookups = 0
-        self._lookup_ended: anyio.Event | None = None
+        self._resolver = Resolver(plugin, limits.concurrency)
 
     def cancel(self, params: Any) -> bool:
         """``host/http.cancel``: the worker stopped waiting for request ``id`` (its call
@@ -362,7 +301,7 @@ class HttpPolicy:
                     permission=target.permission,
                     plugin=self.plugin,
                 )
-            address = await self._address(target)
+            address = await self._resolver.address(target)
             sent = self._hop_headers(
                 headers, target, first=hop == 0, cross=target.origin != original
             )
@@ -415,82 +354,6 @@ class HttpPolicy:
         if not any(n.lower() == "user-agent" for n, _ in out):
             out.append(("User-Agent", "cordon"))
         return [("Host", target.host_header), *out]
-
-    async def _lookup(self, host: str, port: int) -> list[Any]:
-        """``getaddrinfo`` on a worker thread, at most ``concurrency`` of them per plugin
-        *counted until each thread returns*: a lookup given up at its deadline (a resolver
-        that does not answer) keeps its thread until the C library gives up, and a plugin
-        must not fill the host's threads with those. Past the bound, the next lookup waits
-        (inside its request's deadline) for one of them to end."""
-        while self._lookups >= self.limits.concurrency:
-            if self._lookup_ended is None:
-                self._lookup_ended = anyio.Event()
-            await self._lookup_ended.wait()
-        self._lookups += 1
-        token = anyio.lowlevel.current_token()
-
-        def ended() -> None:
-            self._lookups -= 1
-            event, self._lookup_ended = self._lookup_ended, None
-            if event is not None:
-                event.set()
-
-        def resolve() -> list[Any]:
-            try:
-                return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            finally:
-                try:
-                    anyio.from_thread.run_sync(ended, token=token)
-                except RuntimeError:
-                    pass  # the host's loop is gone: nothing left to count for
-
-        return await anyio.to_thread.run_sync(resolve, abandon_on_cancel=True)
-
-    async def _address(self, target: Target) -> str:
-        """The address to connect to: the granted IP literal itself, or the first address
-        the name resolves to when every one of them is allowed."""
-        host = target.host
-        if host.kind != "name":
-            # Only a grant naming this literal let the request this far (wildcards never
-            # cover IPs), which is the operator's say-so for this very address.
-            return host.bare
-        try:
-            with anyio.fail_after(DNS_TIMEOUT):
-                infos = await self._lookup(host.bare, target.port)
-        except TimeoutError:
-            raise HttpError(
-                f"http: resolving {host.text} took over {DNS_TIMEOUT} s",
-                url=target.url(),
-                reason="dns",
-                plugin=self.plugin,
-            ) from None
-        except OSError as exc:
-            raise HttpError(
-                f"http: cannot resolve {host.text} ({exc.strerror or type(exc).__name__})",
-                url=target.url(),
-                reason="dns",
-                plugin=self.plugin,
-            ) from None
-        addresses = list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
-        if not addresses:
-            raise HttpError(
-                f"http: {host.text} has no address",
-                url=target.url(),
-                reason="dns",
-                plugin=self.plugin,
-            )
-        for text in addresses:
-            why = address_problem(ipaddress.ip_address(text))
-            if why is not None:
-                # Every address, not only the one we would use: a name that resolves to
-                # an internal address at all is pointed there on purpose (DNS rebinding).
-                raise PermissionDenied(
-                    f"http: {host.text} resolves to {text}, {why}; only a grant naming that "
-                    "IP literal reaches it",
-                    permission=target.permission,
-                    plugin=self.plugin,
-                )
-        return addresses[0]
 
     def _ssl(self) -> ssl.SSLContext:
         if self._verify is None:

@@ -1,5 +1,6 @@
-"""What ``ctx.http`` may reach: a URL taken apart into one unambiguous target, and the
-address classes a granted *name* must never resolve to. Pure functions (no I/O).
+"""What ``ctx.http`` may reach and carry: a URL taken apart into one unambiguous target, the
+address classes a granted *name* must never resolve to, and the methods and headers a plugin
+may send. Pure functions (no I/O).
 
 A URL is parsed once, here, into ``(scheme, canonical host, port, path and query)``; the
 request the host sends is rebuilt from those parts (see ``_http``), so no second parser
@@ -22,24 +23,59 @@ literal: DNS cannot be pointed at it.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
-from cordon.protocol import PermissionDenied
+from cordon.protocol import InvalidParams, PermissionDenied
 
 from .._settings._http_keys import DEFAULT_PORTS, Host, canonical_host, parse_port, split_host_port
 
 __all__ = [
+    "CREDENTIAL_HEADERS",
+    "HOST_HEADERS",
     "MAX_URL",
+    "METHODS",
     "Target",
     "address_problem",
+    "check_headers",
+    "check_method",
     "parse_url",
 ]
 
 #: A URL longer than this is an upload in disguise (and no API needs it).
 MAX_URL: Final = 8192
+
+#: The standard methods. CONNECT (a tunnel) and TRACE (echoes credentials) are not.
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Set by the host on every hop (framing, routing, connection management): a plugin-set
+#: one could smuggle a second request or reach another virtual host than the one granted.
+HOST_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "http2-settings",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+#: Dropped on a hop to another origin unless a secret in them may go there.
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
+#: Headers per request and bytes of them: an API call's, far below a server's limits.
+MAX_HEADERS: Final = 100
+MAX_HEADER_BYTES: Final = 64 * 1024
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -176,3 +212,37 @@ def address_problem(ip: IPAddress) -> str | None:
     if not ip.is_global:
         return "not a globally routable address"
     return None
+
+
+# -- what a request may carry ---------------------------------------------------------------
+
+
+def check_method(method: str) -> str:
+    m = method.upper()
+    if m not in METHODS:
+        raise InvalidParams(
+            f"method {method[:20]!r} is not one of {', '.join(sorted(METHODS))}", field="method"
+        )
+    return m
+
+
+def check_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The plugin's headers if every one is well-formed and its own to set."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidParams(f"more than {MAX_HEADERS} headers", field="headers")
+    total = 0
+    for i, (name, value) in enumerate(headers):
+        where = f"headers[{i}]"
+        if not _TOKEN.fullmatch(name):
+            raise InvalidParams(f"{where}: {name[:60]!r} is not a header name", field=where)
+        if name.lower() in HOST_HEADERS:
+            raise InvalidParams(f"{where}: {name} is set by the host, not the plugin", field=where)
+        if not _VALUE.fullmatch(value):
+            # Never the value in the message: it may be a credential.
+            raise InvalidParams(
+                f"{where} ({name}): the value has control or non-ASCII characters", field=where
+            )
+        total += len(name) + len(value) + 4
+    if total > MAX_HEADER_BYTES:
+        raise InvalidParams(f"headers are over {MAX_HEADER_BYTES} bytes", field="headers")
+    return headers
