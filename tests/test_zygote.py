@@ -318,3 +318,65 @@ async def test_a_zygote_that_cannot_start_leaves_workers_to_spawn_and_says_why(
         await launcher.aclose()
     assert launcher.forks == 0 and launcher.pid is None
     assert launcher.broken is not None and "zygote refused here" in launcher.broken
+
+
+def _params(tmp_path: Path, plugin_id: str) -> InitializeParams:
+    scratch = tmp_path / plugin_id
+    scratch.mkdir()
+    return InitializeParams(
+        protocol=PROTOCOL_VERSION,
+        plugin_id=plugin_id,
+        plugin_dir=str(PROBE),
+        entry="probe_plugin:plugin",
+        scratch_dir=str(scratch),
+        sandbox=SandboxPolicy(mode="best-effort"),
+    )
+
+
+async def test_workers_started_all_at_once_are_each_forked_once_with_their_own_pipes(
+    tmp_path: Path,
+) -> None:
+    launcher = ZygoteLauncher()
+    workers = [
+        WorkerProcess(plugin_id=f"p{i}", params=_params(tmp_path, f"p{i}")) for i in range(12)
+    ]
+    try:
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+
+                async def start(worker: WorkerProcess) -> None:
+                    worker.launcher = launcher
+                    await tg.start(worker.run)
+
+                async with anyio.create_task_group() as starting:
+                    for worker in workers:
+                        starting.start_soon(start, worker)
+                answers = [await w.invoke("pid", {}, timeout=30) for w in workers]
+                for worker in workers:
+                    await worker.stop()
+    finally:
+        await launcher.aclose()
+    assert launcher.forks == len(workers)
+    assert [int(a) for a in answers] == [w.pid for w in workers]
+    assert len({w.pid for w in workers}) == len(workers)
+
+
+@pytest.mark.parametrize("after", [0.0, 0.002, 0.01, 0.05, 0.2])
+async def test_a_start_cancelled_at_any_point_leaves_no_process_and_no_fd(
+    tmp_path: Path, after: float
+) -> None:
+    """Cancelled while the zygote starts, while it forks, or during the handshake: whatever
+    was started is reaped (the leak checks of conftest run after each)."""
+    launcher = ZygoteLauncher()
+    worker = WorkerProcess(plugin_id="p", params=_params(tmp_path, "p"))
+    worker.launcher = launcher
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                with anyio.move_on_after(after):
+                    await tg.start(worker.run)
+                    await worker.stop()
+                tg.cancel_scope.cancel()
+    finally:
+        await launcher.aclose()
+    assert worker.process is None or worker.process.returncode is not None
