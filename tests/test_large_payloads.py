@@ -15,7 +15,7 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
-from cordon.protocol import OVERSIZE, FrameSplitter, WorkerCrashed, encode_result
+from cordon.protocol import OVERSIZE, FrameSplitter, WorkerCrashed, encode_request, encode_result
 from cordon.protocol._messages import decode_success
 from cordon.runtime import Runtime
 from cordon.runtime._supervise._worker_reader import (
@@ -217,3 +217,39 @@ async def test_a_forged_large_answer_kills_its_worker_and_fails_only_its_call(rt
         # The next call gets a fresh worker; another plugin never noticed.
         assert await plugin.call("loop_path") in ("shortcuts", "public")
         assert await hello.call("echo", {"value": 1}) == 1
+
+
+def test_a_large_tool_call_is_decoded_in_one_pass_exactly_as_the_usual_way() -> None:
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(HELLO))
+    try:
+        plugin = importlib.import_module("hello_plugin").plugin
+    finally:
+        sys.path.remove(str(HELLO))
+        sys.modules.pop("hello_plugin", None)
+    from cordon.worker._large import ONE_PASS_FROM, LargeCalls
+    from cordon.worker._server import decode_invoke
+
+    calls = LargeCalls(plugin)
+    big = "é" * ONE_PASS_FROM
+    good = encode_request(
+        3, "invoke", {"name": "echo", "kind": "tool", "arguments": {"value": big}}
+    )
+    usual = decode_invoke(good.rstrip(b"\n"))
+    assert usual is not None
+    handler = plugin.handlers[("tool", "echo")]
+    one = calls.decode(good.rstrip(b"\n"))
+    assert one == (3, handler, handler.decode_arguments(usual.params.arguments))
+    # Whatever the one pass does not take exactly goes the usual way (which words errors).
+    for other in (
+        {"name": "echo", "kind": "tool", "arguments": {"value": big, "extra": 1}},
+        {"name": "echo", "kind": "tool", "arguments": {"value": big}, "x": 1},
+        {"name": "nope", "kind": "tool", "arguments": {"value": big}},
+        {"name": "echo", "kind": "command", "arguments": {"value": big}},
+        {"name": "echo", "kind": "tool", "arguments": [big]},
+    ):
+        assert calls.decode(encode_request(3, "invoke", other).rstrip(b"\n")) is None
+    forged = good.rstrip(b"\n")[:-1] + b',"more":1}'
+    assert calls.decode(forged) is None

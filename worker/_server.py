@@ -54,6 +54,7 @@ from cordon.protocol._messages import decode_request
 from cordon.protocol._methods import FAULT
 
 from ._context import Context
+from ._large import ONE_PASS_FROM, LargeCalls
 from ._logging import attach as attach_logging
 from ._logging import detach as detach_logging
 from ._loopfast import LoopFast
@@ -120,6 +121,7 @@ class Server:
         #: ``$/fault`` is served only when the host asked for it at initialize (tests).
         self.faults = faults
         self.max_frame = splitter.max_frame
+        self._large = LargeCalls(plugin)
         self._out = bytearray()
         self._flush_scheduled = False
         self._writer_armed = False
@@ -284,6 +286,14 @@ class Server:
         # The common frames, each decoded by one narrow struct alone: a tool call (its
         # params too), then any request; anything else is classified in full.
         out: bytes | asyncio.Task[bytes | None] | None
+        if len(frame) >= ONE_PASS_FROM:
+            # A large tool call: arguments and all in one pass (see _large).
+            large = self._large.decode(frame)
+            if large is not None:
+                out = self._run(*large, False)
+                if isinstance(out, bytes):
+                    self.send(out)
+                return
         call = decode_invoke(frame)
         if call is not None:
             try:
@@ -385,7 +395,11 @@ class Server:
                 f"plugin {self.plugin_id!r} has no {params.kind} {params.name!r}",
                 method=f"{params.kind}:{params.name}",
             )
-        args = handler.decode_arguments(params.arguments)
+        return self._run(ident, handler, handler.decode_arguments(params.arguments), batched)
+
+    def _run(
+        self, ident: Any, handler: Handler, args: dict[str, Any], batched: bool
+    ) -> bytes | asyncio.Task[bytes | None]:
         if ident in self._tasks:
             return self._duplicate(ident)
         return self._spawn(ident, self._run_handler(ident, handler, args, batched), handler.task)

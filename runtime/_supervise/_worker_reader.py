@@ -54,6 +54,8 @@ MAX_PIECE_DEPTH: Final = 8
 #: A document with fewer commas than this (so fewer values) is decoded whole: what costs
 #: is building objects, ~0.15 us a value, not bytes (6 MB of 1000 strings: 3 ms).
 FEW_VALUES: Final = 20_000
+#: The commas of a large array or object are counted in its first this many bytes.
+COMMA_SAMPLE: Final = 16 * 1024
 #: Cut a large array or object into members only if they average this many bytes per
 #: comma or more. Measured on 16 MiB: splitting ``[1,1,...]`` into members cost 677 ms
 #: against 193 ms to decode it whole; 800k 20-byte objects, 112 ms against 370 ms.
@@ -122,7 +124,7 @@ async def decode_large(frame: bytes, checkpoint: Callable[[], Awaitable[Any]]) -
     """
     prefix = _LARGE_PREFIX.match(frame)
     assert prefix is not None
-    body = frame[prefix.end() : -1]
+    body = memoryview(frame)[prefix.end() : -1]
     done = [0]  # bytes decoded since the last checkpoint
 
     async def tick(size: int) -> None:
@@ -133,14 +135,13 @@ async def decode_large(frame: bytes, checkpoint: Callable[[], Awaitable[Any]]) -
 
     async def piece(raw: Any, depth: int) -> Any:
         size = len(raw)
-        head = bytes(memoryview(raw)[:1])
-        commas = bytes(raw).count(b",") if size > DECODE_PIECE else 0
-        if (
-            commas < FEW_VALUES
-            or depth >= MAX_PIECE_DEPTH
-            or head not in (b"[", b"{")
-            or commas * MIN_MEMBER > size
-        ):
+        view = memoryview(raw)
+        head = bytes(view[:1])
+        commas = 0
+        if size > DECODE_PIECE and head in (b"[", b"{") and depth < MAX_PIECE_DEPTH:
+            # Estimated from a sample: counting a whole MiB costs ~0.3 ms, its decode ~0.26.
+            commas = bytes(view[:COMMA_SAMPLE]).count(b",") * (size // COMMA_SAMPLE)
+        if commas < FEW_VALUES or commas * MIN_MEMBER > size:
             value = _any_decoder.decode(raw)
             await tick(size)
             return value
