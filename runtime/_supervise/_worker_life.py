@@ -113,7 +113,10 @@ class _WorkerLife(_WorkerState):
         """Run the worker for its whole life. ``task_status.started`` fires once it is
         initialized; a failed handshake raises out of ``TaskGroup.start`` instead."""
         self._attach_loop()
-        pipes = StdioPipes()
+        try:
+            pipes = StdioPipes()
+        except OSError as exc:  # out of fds (EMFILE/ENFILE): nothing was made
+            raise InternalError(f"cannot start worker for {self.plugin_id!r}: {exc}") from exc
         launcher = self.launcher if self.launcher is not None else _SPAWN
         try:
             process = await launcher.start(self._argv, env=self._env(), cwd=self._home, pipes=pipes)
