@@ -354,3 +354,10 @@ def test_config_show_writes_http_bounds_and_secret_names_that_parse_back() -> No
     assert shown["http"]["rate"] == 2.5
     again = parse_config(config.to_toml_dict())
     assert again.for_plugin("web") == config.for_plugin("web")
+
+
+def test_http_star_is_a_kill_switch_as_a_deny_and_refused_as_a_grant() -> None:
+    perms = effective_permissions(["http:api.example.com"], ["http:api.example.com"], ["http:*"])
+    assert not perms.allows(parse_url("https://api.example.com/").permission)
+    with pytest.raises(ConfigError):
+        effective_permissions(["http:api.example.com"], ["http:*"], [])

@@ -200,7 +200,9 @@ async def test_a_missing_variable_fails_the_load_naming_plugin_secret_and_variab
     assert VAR in message and "not set" in message
 
 
-@pytest.mark.parametrize("value", ["", "two\nlines", " padded ", "caf\u00e9"])
+@pytest.mark.parametrize(
+    "value", ["", "k7Qz", "two\nlines-token", " padded-token ", "caf\u00e9-token", "tab\there1"]
+)
 def test_a_secret_value_unusable_in_a_header_is_refused_without_showing_it(value: str) -> None:
     spec = SecretSpec(env=VAR, hosts=("api.example.com",))
     with pytest.raises(ConfigError) as info:

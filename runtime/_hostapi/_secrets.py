@@ -35,6 +35,9 @@ __all__ = ["PLACEHOLDER", "SecretStore", "load_secrets"]
 
 #: ``<secret NAME>``: the text of a reference in the worker (``worker/_http.py``).
 PLACEHOLDER: Final = re.compile(r"<secret ([A-Za-z_][A-Za-z0-9_.-]{0,63})>")
+#: Shorter than this a value cannot be told apart from ordinary text, and the host masks it
+#: in every response and message (a 3-character "secret" would mangle every body).
+MIN_SECRET: Final = 8
 #: A value must be a valid header value on its own (the operator's env var, not ours).
 _VALUE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
@@ -154,6 +157,14 @@ def load_secrets(
                     at,
                     f"plugin {plugin!r}: secret {name!r} reads environment variable "
                     f"{spec.env}, which is {'empty' if value == '' else 'not set'}",
+                )
+            )
+        elif len(value) < MIN_SECRET:
+            problems.append(
+                Problem(
+                    at,
+                    f"plugin {plugin!r}: secret {name!r}: the value of {spec.env} is shorter "
+                    f"than {MIN_SECRET} characters (too short to be told apart from other text)",
                 )
             )
         elif not _VALUE.fullmatch(value):

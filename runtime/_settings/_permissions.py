@@ -29,6 +29,8 @@ so the effective set is requested ∩ granted − denied, and deny always wins.
 * Exec grants must name a command exactly (``exec:git``); ``exec:*`` or any other glob is
   refused as a grant, because granting "every command on the host" is one typo away from
   giving a plugin a shell. Exec *denies* may glob (``exec:*`` is a useful kill switch).
+* ``http:`` scopes are origins, matched as :mod:`._http_keys` says (``*.`` only as a whole
+  first label); ``http:*`` is accepted as a deny only (no HTTP at all).
 
 Topics a plugin emits and commands it runs never contain glob characters (the host validates
 them), so ``allows`` only ever evaluates concrete permissions and the rule above is exact.
@@ -61,6 +63,8 @@ _TOPIC_GLOB: Final = re.compile(r"[A-Za-z0-9_.*?\-/\[\]!]{1,200}")
 _COMMAND: Final = re.compile(r"[A-Za-z0-9_.+\-]{1,64}")
 _COMMAND_GLOB: Final = re.compile(r"[A-Za-z0-9_.+\-*?\[\]!]{1,64}")
 _SCOPED_KINDS: Final = ("events:emit:", "events:subscribe:", "exec:", HTTP_PREFIX)
+#: Only as a deny: every origin (a grant of every origin is refused, like ``exec:*``).
+HTTP_ANY: Final = "http:*"
 
 
 def check_permission_string(perm: object) -> str | None:
@@ -103,6 +107,8 @@ def check_grant_string(pattern: object, *, deny: bool = False) -> str | None:
         and _COMMAND_GLOB.fullmatch(pattern[len("exec:") :])
     ):
         return None
+    if deny and pattern == HTTP_ANY:
+        return None  # the kill switch: no HTTP at all
     return problem
 
 
@@ -122,7 +128,7 @@ def _matches(concrete: str, pattern: str) -> bool:
     if cscope is None or pscope is None:
         return cscope is None and pscope is None
     if ckind == HTTP_PREFIX:
-        return cscope == pscope or scope_matches(cscope, pscope)
+        return cscope == pscope or pattern == HTTP_ANY or scope_matches(cscope, pscope)
     return cscope == pscope or fnmatchcase(cscope, pscope)
 
 
