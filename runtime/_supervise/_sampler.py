@@ -2,15 +2,18 @@
 classification, the RSS watchdog, the idle stop, and the health check of the workers that
 need one. A single task per runtime, instead of a sampler task, a watcher task and their
 timers per worker: an idle worker costs the host a read of two small ``/proc`` files every
-``health-interval`` and nothing else.
+``health-interval`` (~25 µs) and nothing else.
 
 What is read, and why it is enough (every figure from the kernel, never from the worker):
 
 * ``/proc/<pid>/stat``: the process state, its CPU time (user + system, all threads) and its
   resident set. One read serves the CPU sample, the RSS watchdog and ``rt.stats()``.
-* ``/proc/<pid>/schedstat``: how many times the worker's main thread — the one running its
-  event loop, which answers pings — has been put on a CPU (``pcount``). Exact, unlike the CPU
-  time, which ``stat`` gives in whole clock ticks.
+* ``/proc/<pid>/status``, for one number: how many times the worker's main thread — the one
+  running its event loop, which answers pings — has gone to sleep of its own accord
+  (``voluntary_ctxt_switches``). Exact, unlike the CPU time, which ``stat`` gives in whole
+  clock ticks; and unlike the times it was put on a CPU (``schedstat``), not moved by the
+  scheduler preempting it (answering one ping is one voluntary sleep, and one or two times
+  on a CPU depending on whether the host's wake-up preempted it).
 
 **CPU time** only matters for telling a SIGKILL the kernel sends at the RLIMIT_CPU hard limit
 (soft + 1 s) from any other SIGKILL: the host needs one sample at or past the soft limit
@@ -26,20 +29,21 @@ worker that ignores its cancel is recycled). Nor is one that sent a frame within
 something in it may have changed since it last answered:
 
 * it has not answered a ping since its last activity (one ping after each quiet-down);
-* its main thread has been on a CPU since — anything from a timer firing to a task waking —
-  or its CPU time moved (another thread ran);
+* its main thread has woken and slept again since — anything from a timer firing to a task
+  waking — or its CPU time moved (another thread ran);
 * the kernel shows it stopped (SIGSTOP, a tracer).
 
-Why this still finds a hung worker: to hang, the loop thread must be running something other
-than its wait for the channel, and to get there code must run — a timer, a task, a thread —
-which the kernel counts (the main thread's ``pcount``, exact; other threads' CPU time). The
-next pass sees it and pings, and a worker that does not answer within ``health-timeout`` is
-killed as ``unresponsive``, as before. A worker whose main thread has not been on a CPU since
-it answered is still waiting for the channel, and would answer the next frame. The one blind
-spot: code that starts hanging in the very loop iteration that answered the ping (a timer due
-within those microseconds), which the next call's deadline then catches. Without
-``schedstat`` (a kernel built without ``CONFIG_SCHED_INFO``) every idle worker is pinged every
-``health-interval``, as it was before this pass existed.
+Why this still finds a hung worker: to hang, the loop thread must be somewhere other than its
+wait for the channel, and to get there it must wake up and run code — a timer, a task, a
+signal handler, a thread handing it work — then block or spin. Blocking is one more
+voluntary sleep of the main thread (counted exactly); spinning moves the CPU time. The next
+pass sees either and pings, and a worker that does not answer within ``health-timeout`` is
+killed as ``unresponsive``, as before. A main thread that has not slept again since it went
+back to wait after answering has not woken: it is still waiting for the channel and would
+answer the next frame. The one blind spot: code that starts hanging in the very loop
+iteration that answered the ping (a timer due within those microseconds), which the next
+call's deadline then catches. Where ``/proc/<pid>/status`` has no such count, every idle
+worker is pinged every ``health-interval``, as before this pass existed.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ if TYPE_CHECKING:
     from .._settings._config import PluginSettings
     from ._worker import WorkerProcess
 
-__all__ = ["CPU_SAMPLE", "FleetSampler", "ProcStat", "Supervised", "read_schedstat", "read_stat"]
+__all__ = ["CPU_SAMPLE", "FleetSampler", "ProcStat", "Supervised", "read_stat", "read_switches"]
 
 log = structlog.get_logger("cordon")
 
@@ -132,15 +136,22 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
 
 
-def read_schedstat(pid: int) -> int | None:
-    """How many times ``pid``'s main thread has been put on a CPU, or ``None`` (gone, or a
-    kernel without ``CONFIG_SCHED_INFO``)."""
-    data = _read(f"/proc/{pid}/schedstat")
+_VOLUNTARY: Final = b"\nvoluntary_ctxt_switches:"
+
+
+def read_switches(pid: int) -> int | None:
+    """How many times ``pid``'s main thread has gone to sleep of its own accord (its
+    voluntary context switches), or ``None`` (gone, or not reported)."""
+    data = _read(f"/proc/{pid}/status")
     if not data:
         return None
+    at = data.find(_VOLUNTARY)
+    if at < 0:
+        return None
+    start = at + len(_VOLUNTARY)
     try:
-        return int(data.split()[2])
-    except (IndexError, ValueError):
+        return int(data[start : data.find(b"\n", start)])
+    except ValueError:
         return None
 
 
@@ -167,6 +178,7 @@ class _Entry:
         "cpu_due",
         "cpu_limit",
         "due",
+        "expect",
         "handle",
         "health_due",
         "idle_due",
@@ -184,9 +196,12 @@ class _Entry:
         self.handle: Supervised | None = None
         self.health_due = math.inf
         self.idle_due = math.inf
-        #: ``(pcount, cpu seconds)`` right after the worker last answered a ping, with no
+        #: ``(voluntary sleeps, cpu seconds)`` after the worker last answered a ping, with no
         #: frame from it since: while both stay the same, it is still waiting on its channel.
         self.confirmed: tuple[int, float] | None = None
+        #: The main thread's voluntary sleeps once it has answered a ping and gone back to
+        #: wait: the next pass takes ``confirmed`` if that is still the count (else pings).
+        self.expect: int | None = None
         #: ``worker.last_activity`` when ``confirmed`` was taken.
         self.seen_activity = -1.0
         self.pinging = False
@@ -221,8 +236,8 @@ class FleetSampler:
         self.checks = 0
         #: Set (and replaced) after every pass: tests wait on passes, never on time.
         self.passed = anyio.Event()
-        #: Whether this kernel has ``schedstat`` (else every idle worker is pinged).
-        self.schedstat = read_schedstat(os.getpid()) is not None
+        #: Whether this kernel reports voluntary switches (else every idle worker is pinged).
+        self.switches = read_switches(os.getpid()) is not None
 
     # -- registration -------------------------------------------------------------------
 
@@ -386,32 +401,42 @@ class FleetSampler:
         if worker.last_activity != entry.seen_activity:
             # It said something since it last answered a ping: alive just now, but what it
             # did since is unknown; the next quiet pass asks.
-            entry.confirmed = None
+            entry.confirmed = entry.expect = None
             if now - worker.last_activity < interval:
                 return False
-        if entry.confirmed is None or not self.schedstat:
+        if not self.switches:
             return True
         assert worker.pid is not None
-        pcount = read_schedstat(worker.pid)
-        return pcount is None or (pcount, stat.cpu_seconds) != entry.confirmed
+        sleeps = read_switches(worker.pid)
+        if sleeps is None:
+            return True
+        if entry.expect is not None:
+            # The first pass after a ping: quiet from here if answering it was all it did
+            # (the CPU time read now includes the answer's last microseconds).
+            answered_only = sleeps == entry.expect
+            entry.expect = None
+            if answered_only:
+                entry.confirmed = (sleeps, stat.cpu_seconds)
+                return False
+            return True
+        return entry.confirmed is None or (sleeps, stat.cpu_seconds) != entry.confirmed
 
     async def _ping(self, entry: _Entry) -> None:
         worker, handle = entry.worker, entry.handle
         assert handle is not None and worker.pid is not None
         entry.pinging = True
         try:
-            before = read_schedstat(worker.pid) if self.schedstat else None
+            before = read_switches(worker.pid) if self.switches else None
             handle.health_checks += 1
             timeout = handle.settings.health_timeout
             if not await worker.ping(timeout):
                 if worker.exit is None:
                     worker.kill_nowait("unresponsive", f"no answer to ping within {timeout} s")
                 return
-            after = read_stat(worker.pid)
-            if before is not None and after is not None:
-                # Answering is one more time on a CPU; more than that shows at the next pass
-                # as a change, and it is asked again.
-                entry.confirmed = (before + 1, after.cpu_seconds)
+            if before is not None:
+                # Answering is one more sleep once it goes back to wait; more than that shows
+                # at the next pass as a change, and it is asked again.
+                entry.expect = before + 1
                 entry.seen_activity = worker.last_activity
         finally:
             entry.pinging = False
