@@ -490,3 +490,29 @@ async def test_lookups_given_up_on_still_count_against_the_plugin_until_their_th
             await get("https://fine.test/", timeout=DEADLINE)
     assert policy._resolver.lookups == 0
     assert started == ["a.hang", "b.hang", "fine.test"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"plugin": "other"}, "plugin"),
+        ({"headers": [["X-A"]]}, "headers[0]"),
+        ({"headers": {"X-A": "b"}}, "headers"),
+        ({"content": "not base64!"}, "content"),
+        ({"timeout": -1}, "timeout"),
+        ({"id": "1"}, "id"),
+        ({"method": 7}, "method"),
+    ],
+)
+async def test_a_raw_request_is_checked_as_strictly_as_one_from_ctx_http(
+    tmp_path: Path, server: Loopback, extra: dict[str, Any], field: str
+) -> None:
+    rt, plugin = await _runtime(tmp_path, [server.grant])
+    params = {"method": "GET", "url": server.url(), **extra}
+    with anyio.fail_after(DEADLINE):
+        async with rt:
+            web = await rt.load(plugin)
+            with pytest.raises(InvalidParams) as info:
+                await _call(web, "raw", params=params)
+    assert info.value.field is not None and info.value.field.startswith(field)
+    assert server.seen == []

@@ -101,3 +101,9 @@ async def try_fetch(ctx: Context, url: str, method: str = "GET") -> dict[str, An
     except CordonError as exc:
         return {"type": type(exc).__name__, "message": exc.message, **exc.fields()}
     return {"status": r.status}
+
+
+@plugin.tool
+async def raw(ctx: Context, params: Any) -> Any:
+    """Skip ctx.http: the request exactly as a hostile plugin would write it."""
+    return await ctx.request("host/http.request", params)
