@@ -107,7 +107,8 @@ class _Progress:
 
 
 def _progress_token(ctx: ServerRequestContext[Any, Any]) -> object:
-
+    # The SDK validates `_meta` into a TypedDict keyed by field name (the wire's
+    # `progressToken` is `progress_token` there); either spelling is accepted.
     meta: Mapping[str, Any] | None = ctx.meta
     if not meta:
         return None

@@ -112,18 +112,20 @@ class _StdinLines:
             if nl >= 0:
                 line = bytes(self._buf[: nl + 1])
                 del self._buf[: nl + 1]
-                if self._skipping:
+                if self._skipping or len(line) > MAX_LINE:
+                    self._dropped()
                     self._skipping = False
                     continue
                 return line.decode("utf-8", "replace")
             if len(self._buf) > MAX_LINE:
-                log.warning("mcp.line_dropped", reason=f"a line over {MAX_LINE} bytes")
-                self._buf.clear()
+                self._dropped()
                 self._skipping = True
+            if self._skipping:
+                self._buf.clear()  # what is dropped is never held
             if self._eof:
-                rest, self._skipping = bytes(self._buf), False
+                rest, skipped = bytes(self._buf), self._skipping
                 self._buf.clear()
-                if rest.strip():
+                if rest.strip() and not skipped:
                     return rest.decode("utf-8", "replace")
                 raise StopAsyncIteration
             data = await self._read()
@@ -131,6 +133,10 @@ class _StdinLines:
                 self._buf += data
             else:
                 self._eof = True
+
+    def _dropped(self) -> None:
+        if not self._skipping:  # once per line
+            log.warning("mcp.line_dropped", reason=f"a line over {MAX_LINE} bytes")
 
     async def _read(self) -> bytes:
         while True:

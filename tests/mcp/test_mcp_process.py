@@ -17,6 +17,8 @@ import anyio
 import anyio.abc
 import pytest
 
+from cordon.runtime._mcp._serve import MAX_LINE
+
 from .conftest import CORDON, DEADLINE, EXIT_DEADLINE, gone
 
 pytestmark = pytest.mark.anyio
@@ -118,6 +120,29 @@ async def test_stdout_carries_only_json_rpc_even_with_debug_logs_and_a_printing_
     log = (bridge_config.parent / "bridge.log").read_text()
     assert "to stderr" in log  # what the plugin printed went to the host's log, on stderr
     assert "worker.started" in log  # and so did cordon's debug records
+
+
+@pytest.mark.parametrize("past", [1, 2 * MAX_LINE])
+async def test_a_line_past_the_limit_is_dropped_and_the_next_request_is_answered(
+    bridge_config: Path, past: int
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with _bridge(bridge_config) as wire:
+            await wire.send(INITIALIZE, INITIALIZED)
+            await wire.answer(1)
+            # Not buffered whole: dropped up to its newline, then reading goes on.
+            await wire.send(
+                b'{"jsonrpc": "2.0", "id": 5, "x": "' + b"a" * (MAX_LINE + past) + b'"}\n'
+            )
+            await wire.send(_call(6, "mcpdemo.greet", {"name": "Ada"}))
+            greet = await wire.answer(6)
+            await wire.close_stdin()
+            await wire.rest()
+            with anyio.fail_after(EXIT_DEADLINE):
+                assert await wire.process.wait() == 0
+    assert greet["result"]["content"][0]["text"] == "Hello Ada"
+    assert all(json.loads(line).get("id") != 5 for line in wire.lines)
+    assert "mcp.line_dropped" in (bridge_config.parent / "bridge.log").read_text()
 
 
 async def test_the_client_leaving_mid_call_stops_the_bridge_and_its_worker(
