@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,13 +142,15 @@ async def test_a_kill_sent_after_the_reap_reaches_no_process_that_reused_the_pid
     worker.process.kill()
 
 
-async def test_the_workers_channel_pipes_are_grown_to_the_system_maximum(
+async def test_the_workers_channel_pipes_are_grown_to_the_system_maximum_where_no_quota_binds(
     tmp_path: Path, launcher: Any
 ) -> None:
     worker = WorkerProcess(plugin_id="w", params=_probe_params(tmp_path, "w"))
     worker.launcher = launcher
     with open("/proc/sys/fs/pipe-max-size") as f:
         expected = min(PIPE_SIZE_MAX, int(f.read()))
+    if _launcher._quota_binds():
+        expected = 65536  # left alone: see PIPE_SIZE_MAX
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
             await tg.start(worker.run)
@@ -244,3 +247,29 @@ def test_doctor_says_which_launcher_workers_get_and_what_the_machine_allows(
     expected = env if env == "spawn" or zygote_unsupported() is None else "spawn"
     assert launcher["name"] == expected
     assert launcher["why"].startswith("$CORDON_LAUNCHER")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_a_host_the_pipe_page_quota_binds_leaves_worker_pipes_at_their_default() -> None:
+    """As an unprivileged user (``nobody``, no capabilities) the kernel counts each pipe's
+    capacity against ``pipe-user-pages-soft``: growing a thousand workers' pipes would shrink
+    every later pipe of that user to 8 KiB, so none is grown. The control is this process
+    (root: exempt), which grows them (the test above)."""
+    code = (
+        "import os, fcntl\n"
+        "from cordon.runtime._supervise._launcher import StdioPipes\n"
+        "p = StdioPipes()\n"
+        "print(fcntl.fcntl(p.wfd, fcntl.F_GETPIPE_SZ), fcntl.fcntl(p.rfd, fcntl.F_GETPIPE_SZ))\n"
+        "p.close_all()\n"
+    )
+    setpriv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    r = subprocess.run(
+        [*setpriv, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["65536", "65536"]

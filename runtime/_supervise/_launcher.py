@@ -37,17 +37,39 @@ __all__ = [
     "spawn",
 ]
 
-#: The capacity asked of each worker pipe (``F_SETPIPE_SZ``), if ``/proc/sys/fs/pipe-max-size``
-#: allows: a 1 MiB frame then crosses in one write instead of sixteen 64 KiB round trips
-#: through the scheduler. Bounded because every pipe's buffer is kernel memory charged to the
-#: host's user (``pipe-user-pages-soft``: past it new pipes get one page), and a thousand
-#: workers have three each.
+#: The capacity asked of each worker channel pipe (``F_SETPIPE_SZ``), if
+#: ``/proc/sys/fs/pipe-max-size`` allows: a 1 MiB frame then crosses in one write instead of
+#: sixteen 64 KiB round trips through the scheduler. Pages are only used when written, but the
+#: kernel counts every pipe's *capacity* against its user's ``pipe-user-pages-soft`` (16384
+#: pages by default): past it, every new pipe of that user gets 8 KiB. Sixty-four 1 MiB pipes
+#: would reach it, so pipes are grown only where the quota does not bind (see _PIPE_SIZE).
 PIPE_SIZE_MAX: Final = 1024 * 1024
 #: Bytes asked per read of the worker's stderr (plugin output, read line by line).
 STDERR_READ: Final = 65536
+#: The capabilities that exempt a process from the pipe page quota (pipe.c).
+CAP_SYS_ADMIN: Final = 21
+CAP_SYS_RESOURCE: Final = 24
 
 
-def _pipe_max() -> int:
+def _quota_binds() -> bool:
+    """Whether ``pipe-user-pages-soft`` applies to this process (it has a non-zero value and
+    we lack CAP_SYS_RESOURCE and CAP_SYS_ADMIN)."""
+    try:
+        with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+            if int(f.read()) == 0:
+                return False
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, ValueError, StopIteration):
+        return True
+    return not caps & (1 << CAP_SYS_RESOURCE | 1 << CAP_SYS_ADMIN)
+
+
+def _pipe_size() -> int:
+    """The size to grow worker pipes to, or 0 to leave them at the default 64 KiB: where the
+    page quota binds, a thousand workers' grown pipes would shrink everyone's new pipes."""
+    if _quota_binds():
+        return 0
     try:
         with open("/proc/sys/fs/pipe-max-size") as f:
             return min(PIPE_SIZE_MAX, int(f.read()))
@@ -55,13 +77,14 @@ def _pipe_max() -> int:
         return 0
 
 
-#: Read once: the sysctl does not change under a running host in any setup we support.
-_PIPE_SIZE: Final = _pipe_max()
+#: Read once: the sysctls and our capabilities do not change under a running host in any
+#: setup we support.
+_PIPE_SIZE: Final = _pipe_size()
 
 
 def _grow(fd: int) -> None:
-    # Best effort: past the user's pipe-page quota the kernel refuses (EPERM) and the pipe
-    # keeps its default 64 KiB, which only costs large frames more round trips.
+    # Best effort: a refusal (EPERM, ENOMEM) leaves the pipe at its default 64 KiB, which
+    # only costs large frames more round trips.
     if _PIPE_SIZE:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
