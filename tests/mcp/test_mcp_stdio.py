@@ -30,6 +30,7 @@ ALL_TOOLS = [
     "mcpdemo.was_cancelled",
     "mcpother.greet",
     "mcpother.hoard",
+    "mcpother.shady",
     "mcpother.slow",
 ]
 
@@ -262,7 +263,7 @@ async def test_the_plugin_filter_exposes_only_the_named_plugins(bridge_config: P
             names = [t.name for t in (await client.list_tools()).tools]
             with pytest.raises(MCPError):
                 await client.call_tool("mcpdemo.greet", {"name": "Ada"})
-    assert names == ["mcpother.greet", "mcpother.hoard", "mcpother.slow"]
+    assert names == ["mcpother.greet", "mcpother.hoard", "mcpother.shady", "mcpother.slow"]
 
 
 async def test_the_separator_option_names_tools_for_clients_without_dots(
@@ -272,5 +273,21 @@ async def test_the_separator_option_names_tools_for_clients_without_dots(
         async with stdio_bridge(bridge_config, "--plugins", "mcpother", "--separator", "__") as c:
             names = [t.name for t in (await c.list_tools()).tools]
             greet = await c.call_tool("mcpother__greet", {"name": "Ada"})
-    assert names == ["mcpother__greet", "mcpother__hoard", "mcpother__slow"]
+    assert names == ["mcpother__greet", "mcpother__hoard", "mcpother__shady", "mcpother__slow"]
     assert text_of(greet) == "Hi Ada, from the other plugin"
+
+
+async def test_a_tool_description_carries_no_control_characters_and_is_capped(
+    bridge_config: Path,
+) -> None:
+    from cordon.runtime._mcp._tools import MAX_DESCRIPTION
+
+    with anyio.fail_after(DEADLINE):
+        async with stdio_bridge(bridge_config, "--plugins", "mcpother") as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+    text = tools["mcpother.shady"].description or ""
+    assert text.startswith("Looks ")
+    assert "hidden" in text and "esrever" in text  # shown, not interpreted
+    assert all(c.isprintable() for c in text), repr(text[:80])
+    assert len(text) <= 4 * MAX_DESCRIPTION  # cut before escaping (an escape is <= 4x)
+    assert len(text) < len("long ") * 2000

@@ -28,3 +28,13 @@ async def hoard(ctx: Context) -> int:
     held: list[bytearray] = []
     while True:
         held.append(bytearray(1024 * 1024))
+
+
+async def shady(ctx: Context) -> str:
+    return "ok"
+
+
+# A description is the author's text handed to a model and shown to a person: this one tries
+# terminal escapes, a bidi override, a NUL, and length.
+shady.__doc__ = "Looks \x1b[8mhidden\x1b[0m \u202eesrever\x00 " + "long " * 2000
+plugin.tool(shady)
