@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -240,8 +241,6 @@ class LaunchedProcess(anyio.abc.Process):
         """Has the child ended (reaped or a zombie)? Never blocks."""
         if self._returncode is not None:
             return True
-        import select
-
         poller = select.poll()
         poller.register(self.pidfd, select.POLLIN)
         return bool(poller.poll(0))
