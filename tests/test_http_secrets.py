@@ -38,6 +38,12 @@ VAR = "CORDON_TEST_HTTP_TOKEN"
 async def _echo(seen: Seen, stream: anyio.abc.SocketStream) -> None:
     """Echo every request header back, in a header and in the body (a hostile or merely
     debug-happy server reflecting the credential)."""
+    if seen.path.startswith("/leak"):
+        # Redirect with the credential in the URL: away from the grant, or to itself.
+        where = "http://127.0.0.2:1" if seen.path == "/leak-away" else ""
+        token = seen.headers.get("authorization", "")
+        await answer(stream, 302, headers=[("Location", f"{where}/landed?t={token}")])
+        return
     if seen.path == "/bounce":
         await answer(stream, 307, headers=[("Location", f"{seen.headers['x-next']}/landed")])
         return
@@ -282,3 +288,21 @@ def test_plugin_info_and_config_check_show_grants_and_secret_names_never_values(
     assert f"plugins.web.secrets.GH: secret from ${VAR} (set)" in check.stdout
     for out in (info, text, check):
         assert VALUE not in out.stdout + out.stderr
+
+
+async def test_a_credential_a_server_puts_in_a_redirect_url_reaches_neither_result_nor_error(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.setenv(VAR, VALUE)
+    web_dir, _ = _plugins(tmp_path, own, other)
+    secret = {"secret": "TOKEN", "secret_header": "Authorization"}
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            web = await rt.load(web_dir)
+            landed = await _call(web, "fetch", url=own.url("/leak-here"), **secret)
+            with pytest.raises(PermissionDenied) as info:
+                await _call(web, "fetch", url=own.url("/leak-away"), **secret)
+    assert landed["url"] == own.url("/landed?t=<secret TOKEN>")
+    assert "127.0.0.2" in info.value.message
+    _nowhere(VALUE, landed, info.value.message, info.value.fields())

@@ -275,7 +275,8 @@ class HttpPolicy:
 
     @contextmanager
     def _scrubbed(self) -> Iterator[None]:
-        """No message leaves with a secret's value in it, whatever raised it."""
+        """No error leaves with a secret's value in it (its message or any text field: a
+        URL a server redirected to may carry what it echoes), whatever raised it."""
         try:
             yield
         except CordonError as exc:
@@ -283,6 +284,9 @@ class HttpPolicy:
             if clean != exc.message:
                 exc.message = clean
                 exc.args = (clean,)
+            for name, value in exc.fields().items():
+                if isinstance(value, str):
+                    setattr(exc, name, self.secrets.scrub(value))
             raise
 
     async def _follow(
@@ -313,7 +317,7 @@ class HttpPolicy:
                     "status": status,
                     "headers": raw_headers,
                     "content": base64.b64encode(content).decode("ascii"),
-                    "url": target.url(),
+                    "url": self.secrets.scrub(target.url()),
                 }
             try:
                 nxt = parse_url(urljoin(target.url(), location), plugin=self.plugin)
