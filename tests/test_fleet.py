@@ -111,6 +111,37 @@ async def _until(predicate: Callable[[], bool]) -> None:
         await anyio.sleep(POLL)
 
 
+async def test_load_all_registers_every_eager_plugin_before_their_starts_end(
+    tmp_path: Path,
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    slow_dirs = _copies(plugins, "slow", 2, gate_open=False)
+    fast_dirs = _copies(plugins, "fast", 1, gate_open=True)
+    config = base_config(tmp_path, activate="eager")
+    runtime = config["runtime"]
+    assert isinstance(runtime, dict)
+    runtime["plugin-dirs"] = [str(plugins)]
+    ids = sorted(d.name for d in [*slow_dirs, *fast_dirs])
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(config) as rt, anyio.create_task_group() as tg:
+            reports = []
+
+            async def load_all() -> None:
+                reports.append(await rt.load_all(entry_points=False))
+
+            tg.start_soon(load_all)
+            # Registered at once, slow imports and all: the fast plugin is callable while
+            # load_all still waits for the slow ones' starts.
+            with anyio.fail_after(FAST_DEADLINE):
+                await _until(lambda: sorted(rt.plugins) == ids)
+                assert await rt.call("fast-0", "greet", {"name": "Ada"}) == "Hello Ada"
+            assert not reports and rt.get("slow-0").state == "loading"
+            for d in slow_dirs:
+                (d / "gate").touch()
+        assert reports[0].ok and sorted(reports[0].loaded) == ids
+
+
 async def test_a_runtime_raises_its_soft_open_files_limit_to_the_hard_limit(
     tmp_path: Path,
 ) -> None:

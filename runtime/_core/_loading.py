@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+import anyio
 import anyio.abc
 import msgspec
 import structlog
@@ -88,6 +89,13 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def _eager(handle: PluginHandle) -> bool:
+    """Whether the plugin's worker starts at load (``activate = "eager"``) rather than on
+    first use."""
+    eager = handle.settings.activate == "eager" or handle.manifest.activate == "eager"
+    return eager and handle.settings.enabled
 
 
 class Loading:
@@ -190,7 +198,9 @@ class Loading:
         for pid in sorted(set(failures) - set(before)):
             raise failures[pid]
 
-    async def _load_manifest(self, manifest: Manifest) -> PluginHandle:
+    async def _load_manifest(self, manifest: Manifest, *, start: bool = True) -> PluginHandle:
+        """Register ``manifest``'s plugin; start it now if it is eager (unless ``start`` is
+        false: then the caller starts it, see :meth:`load_all`)."""
         if manifest.id in self._plugins:
             other = self._plugins[manifest.id].manifest.directory
             raise PluginUnavailable(
@@ -232,8 +242,7 @@ class Loading:
         await self._emit("cordon.plugin.loaded", {"plugin": manifest.id})
         # After its own "loaded" event: a plugin declaring cordon.* is not started by that.
         await handle._sync_subscription()
-        eager = handle.settings.activate == "eager" or manifest.activate == "eager"
-        if eager and settings.enabled:
+        if start and _eager(handle):
             await handle._ensure_worker()
         return handle
 
@@ -281,29 +290,66 @@ class Loading:
             if pid in manifests and pid not in self._plugins:
                 report.failed.append(LoadFailure(pid, manifests[pid].directory, err.message, err))
         broken: dict[str, str] = {}
-        for pid in order:
-            if pid not in manifests:
-                continue
-            if pid in self._plugins:
-                report.skipped.append(pid)
-                continue
-            manifest = manifests[pid]
-            blocker = next((d for d in sorted(manifest.requires) if d in broken), None)
-            if blocker is not None:
-                err = BlockedByDependency(
-                    plugin=pid, dependency=blocker, chain=[pid, blocker], reason=broken[blocker]
-                )
-                broken[pid] = err.message
-                report.failed.append(LoadFailure(pid, manifest.directory, err.message, err))
-                continue
+        # Eager plugins start concurrently once registered (taking turns with every other
+        # start, see WorkerPool._start_worker), so a thousand of them are all callable at
+        # once, each call waiting for its own worker; a dependent waits for its
+        # dependencies' starts, whose failure blocks it as before.
+        starting: dict[str, anyio.Event] = {}
+        start_failed: dict[str, LoadFailure] = {}
+        unexpected: list[BaseException] = []
+
+        async def start(handle: PluginHandle, done: anyio.Event) -> None:
             try:
-                await self._load_manifest(manifest)
+                await handle._ensure_worker()
             except CordonError as exc:
-                broken[pid] = exc.message
-                report.failed.append(LoadFailure(pid, manifest.directory, exc.message, exc))
-                log.error("plugin.load_failed", plugin=pid, error=exc.message)
-                continue
-            report.loaded.append(pid)
+                broken[handle.id] = exc.message
+                start_failed[handle.id] = LoadFailure(
+                    handle.id, handle.manifest.directory, exc.message, exc
+                )
+                log.error("plugin.load_failed", plugin=handle.id, error=exc.message)
+            except Exception as exc:
+                unexpected.append(exc)
+            finally:
+                done.set()
+
+        registered: list[str] = []
+        async with anyio.create_task_group() as tg:
+            for pid in order:
+                if pid not in manifests:
+                    continue
+                if pid in self._plugins:
+                    report.skipped.append(pid)
+                    continue
+                manifest = manifests[pid]
+                for dep in sorted(manifest.requires):
+                    if dep in starting:
+                        await starting[dep].wait()
+                blocker = next((d for d in sorted(manifest.requires) if d in broken), None)
+                if blocker is not None:
+                    err = BlockedByDependency(
+                        plugin=pid, dependency=blocker, chain=[pid, blocker], reason=broken[blocker]
+                    )
+                    broken[pid] = err.message
+                    report.failed.append(LoadFailure(pid, manifest.directory, err.message, err))
+                    continue
+                try:
+                    handle = await self._load_manifest(manifest, start=False)
+                except CordonError as exc:
+                    broken[pid] = exc.message
+                    report.failed.append(LoadFailure(pid, manifest.directory, exc.message, exc))
+                    log.error("plugin.load_failed", plugin=pid, error=exc.message)
+                    continue
+                registered.append(pid)
+                if _eager(handle):
+                    starting[pid] = anyio.Event()
+                    tg.start_soon(start, handle, starting[pid])
+        if unexpected:
+            raise unexpected[0]
+        for pid in registered:
+            if pid in start_failed:
+                report.failed.append(start_failed[pid])
+            else:
+                report.loaded.append(pid)
         return report
 
     async def unload(self, plugin_id: str, *, cascade: bool = False) -> list[str]:
