@@ -516,3 +516,24 @@ async def test_a_raw_request_is_checked_as_strictly_as_one_from_ctx_http(
                 await _call(web, "raw", params=params)
     assert info.value.field is not None and info.value.field.startswith(field)
     assert server.seen == []
+
+
+async def test_a_broken_server_is_a_typed_http_error_naming_what_failed(tmp_path: Path) -> None:
+    async def garbage(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+        await stream.send(b"NOT HTTP AT ALL\r\n\r\n")
+
+    async with loopback(garbage) as srv:
+        # A port nothing listens on: a listener opened and closed at once.
+        closed = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        dead = closed.extra(anyio.abc.SocketAttribute.local_port)
+        await closed.aclose()
+        grants = [srv.grant, f"http:http://127.0.0.1:{dead}"]
+        rt, plugin = await _runtime(tmp_path, grants)
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                broken = await _call(web, "try_fetch", url=srv.url())
+                refused = await _call(web, "try_fetch", url=f"http://127.0.0.1:{dead}/")
+    assert (broken["type"], broken["reason"]) == ("HttpError", "protocol")
+    assert (refused["type"], refused["reason"]) == ("HttpError", "connect")
+    assert refused["url"] == f"http://127.0.0.1:{dead}/"

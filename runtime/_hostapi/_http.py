@@ -399,7 +399,9 @@ class HttpPolicy:
                     response = await transport.handle_async_request(request)
                 except httpx2.TimeoutException:
                     raise TimeoutError from None
-                except httpx2.HTTPError as exc:
+                except (httpx2.HTTPError, OSError, ValueError) as exc:
+                    # OSError/ValueError: what a transport lets through unwrapped; typed here
+                    # (message scrubbed) rather than logged with its text as a host bug.
                     raise self._failed(target, exc) from None
                 status = response.status_code
                 try:
@@ -415,7 +417,7 @@ class HttpPolicy:
                             content += chunk
                     except httpx2.TimeoutException:
                         raise TimeoutError from None
-                    except httpx2.HTTPError as exc:
+                    except (httpx2.HTTPError, OSError, ValueError) as exc:
                         raise self._failed(target, exc) from None
                 finally:
                     await response.aclose()
