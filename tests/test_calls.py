@@ -176,6 +176,8 @@ async def test_the_worker_gets_a_scrubbed_environment_and_no_extra_fds(
         "TMPDIR",
         "CORDON_HOST_PID",
         "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
         "CORDON_LOOP_SHORTCUTS",  # only when set for the host (CI's public-path pass)
     }
     # 0-2, the two channel fds, and what the interpreter and asyncio open themselves

@@ -77,6 +77,12 @@ ENV_ALLOWLIST: Final = ("LANG", "LC_ALL", "TZ", "CORDON_LOOP_SHORTCUTS")
 #: ("can't start new thread"). Python holds the GIL anyway, so one arena costs nothing
 #: measurable. glibc reads it once, at process start: it must be in the worker's env.
 MALLOC_ARENA_MAX: Final = "1"
+#: Blocks up to 4 MiB from the heap, and up to 8 MiB of free heap kept: a large frame's
+#: buffers (read, joined, decoded, encoded) are then reused rather than mmap'd fresh and
+#: page-faulted in each time. Measured on a 1 MiB echo: worker CPU 2.9 -> 1.3 ms a call;
+#: a worker that never sees a large frame is unchanged (small blocks come from the heap
+#: anyway), one that did keeps up to ~8 MiB more. glibc reads these at process start.
+MALLOC_TUNING: Final = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "8388608"}
 #: The launcher of a worker nobody gave one (tests, tools): a plain spawn.
 _SPAWN: Final = SpawnLauncher()
 
@@ -106,6 +112,7 @@ class _WorkerLife(_WorkerState):
         env["TMPDIR"] = self._home
         env["CORDON_HOST_PID"] = str(os.getpid())
         env["MALLOC_ARENA_MAX"] = MALLOC_ARENA_MAX
+        env.update(MALLOC_TUNING)
         env.update(self._extra_env)
         return env
 
