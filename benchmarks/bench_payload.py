@@ -10,8 +10,12 @@ Prints, each as a median with its ratio to the raw figure measured in the same r
 * Sequential small calls against the small-message pipe floor, and 64 calls in flight.
 * Each of those with the loop shortcuts on and off (``CORDON_LOOP_SHORTCUTS=0``), two
   runtimes in this one process, interleaved round by round.
-* A bystander: one plugin's sequential small calls, p50/p99, alone and while another plugin
-  streams large results (a 6 MB string, then 6 MB of small objects).
+* A bystander: one plugin's small calls (one due every 2 ms, latency counted from when it
+  was due), alone and while another plugin streams large results (a 6 MB string, then 6 MB
+  of small objects).
+
+Echoes and sequential calls run with host and child pinned each to its own CPU (CPUs 0 and
+1), raw pairs and cordon's alike; 64 in flight and the bystander run as scheduled.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Final
 
 import anyio
 
-from benchmarks.run import HELLO, pipelined, raw_pipe_floor, sequential
+from benchmarks.run import HELLO, _Pinned, pipelined, raw_pipe_floor, sequential
 from cordon.runtime import Runtime
 
 #: Linux's fcntl number (Python 3.11's fcntl module lacks the name; 3.10 added it on some
@@ -104,7 +108,7 @@ def _pipe_max() -> int:
     return int(Path("/proc/sys/fs/pipe-max-size").read_text())
 
 
-def raw_echo(size: int, n: int, big_pipes: bool) -> float:
+def raw_echo(size: int, n: int, big_pipes: bool, cpus: tuple[int, int] | None) -> float:
     """Median seconds per round trip of a ``size``-byte line through a bare child."""
     proc = subprocess.Popen(
         [sys.executable, "-I", "-c", _ECHO, str(RAW_READ)],
@@ -119,14 +123,15 @@ def raw_echo(size: int, n: int, big_pipes: bool) -> float:
     msg = b"x" * (size - 1) + b"\n"
     times = []
     try:
-        for i in range(n + 1):
-            t0 = time.perf_counter()
-            os.write(w, msg)  # blocking: the child reads as it goes
-            got = 0
-            while got < size:
-                got += len(os.read(r, RAW_READ))
-            if i:  # the first trip warms the child
-                times.append(time.perf_counter() - t0)
+        with _Pinned(proc.pid, cpus):
+            for i in range(n + 1):
+                t0 = time.perf_counter()
+                os.write(w, msg)  # blocking: the child reads as it goes
+                got = 0
+                while got < size:
+                    got += len(os.read(r, RAW_READ))
+                if i:  # the first trip warms the child
+                    times.append(time.perf_counter() - t0)
     finally:
         proc.stdin.close()
         proc.wait()
@@ -199,6 +204,12 @@ async def bystander(
     return _pct(lat, 0.5), _pct(lat, 0.99), max(lat), big_done
 
 
+def _worker_pid(rt: Runtime) -> int:
+    worker = rt.get("hello").worker
+    assert worker is not None and worker.pid is not None
+    return worker.pid
+
+
 def _config(state: str, sandbox: str) -> dict[str, Any]:
     return {
         "runtime": {"state-dir": state, "warm-workers": 0},
@@ -227,17 +238,23 @@ async def main_async(args: argparse.Namespace) -> None:
                     await rt.load(big_dir)
                     await rt.get("hello").call("echo", {"value": 0})
                     await rt.get("big").call("blob", {"size": 10})
+            # Host and child each on its own CPU, for the raw pairs and cordon's alike (see
+            # run.py: whether a pair shares a CPU decides a ping-pong's speed).
+            cpus = (0, 1) if {0, 1} <= os.sched_getaffinity(0) else None
             for _ in range(rounds):  # interleaved, so drift hits every column alike
                 for label, size in (("1 MiB", 1 << 20), ("64 KiB", 64 << 10)):
                     for big in (False, True):
                         key = f"{label} raw" + (" big pipes" if big else "")
-                        raw.setdefault(key, []).append(raw_echo(size, n_big, big))
+                        raw.setdefault(key, []).append(raw_echo(size, n_big, big, cpus))
                     for mode, rt in rts.items():
-                        t = await stack_echo(rt, size, n_big)
+                        with _Pinned(_worker_pid(rt), cpus):
+                            t = await stack_echo(rt, size, n_big)
                         res[mode].setdefault(label, []).append(t)
-                raw.setdefault("floor", []).append(raw_pipe_floor(n_seq))
+                raw.setdefault("floor", []).append(raw_pipe_floor(n_seq, cpus))
                 for mode, rt in rts.items():
-                    res[mode].setdefault("seq", []).append((await sequential(rt, n_seq))[0])
+                    with _Pinned(_worker_pid(rt), cpus):
+                        seq = (await sequential(rt, n_seq))[0]
+                    res[mode].setdefault("seq", []).append(seq)
                     res[mode].setdefault("64", []).append((await pipelined(rt, n_pipe))[0])
             stand: dict[str, tuple[float, float, float, int]] = {}
             rt = rts["on"]
@@ -260,7 +277,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{off * 1e3:8.3f} ms ({r0 / off:.2f}x raw)"
         )
     floor = med(raw["floor"])
-    print(f"  small-message pipe floor       {floor:10.0f} msgs/s")
+    print(f"  small-message pipe floor       {floor:10.0f} msgs/s   (each pinned to two CPUs)")
     for key, label in (("seq", "sequential"), ("64", "64 in flight")):
         on, off = med(res["on"][key]), med(res["off"][key])
         print(
