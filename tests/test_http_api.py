@@ -17,7 +17,14 @@ import anyio
 import anyio.abc
 import pytest
 
-from cordon.protocol import CallTimeout, HttpError, InvalidParams, PermissionDenied, QuotaExceeded
+from cordon.protocol import (
+    CallCancelled,
+    CallTimeout,
+    HttpError,
+    InvalidParams,
+    PermissionDenied,
+    QuotaExceeded,
+)
 from cordon.runtime import PluginHandle, Runtime
 from cordon.runtime._hostapi._http import HttpParams, HttpPolicy, HttpTimeout
 from cordon.runtime._hostapi._http_policy import parse_url
@@ -537,3 +544,29 @@ async def test_a_broken_server_is_a_typed_http_error_naming_what_failed(tmp_path
     assert (broken["type"], broken["reason"]) == ("HttpError", "protocol")
     assert (refused["type"], refused["reason"]) == ("HttpError", "connect")
     assert refused["url"] == f"http://127.0.0.1:{dead}/"
+
+
+async def test_a_cancel_before_its_request_starts_stops_it_and_a_stale_one_stops_nothing(
+    server: Loopback,
+) -> None:
+    policy = HttpPolicy("web", HttpLimits())
+
+    def allow_all(permission: str) -> bool:
+        return True
+
+    async def get(rid: int) -> Any:
+        params = HttpParams(method="GET", url=server.url(f"/{rid}"), id=rid)
+        return await policy.request(params, allows=allow_all)
+
+    with anyio.fail_after(DEADLINE):
+        assert (await get(10))["status"] == 200
+        # The worker gave up on request 11 while it still waited in the host's queue.
+        assert policy.cancel(b'{"id": 11}')
+        with pytest.raises(CallCancelled):
+            await get(11)
+        # A cancel for an id at or below the highest started one is for a request that has
+        # ended: remembered nowhere, it cannot cancel a later request reusing the number.
+        assert policy.cancel(b'{"id": 5}')
+        assert (await get(5))["status"] == 200
+        assert not policy.cancel(b'{"id": "x"}')
+    assert [s.path for s in server.seen] == ["/10", "/5"]

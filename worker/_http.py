@@ -20,6 +20,7 @@ import asyncio
 import base64
 import itertools
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -36,8 +37,20 @@ HTTP_REQUEST: Final = "host/http.request"
 #: Sent when the waiting coroutine is cancelled (the call's deadline, ``$/cancel``): the
 #: host aborts the request instead of holding a connection and a slot for its own timeout.
 HTTP_CANCEL: Final = "host/http.cancel"
-#: Request ids, unique in this worker (the host keys in-flight requests by them).
-_ids = itertools.count(1)
+#: Request ids, rising (the host keys in-flight requests by them and takes a cancel for an id
+#: it has not started yet as early). Counted from the system's monotonic clock at this
+#: process's first request (not at import: workers forked from one zygote share its
+#: imports), so a restarted worker's ids are above its predecessor's.
+_ids: Iterator[int] | None = None
+
+
+def _next_id() -> int:
+    global _ids
+    if _ids is None:
+        _ids = itertools.count(time.monotonic_ns())
+    return next(_ids)
+
+
 #: The same grammar as the operator's ``[plugins.<id>.secrets.<NAME>]`` keys.
 _SECRET_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _CHARSET: Final = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", re.IGNORECASE)
@@ -219,7 +232,7 @@ class HttpAPI:
             body = bytes(content)
         elif content is not None:
             raise InvalidParams("content must be bytes, str or None", field="content")
-        rid = next(_ids)
+        rid = _next_id()
         params: dict[str, Any] = {
             "id": rid,
             "method": method,

@@ -157,6 +157,10 @@ class HttpPolicy:
         #: Running requests by the worker's id, and ids cancelled before they started.
         self._running: dict[int, anyio.CancelScope] = {}
         self._early: dict[int, None] = {}
+        #: The highest id started: the host starts a worker's requests in the order they
+        #: were sent (and a worker numbers them upwards from a clock, so a restarted worker's
+        #: are higher still), so a cancel at or below it is for one that already ended.
+        self._max_started = -1
         self._resolver = Resolver(plugin, limits.concurrency)
 
     def cancel(self, params: Any) -> bool:
@@ -172,7 +176,7 @@ class HttpPolicy:
         scope = self._running.get(rid.id)
         if scope is not None:
             scope.cancel()
-        else:
+        elif rid.id > self._max_started:
             self._early[rid.id] = None
             while len(self._early) > MAX_EARLY_CANCELS:
                 del self._early[next(iter(self._early))]
@@ -250,6 +254,7 @@ class HttpPolicy:
                 raise CallCancelled(method=f"http {method} {target.origin}")
             if p.id in self._running:
                 raise InvalidParams(f"request id {p.id} is already in flight", field="id")
+            self._max_started = max(self._max_started, p.id)
         self._take_token()
         with anyio.CancelScope() as scope:
             if p.id is not None:
