@@ -546,6 +546,21 @@ async def test_a_broken_server_is_a_typed_http_error_naming_what_failed(tmp_path
     assert refused["url"] == f"http://127.0.0.1:{dead}/"
 
 
+async def test_an_http_error_the_plugin_lets_through_reaches_the_caller_typed(
+    tmp_path: Path,
+) -> None:
+    closed = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    dead = closed.extra(anyio.abc.SocketAttribute.local_port)
+    await closed.aclose()
+    rt, plugin = await _runtime(tmp_path, [f"http:http://127.0.0.1:{dead}"])
+    with anyio.fail_after(DEADLINE):
+        async with rt:
+            web = await rt.load(plugin)
+            with pytest.raises(HttpError) as info:
+                await _call(web, "fetch", url=f"http://127.0.0.1:{dead}/")
+    assert info.value.reason == "connect"
+
+
 async def test_a_cancel_before_its_request_starts_stops_it_and_a_stale_one_stops_nothing(
     server: Loopback,
 ) -> None:

@@ -36,6 +36,7 @@ from cordon.protocol import (
     CordonError,
     FrameTooLarge,
     Hello,
+    HttpError,
     Incoming,
     IncompatibleProtocol,
     InternalError,
@@ -94,6 +95,9 @@ _WORKER_MAY_RAISE: Final = (
     SandboxUnavailable,
     IncompatibleProtocol,
     RemoteError,
+    # A request the host made for the plugin failed, and the plugin let it through: the
+    # caller learns as much from it as the plugin did (it is the host's own report).
+    HttpError,
 )
 
 #: Errors only the launch (hello, initialize: lock-down before any plugin code) may report.
