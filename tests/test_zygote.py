@@ -68,6 +68,9 @@ async def test_a_forked_worker_is_the_hosts_child_in_its_own_session_with_every_
             assert ids["sid"] == ids["pid"]  # its own session (the host signals the group)
             assert psutil.Process(ids["pid"]).ppid() == os.getpid()
             assert set(witness.sandbox.values()) == {"applied"}
+            # glibc's record of the thread names the child's own tid, as after glibc's fork.
+            record = await witness.call("thread_record")
+            assert record["glibc"] == record["kernel"] == ids["pid"], record
             assert rt.stats()["fork_witness"].launcher == "zygote"
 
 

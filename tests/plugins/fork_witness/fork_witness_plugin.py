@@ -78,3 +78,17 @@ async def reach(ctx: Context, pid: int, fd: int = 3) -> dict[str, str]:
         "proc_mem": _try(proc_mem),
         "proc_fd": _try(proc_fd),
     }
+
+
+@plugin.tool
+async def thread_record(ctx: Context) -> dict[str, int]:
+    """The tid glibc keeps for this thread (which ``pthread_getcpuclockid``, robust mutexes
+    and pthread calls on other threads use) and the kernel's, for the main thread (async: it
+    runs on the loop, in the thread the fork made): a fork that did not update glibc's record
+    would still name the zygote's thread."""
+    import threading
+    import time
+
+    clock = time.pthread_getcpuclockid(threading.get_ident())
+    # Linux encodes a thread CPU clock as (~tid << 3) | 6.
+    return {"glibc": ~(clock >> 3), "kernel": threading.get_native_id()}
