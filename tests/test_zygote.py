@@ -164,6 +164,18 @@ async def test_the_zygote_is_narrowed_no_new_privs_not_dumpable_cwd_root_only_it
         assert not psutil.pid_exists(pid)
 
 
+async def _kill_and_wait(pid: int) -> None:
+    """SIGKILL the zygote and wait until it has ended (its pidfd turns readable): a kill is
+    delivered asynchronously, and a start racing it would meet a zygote still dying (which
+    the launcher survives by spawning, but that is the next test's subject)."""
+    fd = os.pidfd_open(pid)
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
 async def test_a_zygote_killed_mid_run_is_restarted_for_the_next_start(tmp_path: Path) -> None:
     with anyio.fail_after(60):
         async with Runtime(_config(tmp_path)) as rt:
@@ -172,7 +184,7 @@ async def test_a_zygote_killed_mid_run_is_restarted_for_the_next_start(tmp_path:
             zygote = _zygote_of(rt)
             old = zygote.pid
             assert old is not None
-            os.kill(old, signal.SIGKILL)
+            await _kill_and_wait(old)
             # The running worker is the host's child: the zygote's death does not touch it.
             assert await probe.call("pid") == first
             await probe.stop()
@@ -194,7 +206,7 @@ async def test_past_its_restarts_a_dying_zygote_leaves_the_next_starts_to_spawn(
             await probe.call("pid")
             zygote = _zygote_of(rt)
             assert zygote.pid is not None
-            os.kill(zygote.pid, signal.SIGKILL)
+            await _kill_and_wait(zygote.pid)
             await probe.stop()
             await probe.call("pid")
             assert probe.worker is not None and probe.worker.process is not None
@@ -213,7 +225,14 @@ async def test_a_wedged_zygote_misses_the_fork_deadline_and_the_worker_is_spawne
             zygote = _zygote_of(rt)
             wedged = zygote.pid
             assert wedged is not None
-            os.kill(wedged, signal.SIGSTOP)  # alive, holding its socket, answering nothing
+            # Alive, holding its socket, answering nothing: stopped (waited for, so the next
+            # request surely meets a stopped zygote).
+            fd = os.pidfd_open(wedged)
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGSTOP)
+                os.waitid(os.P_PIDFD, fd, os.WSTOPPED | os.WNOWAIT)
+            finally:
+                os.close(fd)
             await probe.stop()
             await probe.call("pid")
             assert probe.worker is not None and probe.worker.process is not None
