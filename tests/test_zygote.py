@@ -397,3 +397,22 @@ async def test_a_start_cancelled_at_any_point_leaves_no_process_and_no_fd(
     finally:
         await launcher.aclose()
     assert worker.process is None or worker.process.returncode is not None
+
+
+async def test_a_forked_worker_sees_exactly_the_environment_and_cwd_a_spawned_one_sees(
+    tmp_path: Path,
+) -> None:
+    seen = {}
+    with anyio.fail_after(90):
+        for launcher in ("zygote", "spawn"):
+            async with Runtime(_config(tmp_path / launcher, launcher)) as rt:
+                probe = await rt.load(PROBE)
+                env = await probe.call("env")
+                assert probe.worker is not None
+                assert probe.worker.launched_by == launcher
+                # The scratch dirs differ by state dir only.
+                seen[launcher] = {
+                    k: v.replace(str(tmp_path / launcher), "<state>") for k, v in env.items()
+                }
+    assert seen["zygote"] == seen["spawn"]
+    assert seen["zygote"]["HOME"].startswith("<state>")

@@ -39,7 +39,7 @@ from typing import Any, Final, NoReturn
 
 # Everything a worker imports before its plugin: imported once here, shared by every fork.
 from . import _entry, _launch, _logging, _plugin, _server  # noqa: F401
-from ._sandbox import _lockdown  # noqa: F401
+from ._sandbox import _lockdown
 
 __all__ = ["FORK_FLAGS", "TID_OFFSET", "main"]
 
@@ -129,8 +129,14 @@ def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int])
         os.closerange(3, 1 << 20)
         # The zygote is not dumpable; a spawned worker is (the host reads its /proc).
         _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-        os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+        # The worker's env exactly; only what differs from the zygote's is touched (each
+        # putenv/unsetenv rewrites the C environ).
+        env = {str(k): str(v) for k, v in request["env"].items()}
+        for key in [k for k in os.environ if k not in env]:
+            del os.environ[key]
+        for key, value in env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
         os.chdir(str(request["cwd"]))
         status = _launch.EXIT_BAD_HANDSHAKE
         _launch.main()
