@@ -38,6 +38,7 @@ import anyio
 
 from benchmarks.run import HELLO, _Pinned, pipelined, raw_pipe_floor, sequential
 from cordon.runtime import Runtime
+from cordon.runtime._supervise import _worker_reader
 
 #: Linux's fcntl number (Python 3.11's fcntl module lacks the name; 3.10 added it on some
 #: builds only).
@@ -204,6 +205,16 @@ async def bystander(
     return _pct(lat, 0.5), _pct(lat, 0.99), max(lat), big_done
 
 
+@contextmanager
+def _whole_in_reader() -> Iterator[None]:
+    old = _worker_reader.LARGE_FRAME
+    _worker_reader.LARGE_FRAME = 1 << 40  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        _worker_reader.LARGE_FRAME = old  # type: ignore[misc]
+
+
 def _worker_pid(rt: Runtime) -> int:
     worker = rt.get("hello").worker
     assert worker is not None and worker.pid is not None
@@ -262,6 +273,12 @@ async def main_async(args: argparse.Namespace) -> None:
             stand["alone"] = await bystander(rt, secs, None)
             stand["6 MB string"] = await bystander(rt, secs, (6_000_000, "str"))
             stand["6 MB objects"] = await bystander(rt, secs, (6_000_000, "objects"))
+            # The same, every answer decoded whole in the reader as it arrives (how it was
+            # before large answers went to their callers, in pieces).
+            with _whole_in_reader():
+                stand["6 MB objects, whole in reader"] = await bystander(
+                    rt, secs, (6_000_000, "objects")
+                )
     med = statistics.median
     print(
         f"payload benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
@@ -285,10 +302,10 @@ async def main_async(args: argparse.Namespace) -> None:
             f"off {off:8.0f} ({off / floor:.2f}x), on/off {on / off:.2f}"
         )
     print("  a bystander's small calls, one due every 2 ms, latency from due time:")
-    print("    while another plugin streams      p50        p99        max    big results")
+    print("    while another plugin streams          p50        p99        max    big results")
     for name, (p50, p99, worst, done) in stand.items():
         print(
-            f"    {name:28s} {p50 * 1e3:7.2f} ms  {p99 * 1e3:7.2f} ms  {worst * 1e3:7.2f} ms"
+            f"    {name:32s} {p50 * 1e3:7.2f} ms  {p99 * 1e3:7.2f} ms  {worst * 1e3:7.2f} ms"
             f"   {done}"
         )
 
