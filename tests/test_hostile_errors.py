@@ -78,4 +78,6 @@ async def test_a_worker_that_dies_in_deactivate_is_not_restarted_after_it_was_st
             await anyio.wait_all_tasks_blocked()
             assert liar._restart_scope is None
             assert liar.worker is None and liar.restarts == 0
-            assert not psutil.Process().children()
+            # No worker left; the runtime's zygote (a launcher, not a worker) may run.
+            zygote = getattr(rt.launcher, "pid", None)
+            assert [c.pid for c in psutil.Process().children() if c.pid != zygote] == []
