@@ -31,6 +31,7 @@ import ctypes
 import gc
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -59,6 +60,9 @@ FORK_FLAGS: Final = CLONE_PARENT | CLONE_CHILD_SETTID | signal.SIGCHLD
 TID_OFFSET: Final = 720
 #: A request (env and cwd) is small; anything larger is not from the host.
 REQUEST_MAX: Final = 256 * 1024
+#: Above every fd this process can hold (the hard RLIMIT_NOFILE, which only root can raise):
+#: where fd-closing ends (one close_range call; a kernel without it would close each).
+_FD_CEILING: Final = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1, 2**31 - 1)
 #: Exit status of a forked child that could not become a worker (bad fds, cwd): the host
 #: sees it exit before its hello, as with a worker that failed to start.
 EXIT_CHILD_SETUP: Final = 71
@@ -126,7 +130,7 @@ def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int])
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         # Every fd of the zygote, and the received ones now on 0-2 (close_range).
-        os.closerange(3, 1 << 20)
+        os.closerange(3, _FD_CEILING)
         # The zygote is not dumpable; a spawned worker is (the host reads its /proc).
         _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
         # The worker's env exactly; only what differs from the zygote's is touched (each
@@ -217,7 +221,7 @@ def main() -> NoReturn:
         os.dup2(fd, SOCKET_FD, inheritable=False)
         os.close(fd)
     # The host passed only this one (close_fds); a zygote holds nothing else, whoever ran it.
-    os.closerange(SOCKET_FD + 1, 1 << 20)
+    os.closerange(SOCKET_FD + 1, _FD_CEILING)
     sock = socket.socket(fileno=SOCKET_FD)
     _narrow()
     serve(sock)
