@@ -11,6 +11,7 @@ here are small and noisy.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -90,6 +91,52 @@ async def _stdio(config: Path, calls: int, mode: str, log: Path) -> None:
     _report(f"MCP stdio call ({mode})", samples)
 
 
+async def _raw_stdio(config: Path, calls: int, log: Path) -> None:
+    """The bridge alone: JSON lines written and read here, no client library in the way."""
+    command = [CORDON, "mcp", "serve", "--config", str(config), "--plugins", "hello"]
+    with log.open("w") as errlog:
+        async with await anyio.open_process(command, stderr=errlog) as process:
+            assert process.stdin is not None and process.stdout is not None
+            stdin, stdout = process.stdin, process.stdout
+            buf = b""
+
+            async def ask(message: dict[str, Any]) -> None:
+                nonlocal buf
+                await stdin.send(json.dumps(message).encode() + b"\n")
+                while b"\n" not in buf:
+                    buf += await stdout.receive()
+                _, buf = buf.split(b"\n", 1)
+
+            await ask(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "bench", "version": "1"},
+                    },
+                }
+            )
+            await stdin.send(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}\n')
+            ids = iter(range(1, 1 << 30))
+            samples = await _timed(
+                calls,
+                lambda: ask(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": next(ids),
+                        "method": "tools/call",
+                        "params": {"name": "hello.echo", "arguments": PAYLOAD},
+                    }
+                ),
+            )
+            await stdin.aclose()
+            await process.wait()
+    _report("MCP stdio call, raw JSON lines (legacy)", samples)
+
+
 async def _http(config: Path, calls: int, mode: str, log: Path) -> None:
     command = [CORDON, "mcp", "serve", "--config", str(config), "--plugins", "hello"]
     with log.open("w") as errlog:
@@ -118,6 +165,7 @@ async def main(calls: int) -> None:
         folder = Path(tmp)
         config = _config(folder)
         await _direct(config, calls)
+        await _raw_stdio(config, calls, folder / "raw.log")
         for mode in ("auto", "legacy"):
             await _stdio(config, calls, mode, folder / "stdio.log")
         for mode in ("auto", "legacy"):

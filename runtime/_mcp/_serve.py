@@ -6,11 +6,12 @@ client that opens with ``initialize`` gets the handshake revisions (2024-11-05 t
 one whose first request carries the 2026-07-28 ``_meta`` envelope (``server/discover``, or any
 request) gets the stateless revision with no handshake.
 
-**stdio.** stdout carries MCP and nothing else: the SDK points fd 1 at stderr while it serves,
-so a stray ``print`` in cordon (or in anything it imports) lands on stderr, and cordon's own log
-lines go to stderr anyway. stdin is read in the event loop (:class:`_StdinLines`), so SIGTERM
-or SIGINT stops the bridge, and every worker, even while the client keeps stdin open. EOF on
-stdin (the client left) stops it too.
+**stdio.** stdout carries MCP and nothing else: fd 1 points at stderr while the bridge serves
+(the protocol writes to a private duplicate), so a stray ``print`` in cordon (or in anything it
+imports) lands on stderr, and cordon's own log lines go to stderr anyway. Both ends are driven
+by the event loop (:mod:`._stdio`), so SIGTERM or SIGINT stops the bridge, and every worker,
+even while the client keeps stdin open or stops reading stdout. EOF on stdin (the client
+left) stops it too.
 
 **HTTP.** No authentication: anyone who can reach the port can run every exposed tool. So it
 binds loopback by default and refuses any other address unless ``allow_remote`` is set, and on
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
@@ -34,17 +34,13 @@ import structlog
 from .._core._runtime import Runtime
 from .._settings._config import Config
 from ._bridge import Bridge
+from ._stdio import claimed_stdio
 
 __all__ = ["DEFAULT_PORT", "RemoteBindRefused", "is_loopback", "serve_http", "serve_stdio"]
 
 log = structlog.get_logger("cordon")
 
 DEFAULT_PORT: Final = 8471
-#: Bytes per read from stdin.
-_STDIN_CHUNK: Final = 65536
-#: One JSON-RPC message per line; a longer line is dropped (and logged) rather than buffered
-#: without end. The same bound as a worker's default max-message.
-MAX_LINE: Final = 16 * 1024 * 1024
 #: Connections waiting to be accepted on the HTTP listener.
 _BACKLOG: Final = 128
 #: On SIGTERM, HTTP requests in flight get this long before the runtime stops the workers.
@@ -92,81 +88,18 @@ async def _stop_on_signal(stop: Callable[[], None]) -> None:
             return
 
 
-class _StdinLines:
-    """stdin's lines, read in the event loop rather than in a thread as the SDK's default
-    reader does: a thread blocked in ``read()`` cannot be cancelled, so a signal could not
-    stop a bridge whose client keeps stdin open."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buf = bytearray()
-        self._eof = False
-        self._skipping = False  # inside a line over MAX_LINE, dropped up to its newline
-
-    def __aiter__(self) -> _StdinLines:
-        return self
-
-    async def __anext__(self) -> str:
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self._buf[: nl + 1])
-                del self._buf[: nl + 1]
-                if self._skipping or len(line) > MAX_LINE:
-                    self._dropped()
-                    self._skipping = False
-                    continue
-                return line.decode("utf-8", "replace")
-            if len(self._buf) > MAX_LINE:
-                self._dropped()
-                self._skipping = True
-            if self._skipping:
-                self._buf.clear()  # what is dropped is never held
-            if self._eof:
-                rest, skipped = bytes(self._buf), self._skipping
-                self._buf.clear()
-                if rest.strip() and not skipped:
-                    return rest.decode("utf-8", "replace")
-                raise StopAsyncIteration
-            data = await self._read()
-            if data:
-                self._buf += data
-            else:
-                self._eof = True
-
-    def _dropped(self) -> None:
-        if not self._skipping:  # once per line
-            log.warning("mcp.line_dropped", reason=f"a line over {MAX_LINE} bytes")
-
-    async def _read(self) -> bytes:
-        while True:
-            try:
-                await anyio.wait_readable(self._fd)
-            except PermissionError:
-                pass  # a regular file or /dev/null: epoll refuses them, and reads never block
-            except OSError:
-                return b""
-            try:
-                return os.read(self._fd, _STDIN_CHUNK)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
-
-
 async def serve_stdio(
     config: Config, plugins: Collection[str] | None = None, separator: str = "."
 ) -> int:
     """Serve MCP on this process's stdin/stdout until EOF or SIGTERM/SIGINT."""
     from mcp.server.stdio import stdio_server
 
-    stdin = _StdinLines(0)
-    with anyio.CancelScope() as stopping:
+    # Claimed before any plugin loads: from here on fd 1 is stderr for everyone else.
+    with claimed_stdio() as (stdin, stdout), anyio.CancelScope() as stopping:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, stopping.cancel)
-            # Claimed before any plugin loads: from here on fd 1 is stderr for everyone else.
             async with (
-                stdio_server(stdin=cast(Any, stdin)) as (read, write),
+                stdio_server(stdin=cast(Any, stdin), stdout=cast(Any, stdout)) as (read, write),
                 _running_bridge(config, plugins, separator) as bridge,
             ):
                 server = bridge.server()

@@ -4,12 +4,14 @@ Raw JSON-RPC lines, no client library: what is on the wire is the point."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from cordon.runtime._mcp._serve import MAX_LINE
+from cordon.runtime._mcp._stdio import MAX_LINE
 
 from .conftest import CORDON, DEADLINE, EXIT_DEADLINE, gone
 
@@ -82,6 +84,17 @@ class _Wire:
 
     async def close_stdin(self) -> None:
         await self._stdin.aclose()
+
+
+@contextmanager
+def _killed_on_failure(process: anyio.abc.Process) -> Iterator[None]:
+    """A bridge the test gives up on is killed, or leaving ``async with process`` (which
+    waits for it) would hang the test instead of failing it."""
+    try:
+        yield
+    finally:
+        if process.returncode is None:
+            process.kill()
 
 
 @asynccontextmanager
@@ -206,3 +219,38 @@ def test_without_the_mcp_sdk_mcp_serve_says_which_extra_to_install(bridge_config
     assert done.returncode == 2, done.stderr
     assert "pip install 'cordon[mcp]'" in done.stderr
     assert done.stdout == ""
+
+
+async def test_sigterm_stops_the_bridge_while_the_client_stops_reading_its_stdout(
+    bridge_config: Path,
+) -> None:
+    """The bridge is stuck writing an answer into a full pipe: a thread blocked in write()
+    could not be cancelled; the event loop's wait can."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # an answer fills it many times over
+    command = [CORDON, "mcp", "serve", "--config", str(bridge_config), "--plugins", "mcpdemo"]
+    try:
+        with (bridge_config.parent / "bridge.log").open("w") as errlog:
+            process = await anyio.open_process(command, stdout=write_end, stderr=errlog)
+            os.close(write_end)
+            write_end = -1
+            async with process:
+                assert process.stdin is not None
+                with _killed_on_failure(process), anyio.fail_after(DEADLINE):
+                    big = _call(2, "mcpdemo.greet", {"name": "x" * 1_000_000})
+                    for message in (INITIALIZE, INITIALIZED, big):
+                        await process.stdin.send(json.dumps(message).encode() + b"\n")
+                    tail = b""
+                    while True:  # until its answer has begun: a write is under way
+                        await anyio.wait_readable(read_end)
+                        tail += os.read(read_end, 4096)
+                        if b'"id":2' in tail:
+                            break
+                        tail = tail[-16:]
+                    process.send_signal(signal.SIGTERM)
+                    with anyio.fail_after(EXIT_DEADLINE):
+                        assert await process.wait() == 0
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
