@@ -1,6 +1,6 @@
 """Large payloads and the hot path, side by side with raw pipes, in one run.
 
-    .venv/bin/python -m benchmarks.bench_payload [--quick] [--sandbox strict]
+    .venv/bin/python benchmarks/bench_payload.py [--quick] [--sandbox strict]
 
 Prints, each as a median with its ratio to the raw figure measured in the same run:
 
@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+from run import HELLO, _Pinned, pipelined, raw_pipe_floor, sequential
 
-from benchmarks.run import HELLO, _Pinned, pipelined, raw_pipe_floor, sequential
 from cordon.runtime import Runtime
 from cordon.runtime._supervise import _worker_reader
 
