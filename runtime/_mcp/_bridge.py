@@ -189,7 +189,14 @@ class Bridge:
             instructions=INSTRUCTIONS,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            # 2026-07-28 over HTTP checks Mcp-Param-* headers against the tool's schema;
+            # without this lookup the SDK would run the whole tools/list for every call.
+            get_tool_input_schema=self._input_schema,
         )
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        tool = self.tool(name)
+        return dict(tool.input_schema) if tool is not None else None
 
     # -- handlers -------------------------------------------------------------------------
 

@@ -45,6 +45,9 @@ DEFAULT_PORT: Final = 8471
 _BACKLOG: Final = 128
 #: On SIGTERM, HTTP requests in flight get this long before the runtime stops the workers.
 _GRACEFUL_SECONDS: Final = 3
+#: Open HTTP connections served at once (each client holds one or two, an SSE stream among
+#: them); more get a 503 rather than exhausting fds.
+_MAX_CONNECTIONS: Final = 256
 
 
 class RemoteBindRefused(ValueError):
@@ -174,6 +177,7 @@ async def serve_http(
                     http="h11",
                     loop="asyncio",
                     timeout_graceful_shutdown=_GRACEFUL_SECONDS,
+                    limit_concurrency=_MAX_CONNECTIONS,
                     server_header=False,
                 )
             )
