@@ -20,8 +20,12 @@ What is read, and why it is enough (every figure from the kernel, never from the
 before the worker dies. A process cannot burn CPU faster than there are CPUs, so after a
 sample of ``c`` seconds the next one is due when the limit could first be reached,
 ``(limit - c) / CPUs`` later, but never sooner than :data:`CPU_SAMPLE`; once a sample has
-reached the limit, the question is settled and sampling stops. An idle worker with the default
-30 s limit is read every ~15 s instead of four times a second.
+reached the limit, the question is settled and sampling stops. The health check's read of
+``stat`` is a sample too, so an idle worker with the default 30 s limit costs no read of its
+own for it (it was sampled four times a second).
+
+The checks fall due on a grid (a tenth of ``health-interval`` for health, :data:`GRID` for the
+rest), so a thousand idle workers cost two wake-ups a second, each checking a hundred.
 
 **Health.** A worker with calls in flight is not pinged: each call has its deadline (a
 worker that ignores its cancel is recycled). Nor is one that sent a frame within the last
