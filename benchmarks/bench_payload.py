@@ -29,14 +29,17 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
+import msgspec
 from run import HELLO, _Pinned, pipelined, raw_pipe_floor, sequential
 
+from cordon.protocol import encode_result
 from cordon.runtime import Runtime
 from cordon.runtime._supervise import _worker_reader
 
@@ -215,6 +218,50 @@ def _whole_in_reader() -> Iterator[None]:
         _worker_reader.LARGE_FRAME = old  # type: ignore[misc]
 
 
+#: Large answers whose decoding the host's loop must not be held by.
+HOLD_BODIES: Final[dict[str, Callable[[], Any]]] = {
+    "300k small objects": lambda: [{"i": i, "s": "yy"} for i in range(300_000)],
+    "1000 6 KiB documents": lambda: [{"id": i, "text": "lorem ipsum " * 500} for i in range(1000)],
+    "one 6 MB string": lambda: "x" * 6_000_000,
+    "3M tiny ints": lambda: [1] * 3_000_000,
+}
+
+
+async def loop_holds(rounds: int) -> dict[str, tuple[float, float, float]]:
+    """For each body: the longest stretch of the loop's thread CPU time between two
+    checkpoints while one answer is decoded in pieces, the same decoded whole, and the
+    pieces' total CPU time (medians over ``rounds``). CPU time of this thread, so other
+    processes on the machine do not count."""
+    out: dict[str, tuple[float, float, float]] = {}
+    for name, make in HOLD_BODIES.items():
+        frame = encode_result(1, make()).rstrip(b"\n")
+        longest, whole, total = [], [], []
+        for _ in range(rounds):
+            gaps: list[float] = []
+            last = [time.thread_time()]
+
+            async def checkpoint(gaps: list[float] = gaps, last: list[float] = last) -> None:
+                now = time.thread_time()
+                gaps.append(now - last[0])
+                await anyio.lowlevel.checkpoint()
+                last[0] = time.thread_time()
+
+            t0 = time.thread_time()
+            value = await _worker_reader.decode_large(frame, checkpoint)
+            end = time.thread_time()
+            gaps.append(end - last[0])
+            total.append(end - t0)
+            longest.append(max(gaps))
+            del value
+            t0 = time.thread_time()
+            value = msgspec.json.decode(frame)
+            whole.append(time.thread_time() - t0)
+            del value
+        med = statistics.median
+        out[name] = (med(longest), med(whole), med(total))
+    return out
+
+
 def _worker_pid(rt: Runtime) -> int:
     worker = rt.get("hello").worker
     assert worker is not None and worker.pid is not None
@@ -279,6 +326,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 stand["6 MB objects, whole in reader"] = await bystander(
                     rt, secs, (6_000_000, "objects")
                 )
+    holds = await loop_holds(3 if args.quick else 7)
     med = statistics.median
     print(
         f"payload benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
@@ -307,6 +355,12 @@ async def main_async(args: argparse.Namespace) -> None:
         print(
             f"    {name:32s} {p50 * 1e3:7.2f} ms  {p99 * 1e3:7.2f} ms  {worst * 1e3:7.2f} ms"
             f"   {done}"
+        )
+    print("  the host's loop decoding one large answer (its thread's CPU time):")
+    print("    answer                    longest hold, pieces   whole   pieces in all")
+    for name, (longest, whole, total) in holds.items():
+        print(
+            f"    {name:24s} {longest * 1e3:12.1f} ms  {whole * 1e3:9.1f} ms  {total * 1e3:9.1f} ms"
         )
 
 
