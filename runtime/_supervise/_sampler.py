@@ -62,15 +62,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.abc
-import structlog
 
 if TYPE_CHECKING:
     from .._settings._config import PluginSettings
     from ._worker import WorkerProcess
 
 __all__ = ["CPU_SAMPLE", "FleetSampler", "ProcStat", "Supervised", "read_stat", "read_switches"]
-
-log = structlog.get_logger("cordon")
 
 #: The shortest time between two CPU samples of a worker near its cpu-time limit: the kernel
 #: SIGKILLs one second of CPU after the soft limit, which takes a spinning worker at least
