@@ -337,11 +337,12 @@ class PluginLifecycle:
     async def _stop_idle(self, worker: WorkerProcess) -> None:
         """Stop a worker the fleet pass found idle past ``idle-timeout`` (the next call
         starts another)."""
-        if self._worker is not worker or self._active_calls.get(worker):
-            # A call came in since the pass looked: ask again one timeout from now.
+        timeout = self.settings.idle_timeout
+        busy = self._active_calls.get(worker) or time.monotonic() - self._last_call < timeout
+        if self._worker is not worker or busy:
+            # A call came in since the pass looked: the pass asks again when it is due.
             self.runtime._sampler.supervise(worker, cast("PluginHandle", self))
             return
-        timeout = self.settings.idle_timeout
         log.info("worker.idle_stop", plugin=self.id, pid=worker.pid, idle=timeout)
         # Stopped as far as callers can tell: the next call starts a new worker.
         self.state, self.state_reason = "stopped", f"idle for {timeout} s"
