@@ -112,8 +112,11 @@ async def test_a_worker_whose_rss_is_over_its_limit_is_killed_by_the_pass_as_a_m
                 # the worker started; the watchdog reads the plugin's settings each pass),
                 # the next pass kills it.
                 limit = rss.rss_bytes // 2
-                hog.settings = msgspec.structs.replace(hog.settings, memory=limit)
+                configured = hog.settings
+                hog.settings = msgspec.structs.replace(configured, memory=limit)
                 await worker.exited.wait()
+                # Before its restart (after a backoff): the next worker gets the real limit.
+                hog.settings = configured
             assert worker.exit is not None and worker.exit.reason == "memory"
             assert f"over the {limit}-byte limit" in str(worker.exit.detail)
             assert len(errors) == 1 and isinstance(errors[0], QuotaExceeded)
