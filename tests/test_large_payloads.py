@@ -25,6 +25,7 @@ from cordon.runtime._supervise._worker_reader import (
     decode_large,
     large_answer_id,
 )
+from cordon.worker._server import decode_host_answer
 from tests.conftest import TEST_PLUGINS
 from tests.test_perf_paths import FRAMES
 
@@ -133,11 +134,12 @@ def test_an_oversize_frame_in_pieces_is_dropped_and_the_next_frame_still_arrives
 def test_the_one_pass_answer_decoder_accepts_exactly_what_decode_success_does(
     frame: bytes,
 ) -> None:
-    ok, ans = decode_success(frame), decode_answer(frame)
-    assert (ok is None) == (ans is None)
-    if ok is not None and ans is not None:
-        assert ans.id == ok.id
-        assert ans.result == msgspec.json.decode(ok.result)
+    ok = decode_success(frame)
+    for ans in (decode_answer(frame), decode_host_answer(frame)):  # host's, worker's
+        assert (ok is None) == (ans is None)
+        if ok is not None and ans is not None:
+            assert ans.id == ok.id
+            assert ans.result == msgspec.json.decode(ok.result)
 
 
 #: (body, cut into pieces?): objects of a few dozen bytes are; few long strings and tiny
