@@ -184,7 +184,8 @@ def serve(sock: socket.socket) -> NoReturn:
         why = "cannot fork safely here (more than one thread, or an unknown libc layout)"
         sock.send(json.dumps({"error": why}).encode())
         os._exit(1)
-    _lockdown.freeze_read_roots()
+    _lockdown.freeze()
+    _launch.warm()
     gc.collect()
     # Everything alive now is the template's: never collected, so the collector's passes in
     # a child do not write to (and copy) these pages.

@@ -192,3 +192,14 @@ def test_another_pids_affinity_answers_enosys_which_glibc_reads_as_no_informatio
     assert action(_seccomp.SCHED_GETAFFINITY, PID, 128) == ALLOW
     assert action(_seccomp.SCHED_GETAFFINITY, OTHER, 128) == ENOSYS
     assert action(_seccomp.SCHED_GETAFFINITY, PID + 1, 128) == ENOSYS  # own thread's tid
+
+
+@pytest.mark.parametrize("pid", [1, 2, 56, 4242, 0x1357_9BDF, 0x2468_ACE0, 2**22, 2**31 - 1])
+def test_a_forked_workers_filter_from_the_zygotes_template_is_the_one_built_for_its_pid(
+    pid: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_seccomp, "_template", None)
+    built = _bpf.to_bytes(_seccomp.build(pid))
+    assert _seccomp.program(pid) == built  # no template: assembled here
+    _seccomp.freeze()
+    assert _seccomp.program(pid) == built

@@ -30,7 +30,7 @@ from cordon.protocol import Limits, SandboxPolicy, SandboxUnavailable
 
 from . import _audit, _compat, _landlock, _limits, _namespaces, _native, _seccomp
 
-__all__ = ["LAYERS", "lock_down", "read_roots"]
+__all__ = ["LAYERS", "all_read_roots", "freeze", "lock_down", "outermost", "read_roots"]
 
 LAYERS: Final = (
     "fds",
@@ -101,11 +101,26 @@ def freeze_read_roots() -> None:
     _frozen_roots = tuple(read_roots())
 
 
+def freeze() -> None:
+    """In the zygote, before any fork: what every forked worker's lock-down would compute
+    alike (the read roots, the assembled seccomp program), computed once. Both are pure and
+    plugin-independent; nothing kernel-side (a Landlock ruleset, a filter) is made here: each
+    worker builds and enforces its own."""
+    freeze_read_roots()
+    _seccomp.freeze()
+
+
 def read_roots() -> list[str]:
     """Everything the interpreter needs to keep importing: the installation, every existing
-    ``sys.path`` entry (and what links inside them point at), loaded packages' real dirs."""
+    ``sys.path`` entry (and what links inside them point at), loaded packages' real dirs;
+    only the outermost of them (:func:`outermost`)."""
     if _frozen_roots is not None:
         return list(_frozen_roots)
+    return outermost(all_read_roots())
+
+
+def all_read_roots() -> list[str]:
+    """:func:`read_roots` before pruning: every path the interpreter reads from."""
     roots: list[str] = []
     for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix):
         roots += [p, os.path.realpath(p)]
@@ -126,6 +141,29 @@ def read_roots() -> list[str]:
 
 def _unique(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(p for p in paths if p))
+
+
+def outermost(paths: list[str]) -> list[str]:
+    """``paths`` less each one another of them already grants: a Landlock rule allows its
+    rights on everything beneath its directory (judged on the real path, since a rule follows
+    symlinks when it is added), so a path whose real path is inside another's real directory,
+    or equal to an earlier one's, adds nothing but syscalls (the interpreter's own roots
+    nest: the prefix, its ``lib/python3.x``, every loaded package's dir under it). All are
+    granted the same rights; dropping a rule never grants anything."""
+    real = [os.path.realpath(p) for p in paths]
+    dirs = {r.rstrip("/") + "/" for r in real if os.path.isdir(r)}
+    kept: list[str] = []
+    seen: set[str] = set()
+    for path, r in zip(paths, real, strict=True):
+        if r in seen:
+            continue
+        seen.add(r)
+        # Every proper ancestor of r, as "dir/": is one of them granted?
+        parts = r.rstrip("/").split("/")
+        if any("/".join(parts[:i]) + "/" in dirs for i in range(1, len(parts))):
+            continue
+        kept.append(path)
+    return kept
 
 
 def close_fds(keep: Collection[int]) -> None:
