@@ -252,12 +252,19 @@ class ExecPolicy:
             )
         self._arguments = ArgumentPaths(denied=self.denied, run_base=self.run_base)
         self.lockdown: Lockdown = lockdown
-        self.path = self._safe_path(path if path is not None else os.environ.get("PATH", ""))
+        self._raw_path = path if path is not None else os.environ.get("PATH", "")
         self.max_output = max_output
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self.env = dict(env) if env is not None else {}
         self._slots = anyio.Semaphore(max_concurrent)
+
+    @functools.cached_property
+    def path(self) -> str:
+        """The commands' PATH: filtered on first use, not when the policy is made. Every
+        plugin gets a policy at load, most never run a command, and resolving each entry
+        is a dozen ``realpath`` calls: half of what a load cost the host (issue 17)."""
+        return self._safe_path(self._raw_path)
 
     def _safe_path(self, path: str) -> str:
         """``path`` without entries a plugin could have put a program in (or that depend on
