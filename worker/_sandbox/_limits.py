@@ -55,9 +55,11 @@ def apply_limits(limits: Limits) -> dict[str, str]:
     """
     failed: list[str] = []
     for name, res, soft, hard in planned(limits):
-        _, cur_hard = resource.getrlimit(res)
-        hard = _clamp(hard, cur_hard)
-        soft = min(_clamp(soft, cur_hard), hard)
+        current = resource.getrlimit(res)
+        hard = _clamp(hard, current[1])
+        soft = min(_clamp(soft, current[1]), hard)
+        if current == (soft, hard):
+            continue  # already in force (lock_down applies them again): no syscall
         try:
             resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as exc:
