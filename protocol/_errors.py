@@ -240,12 +240,24 @@ class IncompatibleProtocol(ProtocolError):
 
 
 class FrameTooLarge(ProtocolError):
+    """A frame over a limit, refused before it was decoded. ``kind`` is ``bytes`` (or
+    ``None``: ``max-message``) or ``values`` (its JSON values, counted by their structural
+    bytes: ``max-frame-values``, what decoding it would cost); ``size`` is what was counted
+    (for ``values``, as far as the count went: more than ``limit``)."""
+
     limit: int | None
     size: int | None
+    kind: str | None
+    plugin: str | None
     code = -32008
-    _fields = ("limit", "size")
+    _fields = ("limit", "size", "kind", "plugin")
 
     def _default_message(self) -> str:
+        if self.kind == "values":
+            return (
+                f"frame from plugin {self.plugin!r} has more than {self.limit} JSON values "
+                f"({self.size} counted), over its max-frame-values: refused, not decoded"
+            )
         return f"frame of {self.size} bytes exceeds the {self.limit}-byte limit"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -26,7 +27,7 @@ from cordon.runtime._supervise._worker_reader import (
     large_answer_id,
 )
 from cordon.worker._server import decode_host_answer
-from tests.conftest import TEST_PLUGINS
+from tests.conftest import TEST_PLUGINS, base_config
 from tests.test_perf_paths import FRAMES
 
 HELLO = TEST_PLUGINS.parent.parent / "examples" / "plugins" / "hello"
@@ -193,20 +194,25 @@ async def test_a_large_frame_with_a_valid_envelope_and_a_bad_body_fails_to_decod
 
 @pytest.mark.parametrize("size", [70_000, 3_000_000])
 async def test_large_arguments_and_results_cross_a_real_worker_intact(
-    rt: Runtime, size: int
+    tmp_path: Path, size: int
 ) -> None:
+    config = base_config(tmp_path)
+    # 75k objects of four members are ~750k JSON values: past the default max-frame-values
+    # (what one frame may hold the host's loop), so the operator raises it for this plugin.
+    config["plugins"] = {"looppath": {"max-frame-values": 2_000_000}}
     with anyio.fail_after(60):
-        hello = await rt.load(HELLO)
-        value = {"text": "é€" * (size // 5), "list": list(range(size // 100))}
-        assert await hello.call("echo", {"value": value}) == value
-        plugin = await rt.load(LOOPPATH)
-        objs = await plugin.call("objects", {"n": size // 40})
-        assert len(objs) == size // 40 and objs[3] == {
-            "i": 3,
-            "s": "yy",
-            "f": 1.5,
-            "l": [3, None, True],
-        }
+        async with Runtime(config) as rt:
+            hello = await rt.load(HELLO)
+            value = {"text": "é€" * (size // 5), "list": list(range(size // 100))}
+            assert await hello.call("echo", {"value": value}) == value
+            plugin = await rt.load(LOOPPATH)
+            objs = await plugin.call("objects", {"n": size // 40})
+            assert len(objs) == size // 40 and objs[3] == {
+                "i": 3,
+                "s": "yy",
+                "f": 1.5,
+                "l": [3, None, True],
+            }
 
 
 async def test_a_forged_large_answer_kills_its_worker_and_fails_only_its_call(rt: Runtime) -> None:

@@ -251,6 +251,7 @@ class WorkerPool:
             worker.cpu_watch = self._sampler.watch_cpu
         worker.host_requests_max = s.host_requests
         worker.host_request_bytes_max = s.host_request_memory
+        worker.max_frame_values = s.max_frame_values
         if group is not None:
             self._cgroups[worker] = group
         else:

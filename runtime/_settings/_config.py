@@ -117,6 +117,9 @@ class PluginSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Worker → host requests served at once, and the bytes of params they may hold.
     host_requests: int = 64
     host_request_memory: int = 16 * 1024 * 1024
+    #: A frame from the worker with more JSON values (structural bytes) is refused undecoded:
+    #: what one frame may hold the host's loop (``max-frame-values``).
+    max_frame_values: int = 200_000
     #: ``[plugins.<id>.exec.<command>]``: the operator's narrowing of each exec grant
     #: (argument patterns, extra environment, writable paths); see ``_exec_rules``.
     exec_rules: dict[str, ExecRule] = {}

@@ -43,6 +43,7 @@ def settings_to_dict(s: PluginSettings, *, with_settings: bool = True) -> dict[s
         "processes": UNLIMITED if s.processes is None else s.processes,
         "file-size": _human_size(s.file_size),
         "max-message": format_size(s.max_message),
+        "max-frame-values": s.max_frame_values,
         "restart": {
             "max": s.restart.max,
             "within": format_duration(s.restart.within),

@@ -71,6 +71,9 @@ MAX_HOST_REQUESTS: Final = 4096
 #: host-request-memory: below a few requests' worth the bound only adds latency (one request
 #: is always admitted whatever its size).
 MIN_HOST_REQUEST_MEMORY: Final = 64 * 1024
+#: max-frame-values: a plugin's handshake (its contributions and their schemas), its errors
+#: and log records must fit; 10k values is a few hundred tools' schemas.
+MIN_FRAME_VALUES: Final = 10_000
 #: The least memory a worker can start and idle in. Measured (Linux 6.18, CPython 3.11, strict
 #: sandbox, examples/plugins/hello serving calls through health pings): 23 MiB with a memory
 #: cgroup, 28 MiB with cgroups off (below it the worker dies of SIGSEGV growing its stack
@@ -120,6 +123,7 @@ _FIELDS: Final[dict[str, tuple[str, FieldParse]]] = {
     "processes": ("processes", count_field(minimum=0, nullable=True)),
     "file-size": ("file_size", size_field(nullable=True)),
     "max-message": ("max_message", size_field(minimum=MIN_MAX_MESSAGE)),
+    "max-frame-values": ("max_frame_values", count_field(minimum=MIN_FRAME_VALUES)),
     "health-interval": ("health_interval", duration_field(positive=True)),
     "health-timeout": ("health_timeout", duration_field(positive=True)),
     "sandbox": ("sandbox", choice_field(SANDBOX_MODES)),

@@ -14,6 +14,7 @@ import asyncio
 import heapq
 import math
 import os
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -64,7 +65,9 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
+from cordon.protocol._framing import Refused, structural_count
 
+from ._decode_budget import HOST_PARAM_VALUE_COST, DecodeBudget
 from ._worker_reader import UNDECODED, _FuturePending, decode_large
 from ._worker_state import _Pending, _WorkerState
 
@@ -105,9 +108,22 @@ _WORKER_MAY_RAISE: Final = (
 #: operator off to weaken the sandbox): they arrive as a PluginError.
 _LAUNCH_ONLY: Final = (SandboxUnavailable, IncompatibleProtocol)
 
+#: The envelope of a refused frame's first bytes as the worker's encoder writes it: an answer
+#: (``result`` or ``error``) names the call it fails, a request (``method``) the id the
+#: worker's request is answered on. Anything else refused is a protocol violation.
+_REFUSED_ANSWER: Final = re.compile(
+    rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}),"(?:result|error)":'
+)
+_REFUSED_REQUEST: Final = re.compile(
+    rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}|"[A-Za-z0-9_.:-]{1,64}"),"method":"'
+)
+
 
 class _WorkerChannel(_WorkerState):
     """The channel and its calls (a mixin of ``WorkerProcess``)."""
+
+    #: Made by ``_worker_reader``'s ``_attach_loop``; host requests are charged to it here.
+    decode_budget: DecodeBudget
 
     @property
     def in_flight(self) -> int:
@@ -235,6 +251,8 @@ class _WorkerChannel(_WorkerState):
     def _on_frame(self, frame: bytes | object, msg: Incoming | Batch | None = None) -> bool:
         if frame is OVERSIZE:
             return self._violation(f"sent a frame over the {self.max_frame}-byte limit")
+        if isinstance(frame, Refused):
+            return self._on_refused(frame)
         assert isinstance(frame, bytes)
         if msg is None:
             msg = decode_frame(frame)
@@ -262,6 +280,32 @@ class _WorkerChannel(_WorkerState):
         assert isinstance(msg, Invalid)
         preview = self.redactor.clean_message(frame[:80].decode("utf-8", "replace"), 80)
         return self._violation(f"wrote garbage on the protocol channel: {preview!r}")
+
+    def _on_refused(self, frame: Refused) -> bool:
+        """A frame over ``max-frame-values``, never decoded: the call it answers fails with
+        :class:`FrameTooLarge` (``kind="values"``), a request of the worker's is answered
+        with it, and anything else (a notification, no envelope) is a protocol violation,
+        as an oversize frame is."""
+        cap = self._splitter.max_values
+        exc = FrameTooLarge(limit=cap, size=frame.values, kind="values", plugin=self.plugin_id)
+        log.warning("worker.frame_refused", plugin=self.plugin_id, values=frame.values, limit=cap)
+        answer = _REFUSED_ANSWER.match(frame.head)
+        if answer is not None:
+            pending = self._pending.pop(int(answer.group(1)), None)
+            if pending is not None:
+                pending.error = exc
+                pending.wake()
+            return True  # an answer to nothing we asked: ignored, as any other
+        request = _REFUSED_REQUEST.match(frame.head)
+        if request is not None:
+            ident: int | str = (
+                request.group(1)[1:-1].decode()
+                if request.group(1)[:1] == b'"'
+                else int(request.group(1))
+            )
+            self._send_nowait(encode_error(ident, error_to_wire(exc)))
+            return True
+        return self._violation(f"sent a frame over the {cap}-value limit ({exc.message})")
 
     def _on_response(self, msg: Response) -> None:
         if self.reply_delay > 0 and self._tg is not None:
@@ -368,6 +412,11 @@ class _WorkerChannel(_WorkerState):
         )
 
     def _on_request(self, msg: Request) -> None:
+        # Its handler decodes the params later, in a task of its own where that is not
+        # measured: charged now, by their structural bytes (one C pass).
+        params = msg.params
+        if len(params) > 64:
+            self.decode_budget.charge(structural_count(bytes(params)) * HOST_PARAM_VALUE_COST)
         if self._host_waiting or not self._host_fits(msg):
             self._host_waiting.append(msg)
             return

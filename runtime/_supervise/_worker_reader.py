@@ -12,6 +12,12 @@ the reader callback, envelope and result in one pass (:func:`decode_answer`); a 
 answer to a tool call is handed to its caller undecoded and decoded in the caller's own
 task, in pieces with a checkpoint between them (``_decode_large``), so one plugin's big
 result never holds the loop the other plugins' calls are served on for long.
+
+What one frame may cost is bounded before any decode: the splitter refuses a frame with more
+than ``max_frame_values`` structural bytes (a :class:`~cordon.protocol._framing.Refused`,
+handled by the channel's ``_on_refused``). What a worker's frames cost over time is measured
+(this thread's CPU time, per read and per frame the pump handles) and charged to its
+:class:`~._decode_budget.DecodeBudget`; past it, reading that worker pauses until it refills.
 """
 
 from __future__ import annotations
@@ -26,13 +32,24 @@ from typing import Any, ClassVar, Final, Literal
 import anyio
 import msgspec
 
-from cordon.protocol import OVERSIZE, Batch, Incoming, ProgressParams, Response, decode_frame
+from cordon.protocol import Batch, Incoming, ProgressParams, Response, decode_frame
 from cordon.protocol._messages import decode_success
 
+from ._decode_budget import DecodeBudget
 from ._loopfast import LoopFast
 from ._worker_state import _Pending, _WorkerState
 
-__all__ = ["LARGE_FRAME", "READ_SIZE", "decode_answer"]
+__all__ = ["DEFAULT_MAX_FRAME_VALUES", "LARGE_FRAME", "READ_SIZE", "decode_answer"]
+
+#: A frame with more structural bytes (``[ { , :``, so at most this many JSON values plus
+#: one) is refused undecoded, unless the plugin's ``max-frame-values`` says otherwise.
+#: Decoding costs up to ~125 ns a value here (deeply nested empty lists; a flat list of
+#: numbers ~50, of empty lists ~35), so the worst frame this admits holds the loop ~25 ms
+#: (``benchmarks/bench_hold.py``). It admits a 40k-row table of four columns as arrays
+#: (5 per row), 22k rows as objects of four members (9 per row), 200k numbers, and any
+#: text up to ``max-message`` that carries fewer commas and colons.
+DEFAULT_MAX_FRAME_VALUES: Final = 200_000
+_thread_time = time.thread_time
 
 #: Bytes per read of the worker's stdout: a pipe's whole default capacity, so a pipelined
 #: burst still arrives in one syscall. Not more: ``os.read`` allocates the full size first,
@@ -233,9 +250,27 @@ class _WorkerReader(_WorkerState):
     #: Which path this worker's reader took: "shortcuts" or "public" (both through the
     #: reader callback on asyncio), or "generic" (a task, any anyio backend).
     loop_path: str = "generic"
+    #: The host CPU this worker's frames may cost (made by :meth:`_attach_loop`).
+    decode_budget: DecodeBudget
+    #: Reading is paused until the budget refills (a timer resumes it).
+    _budget_paused: bool = False
+
+    @property
+    def max_frame_values(self) -> int:
+        """Frames with more structural bytes than this are refused undecoded (see
+        :data:`DEFAULT_MAX_FRAME_VALUES`); the runtime sets it from the plugin's config."""
+        cap = self._splitter.max_values
+        return DEFAULT_MAX_FRAME_VALUES if cap is None else cap
+
+    @max_frame_values.setter
+    def max_frame_values(self, value: int) -> None:
+        self._splitter.max_values = value
 
     def _attach_loop(self) -> None:
         """At the start of :meth:`run`: take the fast path if anyio runs on asyncio."""
+        if self._splitter.max_values is None:
+            self._splitter.max_values = DEFAULT_MAX_FRAME_VALUES
+        self.decode_budget = DecodeBudget()
         self._loop = loop = _asyncio_loop() if self._asyncio_fast_path else None
         if loop is not None:
             fast = LoopFast(loop)
@@ -258,12 +293,18 @@ class _WorkerReader(_WorkerState):
                 return
             if not data:
                 return
+            t0 = _thread_time()
             self.last_activity = time.monotonic()
             for frame in splitter.feed(data):
                 if not self._on_frame(frame):
                     return
                 if self._host_waiting:
+                    t0 -= _thread_time()  # waiting for a slot is no work of ours
                     await self._admit_waiting()
+                    t0 += _thread_time()
+            wait = self.decode_budget.charge(_thread_time() - t0)
+            if wait > 0:
+                await anyio.sleep(wait)  # backpressure: this worker is not read meanwhile
 
     async def _serve_reader(self, loop: asyncio.AbstractEventLoop) -> None:
         """asyncio: :meth:`_on_readable` runs as a reader callback and resolves the callers'
@@ -283,7 +324,10 @@ class _WorkerReader(_WorkerState):
                 backlog = self._backlog
                 while backlog:
                     frame, msg = backlog.popleft()
-                    if not self._on_frame(frame, msg):
+                    t0 = _thread_time()
+                    ok = self._on_frame(frame, msg)
+                    self._charge(_thread_time() - t0)
+                    if not ok:
                         return
                     if self._host_waiting:
                         # Reading stays paused meanwhile: backpressure on the worker.
@@ -296,8 +340,28 @@ class _WorkerReader(_WorkerState):
                 self._reading = False
                 loop.remove_reader(fd)
 
+    def _charge(self, seconds: float) -> None:
+        """Charge host CPU to this worker's budget; past it, stop reading it (asyncio path)
+        until the budget is back: a timer then wakes the pump, which resumes reading."""
+        wait = self.decode_budget.charge(seconds)
+        if wait <= 0 or self._budget_paused:
+            return
+        self._budget_paused = True
+        if self._reading:
+            self._reading = False
+            assert self._loop is not None
+            self._loop.remove_reader(self._rfd)
+        assert self._loop is not None
+        self._loop.call_later(wait, self._budget_refilled)
+
+    def _budget_refilled(self) -> None:
+        self._budget_paused = False
+        self._reader_wake.set()
+
     def _resume_reading(self) -> None:
         assert self._loop is not None
+        if self._budget_paused:
+            return  # _budget_refilled wakes the pump, which comes back here
         if not self._reading:
             self._reading = True
             self._loop.add_reader(self._rfd, self._on_readable)
@@ -311,6 +375,7 @@ class _WorkerReader(_WorkerState):
         self._reader_wake.set()
 
     def _on_readable(self) -> None:
+        t0 = _thread_time()
         splitter = self._splitter
         try:
             data = os.read(self._rfd, LARGE_READ_SIZE if splitter.pending else READ_SIZE)
@@ -329,8 +394,8 @@ class _WorkerReader(_WorkerState):
             last = len(frames) - 1
             for i, frame in enumerate(frames):
                 msg: Incoming | Batch | None = None
-                if frame is not OVERSIZE and self.reply_delay <= 0:
-                    assert isinstance(frame, bytes)
+                # Not OVERSIZE, not Refused: those go to the pump.
+                if isinstance(frame, bytes) and self.reply_delay <= 0:
                     # Only the asyncio path reads here, so every call waits on a future.
                     call: Any = None
                     if len(frame) <= LARGE_FRAME:
@@ -369,7 +434,10 @@ class _WorkerReader(_WorkerState):
                             if i == last and self._step_now is not None:
                                 # Nothing follows in this read, so the caller goes on now
                                 # rather than on the loop's next pass: it sends its next
-                                # request from this read (see _loopfast).
+                                # request from this read (see _loopfast). Charged first:
+                                # the caller's step is not this worker's cost.
+                                self._charge(_thread_time() - t0)
+                                t0 = -1.0
                                 self._step_now(fut)
                         continue
                     msg = decode_frame(frame)
@@ -379,8 +447,11 @@ class _WorkerReader(_WorkerState):
                 backlog = self._backlog
                 backlog.append((frame, msg))
                 backlog.extend((rest, None) for rest in frames[i + 1 :])
+                self._charge(_thread_time() - t0)
                 self._pause_reading()
                 return
+            if t0 >= 0:
+                self._charge(_thread_time() - t0)
         except Exception as exc:
             # A bug here must end the worker's run as it would in a task, not be logged
             # by the loop and forgotten.

@@ -1,0 +1,68 @@
+"""The share of the host's loop one worker's frames may cost: a budget of thread CPU time.
+
+A frame's single hold is bounded before it is decoded (``max-frame-values``, see
+``protocol/_framing``), but a plugin can send bounded frames back to back, and every other
+plugin's calls are served on the same loop. So what reading, splitting and decoding a
+worker's frames costs the host is measured (thread CPU time, which counts this thread's
+work only, not the time it waited) and charged to that worker, like the redaction budget of
+``_hostapi/_logsink``: a token bucket of seconds, refilled at :data:`DECODE_SHARE` of a CPU,
+holding at most :data:`DECODE_BURST`. Past it the host stops reading that worker's channel
+until the bucket refills: backpressure (its pipe fills, its writes block), nothing dropped,
+and only that plugin's calls slow down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+__all__ = ["DECODE_BURST", "DECODE_SHARE", "HOST_PARAM_VALUE_COST", "DecodeBudget"]
+
+#: Share of one CPU a worker's frames may cost the host's loop over time. A quarter: the
+#: busiest honest load measured (64 calls in flight, ~60k calls/s) costs the reader ~0.1 of
+#: a CPU, so it never waits; a flooding plugin leaves the loop three quarters of its time for
+#: the others (and one such plugin per core is needed to take it all).
+DECODE_SHARE: Final = 0.25
+#: The most decoding time a worker may have banked: two worst-case frames at the default
+#: ``max-frame-values`` (~25 ms each), so a burst of large answers passes unthrottled, and a
+#: flood is throttled within ~50 ms.
+DECODE_BURST: Final = 0.05
+#: Seconds charged per structural byte of a worker → host request's params, for the decode
+#: its handler does later in its own task (where it is not measured): the mean of the worst
+#: shapes measured here (~60 ns a value; the worst, deeply nested empty lists, ~125 ns).
+HOST_PARAM_VALUE_COST: Final = 100e-9
+
+
+class DecodeBudget:
+    """One worker's budget; :meth:`charge` says how long to stop reading (0: read on)."""
+
+    __slots__ = ("_clock", "_last", "burst", "charged", "left", "paused", "share")
+
+    def __init__(
+        self,
+        share: float = DECODE_SHARE,
+        burst: float = DECODE_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.share = share
+        self.burst = burst
+        self.left = burst
+        self._clock = clock
+        self._last = clock()
+        #: Seconds charged in all, and how many times reading was paused for the budget.
+        self.charged = 0.0
+        self.paused = 0
+
+    def charge(self, seconds: float) -> float:
+        """Charge ``seconds`` of host CPU; the seconds until the budget is back above zero
+        (how long reading should pause), or 0."""
+        now = self._clock()
+        left = min(self.burst, self.left + (now - self._last) * self.share) - seconds
+        self._last = now
+        self.left = left
+        self.charged += seconds
+        if left >= 0:
+            return 0.0
+        self.paused += 1
+        return -left / self.share
