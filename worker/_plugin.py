@@ -117,9 +117,70 @@ def _object_schema(params_type: type[msgspec.Struct]) -> dict[str, Any]:
     return schema
 
 
+#: Annotations described here rather than by msgspec's schema machinery (~0.15 ms a tool in
+#: a fresh worker): exactly what msgspec gives for each (tests compare the two). Anything
+#: else takes msgspec's way.
+_SIMPLE: Final[tuple[tuple[Any, dict[str, str]], ...]] = (
+    (str, {"type": "string"}),
+    (int, {"type": "integer"}),
+    (float, {"type": "number"}),
+    (bool, {"type": "boolean"}),
+    (Any, {}),
+    (dict, {"type": "object"}),
+    (list, {"type": "array"}),
+)
+#: The same, for generic aliases (equal, never identical, to the one written here).
+_SIMPLE_ALIASES: Final[tuple[tuple[Any, dict[str, str]], ...]] = (
+    (dict[str, Any], {"type": "object"}),
+    (list[Any], {"type": "array"}),
+)
+#: Defaults msgspec puts in a schema as they are (``to_builtins`` of these is the value).
+_SCALAR_DEFAULTS: Final = (str, int, float, bool, type(None))
+
+
+def _simple(annotation: Any) -> dict[str, Any] | None:
+    for known, schema in _SIMPLE:
+        if annotation is known:
+            return dict(schema)
+    for known, schema in _SIMPLE_ALIASES:
+        if type(annotation) is type(known) and annotation == known:
+            return dict(schema)
+    return None
+
+
+def _simple_object_schema(
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]],
+) -> dict[str, Any] | None:
+    """:func:`_object_schema` of the struct ``fields`` define (``kw_only``,
+    ``forbid_unknown_fields``, as :func:`_build_handler` makes it), or ``None`` unless every
+    field is one of :data:`_SIMPLE` with no default or a scalar one."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, annotation, *default in fields:
+        schema = _simple(annotation)
+        if schema is None:
+            return None
+        if not default:
+            required.append(name)
+        elif type(default[0]) in _SCALAR_DEFAULTS:
+            schema["default"] = default[0]
+        else:
+            return None
+        properties[name] = schema
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
 def _result_schema(annotation: Any) -> dict[str, Any]:
     if annotation is inspect.Signature.empty or annotation is None:
         return {}
+    simple = _simple(annotation)
+    if simple is not None:
+        return simple
     try:
         return msgspec.json.schema(annotation)
     except (TypeError, ValueError):
@@ -187,7 +248,7 @@ def _build_handler(
             kw_only=True,
             forbid_unknown_fields=True,
         )
-        params_schema = _object_schema(params_type)
+        params_schema = _simple_object_schema(fields) or _object_schema(params_type)
     except (TypeError, ValueError) as exc:
         raise PluginDefinitionError(
             f"{kind} {handler_name!r}: parameter types cannot be validated: {exc}"
