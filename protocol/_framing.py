@@ -153,8 +153,8 @@ class FrameSplitter:
         if cap is not None:
             # Counted as it arrives, so no one read costs more than counting that read, and a
             # frame over the cap is dropped at once rather than held to its end.
-            if not self._held:
-                self._head = piece[:REFUSED_HEAD]
+            if len(self._head) < REFUSED_HEAD:  # however finely the frame's start was cut
+                self._head += piece[: REFUSED_HEAD - len(self._head)]
             self._values += structural_count(piece)
             if self._values > cap:
                 head, values = self._head, self._values
@@ -229,7 +229,7 @@ class FrameSplitter:
                 self._drop()
                 self._oversize(out)
             elif cap is not None and values > cap:
-                head = self._head
+                head = self._head + data[: REFUSED_HEAD - len(self._head)]
                 self._drop()
                 self._refused(out, head, values)
             else:

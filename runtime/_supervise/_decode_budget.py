@@ -37,7 +37,7 @@ HOST_PARAM_VALUE_COST: Final = 100e-9
 class DecodeBudget:
     """One worker's budget; :meth:`charge` says how long to stop reading (0: read on)."""
 
-    __slots__ = ("_clock", "_last", "burst", "charged", "left", "paused", "share")
+    __slots__ = ("_clock", "_last", "burst", "charged", "left", "longest", "paused", "share")
 
     def __init__(
         self,
@@ -53,6 +53,9 @@ class DecodeBudget:
         #: Seconds charged in all, and how many times reading was paused for the budget.
         self.charged = 0.0
         self.paused = 0
+        #: The longest single charge: one read callback's, or one frame's in the pump (the
+        #: longest the loop was held for this worker, in this thread's CPU time).
+        self.longest = 0.0
 
     def charge(self, seconds: float) -> float:
         """Charge ``seconds`` of host CPU; the seconds until the budget is back above zero
@@ -62,6 +65,8 @@ class DecodeBudget:
         self._last = now
         self.left = left
         self.charged += seconds
+        if seconds > self.longest:
+            self.longest = seconds
         if left >= 0:
             return 0.0
         self.paused += 1

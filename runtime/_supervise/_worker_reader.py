@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Final, Literal
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from cordon.protocol import Batch, Incoming, ProgressParams, Response, decode_frame
@@ -295,7 +296,17 @@ class _WorkerReader(_WorkerState):
                 return
             t0 = _thread_time()
             self.last_activity = time.monotonic()
+            slice_left = self.max_frame_values
             for frame in splitter.feed(data):
+                if isinstance(frame, bytes):
+                    # One read may bring many frames, each within the cap: the loop gets a
+                    # turn after about one cap's worth of them (bytes bound the values).
+                    slice_left -= len(frame)
+                    if slice_left < 0:
+                        slice_left = self.max_frame_values - len(frame)
+                        t0 -= _thread_time()
+                        await anyio.lowlevel.checkpoint()
+                        t0 += _thread_time()
                 if not self._on_frame(frame):
                     return
                 if self._host_waiting:
@@ -322,8 +333,15 @@ class _WorkerReader(_WorkerState):
                 if self._reader_error is not None:
                     raise self._reader_error
                 backlog = self._backlog
+                slice_left = self.max_frame_values
                 while backlog:
                     frame, msg = backlog.popleft()
+                    if isinstance(frame, bytes) and msg is None:
+                        # As in _read_stdout: a turn for the loop every cap's worth.
+                        slice_left -= len(frame)
+                        if slice_left < 0:
+                            slice_left = self.max_frame_values - len(frame)
+                            await anyio.lowlevel.checkpoint()
                     t0 = _thread_time()
                     ok = self._on_frame(frame, msg)
                     self._charge(_thread_time() - t0)
@@ -392,8 +410,19 @@ class _WorkerReader(_WorkerState):
             frames = splitter.feed(data)
             pending = self._pending
             last = len(frames) - 1
+            # A read may bring many frames (up to 1 MiB of them while a large one arrives),
+            # each within the cap: past one cap's worth of bytes (which bound their values)
+            # the rest go to the pump, which gives the loop a turn between such slices.
+            slice_left = splitter.max_values or 0
             for i, frame in enumerate(frames):
                 msg: Incoming | Batch | None = None
+                if isinstance(frame, bytes):
+                    slice_left -= len(frame)
+                    if slice_left < 0 and i > 0:
+                        self._backlog.extend((rest, None) for rest in frames[i:])
+                        self._charge(_thread_time() - t0)
+                        self._pause_reading()
+                        return
                 # Not OVERSIZE, not Refused: those go to the pump.
                 if isinstance(frame, bytes) and self.reply_delay <= 0:
                     # Only the asyncio path reads here, so every call waits on a future.
