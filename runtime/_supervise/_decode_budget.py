@@ -25,8 +25,8 @@ __all__ = ["DECODE_BURST", "DECODE_SHARE", "HOST_PARAM_VALUE_COST", "DecodeBudge
 #: the others (and one such plugin per core is needed to take it all).
 DECODE_SHARE: Final = 0.25
 #: The most decoding time a worker may have banked: two worst-case frames at the default
-#: ``max-frame-values`` (~25 ms each), so a burst of large answers passes unthrottled, and a
-#: flood is throttled within ~50 ms.
+#: ``max-frame-values`` (~15-25 ms each), so a burst of large answers passes unthrottled,
+#: and a flood is throttled within ~50 ms.
 DECODE_BURST: Final = 0.05
 #: Seconds charged per structural byte of a worker → host request's params, for the decode
 #: its handler does later in its own task (where it is not measured): the mean of the worst

@@ -15,6 +15,7 @@ import heapq
 import math
 import os
 import re
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
@@ -74,6 +75,7 @@ from ._worker_state import _Pending, _WorkerState
 __all__ = ["CANCEL_GRACE", "SEND_BUFFER"]
 
 log = structlog.get_logger("cordon")
+_thread_time = time.thread_time
 
 #: A cancelled call must answer within this, or the worker is recycled (a thread or a C loop
 #: cannot be interrupted, and we will not leave it burning CPU behind a "cancelled" answer).
@@ -550,8 +552,20 @@ class _WorkerChannel(_WorkerState):
         """A large answer, decoded in this caller's task, in pieces; a frame that is no
         valid answer after all is the protocol violation it would have been in the reader
         (the worker is killed), and the call fails as the worker's other calls do."""
+        # Decoded here, in the caller's task, but it is the plugin's frame: each stretch
+        # between checkpoints is charged to its budget (the next read pauses if spent).
+        budget = self.decode_budget
+        began = [_thread_time()]
+
+        async def checkpoint() -> None:
+            budget.charge(_thread_time() - began[0])
+            await anyio.lowlevel.checkpoint()
+            began[0] = _thread_time()
+
         try:
-            return await decode_large(frame, anyio.lowlevel.checkpoint)
+            value = await decode_large(frame, checkpoint)
+            budget.charge(_thread_time() - began[0])
+            return value
         except msgspec.DecodeError:
             self._on_frame(frame)  # classified as the reader would have: a violation
             await self.exited.wait()

@@ -44,12 +44,13 @@ __all__ = ["DEFAULT_MAX_FRAME_VALUES", "LARGE_FRAME", "READ_SIZE", "decode_answe
 
 #: A frame with more structural bytes (``[ { , :``, so at most this many JSON values plus
 #: one) is refused undecoded, unless the plugin's ``max-frame-values`` says otherwise.
-#: Decoding costs up to ~125 ns a value here (deeply nested empty lists; a flat list of
-#: numbers ~50, of empty lists ~35), so the worst frame this admits holds the loop ~25 ms
-#: (``benchmarks/bench_hold.py``). It admits a 40k-row table of four columns as arrays
-#: (5 per row), 22k rows as objects of four members (9 per row), 200k numbers, and any
-#: text up to ``max-message`` that carries fewer commas and colons.
-DEFAULT_MAX_FRAME_VALUES: Final = 200_000
+#: Decoding costs up to ~130-200 ns a value here (lists ten deep, the costliest shape
+#: measured, alone or in a host with a heap to collect; a flat list of numbers ~50, of
+#: empty lists ~35), so the worst frame this admits holds the loop ~15-25 ms
+#: (``benchmarks/bench_hold.py``; 200k held it 40-45 ms). It admits a 24k-row table of four
+#: columns as arrays (5 per row), 13k rows as objects of four members (9 per row), 120k
+#: numbers, and any text up to ``max-message`` that carries fewer commas and colons.
+DEFAULT_MAX_FRAME_VALUES: Final = 120_000
 _thread_time = time.thread_time
 
 #: Bytes per read of the worker's stdout: a pipe's whole default capacity, so a pipelined
