@@ -272,6 +272,9 @@ def _config(state: str, sandbox: str) -> dict[str, Any]:
     return {
         "runtime": {"state-dir": state, "warm-workers": 0},
         "defaults": {"sandbox": sandbox, "memory": "1GiB"},
+        # 6 MB of small objects is ~1.2M JSON values: past the default max-frame-values
+        # (what one frame may hold the loop), raised for the plugin that streams it.
+        "plugins": {"big": {"max-frame-values": 2_000_000}},
     }
 
 

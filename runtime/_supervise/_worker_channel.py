@@ -305,9 +305,17 @@ class _WorkerChannel(_WorkerState):
                 if request.group(1)[:1] == b'"'
                 else int(request.group(1))
             )
-            self._send_nowait(encode_error(ident, error_to_wire(exc)))
+            if self._tg is not None:
+                # Waits for room in the worker's stdin queue, as any host answer does.
+                self._tg.start_soon(self._answer_refused, encode_error(ident, error_to_wire(exc)))
             return True
         return self._violation(f"sent a frame over the {cap}-value limit ({exc.message})")
+
+    async def _answer_refused(self, frame: bytes) -> None:
+        try:
+            await self._send(frame)
+        except CordonError:
+            pass  # the worker is gone; nobody is left to answer
 
     def _on_response(self, msg: Response) -> None:
         if self.reply_delay > 0 and self._tg is not None:
