@@ -31,7 +31,7 @@ from cordon.runtime import PluginHandle, Runtime
 from cordon.runtime._errors import ConfigError
 from cordon.runtime._settings._config import parse_config
 from cordon.runtime._settings._config_show import settings_to_dict
-from cordon.runtime._supervise._decode_budget import DecodeBudget
+from cordon.runtime._supervise._decode_budget import DecodeBudget, refused_envelope
 from cordon.runtime._supervise._worker import WorkerProcess
 from cordon.runtime._supervise._worker_reader import DEFAULT_MAX_FRAME_VALUES
 from tests.conftest import EXAMPLES, base_config
@@ -172,6 +172,25 @@ def test_frame_too_large_of_values_crosses_the_wire_typed_with_its_fields() -> N
     assert type(back) is FrameTooLarge
     assert back.fields() == {"limit": CAP, "size": CAP + 7, "kind": "values", "plugin": "p"}
     assert "max-frame-values" in back.message and "'p'" in back.message
+
+
+@pytest.mark.parametrize(
+    ("head", "concerns"),
+    [
+        (b'{"jsonrpc":"2.0","id":12,"result":[[', ("answer", 12)),
+        (b'{"jsonrpc":"2.0","id":0,"error":{"code"', ("answer", 0)),
+        (b'{"jsonrpc":"2.0","id":5,"method":"host/storage.set","par', ("request", 5)),
+        (b'{"jsonrpc":"2.0","id":"a-1","method":"host/x"', ("request", "a-1")),
+        (b'{"jsonrpc":"2.0","method":"$/progress","params":{', None),
+        (b'{"jsonrpc":"2.0","id":12', None),  # no envelope to go by
+        (b'[{"jsonrpc":"2.0","id":1,"result":', None),  # a batch
+        (b' {"jsonrpc":"2.0","id":1,"result":', None),
+    ],
+)
+def test_a_refused_frame_concerns_the_call_or_request_its_envelope_names(
+    head: bytes, concerns: Any
+) -> None:
+    assert refused_envelope(head) == concerns
 
 
 # -- the budget -------------------------------------------------------------------------------

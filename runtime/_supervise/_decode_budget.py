@@ -1,7 +1,9 @@
-"""The share of the host's loop one worker's frames may cost: a budget of thread CPU time.
+"""What one worker's frames may cost the host's loop: where a frame refused for its cost goes,
+and the budget of thread CPU time for the frames it admits.
 
-A frame's single hold is bounded before it is decoded (``max-frame-values``, see
-``protocol/_framing``), but a plugin can send bounded frames back to back, and every other
+A frame's single hold is bounded before it is decoded (``max-frame-values``: the splitter
+refuses it, see ``protocol/_framing``), and :func:`refused_envelope` reads off its first
+bytes whom to tell. But a plugin can send bounded frames back to back, and every other
 plugin's calls are served on the same loop. So what reading, splitting and decoding a
 worker's frames costs the host is measured (thread CPU time, which counts this thread's
 work only, not the time it waited) and charged to that worker, like the redaction budget of
@@ -13,11 +15,18 @@ and only that plugin's calls slow down.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
-__all__ = ["DECODE_BURST", "DECODE_SHARE", "HOST_PARAM_VALUE_COST", "DecodeBudget"]
+__all__ = [
+    "DECODE_BURST",
+    "DECODE_SHARE",
+    "HOST_PARAM_VALUE_COST",
+    "DecodeBudget",
+    "refused_envelope",
+]
 
 #: Share of one CPU a worker's frames may cost the host's loop over time. A quarter: the
 #: busiest honest load measured (64 calls in flight, ~60k calls/s) costs the reader ~0.1 of
@@ -71,3 +80,25 @@ class DecodeBudget:
             return 0.0
         self.paused += 1
         return -left / self.share
+
+
+#: A refused frame's first bytes as the worker's encoder writes them: an answer (``result`` or
+#: ``error``) names the call it fails, a request (``method``) the id its error answers.
+_ANSWER: Final = re.compile(rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}),"(?:result|error)":')
+_REQUEST: Final = re.compile(
+    rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}|"[A-Za-z0-9_.:-]{1,64}"),"method":"'
+)
+
+
+def refused_envelope(head: bytes) -> tuple[Literal["answer", "request"], int | str] | None:
+    """Whom a refused frame concerns, from its first bytes: ``("answer", id)`` (the call it
+    answers fails), ``("request", id)`` (the worker's request is answered with the refusal),
+    or ``None`` (a notification, or no envelope the worker writes: a protocol violation)."""
+    m = _ANSWER.match(head)
+    if m is not None:
+        return "answer", int(m.group(1))
+    m = _REQUEST.match(head)
+    if m is None:
+        return None
+    ident = m.group(1)
+    return "request", ident[1:-1].decode() if ident[:1] == b'"' else int(ident)

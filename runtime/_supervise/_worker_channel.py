@@ -14,7 +14,6 @@ import asyncio
 import heapq
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
@@ -68,7 +67,7 @@ from cordon.protocol import (
 )
 from cordon.protocol._framing import Refused, structural_count
 
-from ._decode_budget import HOST_PARAM_VALUE_COST, DecodeBudget
+from ._decode_budget import HOST_PARAM_VALUE_COST, DecodeBudget, refused_envelope
 from ._worker_reader import UNDECODED, _FuturePending, decode_large
 from ._worker_state import _Pending, _WorkerState
 
@@ -109,16 +108,6 @@ _WORKER_MAY_RAISE: Final = (
 #: From a running plugin they are a claim about the host it cannot know (and would send the
 #: operator off to weaken the sandbox): they arrive as a PluginError.
 _LAUNCH_ONLY: Final = (SandboxUnavailable, IncompatibleProtocol)
-
-#: The envelope of a refused frame's first bytes as the worker's encoder writes it: an answer
-#: (``result`` or ``error``) names the call it fails, a request (``method``) the id the
-#: worker's request is answered on. Anything else refused is a protocol violation.
-_REFUSED_ANSWER: Final = re.compile(
-    rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}),"(?:result|error)":'
-)
-_REFUSED_REQUEST: Final = re.compile(
-    rb'\{"jsonrpc":"2\.0","id":(0|[1-9][0-9]{0,17}|"[A-Za-z0-9_.:-]{1,64}"),"method":"'
-)
 
 
 class _WorkerChannel(_WorkerState):
@@ -290,21 +279,19 @@ class _WorkerChannel(_WorkerState):
         as an oversize frame is."""
         cap = self._splitter.max_values
         exc = FrameTooLarge(limit=cap, size=frame.values, kind="values", plugin=self.plugin_id)
-        log.warning("worker.frame_refused", plugin=self.plugin_id, values=frame.values, limit=cap)
-        answer = _REFUSED_ANSWER.match(frame.head)
-        if answer is not None:
-            pending = self._pending.pop(int(answer.group(1)), None)
+        if self._splitter.refused_count == 1:  # once per worker: each costs it a frame
+            log.warning(
+                "worker.frame_refused", plugin=self.plugin_id, values=frame.values, limit=cap
+            )
+        envelope = refused_envelope(frame.head)
+        if envelope is not None and envelope[0] == "answer":
+            pending = self._pending.pop(envelope[1], None) if isinstance(envelope[1], int) else None
             if pending is not None:
                 pending.error = exc
                 pending.wake()
             return True  # an answer to nothing we asked: ignored, as any other
-        request = _REFUSED_REQUEST.match(frame.head)
-        if request is not None:
-            ident: int | str = (
-                request.group(1)[1:-1].decode()
-                if request.group(1)[:1] == b'"'
-                else int(request.group(1))
-            )
+        if envelope is not None:
+            ident = envelope[1]
             if self._tg is not None:
                 # Waits for room in the worker's stdin queue, as any host answer does.
                 self._tg.start_soon(self._answer_refused, encode_error(ident, error_to_wire(exc)))
