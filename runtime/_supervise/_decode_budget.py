@@ -23,24 +23,25 @@ from typing import Final, Literal
 __all__ = [
     "DECODE_BURST",
     "DECODE_SHARE",
-    "HOST_PARAM_VALUE_COST",
+    "VALUE_COST",
     "DecodeBudget",
     "refused_envelope",
 ]
 
 #: Share of one CPU a worker's frames may cost the host's loop over time. A quarter: the
-#: busiest honest load measured (64 calls in flight, ~60k calls/s) costs the reader ~0.1 of
-#: a CPU, so it never waits; a flooding plugin leaves the loop three quarters of its time for
+#: busiest honest load measured (64 calls in flight, 82k calls/s) is charged 0.10 of a CPU,
+#: so it never waits; a flooding plugin leaves the loop three quarters of its time for
 #: the others (and one such plugin per core is needed to take it all).
 DECODE_SHARE: Final = 0.25
 #: The most decoding time a worker may have banked: two worst-case frames at the default
 #: ``max-frame-values`` (~15-25 ms each), so a burst of large answers passes unthrottled,
 #: and a flood is throttled within ~50 ms.
 DECODE_BURST: Final = 0.05
-#: Seconds charged per structural byte of a worker → host request's params, for the decode
-#: its handler does later in its own task (where it is not measured): the mean of the worst
-#: shapes measured here (~60 ns a value; the worst, deeply nested empty lists, ~125 ns).
-HOST_PARAM_VALUE_COST: Final = 100e-9
+#: Seconds charged per structural byte where a decode is not measured: a worker → host
+#: request's params (its handler decodes them later, in a task of its own) and a small read
+#: (see ``_worker_reader.SMALL_READ``). The costliest shape measured in a host with a heap to
+#: collect (lists ten deep, 130-200 ns a value); an honest frame's few values cost less.
+VALUE_COST: Final = 200e-9
 
 
 class DecodeBudget:

@@ -67,7 +67,7 @@ from cordon.protocol import (
 )
 from cordon.protocol._framing import Refused, structural_count
 
-from ._decode_budget import HOST_PARAM_VALUE_COST, DecodeBudget, refused_envelope
+from ._decode_budget import VALUE_COST, DecodeBudget, refused_envelope
 from ._worker_reader import UNDECODED, _FuturePending, decode_large
 from ._worker_state import _Pending, _WorkerState
 
@@ -413,7 +413,7 @@ class _WorkerChannel(_WorkerState):
         # measured: charged now, by their structural bytes (one C pass).
         params = msg.params
         if len(params) > 64:
-            self.decode_budget.charge(structural_count(bytes(params)) * HOST_PARAM_VALUE_COST)
+            self.decode_budget.charge(structural_count(bytes(params)) * VALUE_COST)
         if self._host_waiting or not self._host_fits(msg):
             self._host_waiting.append(msg)
             return
