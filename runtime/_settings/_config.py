@@ -119,7 +119,7 @@ class PluginSettings(msgspec.Struct, frozen=True, kw_only=True):
     host_request_memory: int = 16 * 1024 * 1024
     #: A frame from the worker with more JSON values (structural bytes) is refused undecoded:
     #: what one frame may hold the host's loop (``max-frame-values``).
-    max_frame_values: int = 120_000
+    max_frame_values: int = 100_000
     #: ``[plugins.<id>.exec.<command>]``: the operator's narrowing of each exec grant
     #: (argument patterns, extra environment, writable paths); see ``_exec_rules``.
     exec_rules: dict[str, ExecRule] = {}

@@ -34,7 +34,7 @@ __all__ = [
 #: the others (and one such plugin per core is needed to take it all).
 DECODE_SHARE: Final = 0.25
 #: The most decoding time a worker may have banked: two worst-case frames at the default
-#: ``max-frame-values`` (~15-25 ms each), so a burst of large answers passes unthrottled,
+#: ``max-frame-values`` (~15-30 ms each), so a burst of large answers passes unthrottled,
 #: and a flood is throttled within ~50 ms.
 DECODE_BURST: Final = 0.05
 #: Seconds charged per structural byte where a decode is not measured: a worker → host

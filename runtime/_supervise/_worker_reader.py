@@ -45,13 +45,13 @@ __all__ = ["DEFAULT_MAX_FRAME_VALUES", "LARGE_FRAME", "READ_SIZE", "decode_answe
 
 #: A frame with more structural bytes (``[ { , :``, so at most this many JSON values plus
 #: one) is refused undecoded, unless the plugin's ``max-frame-values`` says otherwise.
-#: Decoding costs up to ~130-200 ns a value here (lists ten deep, the costliest shape
+#: Decoding costs up to ~130-250 ns a value here (lists ten deep, the costliest shape
 #: measured, alone or in a host with a heap to collect; a flat list of numbers ~50, of
-#: empty lists ~35), so the worst frame this admits holds the loop ~15-25 ms
-#: (``benchmarks/bench_hold.py``; 200k held it 40-45 ms). It admits a 24k-row table of four
-#: columns as arrays (5 per row), 13k rows as objects of four members (9 per row), 120k
-#: numbers, and any text up to ``max-message`` that carries fewer commas and colons.
-DEFAULT_MAX_FRAME_VALUES: Final = 120_000
+#: empty lists ~35), so the worst frame this admits holds the loop ~15-30 ms
+#: (``benchmarks/bench_hold.py``; 200k held it 40-45 ms, 120k 30-39). It admits a 20k-row
+#: table of four columns as arrays (5 per row), 11k rows as objects of four members (9 per
+#: row), 100k numbers, and any text up to ``max-message`` with fewer commas and colons.
+DEFAULT_MAX_FRAME_VALUES: Final = 100_000
 _thread_time = time.thread_time
 #: A read this small is charged by its structural bytes at :data:`VALUE_COST` each rather
 #: than measured: the thread clock is a system call (~0.6 µs here, two per read were 2.4 %
