@@ -22,8 +22,12 @@ with the zygote or with siblings cost nothing per worker), then for ``idle`` whe
 private pages are: the brk heap, the anonymous mappings (CPython's obmalloc arenas, 1 MiB
 each, and mmap'd blocks), libpython's data and bss (its static objects: small ints, static
 types, the interpreter state, the deep-frozen stdlib code), the other libraries' data, the
-stack, plus the worker's thread count. Medians over the workers; the first forked worker is
-the zygote's first child, the others follow it as in a fleet.
+stack, plus the worker's thread count. For forked workers (run as root: the zygote is not
+dumpable), their private pages compared with the zygote's page at the same address: most
+are copies that differ by a refcount or two, or not at all (CPython 3.11 writes an object's
+refcount whenever it is used, and a page written once is copied for good). Medians over the
+workers; the first forked worker is the zygote's first child, the others follow it as in a
+fleet.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from cordon.runtime._supervise._zygote import ZygoteLauncher
 
 #: Each answer the script waits for: a worker's start is ~100 ms spawned on a quiet machine.
 ANSWER_DEADLINE: Final = 60.0
+PAGE: Final = 4096
 PHASES: Final = ("forked", "locked down", "ready", "activated", "1st call", "idle")
 
 #: The plugin: scale.py's fleet hello, its module held at its first line by a FIFO.
@@ -158,6 +163,48 @@ def private_kib(pid: int) -> dict[str, int]:
     return dict(kinds)
 
 
+def against_template(pid: int, zygote: int) -> dict[str, int] | None:
+    """A forked worker's private pages (pagemap: present, mapped once) sorted by how they
+    differ from the zygote's page at the same address: identical (written and written back:
+    a refcount up and down), a few words apart (a refcount or two that moved), or more
+    (the worker's own data). ``None`` without the right to read the zygote's memory (it is
+    not dumpable: root only)."""
+    kinds = {"identical": 0, "<= 16 words": 0, "more": 0}
+    try:
+        with (
+            open(f"/proc/{pid}/maps") as maps,
+            open(f"/proc/{pid}/pagemap", "rb") as pagemap,
+            open(f"/proc/{pid}/mem", "rb") as mine,
+            open(f"/proc/{zygote}/mem", "rb") as theirs,
+        ):
+            for line in maps:
+                fields = line.split()
+                if not fields[1].startswith("rw"):
+                    continue
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                pagemap.seek(lo // PAGE * 8)
+                entries = pagemap.read((hi - lo) // PAGE * 8)
+                for i in range(len(entries) // 8):
+                    bits = int.from_bytes(entries[i * 8 : i * 8 + 8], "little")
+                    if not (bits >> 63 & 1 and bits >> 56 & 1):  # present, exclusive
+                        continue
+                    addr = lo + i * PAGE
+                    mine.seek(addr)
+                    page = mine.read(PAGE)
+                    try:
+                        theirs.seek(addr)
+                        template = theirs.read(PAGE)
+                    except OSError:
+                        kinds["more"] += 1  # not the zygote's: the worker's own mapping
+                        continue
+                    words = sum(page[w : w + 8] != template[w : w + 8] for w in range(0, PAGE, 8))
+                    kind = "identical" if not words else "<= 16 words" if words <= 16 else "more"
+                    kinds[kind] += 1
+    except PermissionError:
+        return None
+    return kinds
+
+
 def threads(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -197,7 +244,9 @@ async def start(launcher: Any, home: Path) -> Peer:
     return peer
 
 
-def run_phases(peer: Peer, plugin: Path, scratch: Path, calls: int) -> dict[str, dict[str, int]]:
+def run_phases(
+    peer: Peer, plugin: Path, scratch: Path, calls: int, zygote: int | None
+) -> dict[str, dict[str, int]]:
     pid = peer.process.pid
     seen: dict[str, dict[str, int]] = {}
     peer.wait_for(note=HELLO)
@@ -230,6 +279,8 @@ def run_phases(peer: Peer, plugin: Path, scratch: Path, calls: int) -> dict[str,
         peer.call(INVOKE, greet)
     seen["idle"] = private_kib(pid)
     seen["idle"]["threads"] = threads(pid)
+    if zygote is not None:
+        seen["pages"] = against_template(pid, zygote) or {}
     return seen
 
 
@@ -257,7 +308,8 @@ async def measure(name: str, workers: int, calls: int, root: Path) -> list[dict[
             peers.append(peer)
             if peer.process.launcher != name:
                 raise RuntimeError(f"asked for {name}, got {peer.process.launcher}")
-            results.append(run_phases(peer, plugin, scratch, calls))
+            zygote = getattr(launcher, "pid", None)
+            results.append(run_phases(peer, plugin, scratch, calls, zygote))
     finally:
         await stop(peers)
         await launcher.aclose()
@@ -286,6 +338,13 @@ def main() -> None:
     for kind in kinds:
         cells = [statistics.median(r["idle"].get(kind, 0) for r in rs) for rs in runs.values()]
         print(f"{kind:<12}" + "".join(f"{c:>10.0f}" for c in cells))
+    pages = [r["pages"] for r in runs["zygote"] if r.get("pages")]
+    if pages:
+        print("\nan idle forked worker's private pages against the zygote's (median count)")
+        for kind in pages[0]:
+            print(f"  {kind:<14}{statistics.median(p[kind] for p in pages):>8.0f}")
+    else:
+        print("\n(the zygote's memory is not readable here: run as root to compare pages)")
 
 
 if __name__ == "__main__":
