@@ -186,8 +186,6 @@ class _WorkerState:
         # _on_readable); anything but a response goes through _backlog to the pump task.
         self._rfd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: The asyncio loop's ready queue, when it has one (see _on_readable).
-        self._run_queue: deque[asyncio.Handle] | None = None
         #: ``loop.time`` without its Python method, where that is all it is.
         self._clock: Callable[[], float] = time.monotonic
         self._splitter = FrameSplitter(self.max_frame)
