@@ -1,0 +1,97 @@
+"""Red team, the zygote launcher: a hostile plugin in a forked worker reaches for the zygote,
+the host and another plugin's worker (all the same uid) through every syscall that names a
+pid, raw (ctypes, past any Python-level wrapper), and tries every way to make a process of
+its own (a child the host's kill could miss, or one reparented next to the zygote).
+
+Each refusal is checked against a control: the same probe on the worker's own pid under the
+sandbox, and the same probes on another process with the sandbox off, so a probe that could
+not have worked anyway proves nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from cordon.runtime import Runtime
+from cordon.runtime._supervise._launcher import zygote_unsupported
+from cordon.runtime._supervise._zygote import ZygoteLauncher
+from tests.conftest import TEST_PLUGINS, base_config
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(zygote_unsupported() is not None, reason=str(zygote_unsupported())),
+]
+
+PROBER = Path(__file__).resolve().parent / "sandbox" / "hostile" / "pid_prober"
+WITNESS = TEST_PLUGINS / "fork_witness"
+#: Each test's whole budget (two runtimes, three workers): a hang fails, never stalls.
+DEADLINE = 60.0
+#: Probes the kernel lets a worker make on itself under the sandbox: the controls showing the
+#: refusals below are about the target, not a probe that is broken.
+ON_ITSELF = ("kill", "tgkill", "pidfd_open", "getpgid", "getsid", "sched_getparam", "prlimit64")
+#: Probes that work on another process of the same uid when nothing is sandboxed.
+UNSANDBOXED = ("kill", "tgkill", "pidfd_open", "getpgid", "sched_getparam", "prlimit64")
+
+
+def _config(tmp_path: Path, sandbox: str) -> dict[str, Any]:
+    config = base_config(tmp_path, sandbox=sandbox)
+    config["runtime"] = {**config["runtime"], "launcher": "zygote"}  # type: ignore[dict-item]
+    return config
+
+
+def _zygote_pid(rt: Runtime) -> int:
+    assert isinstance(rt.launcher, ZygoteLauncher)
+    assert rt.launcher.pid is not None
+    return rt.launcher.pid
+
+
+async def test_a_forked_worker_names_no_other_process_by_any_syscall_that_takes_a_pid(
+    tmp_path: Path,
+) -> None:
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path / "strict", "strict")) as rt:
+            prober = await rt.load(PROBER)
+            sibling = await rt.load(WITNESS)
+            own = await prober.call("pid")
+            sibling_pid = (await sibling.call("ids"))["pid"]
+            targets = {"zygote": _zygote_pid(rt), "host": os.getpid(), "sibling": sibling_pid}
+            locked = {who: await prober.call("reach", {"pid": pid}) for who, pid in targets.items()}
+            itself = await prober.call("reach", {"pid": own})
+            assert prober.worker is not None and prober.worker.process is not None
+            assert prober.worker.process.launcher == "zygote"
+        async with Runtime(_config(tmp_path / "off", "off")) as rt:
+            prober = await rt.load(PROBER)
+            sibling = await rt.load(WITNESS)
+            control = await prober.call("reach", {"pid": (await sibling.call("ids"))["pid"]})
+    for who, results in locked.items():
+        through = {probe: r for probe, r in results.items() if r == "ok"}
+        assert not through, f"a forked worker reached the {who} by {through}"
+    assert {p: itself[p] for p in ON_ITSELF} == dict.fromkeys(ON_ITSELF, "ok"), itself
+    assert {p: control[p] for p in UNSANDBOXED} == dict.fromkeys(UNSANDBOXED, "ok"), control
+
+
+async def test_a_forked_worker_makes_no_process_by_any_fork_or_clone_only_threads(
+    tmp_path: Path,
+) -> None:
+    """``CLONE_PARENT`` included: a child of the worker's parent would be the host's, outside
+    the worker's session and process group, which the host's stop signals."""
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, "strict")) as rt:
+            prober = await rt.load(PROBER)
+            made = await prober.call("make_process")
+            # The worker is still the one it was: no child took over its pipes.
+            assert await prober.call("pid") == prober.worker.process.pid  # type: ignore[union-attr]
+    assert made["thread"] == "ok"
+    # clone3's flags are in memory BPF cannot read: ENOSYS, so glibc falls back to clone.
+    assert made.pop("clone3") == "ENOSYS"
+    assert made == {
+        "os.fork": "EPERM",
+        "fork": "EPERM",
+        "clone": "EPERM",
+        "clone_parent": "EPERM",
+        "thread": "ok",
+    }
