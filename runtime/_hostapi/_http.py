@@ -325,6 +325,15 @@ class HttpPolicy:
                     "url": self.secrets.scrub(target.url()),
                 }
             try:
+                if not location.isprintable() or any(c.isspace() for c in location):
+                    # urljoin drops tabs silently (WHATWG), so parse_url would only see
+                    # the guess: the server's own text is refused as a plugin's URL is.
+                    shown = location[:200]
+                    raise PermissionDenied(
+                        f"http: refused {shown!r}: control characters or whitespace",
+                        permission=f"http:{shown}",
+                        plugin=self.plugin,
+                    )
                 nxt = parse_url(urljoin(target.url(), location), plugin=self.plugin)
             except PermissionDenied as exc:
                 raise PermissionDenied(

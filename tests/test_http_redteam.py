@@ -1,0 +1,231 @@
+"""Red team, ``ctx.http``: a hostile plugin in a real strict-sandboxed worker tries to make the
+host talk to somewhere its grant does not name, or to hold a host resource past its bounds.
+
+* URL-parser differentials: what the policy checks must be what the host connects to and
+  sends, for every trick one parser reads differently from another (userinfo, fragments,
+  mapped IPv6, zero-padded ports, empty labels, NUL). The requests go straight to
+  ``host/http.request`` (the plugin's ``raw`` tool), skipping the worker's own client.
+* Redirects: a granted server (or one the plugin controls) answers with every ``Location``
+  trick; no hop may leave the grant, and one that stays on it is followed.
+* Hostile responses: a body dripped a byte at a time under the size cap (the request's
+  deadline ends it), a head with a flood of headers (a typed error), and a compression bomb
+  (handed over compressed, as received: the host never inflates a body)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from cordon.protocol import CallTimeout, HttpError, PermissionDenied
+from cordon.runtime import PluginHandle, Runtime
+
+from .conftest import base_config
+from .http_loopback import Seen, answer, loopback, make_plugin
+
+pytestmark = pytest.mark.anyio
+
+#: Every test's whole budget: a hang must fail, not stall the suite.
+DEADLINE = 20.0
+#: The drip server's pace: slow enough that the request's deadline comes long before its
+#: body could reach the size cap, fast enough that every read makes progress.
+DRIP_EVERY = 0.05
+#: The request deadline the drip test sets: the only thing that can end that response.
+DRIP_TIMEOUT = 0.5
+#: What the bomb inflates to (zeros) and the response cap below it: an inflating host
+#: would trip the cap, a host that passes the bytes through does not.
+BOMB_SIZE = 64 * 1024 * 1024
+BOMB_CAP = "1 MiB"
+
+
+async def _runtime(tmp_path: Path, grants: list[str], **http: Any) -> tuple[Runtime, Path]:
+    config = base_config(tmp_path)
+    section: dict[str, Any] = {"grant": grants}
+    if http:
+        section["http"] = {k.replace("_", "-"): v for k, v in http.items()}
+    config["plugins"] = {"web": section}
+    return Runtime(config), make_plugin(tmp_path / "plugins", "web", grants)
+
+
+async def _raw(web: PluginHandle, url: str) -> Any:
+    return await web.call("raw", {"params": {"method": "GET", "url": url}}, timeout=10)
+
+
+async def _ok(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+    await answer(stream, 200, b"ok")
+
+
+@pytest.mark.parametrize(
+    ("template", "path"),
+    [
+        ("http://127.0.0.1:{port}#@evil.example/", "/"),  # the fragment is never the host
+        ("http://127.0.0.1:{port}/?@evil.example", "/?@evil.example"),
+        ("http://127.0.0.1:{port}//evil.example/x", "//evil.example/x"),  # a path, not a host
+        ("HTTP://127.0.0.1:{port}/up", "/up"),  # the scheme in capitals
+        ("http://127.0.0.1.:{port}/dot", "/dot"),  # one trailing dot
+    ],
+)
+async def test_a_url_read_differently_by_other_parsers_reaches_only_the_granted_origin(
+    tmp_path: Path, template: str, path: str
+) -> None:
+    async with loopback(_ok) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant])
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                out = await _raw(web, template.format(port=srv.port))
+    assert out["status"] == 200
+    # It arrived where the grant says, asking for exactly the path the policy saw.
+    assert [(s.path, s.headers["host"]) for s in srv.seen] == [(path, f"127.0.0.1:{srv.port}")]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "http://evil.example@127.0.0.1:{port}/",  # userinfo, either way round
+        "http://127.0.0.1:{port}@evil.example/",
+        "http://127.0.0.1:{port}%40evil.example/",
+        "http://[::ffff:127.0.0.1]:{port}/",  # the granted address, spelled as another literal
+        "http://[::ffff:7f00:1]:{port}/",
+        "http://127.0.0.1:{port}:{port}/",
+        "http://127.0.0.1:000000{port}/",  # a port padded past five digits
+        "http://127.0.0.1:{port}\x00/",
+        "http://127.0.0.1..:{port}/",
+        "http://127.0.0.1\t:{port}/",
+        "http://127.0.0.1%2e:{port}/",
+        "http:127.0.0.1:{port}/",
+        "http:/127.0.0.1:{port}/",
+        "http://127.0.0.1:{port}\u3002evil.example/",  # an ideographic full stop
+    ],
+)
+async def test_an_ambiguous_url_for_the_granted_origin_is_refused_and_nothing_is_sent(
+    tmp_path: Path, template: str
+) -> None:
+    async with loopback(_ok) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant])
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                with pytest.raises(PermissionDenied):
+                    await _raw(web, template.format(port=srv.port))
+    assert srv.seen == []
+
+
+#: Every ``Location`` a hostile server answers with, and what a follower must do with it.
+_LOCATIONS: list[tuple[str, str]] = [
+    ("//127.0.0.2:{port}/", "refused"),  # scheme-relative: another host
+    ("http://127.0.0.1:{port}@127.0.0.2:{port}/", "refused"),  # credentials
+    ("http://127.0.0.2:{port}#@127.0.0.1:{port}/", "refused"),
+    ("http://[::ffff:127.0.0.1]:{port}/", "refused"),  # the same address, another literal
+    ("https://127.0.0.1:{port}/", "refused"),  # another scheme
+    ("http://127.0.0.1:{other}/", "refused"),  # another port
+    ("file:///etc/passwd", "refused"),
+    ("/\\127.0.0.2/", "refused"),
+    ("http://127.0.0.1:{port}/a\tb", "refused"),  # urljoin would drop the tab: refused
+    ("http://127.0.0.\t2:{port}/", "refused"),
+    ("http://0x7f.1:{port}/landed", "/landed"),  # the grant, spelled otherwise: followed
+    ("/x/../landed?q=1", "/landed?q=1"),  # dot segments resolved before the check
+]
+
+
+@pytest.mark.parametrize(("location", "outcome"), _LOCATIONS)
+async def test_no_redirect_location_trick_leaves_the_grant_and_one_on_it_is_followed(
+    tmp_path: Path, location: str, outcome: str
+) -> None:
+    async def redirector(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+        if seen.path == "/go":
+            port = stream.extra(anyio.abc.SocketAttribute.local_port)
+            where = location.format(port=port, other=port + 1 if port < 65535 else port - 1)
+            await answer(stream, 302, headers=[("Location", where)])
+        else:
+            await answer(stream, 200, b"landed")
+
+    async with loopback(redirector) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant])
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                if outcome == "refused":
+                    with pytest.raises(PermissionDenied):
+                        await _raw(web, srv.url("/go"))
+                else:
+                    out = await _raw(web, srv.url("/go"))
+                    assert out["status"] == 200
+    # One request to the granted server; a refused hop sent nothing anywhere (the other
+    # loopback addresses have no listener: a request there would have been a connect error).
+    assert [s.path for s in srv.seen] == (["/go"] if outcome == "refused" else ["/go", outcome])
+
+
+async def test_a_body_dripped_under_the_size_cap_ends_at_the_request_deadline(
+    tmp_path: Path,
+) -> None:
+    async def drip(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+        await stream.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:  # until the host hangs up (the loopback's own deadline bounds it)
+            await stream.send(b"1\r\nz\r\n")
+            await anyio.sleep(DRIP_EVERY)  # the server's pace, not synchronisation
+
+    async with loopback(drip) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant], timeout=f"{DRIP_TIMEOUT} s")
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                seen = await web.call("try_fetch", {"url": srv.url()}, timeout=10)
+                # The host hung up on the dripping server.
+                await srv.closed[0].wait()
+    assert seen["type"] == CallTimeout.__name__ and seen["timeout"] == DRIP_TIMEOUT
+
+
+async def test_a_response_head_flooded_with_headers_is_a_typed_error(tmp_path: Path) -> None:
+    async def flood(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+        await stream.send(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Flood: " + b"f" * 64 + b"\r\n"
+        for _ in range(20_000):  # ~1.5 MB of head, far past any sane client's limit
+            await stream.send(line * 10)
+
+    async with loopback(flood) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant])
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                seen = await web.call("try_fetch", {"url": srv.url()}, timeout=10)
+    assert seen["type"] == HttpError.__name__, seen
+
+
+async def test_a_compression_bomb_reaches_the_plugin_compressed_never_inflated_by_the_host(
+    tmp_path: Path,
+) -> None:
+    bomb = gzip.compress(bytes(BOMB_SIZE), compresslevel=9)
+
+    async def bomber(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+        await answer(stream, 200, bomb, headers=[("Content-Encoding", "gzip")])
+
+    async with loopback(bomber) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant], max_response=BOMB_CAP)
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                out = await web.call(
+                    "fetch",
+                    {"url": srv.url(), "headers": {"Accept-Encoding": "gzip"}},
+                    timeout=10,
+                )
+    assert srv.seen[0].headers["accept-encoding"] == "gzip"  # the plugin's ask, sent as is
+    assert out["status"] == 200 and out["size"] == len(bomb) < BOMB_SIZE // 100
+    assert ["content-encoding", "gzip"] in out["headers"]
+
+
+async def test_without_asking_the_plugin_is_offered_only_identity_bodies(
+    tmp_path: Path,
+) -> None:
+    async with loopback(_ok) as srv:
+        rt, plugin = await _runtime(tmp_path, [srv.grant])
+        with anyio.fail_after(DEADLINE):
+            async with rt:
+                web = await rt.load(plugin)
+                await _raw(web, srv.url())
+    assert srv.seen[0].headers["accept-encoding"] == "identity"
