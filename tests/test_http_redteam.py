@@ -9,11 +9,15 @@ host talk to somewhere its grant does not name, or to hold a host resource past 
   trick; no hop may leave the grant, and one that stays on it is followed.
 * Hostile responses: a body dripped a byte at a time under the size cap (the request's
   deadline ends it), a head with a flood of headers (a typed error), and a compression bomb
-  (handed over compressed, as received: the host never inflates a body)."""
+  (handed over compressed, as received: the host never inflates a body).
+* Secrets: a server that echoes the credential (the host masks it by exact match) asked by
+  the plugin to compress or cut its answer, so the value would pass the mask in pieces."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from cordon.protocol import CallTimeout, HttpError, PermissionDenied
 from cordon.runtime import PluginHandle, Runtime
 
 from .conftest import base_config
-from .http_loopback import Seen, answer, loopback, make_plugin
+from .http_loopback import Loopback, Seen, answer, loopback, make_plugin
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +40,9 @@ DEADLINE = 20.0
 DRIP_EVERY = 0.05
 #: The request deadline the drip test sets: the only thing that can end that response.
 DRIP_TIMEOUT = 0.5
+#: The secret's value (the environment variable it is read from is set per test).
+SECRET_VALUE = "s3cr3t-Value-9f2c71d4"
+SECRET_VAR = "CORDON_TEST_REDTEAM_TOKEN"
 #: What the bomb inflates to (zeros) and the response cap below it: an inflating host
 #: would trip the cap, a host that passes the bytes through does not.
 BOMB_SIZE = 64 * 1024 * 1024
@@ -229,3 +236,84 @@ async def test_without_asking_the_plugin_is_offered_only_identity_bodies(
                 web = await rt.load(plugin)
                 await _raw(web, srv.url())
     assert srv.seen[0].headers["accept-encoding"] == "identity"
+
+
+def _secret_config(tmp_path: Path, srv: Loopback) -> tuple[dict[str, Any], Path]:
+    config = base_config(tmp_path)
+    config["plugins"] = {
+        "web": {
+            "grant": [srv.grant],
+            "secrets": {"TOKEN": {"env": SECRET_VAR, "hosts": [f"http://127.0.0.1:{srv.port}"]}},
+        }
+    }
+    return config, make_plugin(tmp_path / "plugins", "web", [srv.grant])
+
+
+async def _echo_reshaped(seen: Seen, stream: anyio.abc.SocketStream) -> None:
+    """Echo the request's headers, honouring gzip and a byte range as a server would; under
+    ``/always-gzip`` and ``/always-206`` whatever was asked."""
+    body = json.dumps(seen.headers).encode()
+    gzipped = "gzip" in seen.headers.get("accept-encoding", "") or seen.path == "/always-gzip"
+    ranged = "range" in seen.headers or seen.path == "/always-206"
+    if gzipped:
+        await answer(stream, 200, gzip.compress(body), headers=[("Content-Encoding", "gzip")])
+    elif ranged:
+        first, _, last = (
+            seen.headers.get("range", "bytes=0-9").removeprefix("bytes=").partition("-")
+        )
+        part = body[int(first) : int(last) + 1]
+        cover = f"bytes {first}-{last}/{len(body)}"
+        await answer(stream, 206, part, headers=[("Content-Range", cover)])
+    else:
+        await answer(stream, 200, body)
+
+
+def _request(url: str, *extra: tuple[str, str]) -> dict[str, Any]:
+    headers = [["Authorization", "Bearer <secret TOKEN>"], *[list(h) for h in extra]]
+    return {"params": {"method": "GET", "url": url, "headers": headers}}
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [("Accept-Encoding", "gzip"), ("Range", "bytes=30-39"), ("If-Range", "x")],
+)
+async def test_a_secret_echo_cannot_be_asked_for_compressed_or_in_byte_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ask: tuple[str, str]
+) -> None:
+    monkeypatch.setenv(SECRET_VAR, SECRET_VALUE)
+    async with loopback(_echo_reshaped) as srv:
+        config, plugin = _secret_config(tmp_path, srv)
+        with anyio.fail_after(DEADLINE):
+            async with Runtime(config) as rt:
+                web = await rt.load(plugin)
+                out = await web.call("raw", _request(srv.url(), ask), timeout=10)
+    # The server got the secret (its host) but not the plugin's ask: the whole echo came
+    # back plain, and masked.
+    got = srv.seen[0].headers
+    assert got["authorization"] == f"Bearer {SECRET_VALUE}"
+    assert got["accept-encoding"] == "identity" and "range" not in got and "if-range" not in got
+    assert out["status"] == 200
+    echoed = json.loads(base64.b64decode(out["content"]))
+    assert echoed["authorization"] == "Bearer <secret TOKEN>"
+    assert SECRET_VALUE not in repr(out)
+
+
+@pytest.mark.parametrize("path", ["/always-gzip", "/always-206"])
+async def test_an_answer_to_a_secret_the_host_cannot_mask_whole_is_withheld(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.setenv(SECRET_VAR, SECRET_VALUE)
+    async with loopback(_echo_reshaped) as srv:
+        config, plugin = _secret_config(tmp_path, srv)
+        with anyio.fail_after(DEADLINE):
+            async with Runtime(config) as rt:
+                web = await rt.load(plugin)
+                with pytest.raises(HttpError) as info:
+                    await web.call("raw", _request(srv.url(path)), timeout=10)
+                # The same server's answer to a request with no secret is the plugin's as is.
+                plain = await web.call(
+                    "raw", {"params": {"method": "GET", "url": srv.url(path)}}, timeout=10
+                )
+    assert info.value.reason == "secret"
+    assert SECRET_VALUE not in repr(info.value)
+    assert plain["status"] in (200, 206)

@@ -26,7 +26,10 @@ One :class:`HttpPolicy` per plugin. For each request (``host/http.request``):
    identity`` is sent unless the plugin asks otherwise, and a compressed body is the
    plugin's to inflate inside its own memory limit) and cut off past ``max-response``
    (connection closed, :class:`QuotaExceeded`). Secret values the server echoes back are
-   replaced by their placeholder before the answer leaves the host.
+   replaced by their placeholder before the answer leaves the host; on a request carrying a
+   secret the plugin's ``Accept-Encoding``/``Range``/``If-Range`` are dropped (a compressed
+   or cut echo would slip past that exact match), and an answer still encoded or partial
+   is withheld (:class:`HttpError`, reason ``secret``).
 7. One audit record per hop: method, origin, status, bytes out and in, elapsed. Never a
    header value, a path or a query (they carry credentials as often as not).
 
@@ -90,6 +93,10 @@ __all__ = [
 #: Redirects followed per request: APIs use one or two; a chain is a loop or a probe.
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+#: Request headers that have a server compress or cut its answer. On a request carrying a
+#: secret they are the host's: a value echoed in a gzip body or split over byte ranges
+#: would pass the exact-match scrub and be reassembled in the plugin.
+_RESHAPING: Final = frozenset({"accept-encoding", "range", "if-range"})
 #: Cancellations remembered for requests not started yet (still queued behind the
 #: channel's bound): enough for every request a worker can have waiting.
 MAX_EARLY_CANCELS: Final = 4096
@@ -314,8 +321,9 @@ class HttpPolicy:
             sent = self._hop_headers(
                 headers, target, first=hop == 0, cross=target.origin != original
             )
+            carries = any(PLACEHOLDER.search(v) for _, v in headers)
             status, raw_headers, content, location = await self._send(
-                method, target, address, sent, body
+                method, target, address, sent, body, carries=carries
             )
             if status not in _REDIRECTS or location is None:
                 return {
@@ -356,8 +364,11 @@ class HttpPolicy:
         self, headers: list[tuple[str, str]], target: Target, *, first: bool, cross: bool
     ) -> list[tuple[str, str]]:
         origin = _origin_grant(target)
+        carries = any(PLACEHOLDER.search(v) for _, v in headers)
         out: list[tuple[str, str]] = []
         for name, value in headers:
+            if carries and name.lower() in _RESHAPING:
+                continue  # the host's own Accept-Encoding: identity goes instead
             if PLACEHOLDER.search(value):
                 sub = self.secrets.substitute(value, origin, header=name)
                 if sub is None:
@@ -387,7 +398,11 @@ class HttpPolicy:
         address: str,
         headers: list[tuple[str, str]],
         body: bytes | None,
+        *,
+        carries: bool = False,
     ) -> tuple[int, list[list[str]], bytes, str | None]:
+        """One hop. ``carries``: the request has a secret in it, so an answer the scrub
+        cannot read whole (encoded, or a part of a resource) is withheld."""
         import httpx2
 
         host = f"[{address}]" if ":" in address else address
@@ -421,6 +436,8 @@ class HttpPolicy:
                 try:
                     if status in _REDIRECTS and "location" in response.headers:
                         return status, [], b"", response.headers["location"]
+                    if carries:
+                        self._check_maskable(target, status, response.headers)
                     content = bytearray()
                     cap = self.limits.max_response
                     try:
@@ -453,6 +470,21 @@ class HttpPolicy:
                     allowed=True,
                     outcome=outcome,
                 )
+
+    def _check_maskable(self, target: Target, status: int, headers: Any) -> None:
+        """Refuse an answer to a secret-carrying request whose body the scrub cannot see
+        whole: encoded (the server compressed anyway) or partial (206)."""
+        coding = str(headers.get("content-encoding", "")).strip().lower()
+        if coding in ("", "identity") and status != 206:
+            return
+        what = f"{coding}-encoded" if coding not in ("", "identity") else "partial (206)"
+        raise HttpError(
+            f"http: the answer from {target.origin} to a request carrying a secret is {what}: "
+            "the host cannot mask the secret in it, so it is withheld",
+            url=target.url(),
+            reason="secret",
+            plugin=self.plugin,
+        )
 
     def _response_headers(self, response: Any) -> list[list[str]]:
         out = []
