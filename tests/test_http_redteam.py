@@ -27,6 +27,7 @@ import pytest
 
 from cordon.protocol import CallTimeout, HttpError, PermissionDenied
 from cordon.runtime import PluginHandle, Runtime
+from cordon.runtime._hostapi._secrets import SecretStore
 
 from .conftest import base_config
 from .http_loopback import Loopback, Seen, answer, loopback, make_plugin
@@ -317,3 +318,15 @@ async def test_an_answer_to_a_secret_the_host_cannot_mask_whole_is_withheld(
     assert info.value.reason == "secret"
     assert SECRET_VALUE not in repr(info.value)
     assert plain["status"] in (200, 206)
+
+
+@pytest.mark.parametrize("outer_first", [True, False])
+def test_a_secret_whose_value_holds_another_is_masked_whole_whatever_the_order(
+    outer_first: bool,
+) -> None:
+    inner = ("INNER", ("0123456789", ("127.0.0.1",)))
+    outer = ("OUTER", ("left-0123456789-right", ("127.0.0.1",)))
+    store = SecretStore("web", dict([outer, inner] if outer_first else [inner, outer]))
+    echoed = "got left-0123456789-right and 0123456789"
+    assert store.scrub(echoed) == "got <secret OUTER> and <secret INNER>"
+    assert store.scrub_bytes(echoed.encode()) == b"got <secret OUTER> and <secret INNER>"

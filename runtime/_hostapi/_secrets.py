@@ -62,9 +62,11 @@ class SecretStore:
     def __init__(self, plugin: str, secrets: Mapping[str, tuple[str, tuple[str, ...]]]) -> None:
         """``secrets``: name -> (value, host patterns)."""
         self.plugin = plugin
+        # Longest value first: the masks run in this order, and a value holding another
+        # secret's must be masked whole before the shorter one cuts it into visible pieces.
         self._secrets = {
             name: _Secret(name, value, tuple(parse_grant(h) for h in hosts))
-            for name, (value, hosts) in secrets.items()
+            for name, (value, hosts) in sorted(secrets.items(), key=lambda kv: -len(kv[1][0]))
         }
 
     def __repr__(self) -> str:
