@@ -34,7 +34,10 @@ DEADLINE = 60.0
 #: refusals below are about the target, not a probe that is broken.
 ON_ITSELF = ("kill", "tgkill", "pidfd_open", "getpgid", "getsid", "sched_getparam", "prlimit64")
 #: Probes that work on another process of the same uid when nothing is sandboxed.
-UNSANDBOXED = ("kill", "tgkill", "pidfd_open", "getpgid", "sched_getparam", "prlimit64")
+UNSANDBOXED = (
+    *("kill", "tgkill", "pidfd_open", "getpgid", "sched_getparam", "prlimit64"),
+    *("proc_status", "proc_environ", "proc_cmdline", "proc_dir"),
+)
 
 
 def _config(tmp_path: Path, sandbox: str) -> dict[str, Any]:

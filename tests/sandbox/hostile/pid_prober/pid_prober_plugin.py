@@ -130,7 +130,28 @@ def _probes(pid: int) -> dict[str, Callable[[], str]]:
         "ioprio_group": lambda: _raw("ioprio_get", c_int(2), c_int(pid)),
         "ioprio_user": lambda: _raw("ioprio_get", c_int(3), c_int(uid)),
         "capget": lambda: _raw("capget", cap_header, buf),
+        "proc_status": lambda: _open(f"/proc/{pid}/status"),
+        "proc_environ": lambda: _open(f"/proc/{pid}/environ"),
+        "proc_cmdline": lambda: _open(f"/proc/{pid}/cmdline"),
+        "proc_mem": lambda: _open(f"/proc/{pid}/mem"),
+        # An open /proc/<pid> directory is a handle pidfd_send_signal accepts.
+        "proc_dir": lambda: _open(f"/proc/{pid}", os.O_DIRECTORY),
     }
+
+
+def _open(path: str, flags: int = 0) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    try:
+        if not flags & os.O_DIRECTORY:
+            os.read(fd, 64)
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    finally:
+        os.close(fd)
+    return "ok"
 
 
 def _close_fd(fd: int) -> str:
