@@ -28,6 +28,10 @@ pytestmark = [
 
 PROBER = Path(__file__).resolve().parent / "sandbox" / "hostile" / "pid_prober"
 WITNESS = TEST_PLUGINS / "fork_witness"
+#: Mappings larger than this are address-space reservations, not memory (skipped).
+MAX_REGION = 1 << 30
+#: Plugins forked before the heap scan, whose names it must not find.
+EARLIER = ("fork_witness", "probe", "greet_twin", "mw_a")
 #: Each test's whole budget (two runtimes, three workers): a hang fails, never stalls.
 DEADLINE = 60.0
 #: Probes the kernel lets a worker make on itself under the sandbox: the controls showing the
@@ -44,6 +48,24 @@ def _config(tmp_path: Path, sandbox: str) -> dict[str, Any]:
     config = base_config(tmp_path, sandbox=sandbox)
     config["runtime"] = {**config["runtime"], "launcher": "zygote"}  # type: ignore[dict-item]
     return config
+
+
+def _memory_holding(pid: int, needles: list[str]) -> dict[str, str]:
+    """Which ``needles`` are anywhere in process ``pid``'s readable memory, and where."""
+    found: dict[str, str] = {}
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            low, high = (int(x, 16) for x in span.split("-"))
+            if "r" not in perms or high - low > MAX_REGION:
+                continue
+            try:
+                mem.seek(low)
+                data = mem.read(high - low)
+            except OSError:
+                continue  # [vvar] and the like
+            found.update({n: line.strip() for n in needles if n.encode() in data})
+    return found
 
 
 def _zygote_pid(rt: Runtime) -> int:
@@ -98,3 +120,26 @@ async def test_a_forked_worker_makes_no_process_by_any_fork_or_clone_only_thread
         "clone_parent": "EPERM",
         "thread": "ok",
     }
+
+
+async def test_a_forked_worker_finds_no_earlier_plugins_scratch_path_in_what_it_inherited(
+    tmp_path: Path,
+) -> None:
+    """The zygote decodes every fork request (a worker's env: its scratch dir, named after
+    its plugin). A worker forked after another plugin's scans the heap it got from the
+    zygote (the kernel copies each page, so an unmapped one is an error, not a crash); the
+    only plugin it finds named there is itself, which shows the scan reads what is there."""
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, "strict")) as rt:
+            # Ids of different lengths: the requests' text lands in blocks of different
+            # sizes, so a later request does not merely overwrite an earlier one's.
+            for earlier in EARLIER:
+                await (await rt.load(TEST_PLUGINS / earlier)).start()
+            prober = await rt.load(PROBER)
+            names = await prober.call("scratch_names", timeout=30)
+            assert prober.worker is not None and prober.worker.process is not None
+            # The whole of it, read from the host (the worker is its child): what the
+            # plugin's scan could reach wherever the allocator happened to put it.
+            held = _memory_holding(prober.worker.process.pid, [f"scratch/{p}" for p in EARLIER])
+    assert names == ["pid_prober"]
+    assert held == {}, f"a forked worker holds other plugins' paths: {held}"

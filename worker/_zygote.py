@@ -60,6 +60,10 @@ FORK_FLAGS: Final = CLONE_PARENT | CLONE_CHILD_SETTID | signal.SIGCHLD
 TID_OFFSET: Final = 720
 #: A request (env and cwd) is small; anything larger is not from the host.
 REQUEST_MAX: Final = 256 * 1024
+#: Where CPython keeps a bytes object's data (``ob_sval``) and a compact ASCII str's, past
+#: their headers (the size of an empty one, less its terminating NUL).
+_BYTES_DATA: Final = sys.getsizeof(b"") - 1
+_ASCII_DATA: Final = sys.getsizeof("") - 1
 #: Above every fd this process can hold (the hard RLIMIT_NOFILE, which only root can raise):
 #: where fd-closing ends (one close_range call; a kernel without it would close each).
 _FD_CEILING: Final = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1, 2**31 - 1)
@@ -153,6 +157,30 @@ def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int])
             os._exit(status)
 
 
+def _wipe(obj: bytes | str) -> None:
+    """Zero the text of a request the zygote is done with. Freed memory keeps its bytes and
+    every later fork gets a copy of the zygote's: another plugin's env (its scratch path,
+    named after it) would be there for a plugin scanning its own heap. Only objects the
+    zygote alone holds (fresh from recvmsg or json, never a one-character singleton), and
+    only ASCII text (a compact str's layout is known; the host's env and paths are ASCII)."""
+    if len(obj) <= 1:
+        return
+    if isinstance(obj, bytes):
+        ctypes.memset(id(obj) + _BYTES_DATA, 0, len(obj))
+    elif obj.isascii():
+        ctypes.memset(id(obj) + _ASCII_DATA, 0, len(obj))
+
+
+def _forget(request: dict[str, Any]) -> None:
+    """After the fork: the zygote's copy of a request's values, wiped (see :func:`_wipe`)."""
+    env = request.get("env")
+    for value in env.values() if isinstance(env, dict) else ():
+        if isinstance(value, str):
+            _wipe(value)
+    if isinstance(request.get("cwd"), str):
+        _wipe(request["cwd"])
+
+
 def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     fds = array.array("i")
     msg, anc, flags, _ = sock.recvmsg(REQUEST_MAX, socket.CMSG_SPACE(3 * fds.itemsize))
@@ -166,7 +194,10 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     try:
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
             raise ValueError("a request carries a JSON object and exactly three fds")
-        request = json.loads(msg)
+        text = msg.decode()
+        request = json.loads(text)
+        _wipe(msg)
+        _wipe(text)
         if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
             raise ValueError("a request is {'env': {...}, 'cwd': str}")
         if not isinstance(request.get("cwd"), str):
@@ -258,6 +289,7 @@ def serve(sock: socket.socket) -> NoReturn:
             continue
         if pid == 0:
             _become_worker(sock, request, fds)
+        _forget(request)
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())

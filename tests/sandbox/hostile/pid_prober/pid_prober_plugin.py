@@ -225,3 +225,59 @@ async def make_process(ctx: Context) -> dict[str, str]:
         "clone3": clone3(),
         "thread": "ok" if ran == [True] else "not run",
     }
+
+
+_PAGE = 4096
+
+
+def _readable(addr: int, size: int, r: int, w: int) -> bytes | None:
+    """``size`` bytes at ``addr`` copied by the kernel (through a pipe): ``None`` where
+    unmapped (EFAULT), never a crash."""
+    try:
+        os.write(w, (ctypes.c_char * size).from_address(addr))
+    except OSError:
+        return None
+    return os.read(r, size)
+
+
+#: How far each side of an anchor (an object the worker got from the zygote) the scan reads.
+HEAP_SCAN = 256 * 1024 * 1024
+#: Whatever a path holds after this is returned: the scan never holds a name it looks for
+#: (a needle passed in would be found in the scan's own memory).
+_MARKER = b"/scratch/"
+
+
+@plugin.tool
+async def scratch_names(ctx: Context) -> list[str]:
+    """Every name that follows ``/scratch/`` in the heap around objects this worker got from
+    the zygote: the scratch dirs (one per plugin) of whatever fork requests it saw."""
+    import json
+    import re
+
+    name = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
+    sbrk = _libc.sbrk
+    sbrk.restype = ctypes.c_void_p
+    # The objects' arenas, and the top of the C heap (glibc's brk area, where libc's own
+    # buffers live).
+    tops = (id(json), id(os.environ), id(ctypes), id(threading), sbrk(0) or 0)
+    anchors = {top >> 12 for top in tops}
+    pages: set[int] = set()
+    for anchor in anchors:
+        pages.update(range(anchor - HEAP_SCAN // _PAGE, anchor + HEAP_SCAN // _PAGE))
+    r, w = os.pipe()
+    found: set[str] = set()
+    try:
+        for page_no in sorted(pages):
+            page = _readable(page_no * _PAGE, _PAGE, r, w)
+            if page is None:
+                continue
+            at = page.find(_MARKER)
+            while at != -1:
+                m = name.match(page, at + len(_MARKER))
+                if m:
+                    found.add(m.group().decode())
+                at = page.find(_MARKER, at + 1)
+    finally:
+        os.close(r)
+        os.close(w)
+    return sorted(found)
