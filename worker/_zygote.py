@@ -9,12 +9,14 @@ socket (``FD``, a ``SOCK_SEQPACKET`` end; its only other fds are 0-2 on ``/dev/n
 
 A request is a JSON object ``{"env": {...}, "cwd": str}`` with the worker's three stdio
 fds attached (``SCM_RIGHTS``; the host made the pipes, as for a spawned worker). The reply
-is ``{"pid": N}`` or ``{"error": str}``. The child is made with ``clone(CLONE_PARENT)``: it
-is the *host's* child (the host reaps and signals it through a pidfd exactly like a spawned
-worker, and its ``PDEATHSIG`` names the host), never the zygote's. It then drops everything of
-the zygote (the socket, every fd but its stdio), takes its env and cwd, starts its own
-session, and enters the same launch sequence as ``python -m cordon.worker``
-(:func:`cordon.worker._launch.main`): limits, namespaces, Landlock, seccomp, then the plugin.
+is ``{"pid": N}`` or ``{"error": str}``; once the fork is made the zygote zeroes the request's
+text (:func:`_forget`), so no later fork inherits another plugin's env. The child is made with
+``clone(CLONE_PARENT)``: it is the *host's* child (the host reaps and signals it through a
+pidfd exactly like a spawned worker, and its ``PDEATHSIG`` names the host), never the
+zygote's. It then drops everything of the zygote (the socket, every fd but its stdio), takes
+its env and cwd, starts its own session, and enters the same launch sequence as
+``python -m cordon.worker`` (:func:`cordon.worker._launch.main`): limits, namespaces,
+Landlock, seccomp, then the plugin.
 
 What the zygote itself can do: it runs as the host's uid with the host's rlimits, in the
 host's namespaces and cgroup, with no-new-privs set, not dumpable (no ptrace or
