@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,42 @@ def test_a_secret_whose_value_holds_another_is_masked_whole_whatever_the_order(
     echoed = "got left-0123456789-right and 0123456789"
     assert store.scrub(echoed) == "got <secret OUTER> and <secret INNER>"
     assert store.scrub_bytes(echoed.encode()) == b"got <secret OUTER> and <secret INNER>"
+
+
+#: A granted name's DNS answer: a public address beside one a name may never lead to, in
+#: each order and IPv6 disguise (the host must check every address, not the one it uses).
+_MIXED_ANSWERS = [
+    ["1.1.1.1", "127.0.0.1"],
+    ["127.0.0.1", "1.1.1.1"],
+    ["2606:4700:4700::1111", "::ffff:10.0.0.1"],  # IPv4-mapped private
+    ["1.1.1.1", "fe80::1%lo"],  # link-local with a zone
+    ["1.1.1.1", "64:ff9b::a9fe:a9fe"],  # NAT64 of the metadata address
+    ["1.1.1.1", "2002:7f00:1::"],  # 6to4 of loopback
+    ["1.1.1.1", "169.254.169.254"],
+]
+
+
+@pytest.mark.parametrize("addresses", _MIXED_ANSWERS)
+async def test_a_granted_name_whose_dns_answer_holds_any_internal_address_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, addresses: list[str]
+) -> None:
+    """The nameserver is the attacker's (DNS rebinding); the host's resolver is replaced by
+    one answering ``addresses`` for the granted name, nothing else."""
+    asked: list[str] = []
+
+    def resolver(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in addresses
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    rt, plugin = await _runtime(tmp_path, ["http:http://api.rebind.test"], timeout="2 s")
+    with anyio.fail_after(DEADLINE):
+        async with rt:
+            web = await rt.load(plugin)
+            with pytest.raises(PermissionDenied) as info:
+                await _raw(web, "http://api.rebind.test/")
+    assert asked == ["api.rebind.test"]
+    assert "resolves to" in info.value.message
