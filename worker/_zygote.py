@@ -285,6 +285,7 @@ def serve(sock: socket.socket) -> NoReturn:
         try:
             pid = clone_parent(tid_addr)
         except OSError as exc:
+            _forget(request)
             for fd in fds:
                 os.close(fd)
             sock.send(json.dumps({"error": str(exc)}).encode())
