@@ -27,9 +27,9 @@ One :class:`HttpPolicy` per plugin. For each request (``host/http.request``):
    plugin's to inflate inside its own memory limit) and cut off past ``max-response``
    (connection closed, :class:`QuotaExceeded`). Secret values the server echoes back are
    replaced by their placeholder before the answer leaves the host; on a request carrying a
-   secret the plugin's ``Accept-Encoding``/``Range``/``If-Range`` are dropped (a compressed
-   or cut echo would slip past that exact match), and an answer still encoded or partial
-   is withheld (:class:`HttpError`, reason ``secret``).
+   secret the plugin's ``Accept-Encoding``, ``Range``, ``If-Range`` and ``Accept-Charset``
+   are dropped (a compressed, cut or re-encoded echo would slip past that exact match), and
+   an answer still encoded or partial is withheld (:class:`HttpError`, reason ``secret``).
 7. One audit record per hop: method, origin, status, bytes out and in, elapsed. Never a
    header value, a path or a query (they carry credentials as often as not).
 
@@ -93,10 +93,10 @@ __all__ = [
 #: Redirects followed per request: APIs use one or two; a chain is a loop or a probe.
 MAX_REDIRECTS: Final = 5
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
-#: Request headers that have a server compress or cut its answer. On a request carrying a
-#: secret they are the host's: a value echoed in a gzip body or split over byte ranges
-#: would pass the exact-match scrub and be reassembled in the plugin.
-_RESHAPING: Final = frozenset({"accept-encoding", "range", "if-range"})
+#: Request headers that have a server compress, cut or re-encode its answer. On a request
+#: carrying a secret they are the host's: a value echoed in a gzip body, split over byte
+#: ranges or spelled in UTF-16 would pass the exact-match scrub and be rebuilt in the plugin.
+_RESHAPING: Final = frozenset({"accept-encoding", "range", "if-range", "accept-charset"})
 #: Cancellations remembered for requests not started yet (still queued behind the
 #: channel's bound): enough for every request a worker can have waiting.
 MAX_EARLY_CANCELS: Final = 4096
