@@ -143,3 +143,24 @@ async def test_a_forked_worker_finds_no_earlier_plugins_scratch_path_in_what_it_
             held = _memory_holding(prober.worker.process.pid, [f"scratch/{p}" for p in EARLIER])
     assert names == ["pid_prober"]
     assert held == {}, f"a forked worker holds other plugins' paths: {held}"
+
+
+async def test_a_forked_worker_shares_no_writable_memory_with_the_zygote_or_a_sibling(
+    tmp_path: Path,
+) -> None:
+    """Copy-on-write keeps a worker's writes its own; a writable *shared* mapping inherited
+    from the template would be a channel between plugins (or into the zygote). Read from
+    the workers (the host's children): the zygote is not dumpable, so its maps are root's,
+    and whatever it maps shared its forks inherit."""
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, "strict")) as rt:
+            prober = await rt.load(PROBER)
+            sibling = await rt.load(WITNESS)
+            pids = [await prober.call("pid"), (await sibling.call("ids"))["pid"]]
+            shared = {pid: _shared_writable(pid) for pid in pids}
+    assert shared == {pid: [] for pid in pids}
+
+
+def _shared_writable(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return [line.strip() for line in maps if line.split()[1][1::2] == "ws"]
