@@ -145,6 +145,28 @@ async def test_a_forked_worker_finds_no_earlier_plugins_scratch_path_in_what_it_
     assert held == {}, f"a forked worker holds other plugins' paths: {held}"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the zygote is not dumpable: only root reads it")
+async def test_the_zygote_is_never_handed_a_plugins_name_so_no_fork_can_inherit_one(
+    tmp_path: Path,
+) -> None:
+    """The class behind the heap scan above: whatever the zygote holds, every later fork
+    inherits. A fork request carries only what is the same for every worker (a spare's
+    start dir; the worker moves into its own scratch dir at initialize), so no plugin's
+    name or path is ever in the zygote's memory to be found, wiped or not."""
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, "strict")) as rt:
+            handles = [await rt.load(TEST_PLUGINS / earlier) for earlier in EARLIER]
+            cwds = {}
+            for handle in handles:
+                await handle.start()
+                assert handle.worker is not None and handle.worker.pid is not None
+                cwds[handle.id] = os.readlink(f"/proc/{handle.worker.pid}/cwd")
+            held = _memory_holding(_zygote_pid(rt), [f"scratch/{h.id}" for h in handles])
+    # The control: each worker runs in its own scratch dir all the same, named as searched.
+    assert all(cwd.endswith(f"scratch/{p}") for p, cwd in cwds.items()), cwds
+    assert held == {}, f"the zygote holds plugins' paths: {held}"
+
+
 async def test_a_forked_worker_shares_no_writable_memory_with_the_zygote_or_a_sibling(
     tmp_path: Path,
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -139,7 +140,17 @@ class _WorkerState:
         self._placed = anyio.Event()
         self._place_error: BaseException | None = None
         self._params = params
-        self._home = home if home is not None else params.scratch_dir if params else "/"
+        # Where the worker starts (cwd, HOME, TMPDIR) until initialize moves it into its own
+        # scratch dir: the scratch dirs' parent, the same for every worker (a spare's too).
+        # So the launch names no plugin: the zygote, which serves every plugin's forks, is
+        # never handed one plugin's path for a later fork to find in its memory.
+        self._home = (
+            home
+            if home is not None
+            else os.path.dirname(params.scratch_dir.rstrip("/")) or "/"
+            if params
+            else "/"
+        )
         self._claimed = anyio.Event()
         if params is not None:
             self._claimed.set()
