@@ -9,8 +9,10 @@ socket (``FD``, a ``SOCK_SEQPACKET`` end; its only other fds are 0-2 on ``/dev/n
 
 A request is a JSON object ``{"env": {...}, "cwd": str}`` with the worker's three stdio
 fds attached (``SCM_RIGHTS``; the host made the pipes, as for a spawned worker). The reply
-is ``{"pid": N}`` or ``{"error": str}``; once the fork is made the zygote zeroes the request's
-text (:func:`_forget`), so no later fork inherits another plugin's env. The child is made with
+is ``{"pid": N}`` or ``{"error": str}``. A request names no plugin: the host sends what is the
+same for every worker (its start dir is the scratch dirs' parent, as a spare's; initialize
+moves it into its own), so whatever the zygote keeps of it, and every later fork inherits, is
+nobody's (tests/test_zygote_redteam.py reads the zygote's memory). The child is made with
 ``clone(CLONE_PARENT)``: it is the *host's* child (the host reaps and signals it through a
 pidfd exactly like a spawned worker, and its ``PDEATHSIG`` names the host), never the
 zygote's. It then drops everything of the zygote (the socket, every fd but its stdio), takes
@@ -62,10 +64,6 @@ FORK_FLAGS: Final = CLONE_PARENT | CLONE_CHILD_SETTID | signal.SIGCHLD
 TID_OFFSET: Final = 720
 #: A request (env and cwd) is small; anything larger is not from the host.
 REQUEST_MAX: Final = 256 * 1024
-#: Where CPython keeps a bytes object's data (``ob_sval``) and a compact ASCII str's, past
-#: their headers (the size of an empty one, less its terminating NUL).
-_BYTES_DATA: Final = sys.getsizeof(b"") - 1
-_ASCII_DATA: Final = sys.getsizeof("") - 1
 #: Above every fd this process can hold (the hard RLIMIT_NOFILE, which only root can raise):
 #: where fd-closing ends (one close_range call; a kernel without it would close each).
 _FD_CEILING: Final = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1] + 1, 2**31 - 1)
@@ -159,30 +157,6 @@ def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int])
             os._exit(status)
 
 
-def _wipe(obj: bytes | str) -> None:
-    """Zero the text of a request the zygote is done with. Freed memory keeps its bytes and
-    every later fork gets a copy of the zygote's: another plugin's env (its scratch path,
-    named after it) would be there for a plugin scanning its own heap. Only objects the
-    zygote alone holds (fresh from recvmsg or json, never a one-character singleton), and
-    only ASCII text (a compact str's layout is known; the host's env and paths are ASCII)."""
-    if len(obj) <= 1:
-        return
-    if isinstance(obj, bytes):
-        ctypes.memset(id(obj) + _BYTES_DATA, 0, len(obj))
-    elif obj.isascii():
-        ctypes.memset(id(obj) + _ASCII_DATA, 0, len(obj))
-
-
-def _forget(request: dict[str, Any]) -> None:
-    """After the fork: the zygote's copy of a request's values, wiped (see :func:`_wipe`)."""
-    env = request.get("env")
-    for value in env.values() if isinstance(env, dict) else ():
-        if isinstance(value, str):
-            _wipe(value)
-    if isinstance(request.get("cwd"), str):
-        _wipe(request["cwd"])
-
-
 def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
     fds = array.array("i")
     msg, anc, flags, _ = sock.recvmsg(REQUEST_MAX, socket.CMSG_SPACE(3 * fds.itemsize))
@@ -198,8 +172,6 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
             raise ValueError("a request carries a JSON object and exactly three fds")
         text = msg.decode()
         request = json.loads(text)
-        _wipe(msg)
-        _wipe(text)
         if not isinstance(request, dict) or not isinstance(request.get("env"), dict):
             raise ValueError("a request is {'env': {...}, 'cwd': str}")
         if not isinstance(request.get("cwd"), str):
@@ -285,14 +257,12 @@ def serve(sock: socket.socket) -> NoReturn:
         try:
             pid = clone_parent(tid_addr)
         except OSError as exc:
-            _forget(request)
             for fd in fds:
                 os.close(fd)
             sock.send(json.dumps({"error": str(exc)}).encode())
             continue
         if pid == 0:
             _become_worker(sock, request, fds)
-        _forget(request)
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())

@@ -14,6 +14,7 @@ import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -453,7 +454,7 @@ def test_two_installed_plugins_needing_cordonlib_1_and_2_each_import_their_own(
 async def test_after_update_and_rollback_a_running_host_answers_with_the_version_installed(
     room: Room,
 ) -> None:
-    from tests.test_control import Setup, rpc, running_host
+    from tests.test_control import Setup, running_host
 
     v1 = plugin_folder(room.root, "alpha", "1.0.0", dependencies=("cordonlib==1.0",))
     assert room.cordon("plugin", "install", str(v1), "--yes").returncode == 0
@@ -471,10 +472,10 @@ async def test_after_update_and_rollback_a_running_host_answers_with_the_version
         return proc.stdout.decode()
 
     async with running_host(s):
-        assert (await rpc(s.socket, "call", call))["result"]["self"] == "1.0.0"
+        assert (await _answer(s.socket, call))["self"] == "1.0.0"
         out = await cli("plugin", "update", "alpha", str(v2), "--yes")
         assert "reloaded alpha in the running host" in out, out
-        answer = (await rpc(s.socket, "call", call))["result"]
+        answer = await _answer(s.socket, call)
         assert answer == {"cordonlib": "2.0", "self": "1.1.0"}
         with anyio.fail_after(CLI_TIMEOUT):
             proc = await anyio.run_process(
@@ -483,7 +484,7 @@ async def test_after_update_and_rollback_a_running_host_answers_with_the_version
                 check=False,
             )
         assert proc.returncode == 0 and b"reloaded alpha" in proc.stdout, proc.stderr
-        answer = (await rpc(s.socket, "call", call))["result"]
+        answer = await _answer(s.socket, call)
         assert answer == {"cordonlib": "1.0", "self": "1.0.0"}
 
 
@@ -528,7 +529,7 @@ async def test_uninstall_unloads_the_plugin_from_a_running_host_first_and_stops_
     s = Setup(room.root, room.config, room.state, v1)
     call = {"plugin": "alpha", "name": "which", "arguments": {}}
     async with running_host(s) as host:
-        assert (await rpc(s.socket, "call", call))["result"]["self"] == "1.0.0"
+        assert (await _answer(s.socket, call))["self"] == "1.0.0"
         worker = (await rpc(s.socket, "stats"))["result"]["alpha"]["pid"]
         assert worker in _descendants(host.pid), "the control: alpha's worker runs"
         proc = await _cli(room, "plugin", "uninstall", "alpha", "--yes")
@@ -562,7 +563,7 @@ async def test_unload_over_the_control_socket_answers_typed_errors(room: Room) -
 async def test_an_update_never_deletes_the_version_dir_a_running_host_still_runs_from(
     room: Room,
 ) -> None:
-    from tests.test_control import Setup, rpc, running_host
+    from tests.test_control import Setup, running_host
 
     v1 = plugin_folder(room.root, "alpha", "1.0.0", dependencies=("cordonlib==1.0",))
     assert room.cordon("plugin", "install", str(v1), "--yes").returncode == 0
@@ -584,7 +585,7 @@ async def test_an_update_never_deletes_the_version_dir_a_running_host_still_runs
         prev = previous(room.state, "alpha")
         assert rec is not None and prev is not None
         assert (rec.version, prev.version) == ("1.2.0", "1.1.0")
-        answer = (await rpc(s.socket, "call", call))["result"]
+        answer = await _answer(s.socket, call)
         assert answer == {"self": "1.2.0"}  # the reload after the update switched it
     # Once no host reports it, the next update sweeps it.
     v3 = plugin_folder(room.root, "alpha", "1.3.0")
@@ -614,3 +615,12 @@ async def test_uninstall_refused_by_the_running_host_deletes_nothing(room: Room)
         answer = await rpc(s.socket, "call", {"plugin": "alpha", "name": "which"})
         assert answer["result"] == {"self": "1.0.0"}
     assert installed(room.state, "alpha") is not None
+
+
+async def _answer(socket: Path, call: dict[str, Any]) -> Any:
+    """The result of one control-socket call; a failure shows the whole reply."""
+    from tests.test_control import rpc
+
+    reply = await rpc(socket, "call", call)
+    assert "result" in reply, reply
+    return reply["result"]
