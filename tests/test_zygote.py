@@ -25,6 +25,7 @@ from cordon.runtime._supervise._launcher import zygote_unsupported
 from cordon.runtime._supervise._worker import WorkerProcess
 from cordon.runtime._supervise._zygote import ZygoteLauncher
 from tests.conftest import TEST_PLUGINS, base_config
+from tests.test_launcher import _probe_params
 
 pytestmark = [
     pytest.mark.anyio,
@@ -337,25 +338,12 @@ async def test_a_zygote_that_cannot_start_leaves_workers_to_spawn_and_says_why(
     assert launcher.broken is not None and "zygote refused here" in launcher.broken
 
 
-def _params(tmp_path: Path, plugin_id: str) -> InitializeParams:
-    scratch = tmp_path / plugin_id
-    scratch.mkdir()
-    return InitializeParams(
-        protocol=PROTOCOL_VERSION,
-        plugin_id=plugin_id,
-        plugin_dir=str(PROBE),
-        entry="probe_plugin:plugin",
-        scratch_dir=str(scratch),
-        sandbox=SandboxPolicy(mode="best-effort"),
-    )
-
-
 async def test_workers_started_all_at_once_are_each_forked_once_with_their_own_pipes(
     tmp_path: Path,
 ) -> None:
     launcher = ZygoteLauncher()
     workers = [
-        WorkerProcess(plugin_id=f"p{i}", params=_params(tmp_path, f"p{i}")) for i in range(12)
+        WorkerProcess(plugin_id=f"p{i}", params=_probe_params(tmp_path, f"p{i}")) for i in range(12)
     ]
     try:
         with anyio.fail_after(120):
@@ -385,7 +373,7 @@ async def test_a_start_cancelled_at_any_point_leaves_no_process_and_no_fd(
     """Cancelled while the zygote starts, while it forks, or during the handshake: whatever
     was started is reaped (the leak checks of conftest run after each)."""
     launcher = ZygoteLauncher()
-    worker = WorkerProcess(plugin_id="p", params=_params(tmp_path, "p"))
+    worker = WorkerProcess(plugin_id="p", params=_probe_params(tmp_path, "p"))
     worker.launcher = launcher
     try:
         with anyio.fail_after(60):
