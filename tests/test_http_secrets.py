@@ -4,11 +4,15 @@ real loopback servers; the value is looked for in every byte anything else recei
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,11 @@ async def _echo(seen: Seen, stream: anyio.abc.SocketStream) -> None:
         token = seen.headers.get("authorization", "")
         await answer(stream, 302, headers=[("Location", f"{where}/landed?t={token}")])
         return
+    if seen.path == "/encoded":
+        # The credential reflected the ways a debug endpoint might spell it.
+        auth = seen.headers.get("authorization", "").encode()
+        await answer(stream, 200, json.dumps(_spellings(auth)).encode(), headers=[])
+        return
     if seen.path == "/bounce":
         await answer(stream, 307, headers=[("Location", f"{seen.headers['x-next']}/landed")])
         return
@@ -54,6 +63,33 @@ async def _echo(seen: Seen, stream: anyio.abc.SocketStream) -> None:
         json.dumps({"headers": seen.headers, "body": seen.body.decode()}).encode(),
         headers=[("Content-Type", "application/json"), ("X-Echo-Auth", auth)],
     )
+
+
+def _spellings(text: bytes) -> dict[str, str]:
+    """``text`` encoded as reflecting servers do, at every byte alignment base64 has."""
+    out = {"hex": text.hex(), "HEX": text.hex().upper()}
+    for lead in (b"", b"x", b"xy", b"Basic "):
+        out[f"b64 {lead!r}"] = base64.b64encode(lead + text + b"!").decode()
+        out[f"b64url {lead!r}"] = base64.urlsafe_b64encode(lead + text).decode()
+    out["percent"] = urllib.parse.quote(text, safe="")
+    out["percent lower"] = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), out["percent"])
+    return out
+
+
+def _decodes_to_nothing_secret(value: str, spelled: dict[str, str]) -> None:
+    """No reflected spelling, decoded back, still holds the value."""
+    for how, text in spelled.items():
+        if how.startswith("b64"):
+            for cut in range(4):
+                chunk = text[cut:]
+                chunk = chunk[: len(chunk) - len(chunk) % 4]
+                with contextlib.suppress(ValueError):
+                    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+                        assert value.encode() not in decode(chunk), how
+        elif how.lower() == "hex":
+            assert value.encode().hex() not in text.lower(), how
+        else:
+            assert value not in urllib.parse.unquote(text), how
 
 
 @pytest.fixture
@@ -306,3 +342,41 @@ async def test_a_credential_a_server_puts_in_a_redirect_url_reaches_neither_resu
     assert landed["url"] == own.url("/landed?t=<secret TOKEN>")
     assert "127.0.0.2" in info.value.message
     _nowhere(VALUE, landed, info.value.message, info.value.fields())
+
+
+async def test_a_server_reflecting_the_credential_encoded_hands_back_only_the_placeholder(
+    tmp_path: Path, servers: tuple[Loopback, Loopback], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, other = servers
+    monkeypatch.setenv(VAR, VALUE)
+    web_dir, _ = _plugins(tmp_path, own, other)
+    secret = {"secret": "TOKEN", "secret_header": "Authorization", "secret_prefix": "Bearer "}
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path, own, other)) as rt:
+            web = await rt.load(web_dir)
+            out = await _call(web, "fetch", url=own.url("/encoded"), **secret)
+    # The control: the server really did reflect the value in every spelling.
+    sent = own.seen[0].headers["authorization"].encode()
+    assert VALUE.encode() in sent
+    spelled = _spellings(sent)
+    assert len(spelled) == 12
+    # What the plugin got back: each spelling cut where the value was, nothing of it left.
+    got = out["json"]
+    assert sorted(got) == sorted(spelled)
+    _decodes_to_nothing_secret(VALUE, got)
+    assert all("<secret TOKEN>" in text for text in got.values()), got
+
+
+@pytest.mark.parametrize("value", [VALUE, "a+b/c=d e%f~g", "\x21" * 8, "~" * 40])
+def test_every_alignment_of_an_encoded_value_is_masked(value: str) -> None:
+    store = load_secrets(
+        "web", {"T": SecretSpec(env=VAR, hosts=("api.example.com",))}, environ={VAR: value}
+    )
+    spelled = _spellings(f"Bearer {value}".encode())
+    scrubbed = {how: store.scrub(text) for how, text in spelled.items()}
+    as_bytes = {how: store.scrub_bytes(text.encode()).decode() for how, text in spelled.items()}
+    assert scrubbed == as_bytes
+    _decodes_to_nothing_secret(value, scrubbed)
+    # Text that does not hold the value is left as it was.
+    assert store.scrub(base64.b64encode(b"Bearer something-else").decode()).isascii()
+    assert "<secret" not in store.scrub(base64.b64encode(b"Bearer something-else").decode())

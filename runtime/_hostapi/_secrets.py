@@ -17,12 +17,21 @@ of the secret's ``hosts`` (grant patterns: ``api.github.com`` is https on 443,
   name another plugin's secret.
 * Every message the HTTP code builds goes through :meth:`SecretStore.scrub`, so a value
   echoed into an exception's text never reaches the plugin, a log or the audit trail.
+* A server echoing the credential back is masked too: the value as it is, and as the
+  encodings a reflecting server commonly applies (base64 and base64url at each of the three
+  byte alignments the value can sit at inside a longer encoded text, percent-encoding, hex).
+  This is defence in depth, not a proof: a server that transforms what it echoes in some
+  other way can still hand it back, so a secret's ``hosts`` must be servers the operator
+  trusts not to reflect it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Final
 
@@ -42,13 +51,41 @@ MIN_SECRET: Final = 8
 _VALUE: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
+def _base64_cores(value: bytes) -> set[str]:
+    """The base64 text ``value`` becomes inside any longer encoded text: at each of the three
+    byte offsets it can start at, the characters that depend on its bytes alone (the first
+    and last few also carry a neighbour's bits, so they are left out)."""
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + value).decode("ascii")
+        start = -(-offset * 8 // 6)  # ceil: the first character made only of value bits
+        end = (offset + len(value)) * 8 // 6  # floor: past the last such character
+        core = encoded[start:end]
+        cores.add(core)
+        cores.add(core.replace("+", "-").replace("/", "_"))
+    return cores
+
+
+def _encodings(value: str) -> tuple[str, ...]:
+    """``value`` and the spellings of it a reflecting server commonly sends back."""
+    raw = value.encode("ascii")
+    spelled = {value, *_base64_cores(raw), binascii.hexlify(raw).decode("ascii")}
+    spelled.add(binascii.hexlify(raw).decode("ascii").upper())
+    quoted = urllib.parse.quote(value, safe="")
+    spelled.update({quoted, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted)})
+    spelled.add(urllib.parse.quote_plus(value, safe=""))
+    # Longest first, so a spelling holding a shorter one is replaced whole.
+    return tuple(sorted(spelled, key=lambda t: (-len(t), t)))
+
+
 class _Secret:
-    __slots__ = ("hosts", "name", "value")
+    __slots__ = ("hosts", "name", "spellings", "value")
 
     def __init__(self, name: str, value: str, hosts: tuple[Grant, ...]) -> None:
         self.name = name
         self.value = value
         self.hosts = hosts
+        self.spellings = _encodings(value) if value else ()
 
     def __repr__(self) -> str:
         return f"<secret {self.name}>"
@@ -120,19 +157,23 @@ class SecretStore:
         )
 
     def scrub_bytes(self, data: bytes) -> bytes:
-        """``data`` (a response body) with every secret value replaced by its placeholder:
-        a server echoing the credential back must not hand it to the plugin."""
+        """``data`` (a response body) with every secret value, and its common encodings,
+        replaced by its placeholder: a server echoing the credential back must not hand it
+        to the plugin."""
         for s in self._secrets.values():
-            value = s.value.encode("ascii")
-            if value in data:
-                data = data.replace(value, repr(s).encode("ascii"))
+            for spelling in s.spellings:
+                found = spelling.encode("ascii")
+                if found in data:
+                    data = data.replace(found, repr(s).encode("ascii"))
         return data
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret value replaced by its placeholder."""
+        """``text`` with every secret value, and its common encodings, replaced by its
+        placeholder."""
         for s in self._secrets.values():
-            if s.value and s.value in text:
-                text = text.replace(s.value, repr(s))
+            for spelling in s.spellings:
+                if spelling in text:
+                    text = text.replace(spelling, repr(s))
         return text
 
 
