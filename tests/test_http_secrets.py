@@ -50,8 +50,8 @@ async def _echo(seen: Seen, stream: anyio.abc.SocketStream) -> None:
         return
     if seen.path == "/encoded":
         # The credential reflected the ways a debug endpoint might spell it.
-        auth = seen.headers.get("authorization", "").encode()
-        await answer(stream, 200, json.dumps(_spellings(auth)).encode(), headers=[])
+        spelled = _spellings(seen.headers.get("authorization", "").encode())
+        await answer(stream, 200, json.dumps(spelled).encode(), headers=[])
         return
     if seen.path == "/bounce":
         await answer(stream, 307, headers=[("Location", f"{seen.headers['x-next']}/landed")])
