@@ -79,9 +79,12 @@ async def stdio_bridge(
 
 
 @contextlib.asynccontextmanager
-async def http_bridge(config: Path, *args: str) -> AsyncIterator[str]:
-    """``cordon mcp serve --transport http --port 0``: yields the URL it printed once ready;
-    stopped with SIGTERM, which must make it exit (workers stopped) within the deadline."""
+async def http_bridge(
+    config: Path, *args: str, shown_host: str = "127.0.0.1"
+) -> AsyncIterator[str]:
+    """``cordon mcp serve --transport http --port 0``: yields the URL it printed once ready
+    (on ``shown_host``); stopped with SIGTERM, which must make it exit (workers stopped)
+    within the deadline."""
     log = config.parent / "bridge-http.log"
     command = [CORDON, "mcp", "serve", "--config", str(config), "--transport", "http"]
     with log.open("w") as errlog:
@@ -90,7 +93,7 @@ async def http_bridge(config: Path, *args: str) -> AsyncIterator[str]:
         )
         async with process:
             try:
-                url = await _ready_url(process, log)
+                url = await _ready_url(process, log, shown_host)
                 yield url
             finally:
                 with contextlib.suppress(ProcessLookupError):
@@ -100,7 +103,7 @@ async def http_bridge(config: Path, *args: str) -> AsyncIterator[str]:
             assert code == 0, f"the bridge exited {code}: {log.read_text()}"
 
 
-async def _ready_url(process: anyio.abc.Process, log: Path) -> str:
+async def _ready_url(process: anyio.abc.Process, log: Path, shown_host: str) -> str:
     assert process.stdout is not None
     line = b""
     with anyio.fail_after(DEADLINE):
@@ -110,7 +113,7 @@ async def _ready_url(process: anyio.abc.Process, log: Path) -> str:
             except anyio.EndOfStream:
                 raise AssertionError(f"the bridge exited: {log.read_text()}") from None
     text = line.decode().strip()
-    assert text.startswith("cordon mcp serving on http://127.0.0.1:"), text
+    assert text.startswith(f"cordon mcp serving on http://{shown_host}:"), text
     return text.rsplit(" ", 1)[1]
 
 

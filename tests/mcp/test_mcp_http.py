@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import httpx2
+import psutil
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -100,20 +101,24 @@ async def test_the_plugin_filter_holds_over_http(bridge_config: Path) -> None:
     assert names and all(n.startswith("mcpdemo.") for n in names)
 
 
+#: A legacy-era client's first request, as a page's script could post it.
+_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "page", "version": "1"},
+    },
+}
+_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
 async def test_a_request_naming_another_host_or_origin_is_refused(bridge_config: Path) -> None:
     """A page on evil.example that resolves its name to 127.0.0.1 (DNS rebinding), or any
     page's script posting to localhost, must not reach the tools."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "page", "version": "1"},
-        },
-    }
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    body, headers = _INITIALIZE, _HEADERS
     with anyio.fail_after(DEADLINE):
         async with http_bridge(bridge_config) as url, httpx2.AsyncClient() as http:
             port = url.rsplit(":", 1)[1].split("/")[0]
@@ -145,6 +150,36 @@ def test_a_non_loopback_host_is_refused_without_allow_remote(
     assert "no authentication" in done.stderr and "--allow-remote" in done.stderr
     assert done.stdout == ""  # never said it was serving
     assert not (bridge_config.parent / "state").exists()  # refused before any plugin loaded
+
+
+async def test_allow_remote_serves_on_every_address_and_leaves_host_checks_to_the_operator(
+    bridge_config: Path,
+) -> None:
+    """``--allow-remote --host 0.0.0.0``: the operator put the bridge on the network on
+    purpose (behind their own proxy or firewall), so it listens on every address and no
+    longer insists on a loopback Host header."""
+    with anyio.fail_after(DEADLINE):
+        async with http_bridge(
+            bridge_config, "--host", "0.0.0.0", "--allow-remote", shown_host="0.0.0.0"
+        ) as url:
+            port = int(url.rsplit(":", 1)[1].split("/")[0])
+            local = f"http://127.0.0.1:{port}/mcp"
+            async with Client(local, mode="legacy") as client:
+                greet = await client.call_tool("mcpdemo.greet", {"name": "Ada"})
+            async with httpx2.AsyncClient() as http:
+                named = await http.post(
+                    local,
+                    content=json.dumps(_INITIALIZE),
+                    headers={**_HEADERS, "host": f"bridge.example:{port}"},
+                )
+            listening = {
+                (c.laddr.ip, c.laddr.port)
+                for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
+    assert text_of(greet) == "Hello Ada"
+    assert named.status_code == 200  # a name of the operator's choosing reaches it
+    assert ("0.0.0.0", port) in listening  # every address, not loopback alone
 
 
 def test_stdio_refuses_http_only_options(bridge_config: Path) -> None:
