@@ -173,7 +173,7 @@ async def test_allow_remote_serves_on_every_address_and_leaves_host_checks_to_th
                     headers={**_HEADERS, "host": f"bridge.example:{port}"},
                 )
             listening = {
-                (c.laddr.ip, c.laddr.port)
+                tuple(c.laddr)
                 for c in psutil.net_connections(kind="tcp")
                 if c.status == psutil.CONN_LISTEN
             }
