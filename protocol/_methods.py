@@ -24,6 +24,7 @@ __all__ = [
     "INVOKE",
     "LOCKED_DOWN",
     "PING",
+    "PLACED",
     "PROGRESS",
     "CancelParams",
     "Contribution",
@@ -53,6 +54,10 @@ FAULT: Final = "$/fault"
 #: channel may carry the plugin's own bytes, so the host trusts this report (not the one in
 #: ``initialize``'s result) and treats any later launch-only error as the plugin's.
 LOCKED_DOWN: Final = "$/lockedDown"
+#: Host → worker, after ``initialize`` when that asked for it (``await_placed``): the worker
+#: is in its cgroups now. The host sends ``initialize`` without waiting for the move (it
+#: overlaps the worker's lock-down); the worker imports nothing of the plugin before this.
+PLACED: Final = "$/placed"
 
 ContributionKind = Literal["tool", "command", "provider", "middleware", "event_handler"]
 
@@ -104,6 +109,10 @@ class InitializeParams(msgspec.Struct, omit_defaults=True):
     #: The plugin's own environment (its installed dependencies' ``site-packages``): appended
     #: to ``sys.path`` after lock-down, never through ``site`` (no ``.pth`` runs), read-only.
     site_paths: list[str] = []
+    #: The host is still moving the worker into its cgroups: lock down, then wait for
+    #: ``$/placed`` before importing the plugin (its first line must run under the group's
+    #: memory and task limits).
+    await_placed: bool = False
 
 
 class Contribution(msgspec.Struct, omit_defaults=True):

@@ -1,8 +1,8 @@
 """The worker's launch sequence, as ordered steps in one place.
 
     protect channel → preload → announce → receive config → apply limits → lock down
-    → capture logging → import plugin → report ready → serve (activate arrives as the
-    first request)
+    → capture logging → await placement → import plugin → report ready → serve (activate
+    arrives as the first request)
 
 Each step is a function of the shared :class:`Launch` state, so the sandbox and a later
 pre-forked launcher slot in by replacing or reordering entries of :data:`STEPS`, not by
@@ -35,6 +35,7 @@ from cordon.protocol import (
     InitializeParams,
     InitializeResult,
     InvalidRequest,
+    Notification,
     PluginError,
     Request,
     decode_frame,
@@ -43,6 +44,7 @@ from cordon.protocol import (
     encode_result,
     error_to_wire,
 )
+from cordon.protocol._methods import PLACED
 
 __all__ = ["EXIT_CODES", "STEPS", "Launch", "main", "warm"]
 
@@ -240,6 +242,31 @@ def capture_logging(st: Launch) -> None:
     install(st.write)
 
 
+def await_placement(st: Launch) -> None:
+    """When ``initialize`` said the host is still moving us into our cgroups (it sent
+    ``initialize`` without waiting for the move, which then overlaps our lock-down): block
+    until its ``$/placed``, so that the plugin's first line runs under the group's memory and
+    task limits. Frames that came before it (``activate``, pipelined) are kept, in order,
+    for the server."""
+    assert st.init is not None
+    if not st.init.await_placed:
+        return
+    kept: list[Any] = []
+    frames, st.leftover = st.leftover, []
+    while True:
+        for i, frame in enumerate(frames):
+            if isinstance(frame, bytes) and PLACED.encode() in frame:
+                msg = decode_frame(frame)
+                if isinstance(msg, Notification) and msg.method == PLACED:
+                    st.leftover = kept + frames[i + 1 :]
+                    return
+            kept.append(frame)
+        data = os.read(st.rfd, 65536)
+        if not data:
+            os._exit(EXIT_PARENT_GONE)
+        frames = st.splitter.feed(data)
+
+
 def import_plugin(st: Launch) -> None:
     from ._entry import import_entry_module
     from ._plugin import Plugin
@@ -338,6 +365,7 @@ STEPS: Final[tuple[Callable[[Launch], None], ...]] = (
     apply_limits,
     lock_down,
     capture_logging,
+    await_placement,
     import_plugin,
     report_ready,
     serve,

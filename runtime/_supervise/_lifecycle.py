@@ -22,7 +22,6 @@ import anyio
 import structlog
 
 from cordon.protocol import (
-    ACTIVATE,
     CordonError,
     PluginUnavailable,
     WorkerCrashed,
@@ -226,6 +225,9 @@ class PluginLifecycle:
         # The handle is this object: PluginLifecycle is only ever a PluginHandle's base.
         handle = cast("PluginHandle", self)
         worker = self.runtime._new_worker(handle, manifest)
+        # Activation rides behind initialize (a claimed spare reads this once it runs again:
+        # not before this task's next await).
+        worker.activate_early = True
         if self.runtime._is_claimed_spare(worker):
             try:
                 await self.runtime._start_worker(worker)
@@ -237,12 +239,13 @@ class PluginLifecycle:
                     await worker.stop(deactivate=False)
                 log.warning("spare.claim_failed", plugin=self.id, pid=worker.pid, error=exc.message)
                 worker = self.runtime._new_worker(handle, manifest, spare=False)
+                worker.activate_early = True
         try:
             if worker.init_result is None:
                 await self.runtime._start_worker(worker)
             log.info("worker.started", plugin=self.id, pid=worker.pid)
             with anyio.fail_after(ACTIVATE_TIMEOUT):
-                await worker.request(ACTIVATE, None, timeout=None)
+                await worker.activate()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await worker.stop(deactivate=False)

@@ -139,6 +139,12 @@ class _WorkerState:
         self._place = place
         self._placed = anyio.Event()
         self._place_error: BaseException | None = None
+        # Whether $/placed was sent (to a worker whose initialize went before the move was
+        # done: see _worker_life's _send_placed).
+        self._placed_sent = False
+        # initialize and a pipelined activate, sent; their answers to come (_worker_life).
+        self._init_call: tuple[int, _Pending] | None = None
+        self._activation: tuple[int, _Pending] | None = None
         self._params = params
         # Where the worker starts (cwd, HOME, TMPDIR) until initialize moves it into its own
         # scratch dir: the scratch dirs' parent, the same for every worker (a spare's too).
@@ -169,6 +175,9 @@ class _WorkerState:
         self.exit_listeners: list[Callable[[WorkerProcess], None]] = []
         # ``argv`` replaces the worker command; tests use it to stand up misbehaving peers.
         self._argv = argv or [python or sys.executable, "-I", "-m", "cordon.worker"]
+        #: The worker runs cordon's own worker command (no ``argv`` given): the host's code,
+        #: so it is sent initialize before its hello (see _worker_life's ``run``).
+        self._own_command = argv is None
         self._extra_env = extra_env or {}
         self.process: anyio.abc.Process | None = None
         self.pid: int | None = None
@@ -256,6 +265,8 @@ class _WorkerState:
         ) -> msgspec.Raw: ...
 
         async def _writer(self) -> None: ...
+        def _put(self, frame: bytes) -> bool: ...
+        def _send_nowait(self, frame: bytes) -> None: ...
         async def _timer(self) -> None: ...
         def _close_stdin(self) -> None: ...
         def _close_stdin_fd(self) -> None: ...
