@@ -24,6 +24,8 @@ __all__ = [
     "OVERSIZE",
     "REFUSED_HEAD",
     "SMALL_PIECE",
+    "SPARSE_FROM",
+    "SPARSE_HITS",
     "FrameSplitter",
     "Refused",
     "structural_count",
@@ -47,13 +49,45 @@ OVERSIZE: Final = _Oversize()
 #: Bytes of a refused frame kept, to read the id (and method) off its envelope.
 REFUSED_HEAD: Final = 256
 #: What :func:`structural_count` counts. ``bytes.translate`` deletes them in one C pass
-#: (0.6 ms per MiB here; four ``bytes.count`` calls took 1.5).
+#: (0.57 ms per MiB here, whatever the bytes; four ``bytes.count`` calls took 1.2).
 _STRUCTURAL: Final = b",:[{"
+#: The same bytes as ``bytes.find`` takes them.
+_STRUCTURAL_BYTES: Final = tuple(_STRUCTURAL)
+#: From this size on the bytes are first looked for with ``bytes.find`` (memchr, vector
+#: instructions: ~14 us per MiB and byte), one call per hit: a large frame is mostly text
+#: with few structural bytes (a 1 MiB string counted in 47 us against 570), and below this
+#: ``translate`` costs a few microseconds anyway.
+SPARSE_FROM: Final = 8 * 1024
+#: Hits of one byte past which the count falls back to ``translate`` for the whole range:
+#: dense data is counted at ``translate``'s speed plus at most this many calls per byte
+#: (under 2 % more on 1 MiB of small objects), sparse data at memchr's.
+SPARSE_HITS: Final = 64
 
 
-def structural_count(data: bytes) -> int:
-    """The ``[``, ``{``, ``,`` and ``:`` bytes in ``data``: at least its JSON values less one."""
-    return len(data) - len(data.translate(None, _STRUCTURAL))
+def structural_count(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """The ``[``, ``{``, ``,`` and ``:`` bytes in ``data[start:end]`` (no copy of it is
+    made unless they are dense): at least its JSON values less one. Exact, whichever way
+    it counts: every byte of the range is looked at."""
+    stop = len(data) if end is None else end
+    if stop - start >= SPARSE_FROM:
+        find = data.find
+        total = 0
+        for byte in _STRUCTURAL_BYTES:
+            hits = 0
+            at = find(byte, start, stop)
+            while at >= 0:
+                hits += 1
+                if hits > SPARSE_HITS:
+                    break
+                at = find(byte, at + 1, stop)
+            else:
+                total += hits
+                continue
+            break  # dense: counted by translate below
+        else:
+            return total
+    part = data if start == 0 and stop == len(data) else data[start:stop]
+    return len(part) - len(part.translate(None, _STRUCTURAL))
 
 
 class Refused(_Oversize):
@@ -224,7 +258,7 @@ class FrameSplitter:
                     self._hold(data, out)
                 return out
             cap = self.max_values
-            values = self._values + structural_count(data[:nl]) if cap is not None else 0
+            values = self._values + structural_count(data, 0, nl) if cap is not None else 0
             if held + nl > limit:
                 self._drop()
                 self._oversize(out)

@@ -26,7 +26,13 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
-from cordon.protocol._framing import REFUSED_HEAD, Refused, structural_count
+from cordon.protocol._framing import (
+    REFUSED_HEAD,
+    SPARSE_FROM,
+    SPARSE_HITS,
+    Refused,
+    structural_count,
+)
 from cordon.runtime import PluginHandle, Runtime
 from cordon.runtime._errors import ConfigError
 from cordon.runtime._settings._config import parse_config
@@ -162,6 +168,53 @@ def test_structural_bytes_bound_the_values_from_above(value: Any) -> None:
         return 1
 
     assert values(value) <= structural_count(json.dumps(value).encode()) + 1
+
+
+def _reference_count(data: bytes) -> int:
+    return sum(data.count(bytes([b])) for b in b",:[{")
+
+
+#: Texts where the count switches between looking bytes up one by one (sparse) and deleting
+#: them all in one pass (dense): every byte at exactly the sparse limit and one past it, the
+#: dense bytes hidden after a long string, at its very end, spread thin, and below the size
+#: where looking up starts.
+_PAD = b'"' + b"x" * (2 * SPARSE_FROM) + b'"'
+_COUNT_SHAPES = {
+    "string": b'{"jsonrpc":"2.0","id":1,"result":' + _PAD + b"}",
+    "dense tail": _PAD + b"[[]," * 5000,
+    "last byte dense": _PAD + b"{" * (SPARSE_HITS + 1),
+    "last byte at the limit": _PAD + b"{" * SPARSE_HITS,
+    "each at the limit": _PAD + b",:[{" * SPARSE_HITS,
+    "each one past": _PAD + b",:[{" * (SPARSE_HITS + 1),
+    "spread thin": (b"x" * 997 + b",") * 200,
+    "small": b'{"a":[1,2,{"b":3}]}' * 10,
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("shape", list(_COUNT_SHAPES))
+def test_structural_count_is_exact_whichever_way_it_counts(shape: str) -> None:
+    data = _COUNT_SHAPES[shape]
+    assert structural_count(data) == _reference_count(data)
+    # A range of it counts that range alone (the splitter counts up to a newline in place).
+    for start, end in ((0, len(data) // 2), (len(data) // 3, len(data)), (7, len(data) - 7)):
+        if 0 <= start <= end:
+            assert structural_count(data, start, end) == _reference_count(data[start:end])
+
+
+@pytest.mark.parametrize("piece", [4096, 8191, 64 * 1024, 10**9])
+def test_values_hidden_after_a_long_string_are_counted_and_the_frame_refused(piece: int) -> None:
+    cap = 20_000
+    head = b'{"jsonrpc":"2.0","id":7,"result":["' + b"x" * (1 << 20) + b'",'
+    over = head + b"[]," * cap + b"[]]}"
+    under = head + b"[]," * (cap // 4) + b"[]]}"  # two structural bytes a unit
+    stream = over + b"\n" + under + b"\n"
+    splitter = FrameSplitter(max_frame=1 << 24, max_values=cap)
+    out: list[Any] = []
+    for i in range(0, len(stream), piece):
+        out += splitter.feed(stream[i : i + piece])
+    assert [type(f) for f in out] == [Refused, bytes]
+    assert out[1] == under and splitter.pending == 0
 
 
 def test_frame_too_large_of_values_crosses_the_wire_typed_with_its_fields() -> None:
