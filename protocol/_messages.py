@@ -32,6 +32,7 @@ __all__ = [
     "encode_notification",
     "encode_request",
     "encode_result",
+    "encode_result_into",
 ]
 
 JSONRPC: Final = "2.0"
@@ -133,6 +134,21 @@ def encode_result(id: Id, result: Any) -> bytes:
     """Encode a success response. Raises ``TypeError``/``msgspec.EncodeError`` when ``result``
     is not JSON-encodable; the caller answers with an error instead."""
     return _encoder.encode(_OutResult(JSONRPC, id, result)) + _NL
+
+
+def encode_result_into(out: bytearray, id: Id, result: Any) -> int:
+    """:func:`encode_result`, appended to ``out`` in place; its length in bytes. A large
+    answer then costs no frame of its own: no copy to add the newline, none to queue it
+    (for 1 MiB, two 45 us copies of the worker's ~1 ms). Raises as ``encode_result``
+    does, and then leaves ``out`` as it was."""
+    start = len(out)
+    try:
+        _encoder.encode_into(_OutResult(JSONRPC, id, result), out, start)
+        out.append(0x0A)  # the newline
+    except BaseException:
+        del out[start:]  # what was encoded before it failed (MemoryError included)
+        raise
+    return len(out) - start
 
 
 def encode_error(id: Id, error: ErrorObject) -> bytes:

@@ -215,6 +215,33 @@ async def test_large_arguments_and_results_cross_a_real_worker_intact(
             }
 
 
+@pytest.mark.parametrize("shortcuts", ["1", "0"])
+async def test_large_and_small_answers_in_flight_together_each_arrive_whole_and_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shortcuts: str
+) -> None:
+    # Answers finished in one loop pass share the worker's output queue: the first becomes
+    # it (no copy), the others are appended behind it, a sync tool's arrive from its thread.
+    monkeypatch.setenv("CORDON_LOOP_SHORTCUTS", shortcuts)
+    sizes = [10, 70_000, 1_100_000, 5, 2_000_000, 300, 1 << 20, 64 * 1024 - 40]
+    with anyio.fail_after(60):
+        async with Runtime(base_config(tmp_path)) as rt:
+            hello = await rt.load(HELLO)
+            for _ in range(3):
+                got: dict[int, Any] = {}
+
+                async def echo(i: int, size: int, got: dict[int, Any] = got) -> None:
+                    value = chr(ord("a") + i) * size
+                    if i % 3 == 2:  # a sync tool: its answer comes from its thread
+                        got[i] = await hello.call("shout", {"text": value}) == value.upper()
+                    else:
+                        got[i] = await hello.call("echo", {"value": value}) == value
+
+                async with anyio.create_task_group() as tg:
+                    for i, size in enumerate(sizes):
+                        tg.start_soon(echo, i, size)
+                assert got == dict.fromkeys(range(len(sizes)), True)
+
+
 async def test_a_forged_large_answer_kills_its_worker_and_fails_only_its_call(rt: Runtime) -> None:
     with anyio.fail_after(60):
         plugin = await rt.load(LOOPPATH)

@@ -50,7 +50,7 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
-from cordon.protocol._messages import decode_request
+from cordon.protocol._messages import decode_request, encode_result_into
 from cordon.protocol._methods import FAULT
 
 from ._context import Context
@@ -234,9 +234,15 @@ class Server:
 
     # -- output ---------------------------------------------------------------------------
 
-    def send(self, frame: bytes) -> None:
-        idle = not self._out and not self._tasks
-        self._out += frame
+    def send(self, frame: bytes | bytearray) -> None:
+        out = self._out
+        idle = not out and not self._tasks
+        if not out and type(frame) is bytearray:
+            # A frame encoded for us alone (an answer, see _run_handler) becomes the queue:
+            # no copy of it. Every path reads self._out afresh, none keeps the old one.
+            self._out = frame
+        else:
+            out += frame
         if self._holding or self._writer_armed:
             # The read being dispatched writes everything it produced when it ends; an
             # armed writer, when the pipe has room. A flush scheduled now would only cost
@@ -351,8 +357,8 @@ class Server:
             self.send(encode_error(msg.id, msg.error))
 
     def _dispatch_batch(self, batch: Batch) -> None:
-        immediate: list[bytes] = []
-        waiting: list[asyncio.Task[bytes | None]] = []
+        immediate: list[bytes | bytearray] = []
+        waiting: list[asyncio.Task[bytes | bytearray | None]] = []
         for item in batch.items:
             if isinstance(item, Request):
                 out = self._handle_request(item, batched=True)
@@ -367,7 +373,7 @@ class Server:
             else:
                 immediate.append(encode_error(item.id, item.error))
 
-        def emit(parts: list[bytes]) -> None:
+        def emit(parts: list[bytes | bytearray]) -> None:
             if parts:
                 # Each part is a frame with its newline; a batch answer is one JSON array.
                 self.send(b"[" + b",".join(p.rstrip(b"\n") for p in parts) + b"]\n")
@@ -378,7 +384,7 @@ class Server:
 
         async def gather() -> None:
             done = await asyncio.gather(*waiting, return_exceptions=True)
-            emit(immediate + [d for d in done if isinstance(d, bytes)])
+            emit(immediate + [d for d in done if isinstance(d, (bytes, bytearray))])
 
         assert self._loop is not None
         self._loop.create_task(gather())
@@ -545,12 +551,16 @@ class Server:
 
     async def _run_handler(
         self, ident: Any, handler: Handler, args: dict[str, Any], batched: bool
-    ) -> bytes | None:
+    ) -> bytes | bytearray | None:
         """Run one tool call and send its answer from the loop pass it finished in, like
         :meth:`_complete` but in one coroutine: a tool call is the hot path, and the
         wrapper coroutine, its extra ``await`` level and the ``partial`` for ``ctx`` were
-        paid on every call."""
-        out: bytes
+        paid on every call. The answer is encoded into a ``bytearray`` of its own, newline
+        and all, which :meth:`send` queues as it is when nothing else is queued: a large
+        answer is never copied on its way to the pipe. (Not into the output queue itself:
+        plugin code can run while its result is encoded, a ``__del__`` or a property, and
+        may send, which would grow the queue under the encoder.)"""
+        out: bytes | bytearray
         result: Any = None
         try:
             try:
@@ -564,7 +574,8 @@ class Server:
                 # Encoded inside this try: a result too big to encode under the memory
                 # limit raises MemoryError here, and is answered like any other.
                 try:
-                    out = encode_result(ident, result)
+                    out = bytearray()
+                    encode_result_into(out, ident, result)
                 except (TypeError, msgspec.EncodeError, OverflowError) as exc:
                     out = self._not_json(ident, handler, exc)
                 result = None
@@ -592,9 +603,10 @@ class Server:
             self._tasks.pop(ident, None)
             self._threaded.discard(ident)
             self._sync.forget(ident)
-        if not batched:
-            self.send(out)
-        return out
+        if batched:
+            return out
+        self.send(out)
+        return None  # sent: the queue may own it now
 
     def _memory_quota(self) -> QuotaExceeded:
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
