@@ -103,11 +103,12 @@ def freeze_read_roots() -> None:
 
 def freeze() -> None:
     """In the zygote, before any fork: what every forked worker's lock-down would compute
-    alike (the read roots, the assembled seccomp program), computed once. Both are pure and
-    plugin-independent; nothing kernel-side (a Landlock ruleset, a filter) is made here: each
-    worker builds and enforces its own."""
+    alike (the read roots, the assembled seccomp program, the ctypes helper), computed once.
+    All are plugin-independent; nothing kernel-side (a Landlock ruleset, a filter) is made
+    here: each worker builds and enforces its own."""
     freeze_read_roots()
     _seccomp.freeze()
+    _native.freeze()
 
 
 def read_roots() -> list[str]:
