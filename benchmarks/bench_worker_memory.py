@@ -34,15 +34,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import select
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import _zygote_objects  # this directory's (the script's own sys.path entry)
 import anyio
 import msgspec
 
@@ -62,6 +65,7 @@ from cordon.protocol import (
     decode_frame,
     encode_request,
 )
+from cordon.runtime._supervise import _zygote as _zygote_launcher
 from cordon.runtime._supervise._launcher import LaunchedProcess, SpawnLauncher, StdioPipes
 from cordon.runtime._supervise._worker_life import (
     ENV_ALLOWLIST,
@@ -163,13 +167,13 @@ def private_kib(pid: int) -> dict[str, int]:
     return dict(kinds)
 
 
-def against_template(pid: int, zygote: int) -> dict[str, int] | None:
-    """A forked worker's private pages (pagemap: present, mapped once) sorted by how they
-    differ from the zygote's page at the same address: identical (written and written back:
-    a refcount up and down), a few words apart (a refcount or two that moved), or more
-    (the worker's own data). ``None`` without the right to read the zygote's memory (it is
-    not dumpable: root only)."""
-    kinds = {"identical": 0, "<= 16 words": 0, "more": 0}
+def page_diffs(pid: int, zygote: int) -> dict[int, list[int] | None] | None:
+    """A forked worker's private pages (pagemap: present, mapped once), each with the
+    addresses of the words that differ from the zygote's page at the same address (empty:
+    written and written back, a refcount up and down), or ``None`` where the zygote has no
+    such page (the worker's own mapping). ``None`` without the right to read the zygote's
+    memory (it is not dumpable: root only)."""
+    pages: dict[int, list[int] | None] = {}
     try:
         with (
             open(f"/proc/{pid}/maps") as maps,
@@ -195,13 +199,28 @@ def against_template(pid: int, zygote: int) -> dict[str, int] | None:
                         theirs.seek(addr)
                         template = theirs.read(PAGE)
                     except OSError:
-                        kinds["more"] += 1  # not the zygote's: the worker's own mapping
+                        template = b""
+                    if len(template) != PAGE:
+                        pages[addr] = None
                         continue
-                    words = sum(page[w : w + 8] != template[w : w + 8] for w in range(0, PAGE, 8))
-                    kind = "identical" if not words else "<= 16 words" if words <= 16 else "more"
-                    kinds[kind] += 1
+                    pages[addr] = [
+                        addr + w
+                        for w in range(0, PAGE, 8)
+                        if page[w : w + 8] != template[w : w + 8]
+                    ]
     except PermissionError:
         return None
+    return pages
+
+
+def against_template(pages: dict[int, list[int] | None]) -> dict[str, int]:
+    """:func:`page_diffs`'s pages sorted by how they differ from the zygote's: identical
+    (written and written back: a refcount up and down), a few words apart (a refcount or
+    two that moved), or more (the worker's own data)."""
+    kinds = {"identical": 0, "<= 16 words": 0, "more": 0}
+    for words in pages.values():
+        n = len(words) if words is not None else PAGE
+        kinds["identical" if not n else "<= 16 words" if n <= 16 else "more"] += 1
     return kinds
 
 
@@ -245,12 +264,24 @@ async def start(launcher: Any, home: Path) -> Peer:
 
 
 def run_phases(
-    peer: Peer, plugin: Path, scratch: Path, calls: int, zygote: int | None
+    peer: Peer,
+    plugin: Path,
+    scratch: Path,
+    calls: int,
+    zygote: int | None,
+    watch: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, int]]:
+    """Each phase's :func:`private_kib`; ``watch(phase)`` is called right after each."""
     pid = peer.process.pid
     seen: dict[str, dict[str, int]] = {}
+
+    def snap(phase: str) -> None:
+        seen[phase] = private_kib(pid)
+        if watch is not None:
+            watch(phase)
+
     peer.wait_for(note=HELLO)
-    seen["forked"] = private_kib(pid)
+    snap("forked")
     init = InitializeParams(
         protocol=PROTOCOL_VERSION,
         plugin_id=plugin.name,
@@ -265,22 +296,23 @@ def run_phases(
     # The plugin's first line opens the FIFO: wait until it has (a writer's open would
     # otherwise block until it does), then measure, then let it go.
     gate = os.open(plugin / "gate", os.O_WRONLY)
-    seen["locked down"] = private_kib(pid)
+    snap("locked down")
     os.write(gate, b"x")
     os.close(gate)
     peer.wait_for(answer=ident)
-    seen["ready"] = private_kib(pid)
+    snap("ready")
     peer.call(ACTIVATE, None)
-    seen["activated"] = private_kib(pid)
+    snap("activated")
     greet = InvokeParams(name="greet", arguments=msgspec.Raw(b'{"name":"x"}'))
     peer.call(INVOKE, greet)
-    seen["1st call"] = private_kib(pid)
+    snap("1st call")
     for _ in range(calls):
         peer.call(INVOKE, greet)
-    seen["idle"] = private_kib(pid)
+    snap("idle")
     seen["idle"]["threads"] = threads(pid)
     if zygote is not None:
-        seen["pages"] = against_template(pid, zygote) or {}
+        pages = page_diffs(pid, zygote)
+        seen["pages"] = against_template(pages) if pages is not None else {}
     return seen
 
 
@@ -293,7 +325,57 @@ async def stop(peers: list[Peer]) -> None:
         await peer.process.aclose()
 
 
-async def measure(name: str, workers: int, calls: int, root: Path) -> list[dict[str, Any]]:
+class Attribution:
+    """``--objects``: after each phase, the pages one forked worker copied since the phase
+    before, and the zygote's objects written on them (``_zygote_objects.py``)."""
+
+    def __init__(self, objects_file: Path) -> None:
+        self.file = objects_file
+        self.objects: _zygote_objects.ObjectMap | None = None
+        self.before: set[int] = set()
+        self.rows: list[tuple[str, int, dict[str, Any]]] = []
+
+    def watcher(self, pid: int, zygote: int) -> Callable[[str], None]:
+        def watch(phase: str) -> None:
+            if self.objects is None:
+                self.objects = _zygote_objects.load(str(self.file))
+            pages = page_diffs(pid, zygote) or {}
+            new = {a: w for a, w in pages.items() if a not in self.before}
+            self.before = set(pages)
+            written = {a: w for a, w in new.items() if w}
+            self.rows.append((phase, len(new), _zygote_objects.attribute(self.objects, written)))
+
+        return watch
+
+    def show(self) -> None:
+        print("\na forked worker's pages copied from the zygote, by phase, and what was written")
+        print("(pages written and written back, a refcount up and down, show no writer)")
+        for phase, count, found in self.rows:
+            print(f"\n{phase}: {count} pages")
+            for title, rows in found.items():
+                print(f"  {title}: " + ", ".join(f"{what} {n}" for what, n in rows))
+
+
+@contextlib.contextmanager
+def object_mapping_zygote(objects_file: Path) -> Iterator[None]:
+    """The zygote launcher starts ``_zygote_objects.py`` instead, for this run only."""
+    names = vars(_zygote_launcher)
+    spawn = names["spawn"]
+    script = str(Path(__file__).with_name("_zygote_objects.py"))
+
+    def mapping_zygote(argv: list[str], **kwargs: Any) -> Any:
+        return spawn([argv[0], "-I", script, argv[-1], str(objects_file)], **kwargs)
+
+    names["spawn"] = mapping_zygote
+    try:
+        yield
+    finally:
+        names["spawn"] = spawn
+
+
+async def measure(
+    name: str, workers: int, calls: int, root: Path, attribution: Attribution | None = None
+) -> list[dict[str, Any]]:
     launcher: Any = ZygoteLauncher() if name == "zygote" else SpawnLauncher()
     peers: list[Peer] = []
     results = []
@@ -309,7 +391,11 @@ async def measure(name: str, workers: int, calls: int, root: Path) -> list[dict[
             if peer.process.launcher != name:
                 raise RuntimeError(f"asked for {name}, got {peer.process.launcher}")
             zygote = getattr(launcher, "pid", None)
-            results.append(run_phases(peer, plugin, scratch, calls, zygote))
+            # The second child: the first may still pay for the zygote's own first fork.
+            watch = None
+            if attribution is not None and zygote is not None and i == 1:
+                watch = attribution.watcher(peer.process.pid, zygote)
+            results.append(run_phases(peer, plugin, scratch, calls, zygote, watch))
     finally:
         await stop(peers)
         await launcher.aclose()
@@ -320,11 +406,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument(
+        "--objects",
+        action="store_true",
+        help="name the zygote's objects each phase's copied pages hold (root)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cordon-mem-") as tmp:
+        attribution = Attribution(Path(tmp) / "objects.json") if args.objects else None
+        with (
+            object_mapping_zygote(Path(tmp) / "objects.json")
+            if attribution
+            else contextlib.nullcontext()
+        ):
+            forked = anyio.run(measure, "zygote", args.workers, args.calls, Path(tmp), attribution)
         runs = {
-            name: anyio.run(measure, name, args.workers, args.calls, Path(tmp))
-            for name in ("zygote", "spawn")
+            "zygote": forked,
+            "spawn": anyio.run(measure, "spawn", args.workers, args.calls, Path(tmp)),
         }
     print(f"USS per worker, KiB (median of {args.workers} workers each)")
     print(f"{'phase':<12}" + "".join(f"{name:>10}" for name in runs))
@@ -345,6 +443,8 @@ def main() -> None:
             print(f"  {kind:<14}{statistics.median(p[kind] for p in pages):>8.0f}")
     else:
         print("\n(the zygote's memory is not readable here: run as root to compare pages)")
+    if attribution is not None:
+        attribution.show()
 
 
 if __name__ == "__main__":
