@@ -13,11 +13,21 @@ host's CPU while all N workers idle (``--idle`` seconds, measured with getrusage
 percentage of one core, and the health pings sent meanwhile. Everything runs inside one
 ``async with Runtime``: leaving it stops every worker, and the plugin copies live in a
 temporary directory removed at the end.
+
+``--account`` adds, per run, where the machine's CPU went from the first ``load`` to every
+answer, per plugin: the host (its main thread and the rest), the zygote, the workers (each
+one's whole CPU so far, read from ``/proc/<pid>/stat`` before any stops), kernel threads,
+and what the machine spent beyond those (``/proc/stat``: other processes, and ones that
+ended meanwhile). Before each run it waits (bounded) until kernel threads are quiet, so a
+run does not pay for the previous run's teardown (netns and cgroup cleanup). ``--profile
+FILE`` writes a cProfile (CPU time) of the host over the same window, whose ends are printed
+as CLOCK_MONOTONIC seconds (for ``perf record -k monotonic``, then ``perf report --time``).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import resource
 import statistics
@@ -93,12 +103,113 @@ def host_threads() -> int:
     return 0
 
 
+#: Before a run, kernel threads (netns and cgroup teardown of the previous run's workers)
+#: must have used under QUIET_SHARE of a CPU over QUIET_WINDOW seconds; waited for at most
+#: QUIET_DEADLINE seconds (then the run goes ahead and says so).
+QUIET_SHARE = 0.02
+QUIET_WINDOW = 1.0
+QUIET_DEADLINE = 60.0
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def task_cpu(task: str) -> float:
+    """One thread's CPU seconds (``/proc/<task>/schedstat``, in ns: ``stat``'s clock ticks
+    round a worker's few milliseconds to nothing); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{task}/schedstat").read_text().split()[0]) / 1e9
+    except OSError:
+        return 0.0
+
+
+def proc_cpu(pid: int) -> float:
+    """A process's CPU seconds: its live threads' (a thread that ended is not counted)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    return sum(task_cpu(f"{pid}/task/{t}") for t in tasks)
+
+
+def kernel_threads_cpu() -> float:
+    """CPU seconds of every kernel thread (kthreadd's children) alive now."""
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == "2" or entry.name == "2":
+            total += task_cpu(entry.name)
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Every CPU's busy seconds (all but idle and iowait), and softirq + irq among them."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+    return busy / TICK, (f[5] + f[6]) / TICK
+
+
+def host_thread_cpu() -> tuple[float, float]:
+    """This process's main thread's CPU seconds, and its other threads' (alive now)."""
+    me = os.getpid()
+    main = task_cpu(f"{me}/task/{me}")
+    others = sum(task_cpu(f"{me}/task/{t}") for t in os.listdir("/proc/self/task") if int(t) != me)
+    return main, others
+
+
+def wait_quiet() -> float:
+    """Wait until kernel threads are quiet (see QUIET_SHARE); the seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < QUIET_DEADLINE:
+        k0 = kernel_threads_cpu()
+        time.sleep(QUIET_WINDOW)  # the window measured, not a synchronisation
+        if kernel_threads_cpu() - k0 < QUIET_SHARE * QUIET_WINDOW:
+            break
+    return time.perf_counter() - began
+
+
+class Account:
+    """Machine CPU by process kind over one window (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.machine, self.softirq = machine_cpu()
+        self.kthreads = kernel_threads_cpu()
+        self.host_main, self.host_other = host_thread_cpu()
+        self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def close(self, zygote_pid: int | None, worker_pids: list[int], n: int) -> dict[str, float]:
+        machine, softirq = machine_cpu()
+        main, other = host_thread_cpu()
+        rows = {
+            "host main thread": main - self.host_main,
+            "host other threads": other - self.host_other,
+            "zygote": proc_cpu(zygote_pid) if zygote_pid else 0.0,
+            "workers": sum(proc_cpu(p) for p in worker_pids),
+            "kernel threads": kernel_threads_cpu() - self.kthreads,
+        }
+        rows["(softirq+irq, within the above)"] = softirq - self.softirq
+        counted = sum(v for k, v in rows.items() if not k.startswith("("))
+        rows["machine beyond these"] = machine - self.machine - counted
+        rows["machine total"] = machine - self.machine
+        return {k: v * 1000 / n for k, v in rows.items()}
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-async def run_one(n: int, launcher: str, idle: float, settle: float) -> dict[str, Any]:
+async def run_one(
+    n: int,
+    launcher: str,
+    idle: float,
+    settle: float,
+    account: bool,
+    profile: str | None,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cordon-scale-") as tmp:
         root = Path(tmp)
         (root / "plugins").mkdir()
@@ -112,6 +223,11 @@ async def run_one(n: int, launcher: str, idle: float, settle: float) -> dict[str
         answers: list[float] = []
         with anyio.fail_after(RUN_DEADLINE):
             async with Runtime(config) as rt:
+                acct = Account() if account else None
+                prof = cProfile.Profile(time.thread_time) if profile else None
+                if prof is not None:
+                    prof.enable()
+                window = [time.monotonic()]
                 began = time.perf_counter()
 
                 async def call(handle: Any) -> None:
@@ -122,6 +238,15 @@ async def run_one(n: int, launcher: str, idle: float, settle: float) -> dict[str
                     for d in dirs:
                         tg.start_soon(call, await rt.load(d))
                     loaded = time.perf_counter() - began
+                window.append(time.monotonic())
+                if prof is not None:
+                    prof.disable()
+                    prof.dump_stats(profile)
+                accounted = None
+                if acct is not None:
+                    zygote = getattr(rt.launcher, "pid", None)
+                    pids = [s.pid for s in rt.stats().values() if s.pid is not None]
+                    accounted = acct.close(zygote, pids, n)
                 # Each worker is pinged once after it goes quiet (health-interval, 5 s by
                 # default): the idle measured is what follows.
                 await anyio.sleep(settle)
@@ -152,6 +277,8 @@ async def run_one(n: int, launcher: str, idle: float, settle: float) -> dict[str
                     "idle_cpu_pct": idle_cpu * 100,
                     "threads": host_threads(),
                     "idle_pings": pings,
+                    "account": accounted,
+                    "window": window,
                 }
         return result
 
@@ -164,6 +291,10 @@ def main() -> None:
     parser.add_argument(
         "--settle", type=float, default=6.0, help="seconds after every answer, before measuring"
     )
+    parser.add_argument(
+        "--account", action="store_true", help="machine CPU per plugin by process kind"
+    )
+    parser.add_argument("--profile", default=None, help="write a cProfile of the host here")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     chosen = args.launcher or launchers()
@@ -173,7 +304,8 @@ def main() -> None:
     )
     for n in args.n:
         for launcher in chosen:
-            r = anyio.run(run_one, n, launcher, args.idle, args.settle)
+            waited = wait_quiet() if args.account else 0.0
+            r = anyio.run(run_one, n, launcher, args.idle, args.settle, args.account, args.profile)
             print(
                 f"{r['n']:>5} {r['got']:>8} {r['loaded_s']:>7.2f}s {r['first_s']:>6.2f}s "
                 f"{r['p50_s']:>6.2f}s {r['all_s']:>6.2f}s {r['host_rss_mib']:>6.0f}MiB "
@@ -181,6 +313,12 @@ def main() -> None:
                 f"{r['threads']:>7} {r['idle_pings']:>5}",
                 flush=True,
             )
+            if r["account"] is not None:
+                print(f"      CPU ms per plugin, load -> every answer ({waited:.1f}s to quiet):")
+                for k, v in r["account"].items():
+                    print(f"        {k:<32} {v:7.2f}")
+                print(f"      window (CLOCK_MONOTONIC): {r['window'][0]:.6f},{r['window'][1]:.6f}")
+    print(f"(load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     print(f"({os.cpu_count()} CPUs; python {sys.version.split()[0]})")
 
 
