@@ -239,7 +239,7 @@ async def run_one(
                         tg.start_soon(call, await rt.load(d))
                     loaded = time.perf_counter() - began
                 window.append(time.monotonic())
-                if prof is not None:
+                if prof is not None and profile is not None:
                     prof.disable()
                     prof.dump_stats(profile)
                 accounted = None

@@ -77,6 +77,9 @@ async def test_plugins_slow_to_import_do_not_hold_back_calls_to_the_others(
                     (d / "gate").touch()
             assert sorted(answers) == sorted(h.id for h in [*slow, *fast])
             assert all(answers[h.id] == f"Hello {h.id}" for h in slow)
+            # Every turn came back exactly once: a start whose lease ran out did not give its
+            # turn back a second time when it ended (that would allow more starts at once).
+            assert rt._start_slots.value == START_CONCURRENCY
 
 
 async def test_the_first_of_a_batch_answers_while_the_rest_wait_their_turn(

@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from .._supervise._worker import WorkerProcess
 from .._supervise._zygote import ZygoteLauncher
 from ._loading import LoadFailure, Loading, LoadReport, PluginInUse
 from ._routing import MiddlewareFailed, Routing
-from ._workers import START_CONCURRENCY, WorkerPool, raise_open_files_limit
+from ._workers import START_CONCURRENCY, WorkerPool, _Lease, raise_open_files_limit
 
 # The names runtime/__init__.py re-exports, importable from here as before the split.
 __all__ = [
@@ -121,6 +122,11 @@ class Runtime(Loading, Routing, WorkerPool):
         self._sampler = FleetSampler()
         #: Worker starts under way at once (see WorkerPool._start_worker).
         self._start_slots = anyio.Semaphore(START_CONCURRENCY)
+        #: The turns' leases, oldest first, and whether their keeper task runs.
+        self._leases: deque[_Lease] = deque()
+        self._lease_keeper = False
+        #: The store of installed plugins, resolved on first use (see _store_dir).
+        self._store_resolved: Path | None = None
         #: Every contribution of every loaded plugin; routing by name goes through it.
         self.registry = Registry(self)
         #: What starts this runtime's workers (chosen in __aenter__; a zygote starts on the

@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import resource
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -77,6 +78,22 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
+class _Lease:
+    """A start's turn: given back once, by the start's end or by its lease's expiry."""
+
+    __slots__ = ("expires", "held", "slots")
+
+    def __init__(self, slots: anyio.Semaphore, expires: float) -> None:
+        self.slots = slots
+        self.expires = expires
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+
 class WorkerPool:
     """New workers, warm spares and their cgroups (a mixin of ``Runtime``)."""
 
@@ -99,6 +116,9 @@ class WorkerPool:
         _spare_added: anyio.Event
         _sampler: FleetSampler
         _start_slots: anyio.Semaphore
+        _leases: deque[_Lease]
+        _lease_keeper: bool
+        _store_resolved: Path | None
         launcher: Launcher | None
 
         def _tg_soon(self, fn: Callable[..., Any], *args: Any) -> None: ...
@@ -116,7 +136,11 @@ class WorkerPool:
         file): the place ``cordon plugin install`` writes to."""
         if self._explicit_state_dir is not None and self.state_dir is not None:
             return self.state_dir
-        return Path(self.config.runtime.state_dir).expanduser().resolve()
+        # Resolved once per runtime (its config never changes): resolving walks the path a
+        # stat per component, and every start asks (~30 µs each, twice per start).
+        if self._store_resolved is None:
+            self._store_resolved = Path(self.config.runtime.state_dir).expanduser().resolve()
+        return self._store_resolved
 
     def _check_store_unwritable(self, plugin_id: str, fs_write: Sequence[str]) -> None:
         """Refuse an ``fs-write`` grant that reaches the store of installed plugins: their
@@ -145,20 +169,22 @@ class WorkerPool:
                 problems=problems,
             )
 
-    def _site_paths(self, m: Manifest) -> list[str]:
+    def _site_paths(self, m: Manifest, folder: Path) -> list[str]:
         """The environment of the installed version ``m`` was read from (``[]`` for a plugin
         not in the store, or one without dependencies): read from that version's record, so
-        a worker of the previous version, still draining, keeps its own."""
+        a worker of the previous version, still draining, keeps its own. ``folder`` is
+        ``m.directory`` resolved."""
         store = self._store_dir()
-        record = installed_at_dir(store, m.directory)
-        if record is None:
-            if Path(m.directory).resolve().is_relative_to(plugins_root(store).resolve()):
-                raise NotInstalled(
-                    f"plugin {m.id!r} at {m.directory} is not wholly installed (its record or "
-                    "environment is missing; see the log): reinstall it",
-                    plugin=m.id,
-                )
+        if not folder.is_relative_to(plugins_root(store).resolve()):
+            # Not in the store: installed_at_dir would find no record either.
             return []
+        record = installed_at_dir(store, folder)
+        if record is None:
+            raise NotInstalled(
+                f"plugin {m.id!r} at {m.directory} is not wholly installed (its record or "
+                "environment is missing; see the log): reinstall it",
+                plugin=m.id,
+            )
         return [record.site_packages] if record.site_packages else []
 
     def _plugin_output(self, plugin_id: str, line: bytes) -> None:
@@ -190,7 +216,8 @@ class WorkerPool:
         # Before a spare is claimed: a broken install or an unsafe grant refuses here with
         # nothing to undo.
         self._check_store_unwritable(m.id, s.fs_write)
-        site_paths = self._site_paths(m)
+        folder = Path(m.directory).resolve()
+        site_paths = self._site_paths(m, folder)
         spare_worker = self._take_spare() if spare else None
         group: WorkerCgroup | None = None
         placed = False
@@ -212,7 +239,7 @@ class WorkerPool:
         params = InitializeParams(
             protocol=PROTOCOL_VERSION,
             plugin_id=m.id,
-            plugin_dir=str(Path(m.directory).resolve()),
+            plugin_dir=str(folder),
             entry=f"{m.entry_module}:{m.entry_attr}",
             scratch_dir=str(self._scratch_dir(m.id)),
             limits=Limits(
@@ -264,8 +291,9 @@ class WorkerPool:
     async def _start_worker(self, worker: WorkerProcess) -> None:
         """Bring a worker from :meth:`_new_worker` up to initialized: a claimed spare is
         already running, a new one is spawned. Raises what the start met."""
-        if self._spares_wanted:
-            # Whichever it was, the pool is now one short (or was empty): refill it.
+        if self._spares_wanted and not self._filling:
+            # Whichever it was, the pool is now one short (or was empty): refill it. Not a
+            # task per start while a fill runs: that fill sees the shortfall itself.
             self._tg_soon(self._fill_spares)
         async with self._start_turn():
             if worker in self._claimed_spares:
@@ -280,27 +308,35 @@ class WorkerPool:
         held until the start ends or for :data:`START_SLOT_LEASE`, whichever comes first."""
         slots = self._start_slots
         await slots.acquire()
-        held = True
-
-        def give_back() -> None:
-            nonlocal held
-            if held:
-                held = False
-                slots.release()
-
-        timer = anyio.CancelScope()
-
-        async def lease() -> None:
-            with timer:
-                await anyio.sleep(START_SLOT_LEASE)
-                give_back()
-
+        lease = _Lease(slots, anyio.current_time() + START_SLOT_LEASE)
+        # Every lease is as long, so the queue is in expiry order: one keeper task for all
+        # of them, instead of a timer task (and its cancellation) per start.
+        self._leases.append(lease)
+        if not self._lease_keeper:
+            self._lease_keeper = True
+            self._tg_soon(self._keep_leases)
         try:
-            self._tg_soon(lease)
             yield
         finally:
-            timer.cancel()
-            give_back()
+            lease.give_back()
+
+    async def _keep_leases(self) -> None:
+        """Give back each turn still held at its lease's end; return once none is held."""
+        leases = self._leases
+        try:
+            while leases:
+                head = leases[0]
+                if not head.held:
+                    leases.popleft()
+                    continue
+                wait = head.expires - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)  # the lease's own time, not a poll
+                    continue
+                leases.popleft()
+                head.give_back()
+        finally:
+            self._lease_keeper = False
 
     # -- warm spares ----------------------------------------------------------------------
 

@@ -361,8 +361,13 @@ def parse_manifest(
     ``directory``; ``None`` skips that check (and leaves ``Manifest.directory`` empty), for
     manifests seen without their code. Raises one :class:`ManifestError` listing every
     problem."""
-    ck = Checker()
     folder = Path(directory).resolve() if directory is not None else None
+    return _validated(data, folder, source)
+
+
+def _validated(data: Mapping[str, Any], folder: Path | None, source: str | None) -> Manifest:
+    """:func:`parse_manifest` once ``folder`` is resolved."""
+    ck = Checker()
     manifest = _parse(ck, data, folder, source)
     if ck or manifest is None:
         raise ManifestError(source=source, problems=ck.problems)
@@ -452,4 +457,5 @@ def load_manifest(plugin_dir: str | os.PathLike[str]) -> Manifest:
     data = read_toml(path, ck, max_bytes=MAX_MANIFEST_BYTES)
     if ck:
         raise ManifestError(source=str(path), problems=ck.problems)
-    return parse_manifest(data, directory=folder, source=str(path))
+    # Resolved above: resolving again walks the path once more, a stat per component.
+    return _validated(data, folder, str(path))
