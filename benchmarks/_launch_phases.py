@@ -5,8 +5,9 @@
 Each child records, at the start of each step of :data:`cordon.worker._launch.STEPS` (and
 right after the fork), the monotonic clock (the host's ``time.perf_counter_ns`` reads the same
 one), its own CPU time and its minor page faults, plus the lock-down's per-layer wall times,
-and writes them as JSON to the file ``NAME`` in its scratch dir (the one place it may write)
-just before it serves. Measurement only: nothing here is part of cordon.
+and its server's first marks (loop running, ``activate`` read, ``invoke`` read), and writes
+them as JSON to the file ``NAME`` in its scratch dir (the one place it may write) as it reads
+the first call. Measurement only: nothing here is part of cordon.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cordon.worker import _launch, _zygote
+from cordon.worker import _launch, _server, _zygote
 from cordon.worker._sandbox import _lockdown
 
 _marks: list[tuple[str, int, int, int]] = []
@@ -35,13 +36,40 @@ def _timed(step: Callable[[_launch.Launch], None]) -> Callable[[_launch.Launch],
     def run(st: _launch.Launch) -> None:
         _mark(step.__name__)
         if step.__name__ == "serve" and st.init is not None:
-            path = os.path.join(st.init.scratch_dir, _file)
-            with open(path, "w") as f:
-                json.dump({"marks": _marks, "layers": _layers}, f)
+            global _path
+            _path = os.path.join(st.init.scratch_dir, _file)
         step(st)
 
     run.__name__ = step.__name__
     return run
+
+
+_path = ""
+_serve = _server.Server.serve
+_handle = _server.Server._handle_request
+_invoke = _server.Server._invoke
+
+
+async def _serve_marked(self: _server.Server, initial_frames: list[Any]) -> None:
+    _mark("loop")
+    await _serve(self, initial_frames)
+
+
+def _handle_marked(self: _server.Server, req: Any, **kwargs: Any) -> Any:
+    if req.method == "activate" and not any(m[0] == "activate" for m in _marks):
+        _mark("activate")
+    return _handle(self, req, **kwargs)
+
+
+def _invoke_marked(self: _server.Server, *args: Any) -> Any:
+    """Marks the first call, and writes the marks (the call then waits for the write: it
+    is the last phase timed)."""
+    if not any(m[0] == "invoke" for m in _marks):
+        _mark("invoke")
+        if _path:
+            with open(_path, "w") as f:
+                json.dump({"marks": _marks, "layers": _layers}, f)
+    return _invoke(self, *args)
 
 
 _lock_down = _lockdown.lock_down
@@ -72,6 +100,9 @@ def main() -> None:
     _file = sys.argv.pop(2)  # the zygote itself reads only its socket's fd
     _launch.STEPS = tuple(_timed(step) for step in _launch.STEPS)  # type: ignore[misc]
     _lockdown.lock_down = _lock_down_timed
+    _server.Server.serve = _serve_marked  # type: ignore[method-assign]
+    _server.Server._handle_request = _handle_marked  # type: ignore[method-assign]
+    _server.Server._invoke = _invoke_marked  # type: ignore[method-assign,assignment]
     _zygote.clone_parent = _clone_marked
     _zygote.main()
 

@@ -6,10 +6,15 @@ One runtime per launcher, side by side in one run, with every sandbox layer (``s
 cgroups where the machine has them, no warm spares, for two plugins: the ``hello`` example
 (three tools, each with its schema built at import) and a minimal one (one tool, nothing
 imported: the launcher's own floor). Each run stops the plugin and times its next call:
-start the process, hello, cgroup placement, initialize (limits, namespaces, Landlock,
-seccomp, the plugin's import), activate, then the call's answer. A runtime's first call
-(the zygote's own start included) is printed apart. Medians; the machines here are small
-and shared, so read the columns against each other.
+start the process, initialize (limits, namespaces, Landlock, seccomp, the wait for the
+cgroup move, the plugin's import), activate, then the call's answer. The zygote runs twice,
+in cordon's ``pipelined`` order (initialize and activate sent at once, the move overlapping
+the lock-down) and in the ``serial`` order before it (hello, move, initialize, activate: one
+after the other), so the two are measured side by side under the same load. Each start's CPU
+is printed too (the host process's, and the worker's whole life as its reaped child): those
+the machine's load moves far less than wall time. A runtime's first call (the zygote's own
+start included) is printed apart. Medians; the machines here are small and shared, so read
+the columns against each other.
 
 ``--phases`` then times the hello plugin's forked starts step by step: the zygote is run as
 ``_launch_phases.py`` (the same zygote, each child recording the clock, its CPU time and page
@@ -22,13 +27,16 @@ back-to-back starts do not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import anyio
 
@@ -37,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from cordon.runtime import Runtime  # noqa: E402
 from cordon.runtime._supervise import _zygote  # noqa: E402
+from cordon.runtime._supervise._worker import WorkerProcess  # noqa: E402
 from cordon.runtime._supervise._zygote import ZygoteLauncher  # noqa: E402
 
 HELLO = ROOT / "examples" / "plugins" / "hello"
@@ -73,9 +82,57 @@ def _config(state: Path, launcher: str) -> dict[str, Any]:
     }
 
 
-async def _measure(
-    launcher: str, plugin: Path, runs: int, state: Path
-) -> tuple[float, list[float], str]:
+#: How a start is sequenced: ``pipelined`` is cordon's (initialize and activate sent at once,
+#: the cgroup move overlapping the lock-down); ``serial`` the order before it, for the
+#: side-by-side (wait for the hello, then the move, then initialize, then activate).
+ORDERS: Final = ("pipelined", "serial")
+
+
+@contextlib.contextmanager
+def _order(order: str) -> Iterator[None]:
+    """Start workers in ``order`` while inside (a benchmark-only switch: each worker is
+    marked as a stand-in peer's, which cordon initializes only after its hello, is sent
+    initialize only once it is in its cgroups, and activate only once initialized)."""
+    if order == "pipelined":
+        yield
+        return
+    run, initialize = WorkerProcess.run, WorkerProcess._initialize_phase
+
+    async def serial_run(self: WorkerProcess, **kwargs: Any) -> None:
+        self._own_command = False
+        self.activate_early = False
+        await run(self, **kwargs)
+
+    async def serial_initialize(self: WorkerProcess) -> None:
+        await self._wait_or_exit(self._placed)
+        await initialize(self)
+
+    setattr(WorkerProcess, "run", serial_run)  # noqa: B010 - a method swapped for the run
+    setattr(WorkerProcess, "_initialize_phase", serial_initialize)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(WorkerProcess, "run", run)  # noqa: B010
+        setattr(WorkerProcess, "_initialize_phase", initialize)  # noqa: B010
+
+
+class Sample(NamedTuple):
+    first: float
+    times: list[float]
+    got: str
+    #: CPU seconds per start: the host process (all its threads), and its reaped children
+    #: (the workers: forked by the zygote as the host's own children).
+    host_cpu: list[float]
+    worker_cpu: list[float]
+
+
+def _cpu() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+async def _measure(launcher: str, plugin: Path, runs: int, state: Path, order: str) -> Sample:
     async with Runtime(_config(state, launcher)) as rt:
         hello = await rt.load(plugin)
         t0 = time.perf_counter()
@@ -84,14 +141,23 @@ async def _measure(
         assert hello.worker is not None and hello.worker.process is not None
         got = hello.worker.process.launcher
         times = []
-        for _ in range(runs):
-            await hello.stop()
-            t0 = time.perf_counter()
-            await hello.call("greet", {"name": "x"})
-            times.append(time.perf_counter() - t0)
+        host_cpu = []
+        worker_cpu = []
+        with _order(order):
+            for _ in range(runs):
+                await hello.stop()  # the previous worker is reaped: its CPU is counted
+                host0, kids0 = _cpu()
+                t0 = time.perf_counter()
+                await hello.call("greet", {"name": "x"})
+                times.append(time.perf_counter() - t0)
+                host1, _ = _cpu()
+                await hello.stop()
+                _, kids1 = _cpu()
+                host_cpu.append(host1 - host0)
+                worker_cpu.append(kids1 - kids0)
         if isinstance(rt.launcher, ZygoteLauncher):
             got += f" ({rt.launcher.forks} forks)"
-        return first, times, got
+        return Sample(first, times, got, host_cpu, worker_cpu)
 
 
 #: Where a timed worker leaves its marks, in its scratch dir (see _launch_phases.py).
@@ -103,16 +169,23 @@ PHASES: Final = (
     ("fork round trip (zygote's clone)", "fork_request", "fork_reply"),
     ("clone -> child runs", "clone", "child"),
     ("child -> hello sent", "child", "receive_config"),
-    ("hello -> initialize read (host)", "receive_config", "apply_limits"),
+    ("hello -> initialize read", "receive_config", "apply_limits"),
     ("limits + lock-down", "apply_limits", "capture_logging"),
-    ("plugin import", "capture_logging", "report_ready"),
+    ("waiting for $/placed", "await_placement", "import_plugin"),
+    ("plugin import", "import_plugin", "report_ready"),
     ("ready sent", "report_ready", "serve"),
-    ("serving -> call answered", "serve", "answered"),
+    ("serve -> its loop runs", "serve", "loop"),
+    ("loop runs -> activate read", "loop", "activate"),
+    ("initialize answer -> read (host)", "serve", "initialized"),
+    ("activate read -> answer read (host)", "activate", "activated"),
+    ("-> call sent (host)", "activated", "call_sent"),
+    ("call sent -> read (worker)", "call_sent", "invoke"),
+    ("-> call answered", "invoke", "answered"),
     ("total", "t0", "answered"),
 )
 
 
-async def _phases(runs: int, gap: float, state: Path) -> None:
+async def _phases(runs: int, gap: float, state: Path, order: str) -> None:
     script = str(Path(__file__).with_name("_launch_phases.py"))
     # The zygote launcher's own name for its spawn function, swapped for this run only.
     names = vars(_zygote)
@@ -139,12 +212,39 @@ async def _phases(runs: int, gap: float, state: Path) -> None:
                 return process
 
             launcher._fork_or_spawn = marked  # type: ignore[method-assign]
+            initialize, activate = WorkerProcess._initialize_phase, WorkerProcess.activate
+            invoke = WorkerProcess.invoke_decoded
+
+            async def initialized(self: WorkerProcess) -> None:
+                await initialize(self)
+                host["initialized"] = time.perf_counter_ns()
+
+            async def activated(self: WorkerProcess) -> None:
+                await activate(self)
+                host["activated"] = time.perf_counter_ns()
+
+            def call_sent(self: WorkerProcess, *args: Any, **kwargs: Any) -> Any:
+                host["call_sent"] = time.perf_counter_ns()
+                return invoke(self, *args, **kwargs)
+
+            marks = {"activate": activated, "invoke_decoded": call_sent}
             scratch = state / "scratch" / "hello" / PHASES_FILE
             for _ in range(runs):
                 await hello.stop()
                 await anyio.sleep(gap)
                 host["t0"] = time.perf_counter_ns()
-                await hello.call("greet", {"name": "x"})
+                with _order(order):
+                    # Inside the order's own swap: its serial initialize is the one marked.
+                    marks["_initialize_phase"] = initialized
+                    initialize = WorkerProcess._initialize_phase
+                    saved = {name: getattr(WorkerProcess, name) for name in marks}
+                    for name, marked_method in marks.items():
+                        setattr(WorkerProcess, name, marked_method)
+                    try:
+                        await hello.call("greet", {"name": "x"})
+                    finally:
+                        for name, method in saved.items():
+                            setattr(WorkerProcess, name, method)
                 host["answered"] = time.perf_counter_ns()
                 data = json.loads(scratch.read_text())
                 at = {name: ns for name, ns, _cpu, _faults in data["marks"]} | host
@@ -152,12 +252,17 @@ async def _phases(runs: int, gap: float, state: Path) -> None:
                 cpu = {name: ns for name, _ns, ns, _faults in data["marks"]}
                 faults = {name: n for name, _ns, _cpu, n in data["marks"]}
                 row["child CPU, fork -> serving"] = (cpu["serve"]) / 1e6
+                row["child CPU, serving -> call read"] = (cpu["invoke"] - cpu["serve"]) / 1e6
                 row["child page faults, fork -> serving"] = faults["serve"]
+                row["child page faults, serving -> call read"] = faults["invoke"] - faults["serve"]
                 row |= {f"  lock-down: {k}": v * 1e3 for k, v in data["layers"].items()}
                 rows.append(row)
     finally:
         names["spawn"] = spawn
-    print(f"\nhello, forked, step by step ({runs} starts, {gap * 1e3:.0f} ms quiet before each)")
+    print(
+        f"\nhello, forked, {order}, step by step ({runs} starts,"
+        f" {gap * 1e3:.0f} ms quiet before each)"
+    )
     print(f"{'phase':<38} {'median ms':>10} {'p10':>7} {'p90':>7}")
     for label in rows[0]:
         values = [r[label] for r in rows]
@@ -170,38 +275,60 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--phases", action="store_true", help="time a forked start by step")
     parser.add_argument("--gap", type=float, default=0.0, help="seconds quiet before a start")
+    parser.add_argument("--phases-only", action="store_true", help="only --phases")
     args = parser.parse_args()
+    if args.phases_only:
+        for order in ORDERS:
+            with tempfile.TemporaryDirectory() as tmp:
+                await _phases(args.runs, args.gap, Path(tmp), order)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         plugins = {"hello": HELLO, "minimal": _minimal(Path(tmp) / "minimal")}
-        results: dict[tuple[str, str], tuple[float, list[float], str]] = {}
-        # Interleaved rounds, so a burst of load elsewhere on the machine hits both alike.
+        results: dict[tuple[str, str, str], Sample] = {}
+        # Interleaved rounds, so a burst of load elsewhere on the machine hits all alike.
         rounds = 4
         for r in range(rounds):
             for plugin, path in plugins.items():
-                for launcher in ("spawn", "zygote"):
-                    first, times, got = await _measure(
+                for launcher, order in [("spawn", "pipelined"), *(("zygote", o) for o in ORDERS)]:
+                    got = await _measure(
                         launcher,
                         path,
                         max(1, args.runs // rounds),
-                        Path(tmp) / f"{plugin}-{launcher}{r}",
+                        Path(tmp) / f"{plugin}-{launcher}-{order}{r}",
+                        order,
                     )
-                    prev_first, prev, _ = results.get((plugin, launcher), (0.0, [], ""))
-                    results[(plugin, launcher)] = (max(prev_first, first), prev + times, got)
-    print("stop -> first call answered (fork or spawn, lock-down, import, activate, call)")
+                    key = (plugin, launcher, order)
+                    prev = results.get(key)
+                    if prev is not None:
+                        got = Sample(
+                            max(prev.first, got.first),
+                            prev.times + got.times,
+                            got.got,
+                            prev.host_cpu + got.host_cpu,
+                            prev.worker_cpu + got.worker_cpu,
+                        )
+                    results[key] = got
+    print("stop -> first call answered (fork or spawn, lock-down, import, activate, call);")
+    print("CPU per start: the host process, and the worker (its whole life, to its stop)")
     print(
-        f"{'plugin':<9} {'launcher':<18} {'runs':>5} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8}"
+        f"{'plugin':<9} {'launcher':<18} {'order':<10} {'runs':>5} {'median ms':>10}"
+        f" {'p10 ms':>8} {'p90 ms':>8} {'host CPU ms':>12} {'worker CPU ms':>14}"
     )
-    for (plugin, _launcher), (_first, times, got) in results.items():
-        q = statistics.quantiles(times, n=10)
+    for (plugin, _launcher, order), got in results.items():
+        q = statistics.quantiles(got.times, n=10)
         print(
-            f"{plugin:<9} {got:<18} {len(times):>5} {statistics.median(times) * 1e3:>10.1f}"
-            f" {q[0] * 1e3:>8.1f} {q[-1] * 1e3:>8.1f}"
+            f"{plugin:<9} {got.got:<18} {order:<10} {len(got.times):>5}"
+            f" {statistics.median(got.times) * 1e3:>10.1f} {q[0] * 1e3:>8.1f} {q[-1] * 1e3:>8.1f}"
+            f" {statistics.median(got.host_cpu) * 1e3:>12.2f}"
+            f" {statistics.median(got.worker_cpu) * 1e3:>14.2f}"
         )
-    for (plugin, launcher), (first, _times, _got) in results.items():
-        print(f"slowest first call of a runtime, {plugin}/{launcher}: {first * 1e3:.0f} ms")
+    for (plugin, launcher, order), got in results.items():
+        where = f"{plugin}/{launcher}/{order}"
+        print(f"slowest first call of a runtime, {where}: {got.first * 1e3:.0f} ms")
     if args.phases:
-        with tempfile.TemporaryDirectory() as tmp:
-            await _phases(args.runs, args.gap, Path(tmp))
+        for order in ORDERS:
+            with tempfile.TemporaryDirectory() as tmp:
+                await _phases(args.runs, args.gap, Path(tmp), order)
 
 
 if __name__ == "__main__":
