@@ -10,12 +10,15 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from types import FunctionType
 from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
 from cordon.protocol import Contribution, ContributionKind, InvalidParams
+
+from ._signature import EMPTY, is_coroutine_function, plain_doc, plain_hints, plain_parameters
+from ._signature import warm as warm_signatures
 
 __all__ = ["Handler", "Plugin", "PluginDefinitionError", "warm"]
 
@@ -33,33 +36,89 @@ class PluginDefinitionError(TypeError):
     """A plugin declared something cordon cannot serve (bad name, ``*args``, duplicate...)."""
 
 
-@dataclass(slots=True)
 class Handler:
-    kind: ContributionKind
-    name: str
-    fn: Callable[..., Any]
-    description: str
-    params_type: type[msgspec.Struct]
-    param_names: tuple[str, ...]
-    wants_ctx: bool
-    is_async: bool
-    options: dict[str, Any] = field(default_factory=dict)
-    #: Built once, when the function is registered (that build is also the check that its
-    #: parameters can be described), and reused by every :meth:`contribution`.
-    params_schema: dict[str, Any] = field(default_factory=dict)
-    result_schema: dict[str, Any] = field(default_factory=dict)
-    #: Named arguments (an object) or positional ones (an array), in one pass: a decoder
-    #: made once per handler, not the type lookup ``msgspec.json.decode(type=...)`` does
-    #: per call.
-    _decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
-    #: The name of the asyncio task each call runs in.
-    task: str = field(init=False, repr=False)
-    #: For an event handler taking only some of :data:`EVENT_ARGS`: the ones it takes.
-    passes: tuple[str, ...] | None = None
+    """One contributed function: what the host is told of it, and how a call reaches it.
 
-    def __post_init__(self) -> None:
-        self._decoder = msgspec.json.Decoder(self.params_type | list[Any])
-        self.task = f"cordon {self.kind} {self.name}"
+    The parameters' msgspec struct and its decoder are made on the function's first call,
+    not at registration: a worker serves a few of its tools, often one, and each struct and
+    decoder costs ~20 us and pages of msgspec's shared state a forked worker would copy
+    (``_build_handler`` has still checked, at registration, that they can be made).
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_fields",
+        "_params_type",
+        "_type_name",
+        "description",
+        "fn",
+        "is_async",
+        "kind",
+        "name",
+        "options",
+        "param_names",
+        "params_schema",
+        "passes",
+        "result_schema",
+        "task",
+        "wants_ctx",
+    )
+
+    def __init__(
+        self,
+        *,
+        kind: ContributionKind,
+        name: str,
+        fn: Callable[..., Any],
+        description: str,
+        fields: list[tuple[str, Any] | tuple[str, Any, Any]],
+        params_type: type[msgspec.Struct] | None,
+        wants_ctx: bool,
+        is_async: bool,
+        options: dict[str, Any],
+        params_schema: dict[str, Any],
+        result_schema: dict[str, Any],
+        passes: tuple[str, ...] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.fn = fn
+        self.description = description
+        self._fields = fields
+        self.param_names = tuple(f[0] for f in fields)
+        self._type_name = f"{name.replace('.', '_').replace('-', '_')}_params"
+        self._params_type = params_type
+        self.wants_ctx = wants_ctx
+        self.is_async = is_async
+        self.options = options
+        #: Built when the function is registered (cheaply, for the common signatures) and
+        #: reused by every :meth:`contribution`.
+        self.params_schema = params_schema
+        self.result_schema = result_schema
+        #: For an event handler taking only some of :data:`EVENT_ARGS`: the ones it takes.
+        self.passes = passes
+        #: The name of the asyncio task each call runs in.
+        self.task = f"cordon {kind} {name}"
+        #: Named arguments (an object) or positional ones (an array), in one pass: made on
+        #: the first call, then reused (not the type lookup ``msgspec.json.decode(type=...)``
+        #: does per call).
+        self._decoder: msgspec.json.Decoder[Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Handler({self.kind} {self.name!r})"
+
+    def prepare(self) -> None:
+        """Make the decoder now rather than on the first call."""
+        if self._decoder is None:
+            self._decoder = msgspec.json.Decoder(self.params_type | list[Any])
+
+    @property
+    def params_type(self) -> type[msgspec.Struct]:
+        """The struct the arguments decode into: one field per parameter, in order."""
+        params_type = self._params_type
+        if params_type is None:
+            params_type = self._params_type = _params_struct(self._type_name, self._fields)
+        return params_type
 
     def contribution(self) -> Contribution:
         return Contribution(
@@ -74,8 +133,13 @@ class Handler:
     def decode_arguments(self, raw: msgspec.Raw) -> dict[str, Any]:
         """Validate JSON arguments against the signature; :class:`InvalidParams` names the
         field. Arrays are accepted as positional arguments, as JSON-RPC allows."""
+        decoder = self._decoder
+        if decoder is None:
+            self.prepare()
+            decoder = self._decoder
+            assert decoder is not None
         try:
-            value = self._decoder.decode(raw or b"{}")
+            value = decoder.decode(raw or b"{}")
             if type(value) is list:
                 items = value
                 if len(items) > len(self.param_names):
@@ -102,6 +166,12 @@ class Handler:
         return args
 
 
+def _params_struct(
+    name: str, fields: list[tuple[str, Any] | tuple[str, Any, Any]]
+) -> type[msgspec.Struct]:
+    return msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True)
+
+
 def _field_of(message: str) -> str | None:
     m = re.search(r"at `\$\.([^`]+)`", message) or re.search(r"field `([^`]+)`", message)
     return m.group(1) if m else None
@@ -125,6 +195,7 @@ _SIMPLE: Final[tuple[tuple[Any, dict[str, str]], ...]] = (
     (int, {"type": "integer"}),
     (float, {"type": "number"}),
     (bool, {"type": "boolean"}),
+    (type(None), {"type": "null"}),
     (Any, {}),
     (dict, {"type": "object"}),
     (list, {"type": "array"}),
@@ -176,7 +247,7 @@ def _simple_object_schema(
 
 
 def _result_schema(annotation: Any) -> dict[str, Any]:
-    if annotation is inspect.Signature.empty or annotation is None:
+    if annotation is EMPTY or annotation is None:
         return {}
     simple = _simple(annotation)
     if simple is not None:
@@ -194,11 +265,76 @@ def _build_handler(
     description: str | None,
     options: dict[str, Any],
 ) -> Handler:
+    """Everything of ``fn`` the host is told (its schemas) and every check a call could
+    fail: a function cordon cannot serve fails here, naming it, never on its first call."""
     if not callable(fn):
         raise PluginDefinitionError(f"@{kind} needs a function, got {fn!r}")
     handler_name = name or fn.__name__
     if not _NAME.fullmatch(handler_name):
         raise PluginDefinitionError(f"{kind} name {handler_name!r} is not a valid name")
+    plain = type(fn) is FunctionType
+    # A plain function's parameters and annotations off its code object (see _signature);
+    # everything else, and every refusal, by inspect and typing.
+    params = plain_parameters(fn) if kind != "event_handler" else None
+    hints = plain_hints(fn) if params is not None else None
+    passes: tuple[str, ...] | None = None
+    if params is None or hints is None:
+        params, hints, passes = _inspected(kind, handler_name, fn)
+    wants_ctx = bool(params) and params[0][0] == "ctx"
+    if wants_ctx:
+        params = params[1:]
+    if kind == "event_handler":
+        # Decoded as the host sends them; the handler gets the ones it named.
+        params = [(n, EMPTY) for n in EVENT_ARGS]
+        hints = dict(_EVENT_TYPES)
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for param, default in params:
+        annotation = hints.get(param, Any)
+        if annotation is object:
+            # "anything" as people write it; msgspec knows it as Any.
+            annotation = Any
+        fields.append((param, annotation) if default is EMPTY else (param, annotation, default))
+    type_name = f"{handler_name.replace('.', '_').replace('-', '_')}_params"
+    params_type: type[msgspec.Struct] | None = None
+    # A simple signature's struct can always be made (tests make each one); it is made on
+    # the first call. Any other is made now: making it is the check that it can be.
+    params_schema = _simple_object_schema(fields)
+    if params_schema is None or any(f[0].startswith("_") for f in fields):
+        try:
+            params_type = _params_struct(type_name, fields)
+            if params_schema is None:
+                params_schema = _object_schema(params_type)
+        except (TypeError, ValueError) as exc:
+            raise PluginDefinitionError(
+                f"{kind} {handler_name!r}: parameter types cannot be validated: {exc}"
+            ) from exc
+    doc = description.strip() if description is not None else plain_doc(fn) if plain else None
+    if doc is None:
+        doc = (inspect.getdoc(fn) or "").strip()
+    handler = Handler(
+        kind=kind,
+        name=handler_name,
+        fn=fn,
+        description=doc,
+        fields=fields,
+        params_type=params_type,
+        wants_ctx=wants_ctx,
+        is_async=is_coroutine_function(fn) if plain else inspect.iscoroutinefunction(fn),
+        options=options,
+        params_schema=params_schema,
+        result_schema=_result_schema(hints.get("return", EMPTY)),
+        passes=passes,
+    )
+    if params_type is not None:
+        handler.prepare()
+    return handler
+
+
+def _inspected(
+    kind: ContributionKind, handler_name: str, fn: Callable[..., Any]
+) -> tuple[list[tuple[str, Any]], dict[str, Any], tuple[str, ...] | None]:
+    """``(parameters, hints, passes)`` by ``inspect.signature`` and ``typing.get_type_hints``:
+    for what :mod:`._signature` does not read, and to refuse what cordon cannot serve."""
     sig = inspect.signature(fn)
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
@@ -207,23 +343,15 @@ def _build_handler(
             f"{kind} {handler_name!r}: cannot resolve type hints: {exc}"
         ) from exc
     params = list(sig.parameters.values())
-    wants_ctx = bool(params) and params[0].name == "ctx"
-    if wants_ctx:
-        params = params[1:]
+    # Whatever its kind, a first parameter named ctx is the context's, never checked here.
+    checked = params[1:] if params and params[0].name == "ctx" else params
     passes: tuple[str, ...] | None = None
     if kind == "event_handler":
-        passes = _check_event_handler(handler_name, params, hints)
+        passes = _check_event_handler(handler_name, checked, hints)
         if passes == EVENT_ARGS:
             passes = None
-        # Decoded as the host sends them; the handler gets the ones it named.
-        params = [
-            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=_EVENT_TYPES[n])
-            for n in EVENT_ARGS
-        ]
-        hints = dict(_EVENT_TYPES)
-    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-    names: list[str] = []
-    for p in params:
+        return [(p.name, EMPTY) for p in params], hints, passes
+    for p in checked:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise PluginDefinitionError(
                 f"{kind} {handler_name!r}: *args/**kwargs cannot be described as parameters"
@@ -232,42 +360,7 @@ def _build_handler(
             raise PluginDefinitionError(
                 f"{kind} {handler_name!r}: positional-only parameter {p.name!r} is not supported"
             )
-        annotation = hints.get(p.name, Any)
-        if annotation is object:
-            # "anything" as people write it; msgspec knows it as Any.
-            annotation = Any
-        if p.default is p.empty:
-            fields.append((p.name, annotation))
-        else:
-            fields.append((p.name, annotation, p.default))
-        names.append(p.name)
-    try:
-        params_type = msgspec.defstruct(
-            f"{handler_name.replace('.', '_').replace('-', '_')}_params",
-            fields,
-            kw_only=True,
-            forbid_unknown_fields=True,
-        )
-        params_schema = _simple_object_schema(fields) or _object_schema(params_type)
-    except (TypeError, ValueError) as exc:
-        raise PluginDefinitionError(
-            f"{kind} {handler_name!r}: parameter types cannot be validated: {exc}"
-        ) from exc
-    doc = description if description is not None else inspect.getdoc(fn) or ""
-    return Handler(
-        kind=kind,
-        name=handler_name,
-        fn=fn,
-        description=doc.strip(),
-        params_type=params_type,
-        param_names=tuple(names),
-        wants_ctx=wants_ctx,
-        is_async=inspect.iscoroutinefunction(fn),
-        options=options,
-        params_schema=params_schema,
-        result_schema=_result_schema(hints.get("return", inspect.Signature.empty)),
-        passes=passes,
-    )
+    return [(p.name, EMPTY if p.default is p.empty else p.default) for p in params], hints, passes
 
 
 def _check_event_handler(
@@ -313,12 +406,24 @@ def _warm_sample(
     return {}
 
 
+async def _warm_simple(ctx: Any, text: str, count: int = 0, flag: bool = False) -> str:
+    """Another, with a simple signature: described without msgspec, its struct made when
+    it is first called."""
+    return text
+
+
 def warm() -> None:
     """Pay the first-use costs of describing a tool once, in the zygote before it forks:
     msgspec's schema code compiles a regular expression and fills type caches on its first
     schema, ~0.7 ms of every forked worker's plugin import otherwise. Only cordon's own
-    stand-in function is described; nothing of it is kept."""
+    stand-in function is described; nothing of it is kept. The simple one is also called
+    (its arguments decoded): the struct and decoder a worker makes on a tool's first call
+    are then made by code, and of types, the zygote already ran."""
     _build_handler("tool", _warm_sample, None, None, {}).contribution()
+    simple = _build_handler("tool", _warm_simple, None, None, {})
+    simple.contribution()
+    simple.decode_arguments(msgspec.Raw(b'{"text":"x","count":1}'))
+    warm_signatures()
 
 
 Hook = Callable[[Any], Awaitable[None] | None]
