@@ -2,9 +2,11 @@
 
 Only the handful of instructions a syscall filter needs: load a 32-bit word of
 ``struct seccomp_data``, compare the accumulator with a constant (``jeq``/``jset``/``jge``),
-and return an action. Jumps are *relative forward* offsets of at most 255 instructions (the
-``jt``/``jf`` fields are bytes); :func:`assemble` resolves symbolic labels and refuses any
-program whose jumps do not fit, so a filter can never silently jump somewhere else.
+jump (``ja``) and return an action. Conditional jumps are *relative forward* offsets of at
+most 255 instructions (the ``jt``/``jf`` fields are bytes); ``ja``'s offset is its 32-bit
+constant, still forward only (cBPF has no backward jump). :func:`assemble` resolves symbolic
+labels and refuses any program whose jumps do not fit, so a filter can never silently jump
+somewhere else.
 
 :func:`evaluate` runs a program the way the kernel does (``kernel/seccomp.c`` runs cBPF over
 ``struct seccomp_data``); the tests use it to check the generated filter syscall by syscall
@@ -27,6 +29,7 @@ __all__ = [
     "Label",
     "assemble",
     "evaluate",
+    "ja",
     "jeq",
     "jge",
     "jset",
@@ -50,6 +53,7 @@ def ARG_HI(i: int) -> int:
 
 # Opcodes (include/uapi/linux/bpf_common.h): class | size | mode / class | op | src.
 _LD_W_ABS: Final = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
+_JA: Final = 0x05 | 0x00  # BPF_JMP | BPF_JA
 _JEQ_K: Final = 0x05 | 0x10 | 0x00  # BPF_JMP | BPF_JEQ | BPF_K
 _JGE_K: Final = 0x05 | 0x30 | 0x00  # BPF_JMP | BPF_JGE | BPF_K
 _JSET_K: Final = 0x05 | 0x40 | 0x00  # BPF_JMP | BPF_JSET | BPF_K
@@ -67,6 +71,11 @@ class Insn:
     k: int
     jt: str | None = None  # label name, or None for "next instruction"
     jf: str | None = None
+
+
+def ja(target: str) -> Insn:
+    """Jump to ``target`` unconditionally (``jt`` holds the label; the offset goes to ``k``)."""
+    return Insn(_JA, 0, target)
 
 
 def ld(offset: int) -> Insn:
@@ -104,6 +113,14 @@ def assemble(program: Sequence[Insn | Label]) -> list[tuple[int, int, int, int]]
         raise ValueError("a seccomp program must end with a return")
     out: list[tuple[int, int, int, int]] = []
     for pc, insn in enumerate(insns):
+        if insn.code == _JA:
+            if insn.jt not in where or insn.jf is not None:
+                raise ValueError(f"ja needs one defined label, got {insn.jt!r}")
+            off = where[insn.jt] - pc - 1
+            if off < 0:
+                raise ValueError(f"jump from {pc} back to {insn.jt!r}")
+            out.append((insn.code, 0, 0, off))
+            continue
         offs = []
         for target in (insn.jt, insn.jf):
             if target is None:
@@ -137,19 +154,25 @@ def evaluate(
     arch: int,
     args: Sequence[int] = (),
     ip: int = 0,
+    trace: list[int] | None = None,
 ) -> int:
-    """Run ``program`` over a ``seccomp_data`` the way the kernel would; return the action."""
+    """Run ``program`` over a ``seccomp_data`` the way the kernel would; return the action.
+    ``trace`` receives the index of each instruction run, in order."""
     full = [*args, *([0] * (6 - len(args)))]
     data = struct.pack("<iIQ6Q", nr, arch, ip, *full)
     acc = 0
     pc = 0
     while True:
+        if trace is not None:
+            trace.append(pc)
         code, jt, jf, k = program[pc]
         if code == _LD_W_ABS:
             if k % 4 or k + 4 > len(data):
                 raise ValueError(f"bad load offset {k}")
             acc = struct.unpack_from("<I", data, k)[0]
             pc += 1
+        elif code == _JA:
+            pc += 1 + k
         elif code in (_JEQ_K, _JGE_K, _JSET_K):
             if code == _JEQ_K:
                 taken = acc == k
