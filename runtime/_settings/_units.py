@@ -182,14 +182,14 @@ def format_size(n: int, *, exact: bool = True) -> str:
                 return f"{_trim(n / factor)} {unit}"
         return f"{n} B"
     # Smallest figure wins ("1.5 GB" over "1500 MB"), as long as it has at most two
-    # decimals and is exact; IEC first so it wins ties.
-    best: tuple[Fraction, str] = (Fraction(n), "B")
-    for unit, factor in (*_IEC.items(), *_SI.items()):
-        figure = Fraction(n, factor)
-        if 1 <= figure < best[0] and (figure * 100).denominator == 1:
-            best = (figure, unit)
-    figure, unit = best
-    text = str(figure.numerator) if figure.denominator == 1 else _plain(float(figure))
+    # decimals and is exact: the largest factor with n >= factor and factor dividing 100 n
+    # (no IEC factor equals an SI one, so there are no ties). Integers only: this runs for
+    # every worker start (the cgroup's description), and Fractions cost ~60 µs a call.
+    unit, factor = "B", 1
+    for name, f in (*_IEC.items(), *_SI.items()):
+        if factor < f <= n and (n * 100) % f == 0:
+            unit, factor = name, f
+    text = str(n // factor) if n % factor == 0 else _plain(n / factor)
     return f"{text} {unit}"
 
 
