@@ -21,22 +21,23 @@ and carries on. Layout: v1 (one hierarchy per controller) is used when it has th
 else the unified v2 hierarchy. Groups live under the host's own group, in one parent per
 runtime (``cordon-<pid>-<random>``), removed when the runtime ends.
 
-The host moves the worker in (its pid into each ``cgroup.procs``) off the event loop, right
-after the spawn, while the worker's interpreter starts; the worker is sent ``initialize`` —
-which lets plugin code be imported — only once that is done. A migration may wait for an RCU
-grace period (~10-20 ms here, when no other migration ran just before; back to back they take
-~60 µs): overlapped with the worker's own start-up it costs nothing, done in the worker's
-launch sequence it added that to every cold start.
+The host makes the group and moves the worker in (its pid into each ``cgroup.procs``) off the
+event loop, right after the spawn or fork, while the worker starts and locks down; the worker
+imports nothing of the plugin until the host says the move is done (``$/placed``, asked for in
+``initialize``). A migration may wait for an RCU grace period (~10-20 ms here, when no other
+migration ran just before; back to back they take ~60 µs): overlapped with the worker's own
+start-up it costs little, done in the worker's launch sequence it added that to every cold
+start.
 
 Cost per worker, measured here (v1, memory + pids): making the groups and writing the limits
-~0.16 ms, the move ~0.06 ms, removing them ~0.16 ms. What the fleet changed: the moves queued
-at once are made by one thread in one go (:class:`_Placer`) instead of a pool thread each (up
-to 40 threads during a batch start); a new group's OOM counter is not read (it is 0); whether
-``memory.memsw.*`` and ``memory.swap.max`` exist is found once, not tried per worker; an
-exited worker's group is removed by ``rmdir`` first, reading its members only when that fails
-(busy). ``CLONE_INTO_CGROUP`` (start the worker inside its group, no move at all) needs
-``clone3`` and cgroup v2: Python's fork/spawn cannot pass it, and this host's memory and pids
-controllers are on v1.
+~0.16-0.25 ms (in the mover's thread, with the move), the move ~0.06 ms, removing them ~0.16
+ms. What the fleet changed: the moves queued at once are made by one thread in one go
+(:class:`_Placer`) instead of a pool thread each (up to 40 threads during a batch start); a new
+group's OOM counter is not read (it is 0); whether ``memory.memsw.*`` and ``memory.swap.max``
+exist is found once, not tried per worker; an exited worker's group is removed by ``rmdir``
+first, reading its members only when that fails (busy). ``CLONE_INTO_CGROUP`` (start the worker
+inside its group, no move at all) needs ``clone3`` and cgroup v2: Python's fork/spawn cannot
+pass it, and this host's memory and pids controllers are on v1.
 """
 
 from __future__ import annotations
