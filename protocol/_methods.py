@@ -1,8 +1,8 @@
 """Method names and payload shapes of cordon's JSON-RPC dialogue.
 
 Host → worker: ``initialize``, ``activate``, ``deactivate``, ``invoke``, ``$/ping``, and the
-``$/cancel`` notification; ``$/fault`` only when the host enabled fault injection at
-``initialize`` (tests, via :mod:`cordon.testing`) — otherwise it is MethodNotFound.
+``$/cancel`` and ``$/placed`` notifications; ``$/fault`` only when the host enabled fault
+injection at ``initialize`` (tests, via :mod:`cordon.testing`) — otherwise MethodNotFound.
 Worker → host: the ``$/hello`` notification first, ``$/progress``
 notifications during a call, ``host/...`` requests for the host APIs (storage, config, ...),
 and ``host/log`` notifications for log records (no answer: a plugin never waits to log).
