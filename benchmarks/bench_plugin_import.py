@@ -9,9 +9,10 @@ frozen), then forks ``--forks`` children one after the other, each of which does
 worker does after its lock-down, without the lock-down (the kernel layers are timed by
 ``bench_launch.py --phases``; none of them changes what the import costs):
 
-* ``import``: the plugin's entry module imported (``import_entry_module``), its tools
+* ``capture logging``: ``_launch.capture_logging`` (the root logger's handler);
+* ``import``: ``_launch.import_plugin``: the plugin's entry module imported, its tools
   registered as it runs;
-* ``contributions``: ``InitializeResult`` made and encoded, as ``report_ready`` sends it;
+* ``report ready``: ``_launch.report_ready``: ``InitializeResult`` made, encoded, written;
 * ``first call``: one ``greet`` (or the first tool) decoded and run, its answer encoded.
 
 Each step is measured in the child by its own CPU time (``time.thread_time``, which the
@@ -43,10 +44,16 @@ import msgspec
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = ROOT / "examples" / "plugins" / "hello"
 
-from cordon.protocol import InitializeResult, InvokeParams, encode_result  # noqa: E402
+from cordon.protocol import (  # noqa: E402
+    InitializeParams,
+    InvokeParams,
+    Limits,
+    SandboxPolicy,
+    encode_result,
+)
 from cordon.worker import _launch, _plugin, _zygote  # noqa: E402
 from cordon.worker._entry import import_entry_module  # noqa: E402
-from cordon.worker._sandbox import _lockdown  # noqa: E402
+from cordon.worker._sandbox import _audit, _lockdown  # noqa: E402
 
 
 def _minflt() -> int:
@@ -90,21 +97,32 @@ def _entry(plugin_dir: Path) -> str:
 
 
 def _child_steps(plugin_dir: Path, wfd: int) -> None:
-    module_name, _, attr = _entry(plugin_dir).partition(":")
-    sys.dont_write_bytecode = True
-    sys.path.insert(0, str(plugin_dir))
-    marks = [_mark()]
-    plugin = getattr(import_entry_module(module_name, str(plugin_dir)), attr or "plugin")
-    marks.append(_mark())
-    frame = encode_result(
-        1,
-        InitializeResult(
-            contributions=plugin.contributions(),
-            sandbox={},
-            activate_hooks=len(plugin.activate_hooks),
-        ),
+    """The launch's own steps from lock-down on (``_launch.capture_logging``,
+    ``import_plugin``, ``report_ready``), then a first call as the server decodes and runs
+    it. With ``--audit``, the lock-down's audit hook is installed first (it sees every
+    audited event of the import)."""
+    if _AUDIT:
+        _audit.install()
+    _unread, out_w = os.pipe()  # the channel: never read, the answers are small
+    st = _launch.Launch(rfd=-1, wfd=out_w)
+    st.init = InitializeParams(
+        protocol=1,
+        plugin_id="bench",
+        plugin_dir=str(plugin_dir),
+        entry=_entry(plugin_dir),
+        scratch_dir=str(plugin_dir),
+        limits=Limits(),
+        sandbox=SandboxPolicy(mode="off"),
     )
+    st.init_id = 1
+    marks = [_mark()]
+    _launch.capture_logging(st)
     marks.append(_mark())
+    _launch.import_plugin(st)
+    marks.append(_mark())
+    _launch.report_ready(st)
+    marks.append(_mark())
+    plugin = st.plugin
     kind, name = next(iter(plugin.handlers))
     handler = plugin.handlers[(kind, name)]
     raw = msgspec.json.encode({"name": "x"}) if name == "greet" else b"{}"
@@ -116,7 +134,7 @@ def _child_steps(plugin_dir: Path, wfd: int) -> None:
     except StopIteration as done:
         encode_result(2, done.value)
     marks.append(_mark())
-    os.write(wfd, json.dumps({"marks": marks, "init": len(frame)}).encode())
+    os.write(wfd, json.dumps({"marks": marks}).encode())
 
 
 def _child_tool(plugin_dir: Path, wfd: int) -> None:
@@ -182,6 +200,7 @@ def _fork(run: Any, *args: Any) -> dict[str, Any]:
 
 
 _TID = 0
+_AUDIT = False
 
 
 def _prepare() -> None:
@@ -206,25 +225,27 @@ def main() -> None:
     parser.add_argument("--plugin", type=Path, default=HELLO)
     parser.add_argument("--per-tool", action="store_true")
     parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--audit", action="store_true", help="with the audit hook installed")
     args = parser.parse_args()
+    global _AUDIT
+    _AUDIT = args.audit
     importlib.import_module("asyncio")
     _prepare()
     plugin_dir = args.plugin.resolve()
-    steps = ("import", "contributions", "first call")
+    steps = ("capture logging", "import", "report ready", "first call")
     rows: dict[str, list[list[float]]] = {s: [[], [], []] for s in steps}
     totals: list[list[float]] = [[], [], []]
-    init_size = 0
     for _ in range(args.forks):
         got = _fork(_child_steps, plugin_dir)
         marks = got["marks"]
-        init_size = got["init"]
         for i, step in enumerate(steps):
             for cell, value in zip(rows[step], _step(marks[i], marks[i + 1]), strict=True):
                 cell.append(value)
         each = [_step(a, b) for a, b in itertools.pairwise(marks)]
         for cell, value in zip(totals, map(sum, zip(*each, strict=True)), strict=True):
             cell.append(value)
-    print(f"{args.plugin.name}: {args.forks} forks, medians (initialize answer {init_size} B)")
+    audit = " (audit hook on)" if args.audit else ""
+    print(f"{args.plugin.name}: {args.forks} forks{audit}, medians")
     print(f"{'step':<16} {'CPU ms':>8} {'faults':>8} {'USS KiB':>8}")
     for step in steps:
         cpu, faults, uss = rows[step]

@@ -413,7 +413,7 @@ async def _warm_simple(ctx: Any, text: str, count: int = 0, flag: bool = False) 
 
 
 def warm() -> None:
-    """Pay the first-use costs of describing a tool once, in the zygote before it forks:
+    """Pay the first-use costs of a plugin's import once, in the zygote before it forks:
     msgspec's schema code compiles a regular expression and fills type caches on its first
     schema, ~0.7 ms of every forked worker's plugin import otherwise. Only cordon's own
     stand-in function is described; nothing of it is kept. The simple one is also called
@@ -424,6 +424,11 @@ def warm() -> None:
     simple.contribution()
     simple.decode_arguments(msgspec.Raw(b'{"text":"x","count":1}'))
     warm_signatures()
+    # The step before the plugin's import: standard logging routed to the host, its channel
+    # named by each worker (see _logging.install).
+    from ._logging import install
+
+    install(None)
 
 
 Hook = Callable[[Any], Awaitable[None] | None]
