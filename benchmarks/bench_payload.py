@@ -16,6 +16,11 @@ Prints, each as a median with its ratio to the raw figure measured in the same r
 
 Echoes and sequential calls run with host and child pinned each to its own CPU (CPUs 0 and
 1), raw pairs and cordon's alike; 64 in flight and the bystander run as scheduled.
+
+Each echo's CPU is also counted, the host's loop thread and the other process (the raw
+child, the worker; nanoseconds from ``/proc/<pid>/schedstat``), and compared as a ratio of
+totals: a ping-pong's wall time is about its CPU plus two wake-ups, and unlike the wall time
+other sessions on the machine hardly move it. ``--echo`` runs the echoes alone.
 """
 
 from __future__ import annotations
@@ -112,8 +117,25 @@ def _pipe_max() -> int:
     return int(Path("/proc/sys/fs/pipe-max-size").read_text())
 
 
+def _cpu_of(pid: int) -> float:
+    """Seconds a process (all its threads) has run on a CPU: ``/proc/<pid>/schedstat``
+    counts nanoseconds (``/proc/<pid>/stat`` ticks are 10 ms, too coarse for one call)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
 def raw_echo(size: int, n: int, big_pipes: bool, cpus: tuple[int, int] | None) -> float:
     """Median seconds per round trip of a ``size``-byte line through a bare child."""
+    return raw_echo_cpu(size, n, big_pipes, cpus)[0]
+
+
+def raw_echo_cpu(
+    size: int, n: int, big_pipes: bool, cpus: tuple[int, int] | None
+) -> tuple[float, float, float]:
+    """:func:`raw_echo`, and the CPU per round trip of this thread and of the child."""
     proc = subprocess.Popen(
         [sys.executable, "-I", "-c", _ECHO, str(RAW_READ)],
         stdin=subprocess.PIPE,
@@ -129,30 +151,42 @@ def raw_echo(size: int, n: int, big_pipes: bool, cpus: tuple[int, int] | None) -
     try:
         with _Pinned(proc.pid, cpus):
             for i in range(n + 1):
+                if i == 1:  # the first trip warms the child
+                    mine, theirs = time.thread_time(), _cpu_of(proc.pid)
                 t0 = time.perf_counter()
                 os.write(w, msg)  # blocking: the child reads as it goes
                 got = 0
                 while got < size:
                     got += len(os.read(r, RAW_READ))
-                if i:  # the first trip warms the child
+                if i:
                     times.append(time.perf_counter() - t0)
+            mine, theirs = time.thread_time() - mine, _cpu_of(proc.pid) - theirs
     finally:
         proc.stdin.close()
         proc.wait()
         proc.stdout.close()
-    return statistics.median(times)
+    return statistics.median(times), mine / n, theirs / n
 
 
 async def stack_echo(rt: Runtime, size: int, n: int) -> float:
+    return (await stack_echo_cpu(rt, size, n))[0]
+
+
+async def stack_echo_cpu(rt: Runtime, size: int, n: int) -> tuple[float, float, float]:
+    """Median seconds per echo through cordon, and the CPU per echo of the host's loop
+    thread (all of the host's work on this path) and of the worker."""
     hello = rt.get("hello")
     value = "x" * (size - 40)  # the envelope makes up the rest
     times = []
+    pid = _worker_pid(rt)
+    mine, theirs = time.thread_time(), _cpu_of(pid)
     for _ in range(n):
         t0 = time.perf_counter()
         out = await hello.call("echo", {"value": value})
         times.append(time.perf_counter() - t0)
         assert len(out) == len(value)
-    return statistics.median(times)
+    mine, theirs = time.thread_time() - mine, _cpu_of(pid) - theirs
+    return statistics.median(times), mine / n, theirs / n
 
 
 @contextmanager
@@ -278,6 +312,39 @@ def _config(state: str, sandbox: str) -> dict[str, Any]:
     }
 
 
+def _print_echoes(
+    args: argparse.Namespace,
+    raw: dict[str, list[float]],
+    res: dict[str, dict[str, list[float]]],
+    cpu: dict[str, list[tuple[float, float]]],
+) -> None:
+    med = statistics.median
+    print(
+        f"payload benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+        f"sandbox={args.sandbox}, pipe max {_pipe_max()} bytes)"
+    )
+    print("  echo, median per round trip    raw      raw+big pipes   cordon (shortcuts on / off)")
+    for label in ("1 MiB", "64 KiB"):
+        r0, r1 = med(raw[f"{label} raw"]), med(raw[f"{label} raw big pipes"])
+        on, off = med(res["on"][label]), med(res["off"][label])
+        print(
+            f"    {label:7s} {r0 * 1e3:8.3f} ms  {r1 * 1e3:8.3f} ms   "
+            f"{on * 1e3:8.3f} ms ({r0 / on:.2f}x raw, {r1 / on:.2f}x big) / "
+            f"{off * 1e3:8.3f} ms ({r0 / off:.2f}x raw)"
+        )
+    print("  CPU per echo (what the load moves least), host's thread + the other process:")
+    for label in ("1 MiB", "64 KiB"):
+        base = cpu[f"{label} raw big pipes"]
+        b_mine, b_theirs = med(c[0] for c in base), med(c[1] for c in base)
+        line = f"    {label:7s} raw+big {b_mine * 1e3:.3f} + {b_theirs * 1e3:.3f} ms"
+        for mode in ("on", "off"):
+            ours = cpu[f"{label} {mode}"]
+            mine, theirs = med(c[0] for c in ours), med(c[1] for c in ours)
+            ratio = (b_mine + b_theirs) / (mine + theirs)
+            line += f";  {mode}: {mine * 1e3:.3f} + {theirs * 1e3:.3f} ms ({ratio:.2f}x)"
+        print(line)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     rounds = 3 if args.quick else 7
     n_big = 10 if args.quick else 30
@@ -285,6 +352,8 @@ async def main_async(args: argparse.Namespace) -> None:
     n_pipe = 6400 if args.quick else 32000
     res: dict[str, dict[str, list[float]]] = {"on": {}, "off": {}}
     raw: dict[str, list[float]] = {}
+    #: CPU per echo, (this thread, the other process), each round.
+    cpu: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         big_dir = _write_big_plugin(Path(tmp))
         rts: dict[str, Runtime] = {}
@@ -306,11 +375,16 @@ async def main_async(args: argparse.Namespace) -> None:
                 for label, size in (("1 MiB", 1 << 20), ("64 KiB", 64 << 10)):
                     for big in (False, True):
                         key = f"{label} raw" + (" big pipes" if big else "")
-                        raw.setdefault(key, []).append(raw_echo(size, n_big, big, cpus))
+                        t, mine, theirs = raw_echo_cpu(size, n_big, big, cpus)
+                        raw.setdefault(key, []).append(t)
+                        cpu.setdefault(key, []).append((mine, theirs))
                     for mode, rt in rts.items():
                         with _Pinned(_worker_pid(rt), cpus):
-                            t = await stack_echo(rt, size, n_big)
+                            t, mine, theirs = await stack_echo_cpu(rt, size, n_big)
                         res[mode].setdefault(label, []).append(t)
+                        cpu.setdefault(f"{label} {mode}", []).append((mine, theirs))
+                if args.echo:
+                    continue
                 raw.setdefault("floor", []).append(raw_pipe_floor(n_seq, cpus))
                 for mode, rt in rts.items():
                     with _Pinned(_worker_pid(rt), cpus):
@@ -318,6 +392,9 @@ async def main_async(args: argparse.Namespace) -> None:
                     res[mode].setdefault("seq", []).append(seq)
                     res[mode].setdefault("64", []).append((await pipelined(rt, n_pipe))[0])
             stand: dict[str, tuple[float, float, float, int]] = {}
+            if args.echo:
+                _print_echoes(args, raw, res, cpu)
+                return
             rt = rts["on"]
             secs = 1.0 if args.quick else 3.0
             stand["alone"] = await bystander(rt, secs, None)
@@ -331,19 +408,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
     holds = await loop_holds(3 if args.quick else 7)
     med = statistics.median
-    print(
-        f"payload benchmarks  (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-        f"sandbox={args.sandbox}, pipe max {_pipe_max()} bytes)"
-    )
-    print("  echo, median per round trip    raw      raw+big pipes   cordon (shortcuts on / off)")
-    for label in ("1 MiB", "64 KiB"):
-        r0, r1 = med(raw[f"{label} raw"]), med(raw[f"{label} raw big pipes"])
-        on, off = med(res["on"][label]), med(res["off"][label])
-        print(
-            f"    {label:7s} {r0 * 1e3:8.3f} ms  {r1 * 1e3:8.3f} ms   "
-            f"{on * 1e3:8.3f} ms ({r0 / on:.2f}x raw, {r1 / on:.2f}x big) / "
-            f"{off * 1e3:8.3f} ms ({r0 / off:.2f}x raw)"
-        )
+    _print_echoes(args, raw, res, cpu)
     floor = med(raw["floor"])
     print(f"  small-message pipe floor       {floor:10.0f} msgs/s   (each pinned to two CPUs)")
     for key, label in (("seq", "sequential"), ("64", "64 in flight")):
@@ -370,6 +435,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--echo", action="store_true", help="the echoes alone")
     parser.add_argument(
         "--sandbox", default="best-effort", choices=["strict", "best-effort", "off"]
     )
