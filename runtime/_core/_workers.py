@@ -147,6 +147,8 @@ class WorkerPool:
         version dirs and environments (hard-linked through the uv cache, so one inode is in
         many envs) are shared code, and a plugin able to write there rewrites what other
         plugins run. The store's parts that exist are checked, in both directions."""
+        if not fs_write:
+            return  # nothing granted: nothing to resolve (most plugins, at every start)
         store = self._store_dir()
         shared = [store / p for p in ("plugins", "envs", "uv-cache")]
         shared = [p.resolve() for p in shared if p.exists()]
