@@ -255,6 +255,9 @@ async def _phases(runs: int, gap: float, state: Path, order: str) -> None:
                 row["child CPU, serving -> call read"] = (cpu["invoke"] - cpu["serve"]) / 1e6
                 row["child page faults, fork -> serving"] = faults["serve"]
                 row["child page faults, serving -> call read"] = faults["invoke"] - faults["serve"]
+                for label, a, b in PHASES:
+                    if a in faults and b in faults and a != "clone":
+                        row[f"  faults: {label}"] = faults[b] - faults[a]
                 row |= {f"  lock-down: {k}": v * 1e3 for k, v in data["layers"].items()}
                 rows.append(row)
     finally:

@@ -162,9 +162,16 @@ def warm() -> None:
     warm_plugin()
     # The policy object asyncio.run asks for (made on first use, then shared by design).
     asyncio.get_event_loop_policy()
+    # One event loop run and closed (its epoll fd and self-pipe with it): a worker's own loop
+    # then runs code and fills caches the template has already run and filled.
+    asyncio.run(_nothing())
     _prctl = _load_prctl()
     for entry in sys.path:
         _is_host_site(entry)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def receive_config(st: Launch) -> None:
