@@ -353,8 +353,8 @@ class _WorkerLife(_WorkerState):
             raise self.exit.error(self.plugin_id)
         assert self.protocol is not None
         if self._init_call is None:
-            # Not our own worker command (a stand-in peer, another interpreter): it spoke
-            # first, and gets initialize in the protocol its hello chose.
+            # A spare (it learnt its plugin after its hello), or not our own worker command
+            # (a stand-in peer): initialize goes now, in the protocol its hello chose.
             self._send_initialize(self.protocol)
         self._send_placed()
         await self._wait_or_exit(self._placed)
