@@ -311,13 +311,13 @@ class WorkerPool:
         slots = self._start_slots
         await slots.acquire()
         lease = _Lease(slots, anyio.current_time() + START_SLOT_LEASE)
-        # Every lease is as long, so the queue is in expiry order: one keeper task for all
-        # of them, instead of a timer task (and its cancellation) per start.
-        self._leases.append(lease)
-        if not self._lease_keeper:
-            self._lease_keeper = True
-            self._tg_soon(self._keep_leases)
         try:
+            # Every lease is as long, so the queue is in expiry order: one keeper task for
+            # all of them, instead of a timer task (and its cancellation) per start.
+            self._leases.append(lease)
+            if not self._lease_keeper:
+                self._tg_soon(self._keep_leases)
+                self._lease_keeper = True
             yield
         finally:
             lease.give_back()
