@@ -376,9 +376,8 @@ def install(pid: int) -> None:
     """
     nat = native()
     code = program(pid)
-    buf, addr = nat.buffer(code)
     # struct sock_fprog { unsigned short len; /* pad */ struct sock_filter *filter; }
-    fprog = struct.pack("<H6xQ", len(code) // 8, addr)
+    fprog = struct.pack("<H6xQ", len(code) // 8, nat.address(code))
     rc = nat.syscall(
         SYS.SECCOMP,
         SECCOMP_SET_MODE_FILTER,
@@ -386,6 +385,6 @@ def install(pid: int) -> None:
         fprog,
         name="seccomp(SET_MODE_FILTER)",
     )
-    del buf
+    del code  # referenced up to here: the kernel read the filter from its bytes
     if rc != 0:
         raise OSError(errno.EBUSY, f"seccomp TSYNC failed: thread {rc} could not be synchronised")
