@@ -28,8 +28,8 @@ from cordon.protocol import (
 )
 from cordon.protocol._framing import (
     REFUSED_HEAD,
+    SPARSE_EVERY,
     SPARSE_FROM,
-    SPARSE_HITS,
     Refused,
     structural_count,
 )
@@ -175,18 +175,25 @@ def _reference_count(data: bytes) -> int:
 
 
 #: Texts where the count switches between looking bytes up one by one (sparse) and deleting
-#: them all in one pass (dense): every byte at exactly the sparse limit and one past it, the
-#: dense bytes hidden after a long string, at its very end, spread thin, and below the size
-#: where looking up starts.
+#: them all in one pass (dense): exactly at the sparse limit (one hit per SPARSE_EVERY
+#: bytes, all four bytes together) and one past it, the last byte looked for the one that
+#: goes over, dense bytes hidden after a long string, spread thin, below the size where
+#: looking up starts.
 _PAD = b'"' + b"x" * (2 * SPARSE_FROM) + b'"'
+_LIMIT = (len(_PAD) + 4 * 16) // SPARSE_EVERY
+
+
+def _padded(tail: bytes) -> bytes:
+    return _PAD + tail + b"x" * (4 * 16 - len(tail))  # every shape the same size
+
+
 _COUNT_SHAPES = {
     "string": b'{"jsonrpc":"2.0","id":1,"result":' + _PAD + b"}",
     "dense tail": _PAD + b"[[]," * 5000,
-    "last byte dense": _PAD + b"{" * (SPARSE_HITS + 1),
-    "last byte at the limit": _PAD + b"{" * SPARSE_HITS,
-    "each at the limit": _PAD + b",:[{" * SPARSE_HITS,
-    "each one past": _PAD + b",:[{" * (SPARSE_HITS + 1),
-    "spread thin": (b"x" * 997 + b",") * 200,
+    "at the limit": _padded(b"," * (_LIMIT - 3) + b":[{"),
+    "last byte one past": _padded(b"," * (_LIMIT - 3) + b":[{{"),
+    "first byte one past": _padded(b"," * (_LIMIT + 1)),
+    "spread thin, at the limit": (b"x" * (SPARSE_EVERY - 1) + b",") * 200,
     "small": b'{"a":[1,2,{"b":3}]}' * 10,
     "empty": b"",
 }
