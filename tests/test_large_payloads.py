@@ -22,6 +22,8 @@ from cordon.runtime import Runtime
 from cordon.runtime._supervise._worker_reader import (
     DECODE_PIECE,
     LARGE_FRAME,
+    LARGE_READ_SIZE,
+    READ_SIZE,
     decode_answer,
     decode_large,
     large_answer_id,
@@ -240,6 +242,24 @@ async def test_large_and_small_answers_in_flight_together_each_arrive_whole_and_
                     for i, size in enumerate(sizes):
                         tg.start_soon(echo, i, size)
                 assert got == dict.fromkeys(range(len(sizes)), True)
+
+
+@pytest.mark.parametrize("shortcuts", ["1", "0"])
+async def test_answers_at_and_around_each_read_size_arrive_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shortcuts: str
+) -> None:
+    # Frames just under, at and just over the host's and the worker's read sizes (the
+    # envelope's size moves with the id's digits: a run of sizes covers the exact one), so a
+    # frame ends exactly at a read's end, or one byte (the newline) spills into the next.
+    monkeypatch.setenv("CORDON_LOOP_SHORTCUTS", shortcuts)
+    envelope = len(encode_result(10, ""))
+    with anyio.fail_after(60):
+        async with Runtime(base_config(tmp_path)) as rt:
+            hello = await rt.load(HELLO)
+            for edge in (READ_SIZE, 2 * READ_SIZE, LARGE_READ_SIZE, LARGE_READ_SIZE + READ_SIZE):
+                for size in range(edge - envelope - 4, edge - envelope + 4):
+                    value = "q" * size
+                    assert await hello.call("echo", {"value": value}) == value
 
 
 async def test_a_forged_large_answer_kills_its_worker_and_fails_only_its_call(rt: Runtime) -> None:

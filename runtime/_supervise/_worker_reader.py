@@ -405,6 +405,14 @@ class _WorkerReader(_WorkerState):
             return _thread_time() - t0
         return structural_count(small) * VALUE_COST
 
+    def _read_more(self) -> bytes:
+        """A second read in one callback; empty when nothing is there yet, or at EOF or an
+        error, which the next callback's read then meets and handles."""
+        try:
+            return os.read(self._rfd, LARGE_READ_SIZE)
+        except OSError:  # BlockingIOError included
+            return b""
+
     def _on_readable(self) -> None:
         splitter = self._splitter
         try:
@@ -422,6 +430,14 @@ class _WorkerReader(_WorkerState):
         self.last_activity = time.monotonic()
         try:
             frames = splitter.feed(data)
+            if not frames and len(data) == READ_SIZE and splitter.pending:
+                # A large frame's start filled the read: the rest of it is likely in the
+                # pipe already (grown to 1 MiB), so it is read now, not a loop pass later.
+                t0 -= _thread_time()
+                more = self._read_more()
+                t0 += _thread_time()
+                if more:
+                    frames = splitter.feed(more)
             pending = self._pending
             last = len(frames) - 1
             # A read may bring many frames (up to 1 MiB of them while a large one arrives),
