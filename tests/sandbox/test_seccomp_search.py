@@ -97,3 +97,15 @@ def test_ja_jumps_forward_to_its_label_and_the_assembler_refuses_any_other() -> 
         _bpf.assemble([_bpf.ja("nowhere"), _bpf.ret(ALLOW)])
     with pytest.raises(ValueError, match="back"):
         _bpf.assemble([_bpf.Label("top"), _bpf.ld(0), _bpf.ja("top"), _bpf.ret(ALLOW)])
+
+
+def test_a_table_too_long_for_one_byte_jumps_is_still_searched_right() -> None:
+    # Three times the numbers of today's tables: the tree's upper halves outgrow a
+    # conditional jump's 255 instructions, and the search hops over a ``ja`` instead.
+    route = [(nr, "eperm" if nr % 3 else "enosys") for nr in range(0, 2000, 5)]
+    prog = _bpf.assemble([_bpf.ld(_bpf.NR), *_seccomp._search(route, "t")])
+    assert any(code == 0x05 for code, *_ in prog)  # a ja was needed
+    expected = dict(route)
+    for nr in range(0, 2010):
+        want = {"eperm": EPERM, "enosys": ENOSYS}.get(expected.get(nr, ""), ALLOW)
+        assert _bpf.evaluate(prog, nr=nr, arch=X86_64) == want, nr

@@ -24,6 +24,7 @@ __all__ = [
     "ARCH",
     "ARG_HI",
     "ARG_LO",
+    "MAX_JUMP",
     "NR",
     "Insn",
     "Label",
@@ -54,6 +55,8 @@ def ARG_HI(i: int) -> int:
 # Opcodes (include/uapi/linux/bpf_common.h): class | size | mode / class | op | src.
 _LD_W_ABS: Final = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
 _JA: Final = 0x05 | 0x00  # BPF_JMP | BPF_JA
+#: The furthest a conditional jump reaches: ``jt``/``jf`` are one byte each.
+MAX_JUMP: Final = 255
 _JEQ_K: Final = 0x05 | 0x10 | 0x00  # BPF_JMP | BPF_JEQ | BPF_K
 _JGE_K: Final = 0x05 | 0x30 | 0x00  # BPF_JMP | BPF_JGE | BPF_K
 _JSET_K: Final = 0x05 | 0x40 | 0x00  # BPF_JMP | BPF_JSET | BPF_K
@@ -129,7 +132,7 @@ def assemble(program: Sequence[Insn | Label]) -> list[tuple[int, int, int, int]]
             if target not in where:
                 raise ValueError(f"undefined label {target!r}")
             off = where[target] - pc - 1
-            if not 0 <= off <= 255:
+            if not 0 <= off <= MAX_JUMP:
                 raise ValueError(f"jump from {pc} to {target!r} out of range ({off})")
             offs.append(off)
         if insn.code == _RET_K and (insn.jt or insn.jf):

@@ -212,13 +212,15 @@ def _search(route: list[tuple[int, str]], name: str) -> list[_bpf.Insn | Label]:
             out += [Label(f"{name}:{label}"), ret(local) if local is not None else ja(label)]
         return out
     mid = len(route) // 2
+    upper = _search(route[mid:], name + "+")
+    lower = _search(route[:mid], name + "-")
     # nr >= the middle one's: the upper half, right below; else the lower half, after it.
-    return [
-        jge(route[mid][0], jf=f"{name}<"),
-        *_search(route[mid:], name + "+"),
-        Label(f"{name}<"),
-        *_search(route[:mid], name + "-"),
-    ]
+    # A conditional jump reaches 255 instructions: past that, it hops over a ``ja``.
+    if sum(not isinstance(i, Label) for i in upper) <= _bpf.MAX_JUMP:
+        head: list[_bpf.Insn | Label] = [jge(route[mid][0], jf=f"{name}<")]
+    else:
+        head = [jge(route[mid][0], jt=f"{name}>"), ja(f"{name}<"), Label(f"{name}>")]
+    return [*head, *upper, Label(f"{name}<"), *lower]
 
 
 def build(pid: int) -> list[tuple[int, int, int, int]]:
