@@ -441,3 +441,86 @@ def test_a_signature_cordon_cannot_serve_fails_at_registration_naming_the_tool(
         Plugin().tool(scope["tool"])
     assert "tool 'tool'" in str(err.value)
     assert problem in str(err.value)
+
+
+def _registered(fn: Any, kind: str) -> tuple[Any, ...]:
+    """Everything registration makes of ``fn`` that anyone sees: the handler's description,
+    parameters and schemas, or the error it raises."""
+    plugin = Plugin()
+    try:
+        plugin._register(kind, fn, None, None, {"topic": "a.*"} if kind == "event_handler" else {})  # type: ignore[arg-type]
+    except Exception as exc:
+        return ("refused", type(exc).__name__, str(exc))
+    (h,) = plugin.handlers.values()
+    return (
+        h.name,
+        h.description,
+        h.param_names,
+        h.wants_ctx,
+        h.is_async,
+        msgspec.json.encode(h.params_schema),
+        msgspec.json.encode(h.result_schema),
+        h.passes,
+        h.task,
+        [f if len(f) == 2 else (f[0], f[1], repr(f[2])) for f in h._fields],
+    )
+
+
+#: Signatures (``{A}``/``{B}`` annotations, ``{R}`` the result's, ``{d}`` a default) and the
+#: annotations tried in them: every combination is registered the cheap way and by inspect
+#: and typing alone, and must come out the same, refusals and their words included.
+CORPUS_SHAPES = [
+    "async def f(ctx, a: {A}{d}, *, b: {B} = 1) -> {R}:\n    '''Doc.'''",
+    "def f(a: {A}, b: {B}{d}) -> {R}:\n    '''Two\n    lines.'''",
+    "def f(ctx: {A}, topic: {B}{d}): pass",
+    "def f(ctx, /, a: {A}{d}): pass",
+    "def f(*ctx, a: {A}{d}): pass",
+    "def f(a: {A}, **kw: {B}): pass",
+    "def f(_a: {A}{d}) -> {R}: pass",
+]
+CORPUS_ANNOTATIONS = [
+    "str",
+    "Any",
+    "None",
+    "Local",
+    "Point",
+    "dict[str, Any]",
+    "int | None",
+    "Optional[int]",
+    "Literal['a']",
+    "Missing",
+    "list",
+    "list['Local']",
+    "Final[int]",
+]
+CORPUS_DEFAULTS = ["", " = None", " = 'x'", " = []", " = [1]"]
+
+
+@pytest.mark.parametrize("future", [True, False], ids=["text", "objects"])
+@pytest.mark.parametrize("shape", CORPUS_SHAPES)
+def test_a_tool_read_the_cheap_way_is_registered_as_inspect_and_typing_register_it(
+    shape: str, future: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typing import Final, Optional
+
+    cases = []
+    for a, b, r, d in itertools.product(
+        CORPUS_ANNOTATIONS, CORPUS_ANNOTATIONS[:5], CORPUS_ANNOTATIONS[:3], CORPUS_DEFAULTS
+    ):
+        source = shape.format(A=a, B=b, R=r, d=d)
+        scope = {"Any": Any, "Local": Local, "Point": Point, "Optional": Optional}
+        scope.update(Literal=Literal, Final=Final)
+        try:
+            exec(("from __future__ import annotations\n" if future else "") + source, scope)
+        except NameError:
+            continue  # an unknown name evaluated at definition: no function to register
+        cases.append((source, scope["f"]))
+    assert cases
+    for kind in ("tool", "event_handler"):
+        cheap = [_registered(fn, kind) for _, fn in cases]
+        with monkeypatch.context() as patch:
+            patch.setattr(_plugin, "plain_parameters", lambda fn: None)
+            patch.setattr(_plugin, "plain_doc", lambda fn: None)
+            slow = [_registered(fn, kind) for _, fn in cases]
+        for (source, _), got, want in zip(cases, cheap, slow, strict=True):
+            assert got == want, f"{kind}: {source}"
