@@ -2,6 +2,8 @@
 
 Each contributed function's signature becomes a msgspec struct, so arguments are validated
 (and a JSON Schema derived) before plugin code runs, and a bad call names the offending field.
+Registration does only what the host is told and what could fail: a simple signature's struct
+is made on the function's first call (see :class:`Handler`).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Handler:
         self.description = description
         self._fields = fields
         self.param_names = tuple(f[0] for f in fields)
-        self._type_name = f"{name.replace('.', '_').replace('-', '_')}_params"
+        self._type_name = _struct_name(name)
         self._params_type = params_type
         self.wants_ctx = wants_ctx
         self.is_async = is_async
@@ -164,6 +166,10 @@ class Handler:
         if self.passes is not None:
             return {k: args[k] for k in self.passes}
         return args
+
+
+def _struct_name(handler_name: str) -> str:
+    return f"{handler_name.replace('.', '_').replace('-', '_')}_params"
 
 
 def _params_struct(
@@ -294,14 +300,13 @@ def _build_handler(
             # "anything" as people write it; msgspec knows it as Any.
             annotation = Any
         fields.append((param, annotation) if default is EMPTY else (param, annotation, default))
-    type_name = f"{handler_name.replace('.', '_').replace('-', '_')}_params"
     params_type: type[msgspec.Struct] | None = None
     # A simple signature's struct can always be made (tests make each one); it is made on
     # the first call. Any other is made now: making it is the check that it can be.
     params_schema = _simple_object_schema(fields)
     if params_schema is None or any(f[0].startswith("_") for f in fields):
         try:
-            params_type = _params_struct(type_name, fields)
+            params_type = _params_struct(_struct_name(handler_name), fields)
             if params_schema is None:
                 params_schema = _object_schema(params_type)
         except (TypeError, ValueError) as exc:
