@@ -277,7 +277,8 @@ class _WorkerLife(_WorkerState):
     async def _hello_phase(self) -> None:
         try:
             with anyio.fail_after(HELLO_TIMEOUT):
-                await self._wait_or_exit(self._hello_event)
+                # Set by the hello, or by the exit (_reap): no task of its own to watch both.
+                await self._hello_event.wait()
         except TimeoutError:
             raise self._startup_error(f"no hello within {HELLO_TIMEOUT} s") from None
         if self._hello is None:
@@ -357,7 +358,7 @@ class _WorkerLife(_WorkerState):
             # (a stand-in peer): initialize goes now, in the protocol its hello chose.
             self._send_initialize(self.protocol)
         self._send_placed()
-        await self._wait_or_exit(self._placed)
+        await self._placed.wait()  # set by the move, or by the exit (_reap)
         if self._place_error is not None:
             raise self._startup_error(f"placing the worker failed: {self._place_error!r}")
         assert self._init_call is not None
@@ -489,6 +490,9 @@ class _WorkerLife(_WorkerState):
                     log.exception("exit_listener_failed", plugin=self.plugin_id)
             self._fail_all(self.exit.error(self.plugin_id))
             self.exited.set()
+            # What the start waits for (the hello, the move) will not come: wake it.
+            self._hello_event.set()
+            self._placed.set()
 
     def _fail_all(self, exc: CordonError) -> None:
         pending, self._pending = self._pending, {}
