@@ -165,6 +165,9 @@ class _WorkerLife(_WorkerState):
                         # Our own worker command, the host's code: it speaks our protocol, so
                         # initialize goes now, into its stdin, and its launch reads it the
                         # moment it is ready to, rather than a round trip after its hello.
+                        # Only the worker can read it: a zygote closed its copies of the pipes
+                        # before it answered the fork request (initialize names the plugin; a
+                        # fork request never does).
                         self._send_initialize(max(SUPPORTED_PROTOCOLS))
                     # Placed while the worker starts (its import waits for it: $/placed), if
                     # we know where already (a spare may: its group gets the plugin's limits
