@@ -1,14 +1,15 @@
 """The only module of the lock-down that touches ``ctypes``.
 
-Everything native goes through one raw ``syscall(2)`` entry point, built on first use and
-dropped by :func:`release` once the lock-down is done. Plugins may load ctypes themselves
-(nothing rests on keeping it from them: the kernel layers refuse native calls exactly as
-Python ones); dropping ours is hygiene, so the worker keeps no libc handle it does not use.
+Everything native goes through one raw ``syscall(2)`` entry point: made once by the zygote
+for all its forks (:func:`freeze`), or on first use in a spawned worker, and let go by
+:func:`release` once the lock-down is done. Plugins may load ctypes themselves (nothing rests
+on keeping it from them: the kernel layers refuse native calls exactly as Python ones);
+letting ours go is hygiene, not a boundary.
 
 Why raw syscalls and not libc wrappers: Landlock and ``seccomp(2)`` have no glibc wrappers
 on older distributions, and ``prctl``/``unshare`` through ``syscall`` keeps one calling
-convention (every argument passed as a C ``long``, so the variadic ``syscall`` never sees
-a 32-bit int with undefined upper register bits).
+convention (every integer passed as a C ``long``, so the variadic ``syscall`` never sees a
+32-bit int with undefined upper register bits; a struct as a pointer to its bytes).
 """
 
 from __future__ import annotations
