@@ -38,13 +38,14 @@ from cordon.protocol._methods import PLACED
 from cordon.runtime import Runtime
 from cordon.runtime._supervise._cgroup import CgroupSupport, WorkerCgroup
 from cordon.runtime._supervise._worker import WorkerProcess
-from tests.conftest import TEST_PLUGINS, base_config
+from tests.conftest import EXAMPLES, TEST_PLUGINS, base_config
 
 pytestmark = pytest.mark.anyio
 
 WITNESS = TEST_PLUGINS / "cgroup_witness"
 ACTIVATED = TEST_PLUGINS / "activated"
 PROBE = TEST_PLUGINS / "probe"
+HELLO = EXAMPLES / "hello"
 #: Every wait in these tests: a start is milliseconds, a loaded CI box far slower.
 DEADLINE = 30
 
@@ -353,3 +354,50 @@ async def test_a_group_that_cannot_be_made_is_reported_and_the_worker_still_runs
             assert await probe.call("add", {"a": 5}) == 5
             assert probe.cgroup.startswith("unavailable: cannot create the worker's group")
     assert not (tmp_path / "no-such-parent").exists()
+
+
+def _withhold_activate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's ``activate`` frames are dropped on their way to the worker (the host
+    believes them sent): an activation that never answers."""
+    put = WorkerProcess._put
+
+    def put_but_activate(self: WorkerProcess, frame: bytes) -> bool:
+        if b'"method":"activate"' in bytes(frame):
+            return True
+        return put(self, frame)
+
+    monkeypatch.setattr(WorkerProcess, "_put", put_but_activate)
+
+
+async def test_a_plugin_without_activate_hooks_is_served_without_waiting_for_activates_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cordon.runtime._supervise import _lifecycle
+
+    # Waiting for the withheld answer would outlast the test's deadline.
+    monkeypatch.setattr(_lifecycle, "ACTIVATE_TIMEOUT", DEADLINE * 2)
+    _withhold_activate(monkeypatch)
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(base_config(tmp_path)) as rt:
+            hello = await rt.load(HELLO)
+            assert await hello.call("greet", {"name": "Ada"}) == "Hello Ada"
+            assert hello.worker is not None
+            assert hello.worker.init_result is not None
+            assert hello.worker.init_result.activate_hooks == 0
+
+
+async def test_a_plugin_with_activate_hooks_is_served_only_once_they_have_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counterpart: the same withheld answer, a plugin with a hook. Its start waits for
+    # the answer, to ACTIVATE_TIMEOUT, and fails.
+    from cordon.runtime._supervise import _lifecycle
+
+    monkeypatch.setattr(_lifecycle, "ACTIVATE_TIMEOUT", 0.5)
+    _withhold_activate(monkeypatch)
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(base_config(tmp_path)) as rt:
+            probe = await rt.load(PROBE)
+            with pytest.raises(WorkerCrashed) as info:
+                await probe.call("add", {"a": 1})
+            assert "activate took over 0.5 s" in (info.value.detail or "")
