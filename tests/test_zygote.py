@@ -138,6 +138,20 @@ async def test_a_forked_worker_cannot_signal_open_or_read_the_zygote(tmp_path: P
     assert control["proc_mem"] != "ok" and control["proc_fd"] != "ok", control
 
 
+async def test_a_forked_worker_is_dumpable_as_a_spawned_one_is_though_the_zygote_is_not(
+    tmp_path: Path,
+) -> None:
+    """A non-root host reads its workers' /proc (memory sampling, USS) only if they are
+    dumpable: the fork undoes the zygote's ``PR_SET_DUMPABLE 0`` for the child alone."""
+    with anyio.fail_after(60):
+        for launcher in ("zygote", "spawn"):
+            async with Runtime(_config(tmp_path / launcher, launcher)) as rt:
+                witness = await rt.load(WITNESS)
+                assert await witness.call("dumpable") == 1, launcher
+                assert witness.worker is not None and witness.worker.process is not None
+                assert witness.worker.process.launcher == launcher
+
+
 async def test_the_zygote_is_narrowed_no_new_privs_not_dumpable_cwd_root_only_its_socket(
     tmp_path: Path,
 ) -> None:

@@ -44,7 +44,7 @@ from typing import Any, Final, NoReturn
 
 # Everything a worker imports before its plugin: imported once here, shared by every fork.
 from . import _entry, _launch, _logging, _plugin, _server  # noqa: F401
-from ._sandbox import _lockdown
+from ._sandbox import _lockdown, _native
 
 __all__ = ["FORK_FLAGS", "TID_OFFSET", "fill_pools", "main"]
 
@@ -137,8 +137,10 @@ def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int])
             os.dup2(fd, target)
         # Every fd of the zygote, and the received ones now on 0-2 (close_range).
         os.closerange(3, _FD_CEILING)
-        # The zygote is not dumpable; a spawned worker is (the host reads its /proc).
-        _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        # The zygote is not dumpable; a spawned worker is (the host reads its /proc). Through
+        # the lock-down's own helper (the zygote's, :func:`_native.freeze`): the ctypes
+        # objects the lock-down calls through anyway, not a second set (~8 copied pages).
+        _native.native().syscall(_native.NR.PRCTL, PR_SET_DUMPABLE, 1, 0, 0, 0, name="dumpable")
         # The worker's env exactly; only what differs from the zygote's is touched (each
         # putenv/unsetenv rewrites the C environ).
         env = {str(k): str(v) for k, v in request["env"].items()}

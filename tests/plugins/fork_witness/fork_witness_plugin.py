@@ -44,6 +44,14 @@ async def ids(ctx: Context) -> dict[str, int]:
     return {"pid": os.getpid(), "ppid": os.getppid(), "sid": os.getsid(0)}
 
 
+@plugin.tool
+async def dumpable(ctx: Context) -> int:
+    """``prctl(PR_GET_DUMPABLE)``: 1 where the host (same uid) may read this worker's /proc."""
+    import ctypes
+
+    return int(ctypes.CDLL(None, use_errno=True).prctl(3, 0, 0, 0, 0))
+
+
 def _try(fn: object) -> str:
     try:
         fn()  # type: ignore[operator]
