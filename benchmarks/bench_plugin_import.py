@@ -22,6 +22,11 @@ Private_*). Medians over the forks. ``--per-tool`` registers each of the plugin'
 alone in a fresh fork instead (what one tool costs). ``--tracemalloc`` runs one child with
 tracemalloc on and prints the top allocation sites of the import (the allocations, not the
 copy-on-write faults: tracemalloc's own bookkeeping spoils the page counts).
+
+Instruction counts, which a loaded machine does not move at all: run it under
+``valgrind --tool=callgrind --dump-before=fork --callgrind-out-file=cg.%p`` with ``--forks 3``;
+the parent's counters are dumped and zeroed at each fork, so each child's file (``cg.<pid>``
+without a part suffix) holds that child's own instructions only.
 """
 
 from __future__ import annotations
