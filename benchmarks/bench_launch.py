@@ -1,6 +1,9 @@
 """A sandboxed plugin's start, fork (or spawn) to first call answered: zygote vs spawn.
 
-    .venv/bin/python benchmarks/bench_launch.py [--runs N] [--phases] [--gap S]
+    .venv/bin/python benchmarks/bench_launch.py [--runs N] [--phases | --phases-only] [--gap S]
+
+On a shared machine, run it under ``chrt -f 10`` (as root): the other processes' load then
+does not preempt the measured ones, and the medians mean something.
 
 One runtime per launcher, side by side in one run, with every sandbox layer (``strict``) and
 cgroups where the machine has them, no warm spares, for two plugins: the ``hello`` example
