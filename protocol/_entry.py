@@ -28,9 +28,12 @@ def split_entry_module(module: str, folder: str | Path) -> tuple[tuple[str, ...]
     the leading names that are the folder's own package path (empty when ``module`` is named
     relative to the folder), ``rest`` the names below the folder (never empty)."""
     parts = tuple(module.split("."))
+    if len(parts) == 1:
+        # Settled without a path: every forked worker of a one-module plugin asks this.
+        return (), parts
     where = Path(folder)
     first = parts[0]
-    if len(parts) == 1 or (where / first).is_dir() or (where / f"{first}.py").is_file():
+    if (where / first).is_dir() or (where / f"{first}.py").is_file():
         return (), parts
     tail = where.parts
     for k in range(len(parts) - 1, 0, -1):
