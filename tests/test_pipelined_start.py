@@ -334,28 +334,6 @@ def test_a_worker_serves_initialize_activate_placed_and_a_call_sent_in_one_write
     assert json.loads(raw_worker.stdout.readline()) == {"jsonrpc": "2.0", "id": 3, "result": 7}
 
 
-@needs_cgroups
-async def test_a_group_that_cannot_be_made_is_reported_and_the_worker_still_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The group's directories are made by the move, in the mover's thread, while the worker
-    # starts: a parent that is not there fails that making, not the start.
-    create = CgroupSupport.create
-
-    def nowhere(self: CgroupSupport, plugin_id: str, **limits: Any) -> WorkerCgroup:
-        group = create(self, plugin_id, **limits)
-        group.dirs = {c: tmp_path / "no-such-parent" / d.name for c, d in group.dirs.items()}
-        return group
-
-    monkeypatch.setattr(CgroupSupport, "create", nowhere)
-    with anyio.fail_after(DEADLINE):
-        async with Runtime(base_config(tmp_path)) as rt:
-            probe = await rt.load(PROBE)
-            assert await probe.call("add", {"a": 5}) == 5
-            assert probe.cgroup.startswith("unavailable: cannot create the worker's group")
-    assert not (tmp_path / "no-such-parent").exists()
-
-
 def _withhold_activate(monkeypatch: pytest.MonkeyPatch) -> None:
     """The host's ``activate`` frames are dropped on their way to the worker (the host
     believes them sent): an activation that never answers."""

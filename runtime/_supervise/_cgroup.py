@@ -21,23 +21,25 @@ and carries on. Layout: v1 (one hierarchy per controller) is used when it has th
 else the unified v2 hierarchy. Groups live under the host's own group, in one parent per
 runtime (``cordon-<pid>-<random>``), removed when the runtime ends.
 
-The host makes the group and moves the worker in (its pid into each ``cgroup.procs``) off the
-event loop, right after the spawn or fork, while the worker starts and locks down; the worker
-imports nothing of the plugin until the host says the move is done (``$/placed``, asked for in
-``initialize``). A migration may wait for an RCU grace period (~10-20 ms here, when no other
-migration ran just before; back to back they take ~60 µs): overlapped with the worker's own
-start-up it costs little, done in the worker's launch sequence it added that to every cold
-start.
+The host moves the worker in (its pid into each ``cgroup.procs``) off the event loop, right
+after the spawn or fork, while the worker starts and locks down; the worker imports nothing of
+the plugin until the host says the move is done (``$/placed``, asked for in ``initialize``). A
+migration may wait for an RCU grace period (~10-20 ms here, when no other migration ran just
+before; back to back they take ~60 µs): overlapped with the worker's own start-up it costs
+little, done in the worker's launch sequence it added that to every cold start. The group
+itself is made (and limited) before the fork: made after it, on the event loop or in the
+mover's thread, it took 0.25 ms off one start's path but slowed 1000 starts at once (every
+answer 8-15 s -> 10-28 s, A/B on this loaded box).
 
 Cost per worker, measured here (v1, memory + pids): making the groups and writing the limits
-~0.16-0.25 ms (in the mover's thread, with the move), the move ~0.06 ms, removing them ~0.16
-ms. What the fleet changed: the moves queued at once are made by one thread in one go
-(:class:`_Placer`) instead of a pool thread each (up to 40 threads during a batch start); a new
-group's OOM counter is not read (it is 0); whether ``memory.memsw.*`` and ``memory.swap.max``
-exist is found once, not tried per worker; an exited worker's group is removed by ``rmdir``
-first, reading its members only when that fails (busy). ``CLONE_INTO_CGROUP`` (start the worker
-inside its group, no move at all) needs ``clone3`` and cgroup v2: Python's fork/spawn cannot
-pass it, and this host's memory and pids controllers are on v1.
+~0.16 ms, the move ~0.06 ms, removing them ~0.16 ms. What the fleet changed: the moves queued
+at once are made by one thread in one go (:class:`_Placer`) instead of a pool thread each (up
+to 40 threads during a batch start); a new group's OOM counter is not read (it is 0); whether
+``memory.memsw.*`` and ``memory.swap.max`` exist is found once, not tried per worker; an
+exited worker's group is removed by ``rmdir`` first, reading its members only when that fails
+(busy). ``CLONE_INTO_CGROUP`` (start the worker inside its group, no move at all) needs
+``clone3`` and cgroup v2: Python's fork/spawn cannot pass it, and this host's memory and pids
+controllers are on v1.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ import os
 import re
 import secrets
 import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -215,47 +216,10 @@ class WorkerCgroup:
     placer: _Placer | None = None
     #: Which optional limit files this hierarchy has (found once per runtime).
     optional: dict[str, bool] = field(default_factory=dict)
-    #: The directories exist and hold the limits (see :meth:`make`); ``_limits`` are the
-    #: limits to write when they are made.
-    made: bool = False
-    _limits: tuple[int | None, int | None] = (None, None)
-    _destroyed: bool = False
-    #: Held while the directories are made (in the mover's thread) and while a claim sets a
-    #: spare's limits (on the event loop), so that a limit is never written to a directory
-    #: not made yet, nor lost.
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def make(self) -> None:
-        """Make the directories and write the limits (blocking; idempotent). Raises OSError,
-        having removed what it made."""
-        with self._lock:
-            if self.made or self._destroyed:
-                return
-            made: list[Path] = []
-            try:
-                for d in dict.fromkeys(self.dirs.values()):
-                    d.mkdir()
-                    made.append(d)
-                self._set_limits(*self._limits, fresh=True)
-            except OSError:
-                for d in made:
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
-                raise
-            self.made = True
 
     def attach(self, pid: int) -> None:
-        """Make the group if it is not yet (see :meth:`CgroupSupport.create`) and move ``pid``
-        into it (blocking: run it in a thread). Never raises: a group the worker cannot join
-        is reported (``why_not``), never fatal."""
-        try:
-            self.make()
-        except OSError as exc:
-            self.why_not = f"unavailable: cannot create the worker's group: {_why(exc)}"
-            return
-        if self._destroyed:
-            self.why_not = "unavailable: the worker ended before it was moved in"
-            return
+        """Move ``pid`` into every group (blocking: run it in a thread). Never raises: a group
+        the worker cannot join is reported (``why_not``), never fatal."""
         try:
             for procs in sorted({d / "cgroup.procs" for d in self.dirs.values()}):
                 _write(procs, str(pid))
@@ -299,12 +263,7 @@ class WorkerCgroup:
         the hierarchy allows a rename — only once the spare is in (``joined``): the move,
         in a thread, opens ``cgroup.procs`` by path. Raises OSError (then the limits are not
         all set)."""
-        with self._lock:
-            if not self.made:
-                # Still to be made by the move under way: it writes these.
-                self._limits = (memory, processes)
-                return
-            self._set_limits(memory, processes, fresh=False)
+        self._set_limits(memory, processes, fresh=False)
         if not self.joined:
             return
         renamed: dict[Path, Path] = {}
@@ -386,9 +345,6 @@ class WorkerCgroup:
     async def destroy(self) -> None:
         """Remove the group; if something is left in it, kill that, wait (bounded) for it to
         empty, and remove it then. Usually the worker was alone and the ``rmdir`` is all."""
-        # A move still queued for this worker (its start was cancelled) makes nothing now.
-        with self._lock:
-            self._destroyed = True
         if self._remove():
             return
         with anyio.move_on_after(DRAIN_TIMEOUT):
@@ -485,23 +441,28 @@ class CgroupSupport:
         return cls("v2", {c: parent for c in _CONTROLLERS}, "")
 
     def create(self, plugin_id: str, *, memory: int | None, processes: int | None) -> WorkerCgroup:
-        """A new group for one worker of ``plugin_id``, with these limits. Its directories
-        are made and limited by the move (:meth:`WorkerCgroup.attach`, in the mover's thread,
-        while the worker starts): ~0.25 ms of mkdir and limit writes here (v1, measured) off
-        the host's path to the fork. A group that cannot be made is reported like one the
-        worker cannot join (``why_not``). Raises OSError only from :meth:`WorkerCgroup.make`
-        called directly."""
+        """A new group for one worker of ``plugin_id``, its limits set. Raises OSError."""
         self._seq += 1
         leaf = f"{plugin_id}-{self._seq}"
-        if self.version == "v2":
-            d = self.parents["memory"] / leaf
-            dirs = {c: d for c in _CONTROLLERS}
-        else:
-            dirs = {c: self.parents[c] / leaf for c in _CONTROLLERS}
-        group = WorkerCgroup(
-            self.version, dirs, None, None, placer=self._placer, optional=self._optional
-        )
-        group._limits = (memory, processes)
+        dirs: dict[str, Path] = {}
+        try:
+            if self.version == "v2":
+                d = self.parents["memory"] / leaf
+                d.mkdir()
+                dirs = {c: d for c in _CONTROLLERS}
+            else:
+                for c in _CONTROLLERS:
+                    dirs[c] = self.parents[c] / leaf
+                    dirs[c].mkdir()
+            group = WorkerCgroup(
+                self.version, dirs, None, None, placer=self._placer, optional=self._optional
+            )
+            group._set_limits(memory, processes, fresh=True)
+        except OSError:
+            for d in set(dirs.values()):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
         return group
 
     def close(self) -> None:
