@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,7 @@ __all__ = [
     "ENV_MARKER",
     "VENV_TIMEOUT",
     "PluginEnv",
+    "compile_sources",
     "env_for",
     "env_size",
     "envs_disk_usage",
@@ -63,10 +65,15 @@ VENV_TIMEOUT = 60.0
 #: ``uv pip install`` downloads every locked wheel on a cold cache; ten minutes covers large
 #: wheels on a slow link and still ends a stalled download.
 ENV_INSTALL_TIMEOUT = 600.0
+#: Compiling an env's or a plugin's modules (no network, only the parser): generous for the
+#: largest wheels; past it, what is left uncompiled is compiled by each worker's import.
+COMPILE_TIMEOUT = 300.0
 #: Written last into a built env, before the rename: its presence under the key means complete.
 ENV_MARKER = "cordon-env.json"
 
 _KEY = re.compile(r"[0-9a-f]{64}")
+#: Quiet (errors too: a module that does not compile fails in the worker, naming itself).
+_COMPILEALL = (sys.executable, "-I", "-S", "-m", "compileall", "-q", "-q")
 _BUILD_PREFIX = ".build-"
 
 
@@ -118,6 +125,7 @@ def env_for(
             venv = build / "env"
             site = _build(lock, key, venv, build, cache_dir, options, progress, lock_fd)
             _verify(lock, key, site)
+            compile_sources(site, final / site.relative_to(venv))
             marker = _Marker(
                 key, str(site.relative_to(venv)), tuple(w.filename for w in lock.wheels)
             )
@@ -279,6 +287,30 @@ def _remove_leftovers(envs_root: Path, key: str) -> None:
     """Build dirs of ``key`` left by a killed builder (we hold the key's lock: none is live)."""
     for stale in envs_root.glob(f"{_BUILD_PREFIX}{key}-*"):
         remove_tree(stale)
+
+
+def compile_sources(tree: Path, shown_as: Path) -> None:
+    """Write bytecode beside every module under ``tree``, naming the files as under
+    ``shown_as`` (where the tree is renamed to, so tracebacks name the installed files).
+
+    Why: a worker may write neither its plugin's folder nor its env, so without this every
+    worker start compiles each module it imports from them. Not ``uv pip install
+    --compile-bytecode``: uv compiles with the env's interpreter and its ``site``, which
+    runs the ``.pth`` files a wheel carries, on the host. Here: the host's interpreter with
+    ``-I -S`` (no site, no .pth), in a child process so the parser never reads a package's
+    text in the installer's own process. A module that does not compile is left without
+    bytecode; its import fails in the worker, where the error names it."""
+    try:
+        subprocess.run(
+            [*_COMPILEALL, "-d", str(shown_as), str(tree)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=COMPILE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pass  # killed by run(); each .pyc is written whole (temp file, rename) or not at all
 
 
 def _make_read_only(root: Path) -> None:

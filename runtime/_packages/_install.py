@@ -41,7 +41,7 @@ from typing import Final
 import msgspec
 
 from ._archive import VerifiedPackage, extract, open_package
-from ._env import remove_tree
+from ._env import compile_sources, remove_tree
 from ._errors import LockError, NotInstalled, PackageError, PackageInvalid, SignatureInvalid
 from ._fetch import check_fresh, fetch_package
 from ._lock import IndexOptions
@@ -218,6 +218,9 @@ def stage(
             raise PackageInvalid(path=recorded, entry="plugin.lock", reason=exc.message) from None
         tree = work / "tree"
         extract(pkg, tree)
+        # Workers may not write bytecode beside the plugin's sources: compiled here, once
+        # (the archive itself may hold none: an unchecked .pyc would run instead of them).
+        compile_sources(tree, plugins_root(state_dir).resolve() / pkg.plugin_id / pkg.version)
         prev = installed(state_dir, pkg.plugin_id)
         breaking = False
         if prev is not None and prev.version != pkg.version:

@@ -472,3 +472,50 @@ def test_plugin_info_and_stats_show_what_is_installed(store: Store, tmp_path: Pa
     got = json.loads(stats.stdout)
     assert got["one"]["installed"]["source"] == str(store.root / "src" / "one-src")
     assert got["two"]["state"] == "active"  # started from the store, in its own env
+
+
+# -- bytecode ---------------------------------------------------------------------------------
+
+_IMPORT_AUDITED = """
+import json, os, sys
+from importlib.machinery import SourceFileLoader
+compiled = []
+sys.addaudithook(lambda e, a: compiled.append(str(a[1])) if e == "compile" else None)
+sys.dont_write_bytecode = True  # as a worker: nothing may be written beside the sources
+sys.path.insert(0, sys.argv[2])
+import cordonlib
+# The plugin's own module, read the way its import reads it, without running it (it needs
+# the worker's cordon): the loader takes valid bytecode, or compiles the source.
+main = os.path.join(sys.argv[1], "one_main.py")
+code = SourceFileLoader("one_main", main).get_code("one_main")
+compile("control = 1", "<control>", "exec")
+print(json.dumps({"compiled": compiled, "plugin": main, "lib": cordonlib.__file__,
+                  "shown": code.co_filename}))
+"""
+
+
+def test_an_installed_plugin_and_its_environment_import_from_bytecode_compiled_at_install(
+    store: Store,
+) -> None:
+    """A worker may write neither its plugin's folder nor its env, so the installer compiles
+    both: a worker's import reads bytecode and compiles nothing, and tracebacks name the
+    installed files, not the staging dir they were compiled in."""
+    record = installed(store.state, "one")
+    assert record is not None and record.site_packages is not None
+    places = [record.plugin_dir, record.site_packages]
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _IMPORT_AUDITED, *places],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["plugin"] == os.path.join(record.plugin_dir, "one_main.py")
+    assert seen["lib"].startswith(record.site_packages + os.sep)
+    assert seen["shown"] == seen["plugin"]
+    ours = [f for f in seen["compiled"] if f.startswith((record.plugin_dir, record.site_packages))]
+    assert ours == []
+    # The control: the hook does see a compile.
+    assert "<control>" in seen["compiled"]
