@@ -8,7 +8,8 @@ channel once cannot be trusted to answer correctly afterwards.
 :class:`WorkerProcess` is put together here from its parts, each in a module of its own:
 
 - ``_worker_life``: the process's life (spawn, hello and initialize, cgroup placement, a
-  spare's claim, CPU sampling, reaping, the escalating stop), and ``_worker_stderr``, the
+  spare's claim, CPU sampling, reaping, the escalating stop), with ``_worker_handshake``
+  (the start's requests queued in order, ``$/placed``) under it, and ``_worker_stderr``, the
   plugin's output and the tail of it kept for the crash report;
 - ``_worker_channel``: the channel and its pending calls (framing writes, deadlines,
   ``request``/``invoke``/``ping``, responses, notifications, worker → host requests);
