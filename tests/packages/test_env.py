@@ -164,7 +164,10 @@ def test_the_env_installs_the_very_wheel_file_the_lock_pinned_among_several(room
     make_wheel(house, "cordontag", "1.0", module_source="VERSION = 'pure'\n")
     options = IndexOptions(find_links=(str(house),), offline=True)
     pure = lock_requirements(["cordontag"], options)
-    native_tag = "cp311-cp311-manylinux_2_17_x86_64"
+    # The running interpreter's own CPython tag (cp311 on 3.11): a wheel for another version
+    # is not installable here, and the lock would rightly pass it over.
+    cp = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    native_tag = f"{cp}-{cp}-manylinux_2_17_x86_64"
     make_wheel(house, "cordontag", "1.0", module_source="VERSION = 'native'\n", tag=native_tag)
     native = lock_requirements(["cordontag"], options)
 

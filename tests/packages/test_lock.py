@@ -4,6 +4,7 @@ only, each wheel pinned by the sha256 of the very file this interpreter installs
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import msgspec
@@ -58,8 +59,9 @@ def test_lock_pins_the_wheel_this_interpreter_installs_among_several_of_one_vers
 ) -> None:
     house = tmp_path / "wheelhouse"
     make_wheel(house, "cordonlib", "2.0")
-    native = make_wheel(house, "cordonlib", "2.0", tag="cp311-cp311-manylinux_2_17_x86_64")
-    make_wheel(house, "cordonlib", "2.0", tag="cp311-cp311-win_amd64")  # never for this host
+    cp = f"cp{sys.version_info.major}{sys.version_info.minor}"  # this interpreter's (cp311)
+    native = make_wheel(house, "cordonlib", "2.0", tag=f"{cp}-{cp}-manylinux_2_17_x86_64")
+    make_wheel(house, "cordonlib", "2.0", tag=f"{cp}-{cp}-win_amd64")  # never for this host
 
     (wheel,) = lock_requirements(["cordonlib"], offline(house)).wheels
 
