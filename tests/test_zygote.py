@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import psutil
 import pytest
 
@@ -418,3 +419,45 @@ async def test_a_forked_worker_sees_exactly_the_environment_and_cwd_a_spawned_on
                 }
     assert seen["zygote"] == seen["spawn"]
     assert seen["zygote"]["HOME"].startswith("<state>")
+
+
+async def test_a_forked_worker_gets_exactly_its_own_environment_not_the_zygotes(
+    tmp_path: Path,
+) -> None:
+    """The zygote started with the first worker's environment; a later worker whose own
+    differs from it (a variable gone, one changed, one new) has exactly its own: the child
+    applies the difference from the template's environment, nothing of it stays behind."""
+    launcher = ZygoteLauncher()
+    first = WorkerProcess(
+        plugin_id="a",
+        params=_probe_params(tmp_path, "a"),
+        extra_env={"CORDON_T_KEPT": "1", "CORDON_T_GONE": "2", "CORDON_T_CHANGED": "old"},
+    )
+    second = WorkerProcess(
+        plugin_id="b",
+        params=_probe_params(tmp_path, "b"),
+        extra_env={"CORDON_T_KEPT": "1", "CORDON_T_CHANGED": "new", "CORDON_T_ADDED": "3"},
+    )
+    seen = {}
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for worker in (first, second):
+                    worker.launcher = launcher
+                    await tg.start(worker.run)
+                    raw = await worker.invoke("env", {}, timeout=30)
+                    seen[worker.plugin_id] = msgspec.json.decode(raw)
+                    assert worker.process is not None
+                    assert worker.process.launcher == "zygote"
+                    await worker.stop()
+    finally:
+        await launcher.aclose()
+    assert launcher.forks == 2
+    ours = {k: v for k, v in seen["b"].items() if k.startswith("CORDON_T_")}
+    assert ours == {"CORDON_T_KEPT": "1", "CORDON_T_CHANGED": "new", "CORDON_T_ADDED": "3"}
+    assert seen["a"]["CORDON_T_GONE"] == "2"
+    # Everything else is the worker's own environment (its scratch dir as home).
+    assert {k for k in seen["b"] if not k.startswith("CORDON_T_")} == {
+        k for k in seen["a"] if not k.startswith("CORDON_T_")
+    }
+    assert seen["b"]["HOME"] == str(tmp_path / "b")

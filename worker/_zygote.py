@@ -125,7 +125,9 @@ def _narrow() -> None:
     os.chdir("/")
 
 
-def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> NoReturn:
+def _become_worker(
+    sock: socket.socket, request: dict[str, Any], fds: list[int], template_env: dict[str, str]
+) -> NoReturn:
     """In the child: drop the zygote, become a worker. Never returns to the zygote's loop."""
     status = EXIT_CHILD_SETUP
     try:
@@ -142,13 +144,15 @@ def _become_worker(sock: socket.socket, request: dict[str, Any], fds: list[int])
         # objects the lock-down calls through anyway, not a second set (~8 copied pages).
         _native.native().syscall(_native.NR.PRCTL, PR_SET_DUMPABLE, 1, 0, 0, 0, name="dumpable")
         # The worker's env exactly; only what differs from the zygote's is touched (each
-        # putenv/unsetenv rewrites the C environ).
-        env = {str(k): str(v) for k, v in request["env"].items()}
-        for key in [k for k in os.environ if k not in env]:
+        # putenv/unsetenv rewrites the C environ). Compared with the template's own copy, a
+        # plain dict: reading os.environ (a mapping that decodes every key and value it
+        # hands out) was ~0.1 ms and ~40 copied pages of each start.
+        env = request["env"]
+        for key in template_env.keys() - env.keys():
             del os.environ[key]
         for key, value in env.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
+            if template_env.get(key) != value:
+                os.environ[str(key)] = str(value)
         os.chdir(str(request["cwd"]))
         status = _launch.EXIT_BAD_HANDSHAKE
         _launch.main()
@@ -243,6 +247,8 @@ def serve(sock: socket.socket) -> NoReturn:
         os._exit(1)
     _lockdown.freeze()
     _launch.warm()
+    # The env every child starts from (nothing here sets one): see _become_worker.
+    template_env = dict(os.environ)
     gc.collect()
     fill_pools()
     # Everything alive now is the template's: never collected, so the collector's passes in
@@ -264,7 +270,7 @@ def serve(sock: socket.socket) -> NoReturn:
             sock.send(json.dumps({"error": str(exc)}).encode())
             continue
         if pid == 0:
-            _become_worker(sock, request, fds)
+            _become_worker(sock, request, fds, template_env)
         for fd in fds:
             os.close(fd)
         sock.send(json.dumps({"pid": pid}).encode())
