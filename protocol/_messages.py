@@ -31,9 +31,9 @@ __all__ = [
     "encode_error",
     "encode_notification",
     "encode_request",
-    "encode_request_into",
+    "encode_request_body",
     "encode_result",
-    "encode_result_into",
+    "encode_result_body",
 ]
 
 JSONRPC: Final = "2.0"
@@ -137,28 +137,18 @@ def encode_result(id: Id, result: Any) -> bytes:
     return _encoder.encode(_OutResult(JSONRPC, id, result)) + _NL
 
 
-def encode_request_into(out: bytearray, id: Id, method: str, params: Any = None) -> int:
-    """:func:`encode_request`, appended to ``out`` as :func:`encode_result_into` does."""
-    return _encode_into(out, _OutRequest(JSONRPC, id, method, params))
+def encode_request_body(id: Id, method: str, params: Any = None) -> bytes:
+    """:func:`encode_request` without its newline, for a writer that adds it itself: a large
+    frame is then not copied to add one (45 us a MiB), and a small one costs less too (a
+    ``bytearray`` to encode into cost ~30 % more per small frame than this, measured in
+    instructions)."""
+    return _encoder.encode(_OutRequest(JSONRPC, id, method, params))
 
 
-def encode_result_into(out: bytearray, id: Id, result: Any) -> int:
-    """:func:`encode_result`, appended to ``out`` in place; its length in bytes. A large
-    answer then costs no frame of its own: no copy to add the newline, none to queue it
-    (for 1 MiB, two 45 us copies of the worker's ~1 ms). Raises as ``encode_result``
-    does, and then leaves ``out`` as it was."""
-    return _encode_into(out, _OutResult(JSONRPC, id, result))
-
-
-def _encode_into(out: bytearray, message: Any) -> int:
-    start = len(out)
-    try:
-        _encoder.encode_into(message, out, start)
-        out.append(0x0A)  # the newline
-    except BaseException:
-        del out[start:]  # what was encoded before it failed (MemoryError included)
-        raise
-    return len(out) - start
+def encode_result_body(id: Id, result: Any) -> bytes:
+    """:func:`encode_result` without its newline (see :func:`encode_request_body`). Raises
+    as ``encode_result`` does."""
+    return _encoder.encode(_OutResult(JSONRPC, id, result))
 
 
 def encode_error(id: Id, error: ErrorObject) -> bytes:

@@ -221,8 +221,9 @@ async def test_large_arguments_and_results_cross_a_real_worker_intact(
 async def test_large_and_small_answers_in_flight_together_each_arrive_whole_and_apart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shortcuts: str
 ) -> None:
-    # Answers finished in one loop pass share the worker's output queue: the first becomes
-    # it (no copy), the others are appended behind it, a sync tool's arrive from its thread.
+    # Answers finished in one loop pass share the worker's output: a large one with nothing
+    # queued before it is written straight from itself, the others are queued behind what
+    # is, a sync tool's arrive from its thread.
     monkeypatch.setenv("CORDON_LOOP_SHORTCUTS", shortcuts)
     sizes = [10, 70_000, 1_100_000, 5, 2_000_000, 300, 1 << 20, 64 * 1024 - 40]
     with anyio.fail_after(60):
