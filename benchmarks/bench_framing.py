@@ -6,6 +6,10 @@ replaced (re-joining and rescanning the held bytes on every read) cost ~20x more
 16 MiB than at 64 KiB. Prints the median µs per MiB for each size, for today's splitter and,
 side by side when this is a git checkout, for the one before (``BEFORE``).
 
+Then the host's structural count (``max-frame-values``), per shape of 1 MiB and 64 KiB,
+against the one C pass (``bytes.translate``) it used alone before: a long string, bytes at
+the sparse lookup's limit, just past it (the worst a frame can make of it), and dense.
+
     python benchmarks/bench_framing.py
 """
 
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cordon.protocol import FrameSplitter
+from cordon.protocol._framing import SPARSE_EVERY, structural_count
 
 #: The last commit with the quadratic splitter.
 BEFORE: Final = "4f46490"
@@ -68,6 +73,36 @@ def main() -> None:
             old_med = statistics.median(one_frame_us(payload, before) for _ in range(ROUNDS))
             old = f"{old_med / mib:.0f}"
         print(f"{kib:>7} KiB  {med:>10.0f}  {med / mib:>8.0f}  {old:>14}")
+    count_shapes()
+
+
+def _translate_count(data: bytes) -> int:
+    return len(data) - len(data.translate(None, b",:[{"))
+
+
+def _count_us(count: Any, data: bytes) -> float:
+    times = []
+    for _ in range(ROUNDS * 4):
+        t0 = time.perf_counter()
+        count(data)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def count_shapes() -> None:
+    print(f"{'count':>10}  {'shape':<12} {'sparse+translate us':>20}  {'translate us':>13}")
+    for size in (64 * 1024, 1024 * 1024):
+        limit = size // SPARSE_EVERY
+        shapes = {
+            "string": b'"' + b"x" * (size - 2) + b'"',
+            "at limit": b"x" * (size - limit) + b"{" * limit,
+            "one past": b"x" * (size - 2 * limit) + b"{" * limit + b"," * limit,
+            "dense": b"[1]," * (size // 4),
+        }
+        for name, data in shapes.items():
+            assert structural_count(data) == _translate_count(data)
+            ours, alone = _count_us(structural_count, data), _count_us(_translate_count, data)
+            print(f"{size // 1024:>6} KiB  {name:<12} {ours:>20.1f}  {alone:>13.1f}")
 
 
 if __name__ == "__main__":
