@@ -97,7 +97,14 @@ def canonical_host(raw: str) -> Host:
             v6 = ipaddress.IPv6Address(inner)
         except ValueError:
             raise ValueError(f"{raw!r} is not an IPv6 address") from None
-        return Host(f"[{v6.compressed}]", "ipv6")
+        text = v6.compressed
+        if v6.ipv4_mapped is not None:
+            # One spelling on every Python: 3.13 writes a mapped address's last 32 bits as a
+            # dotted quad ("::ffff:127.0.0.1"), 3.11 and 3.12 as two hex groups, which stay
+            # the canonical form (grants and audit records keep one text across versions).
+            low = int(v6) & 0xFFFFFFFF
+            text = f"::ffff:{low >> 16:x}:{low & 0xFFFF:x}"
+        return Host(f"[{text}]", "ipv6")
     if not raw.isprintable() or any(c in _FORBIDDEN_IN_HOST or c.isspace() for c in raw):
         raise ValueError(f"{raw!r} has characters no host name has")
     text = raw
