@@ -315,6 +315,23 @@ async def test_an_answer_over_the_cap_fails_its_call_typed_and_the_same_worker_s
             assert costly.worker.pid == pid and costly.worker._splitter.refused_count == 1
 
 
+@pytest.mark.parametrize("pad", [256 * 1024, 1 << 20])
+async def test_values_hidden_behind_a_long_string_are_counted_in_a_real_answer(
+    tmp_path: Path, reader_path: str, pad: int
+) -> None:
+    # The host looks sparse structural bytes up one by one and counts dense ones in one
+    # pass: a long stretch with none, then the costly values, is counted whole either way
+    # (the values in the same large read as the stretch's end, or in a read of their own).
+    with anyio.fail_after(DEADLINE):
+        async with Runtime(_config(tmp_path)) as rt:
+            costly = await rt.load(COSTLY)
+            got = await costly.call("answer", {"n": UNDER - 1, "pad": pad})
+            assert len(got) == UNDER and len(got[0]) == pad
+            with pytest.raises(FrameTooLarge) as info:
+                await costly.call("answer", {"n": OVER, "pad": pad})
+            _refused(info.value)
+
+
 async def test_the_same_answer_is_delivered_when_the_operator_raises_the_cap(
     tmp_path: Path,
 ) -> None:

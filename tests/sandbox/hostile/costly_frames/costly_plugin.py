@@ -71,8 +71,10 @@ def _write(frames: Iterable[bytes]) -> int:
 
 
 @plugin.tool
-async def answer(ctx: Context, n: int, shape: str = "nested") -> Any:
-    return _value(n, shape)
+async def answer(ctx: Context, n: int, shape: str = "nested", pad: int = 0) -> Any:
+    # ``pad``: a string of that many bytes first, so the costly values hide behind a long
+    # stretch with no structural byte (one more comma: the count moves by one).
+    return ["x" * pad, *_value(n, shape)] if pad else _value(n, shape)
 
 
 def _value(n: int, shape: str) -> Any:
