@@ -1,6 +1,7 @@
 """A sandboxed plugin's start, fork (or spawn) to first call answered: zygote vs spawn.
 
     .venv/bin/python benchmarks/bench_launch.py [--runs N] [--phases | --phases-only] [--gap S]
+        [--spare]
 
 On a shared machine, run it under ``chrt -f 10`` (as root): the other processes' load then
 does not preempt the measured ones, and the medians mean something.
@@ -22,7 +23,9 @@ the columns against each other.
 ``--phases`` then times the hello plugin's forked starts step by step: the zygote is run as
 ``_launch_phases.py`` (the same zygote, each child recording the clock, its CPU time and page
 faults at every launch step), and the host's fork request and the call's answer are marked
-on the same monotonic clock. ``--gap`` waits that long before each start: on cgroup v1 a
+on the same monotonic clock. ``--spare`` also times a start that claims a warm spare
+(``warm-workers = 1``, the pool refilled before each start): a separate figure, the fork
+already done. ``--gap`` waits that long before each start: on cgroup v1 a
 move into a group after a quiet spell waits out an RCU grace period (~10 ms here), which
 back-to-back starts do not.
 """
@@ -163,6 +166,33 @@ async def _measure(launcher: str, plugin: Path, runs: int, state: Path, order: s
         return Sample(first, times, got, host_cpu, worker_cpu)
 
 
+#: How long a refill of the spare pool may take before the benchmark gives up.
+SPARE_WAIT: Final = 30.0
+
+
+async def _measure_spare(runs: int, state: Path) -> list[float]:
+    """Stop -> first call answered when one warm spare waits (``warm-workers = 1``): the
+    fork, the interpreter's after-fork work and the hello are done before the request, as
+    in Android's pre-forked pool. Not the fork figure: before each start the benchmark
+    waits for the pool's refill, which a burst of starts would not get."""
+    config = _config(state, "zygote")
+    config["runtime"]["warm-workers"] = 1
+    times = []
+    async with Runtime(config) as rt:
+        hello = await rt.load(HELLO)
+        await hello.call("greet", {"name": "x"})
+        for _ in range(runs):
+            await hello.stop()
+            with anyio.fail_after(SPARE_WAIT):
+                while not rt._spares:
+                    await rt._spare_added.wait()
+            t0 = time.perf_counter()
+            await hello.call("greet", {"name": "x"})
+            times.append(time.perf_counter() - t0)
+            assert hello.worker is not None and hello.worker.process is not None
+    return times
+
+
 #: Where a timed worker leaves its marks, in its scratch dir (see _launch_phases.py).
 PHASES_FILE: Final = ".launch-phases.json"
 #: (label, from mark, to mark): the child's marks are its launch steps by the name of the
@@ -282,6 +312,9 @@ async def main() -> None:
     parser.add_argument("--phases", action="store_true", help="time a forked start by step")
     parser.add_argument("--gap", type=float, default=0.0, help="seconds quiet before a start")
     parser.add_argument("--phases-only", action="store_true", help="only --phases")
+    parser.add_argument(
+        "--spare", action="store_true", help="also: a start with one warm spare waiting"
+    )
     args = parser.parse_args()
     if args.phases_only:
         for order in ORDERS:
@@ -331,6 +364,19 @@ async def main() -> None:
     for (plugin, launcher, order), got in results.items():
         where = f"{plugin}/{launcher}/{order}"
         print(f"slowest first call of a runtime, {where}: {got.first * 1e3:.0f} ms")
+    if args.spare:
+        with tempfile.TemporaryDirectory() as tmp:
+            times = await _measure_spare(args.runs, Path(tmp))
+        q = statistics.quantiles(times, n=10)
+        print(
+            "hello, zygote, ONE WARM SPARE waiting (its fork and hello done before the request;"
+            " not the fork figure):"
+        )
+        print(
+            f"  stop -> first call answered, {len(times)} runs: median"
+            f" {statistics.median(times) * 1e3:.1f} ms"
+            f" (p10 {q[0] * 1e3:.1f}, p90 {q[-1] * 1e3:.1f})"
+        )
     if args.phases:
         for order in ORDERS:
             with tempfile.TemporaryDirectory() as tmp:
