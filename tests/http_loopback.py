@@ -157,6 +157,25 @@ class LoopbackCA:
         self.cert = (
             self._builder(name, name, self.key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            # What a real CA's certificate carries, and Python 3.13's default context checks
+            # (VERIFY_X509_STRICT): key usage, and key identifiers linking the chain.
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
             .sign(self.key, hashes.SHA256())
         )
 
@@ -198,6 +217,10 @@ class LoopbackCA:
         cert = (
             self._builder(subject, self.cert.subject, key.public_key())
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
             .sign(self.key, self._hashes.SHA256())
         )
         pem = tmp / f"server-{len(list(tmp.glob('server-*')))}.pem"
