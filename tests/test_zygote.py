@@ -461,3 +461,44 @@ async def test_a_forked_worker_gets_exactly_its_own_environment_not_the_zygotes(
         k for k in seen["a"] if not k.startswith("CORDON_T_")
     }
     assert seen["b"]["HOME"] == str(tmp_path / "b")
+
+
+async def test_a_malformed_fork_request_is_refused_with_a_reason_and_the_zygote_serves_on(
+    tmp_path: Path,
+) -> None:
+    """Whatever reaches the zygote's socket that is not a request (not JSON, a field missing
+    or of the wrong type, not three fds) is answered with an error, forks nothing, keeps no
+    fd it was sent, and the next real start is still a fork."""
+    good = b'{"env": {}, "cwd": "/"}'
+    refused = [
+        (b"not json", 3),
+        (b"[]", 3),
+        (b'{"env": {}}', 3),
+        (b'{"env": [], "cwd": "/"}', 3),
+        (b'{"env": {"A": 1}, "cwd": "/"}', 3),
+        (b'{"env": {}, "cwd": 7}', 3),
+        (good, 2),
+    ]
+    with anyio.fail_after(60):
+        async with Runtime(_config(tmp_path)) as rt:
+            probe = await rt.load(PROBE)
+            await probe.call("pid")
+            launcher = _zygote_of(rt)
+            zygote, pid = launcher._zygote, launcher.pid
+            assert zygote is not None and pid is not None
+            for payload, nfds in refused:
+                r, w = os.pipe()
+                try:
+                    async with launcher._lock:
+                        answer = await zygote.request(payload, [r, w, w][:nfds])
+                finally:
+                    os.close(r)
+                    os.close(w)
+                assert list(answer) == ["error"], (payload, answer)
+                assert "a request" in answer["error"]
+            assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2, 3]
+            assert launcher.forks == 1
+            await probe.stop()
+            await probe.call("pid")
+            assert launcher.forks == 2
+            assert launcher.pid == pid

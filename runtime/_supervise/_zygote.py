@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import array
 import contextlib
-import json
 import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
+import msgspec
 import structlog
 
 from cordon.protocol import InternalError
@@ -79,7 +79,7 @@ class _Zygote:
                 continue
             if not data:
                 raise ConnectionError("the zygote closed its socket")
-            answer = json.loads(data)
+            answer = msgspec.json.decode(data)
             if not isinstance(answer, dict):
                 raise ConnectionError(f"the zygote answered {answer!r}")
             return answer
@@ -220,7 +220,7 @@ class ZygoteLauncher:
         zygote = await self._zygote_for(_zygote_env(env))
         if zygote is None:
             return await self._spawn.start(argv, env=env, cwd=cwd, pipes=pipes)
-        payload = json.dumps({"env": env, "cwd": cwd}).encode()
+        payload = msgspec.json.encode({"env": env, "cwd": cwd})
         try:
             with anyio.fail_after(FORK_TIMEOUT):
                 answer = await zygote.request(payload, pipes.child)
