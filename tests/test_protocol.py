@@ -355,10 +355,15 @@ def test_host_side_errors_cross_the_wire_as_themselves_with_their_fields() -> No
 
 
 def test_a_frame_body_is_the_frame_without_its_newline_and_fails_as_the_frame_does() -> None:
-    from cordon.protocol._messages import encode_request_body, encode_result_body
+    from cordon.protocol._messages import (
+        encode_request_body,
+        encode_result_body,
+        encode_result_body_into,
+    )
 
     for value in ("x" * 100_000, {"a": [1, None, "é"]}, None):
         assert encode_result_body(9, value) + b"\n" == p.encode_result(9, value)
+        assert encode_result_body_into(9, value) == encode_result_body(9, value)
         params = {"arguments": value}
         assert encode_request_body(4, "invoke", params) + b"\n" == p.encode_request(
             4, "invoke", params
@@ -368,5 +373,7 @@ def test_a_frame_body_is_the_frame_without_its_newline_and_fails_as_the_frame_do
             p.encode_result(9, bad)
         with pytest.raises((TypeError, msgspec.EncodeError, OverflowError)):
             encode_result_body(9, bad)
+        with pytest.raises((TypeError, msgspec.EncodeError, OverflowError)):
+            encode_result_body_into(9, bad)
         with pytest.raises((TypeError, msgspec.EncodeError, OverflowError)):
             encode_request_body(9, "invoke", bad)

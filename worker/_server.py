@@ -50,7 +50,11 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
-from cordon.protocol._messages import decode_request, encode_result_body
+from cordon.protocol._messages import (
+    decode_request,
+    encode_result_body,
+    encode_result_body_into,
+)
 from cordon.protocol._methods import FAULT
 
 from ._context import Context
@@ -74,6 +78,11 @@ LARGE_READ_SIZE: Final = 1024 * 1024
 #: (see :meth:`Server.send_body`); a smaller one is queued, so a burst leaves in one write.
 DIRECT_WRITE: Final = 64 * 1024
 _NL: Final = b"\n"
+#: Results encoded the cheap way (msgspec's ``bytes`` output): too small for a failed
+#: allocation growing their frame to be likely. Anything else may be large, and is encoded
+#: the way that raises MemoryError rather than crashing (``encode_result_body_into``).
+_SMALL: Final = frozenset({type(None), bool, int, float})
+_SHORT: Final = 4096
 #: Traceback text sent to the host is for humans; cap it so a deep recursion cannot bloat a frame.
 MAX_TRACEBACK: Final = 16 * 1024
 
@@ -243,7 +252,7 @@ class Server:
         self._out += frame
         self._queued(idle)
 
-    def send_body(self, body: bytes) -> None:
+    def send_body(self, body: bytes | bytearray) -> None:
         """:meth:`send` for a frame without its newline (an answer, see _run_handler). A
         large one with nothing queued before it is written straight from itself, newline
         and all in one ``writev``: no copy of it is made in this process (one was made to
@@ -582,7 +591,7 @@ class Server:
         paid on every call. A result is encoded without the newline, which
         :meth:`send_body` adds without copying the answer."""
         out = b""
-        body: bytes | None = None
+        body: bytes | bytearray | None = None
         result: Any = None
         try:
             try:
@@ -596,7 +605,12 @@ class Server:
                 # Encoded inside this try: a result too big to encode under the memory
                 # limit raises MemoryError here, and is answered like any other.
                 try:
-                    body = encode_result_body(ident, result)
+                    if type(result) in _SMALL or (type(result) is str and len(result) < _SHORT):
+                        body = encode_result_body(ident, result)
+                    else:
+                        # Maybe large: only this path turns running out of memory while
+                        # encoding into MemoryError (see encode_result_body_into).
+                        body = encode_result_body_into(ident, result)
                 except (TypeError, msgspec.EncodeError, OverflowError) as exc:
                     out = self._not_json(ident, handler, exc)
                 result = None
@@ -626,7 +640,7 @@ class Server:
             self._threaded.discard(ident)
             self._sync.forget(ident)
         if batched:
-            return out if body is None else body + _NL
+            return out if body is None else b"".join((body, _NL))
         if body is None:
             self.send(out)
         else:
