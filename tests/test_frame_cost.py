@@ -422,6 +422,12 @@ async def test_a_flood_within_the_cap_pauses_only_its_plugin_while_a_bystander_i
             assert (costly.worker.loop_path == "generic") == (reader_path == "generic")
             hostile, calm = _budget(costly), _budget(hello)
             assert hostile.paused > 0 and calm.paused == 0
+            # What an operator sees: the flooding plugin's pauses, none for the other.
+            shown = rt.stats()
+            assert shown[costly.id].decode_pauses == hostile.paused
+            assert shown["hello"].decode_pauses == 0
+            assert shown[costly.id].decode_cpu_seconds >= hostile.burst
+            assert 0 < shown[costly.id].decode_longest_ms < HOLD_MAX * 1000
             assert hostile.charged > hostile.burst  # it was charged for the flood
             assert hostile.longest < HOLD_MAX
             assert served > 0

@@ -79,6 +79,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                 f"{pid:16} state={s['state']:8} pid={s['pid']} rss={s['rss_bytes']} "
                 f"calls={s['calls']} restarts={s['restarts']} "
                 f"sandbox={applied}/{len(s['sandbox'])} layers launcher={s.get('launcher')}"
+                + (f" decode-pauses={s['decode_pauses']}" if s.get("decode_pauses") else "")
                 + (f" installed={_installed_text(s['installed'])}" if s.get("installed") else "")
             )
     return EXIT_OK

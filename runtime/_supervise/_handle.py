@@ -444,6 +444,8 @@ class PluginHandle(PluginLifecycle):
             if sample is not None:
                 cpu, rss = sample.cpu_seconds, sample.rss_bytes
         last = self._exits[-1] if self._exits else None
+        running = worker is not None and worker.exit is None
+        budget = worker.decode_budget if worker is not None and running else None
         return PluginStats(
             plugin=self.id,
             state=self.state,
@@ -473,4 +475,7 @@ class PluginHandle(PluginLifecycle):
             crashes=self.crashes,
             launcher=worker.launched_by if worker is not None and worker.exit is None else None,
             health_checks=self.health_checks,
+            decode_cpu_seconds=budget.charged if budget is not None else 0.0,
+            decode_longest_ms=budget.longest * 1000.0 if budget is not None else 0.0,
+            decode_pauses=budget.paused if budget is not None else 0,
         )

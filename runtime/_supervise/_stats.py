@@ -41,6 +41,13 @@ class PluginStats(msgspec.Struct, kw_only=True):
     #: Health pings sent to the plugin's workers: only to those that need one (an idle
     #: worker that has run nothing since it last answered is not asked again).
     health_checks: int = 0
+    #: What reading and decoding the running worker's frames has cost the host's loop
+    #: (thread CPU seconds), the longest single hold of it (ms), and how many times reading
+    #: was paused because the worker's decode budget ran out (``DECODE_SHARE``): an honest
+    #: plugin shows 0 pauses; a count that grows is a plugin sending more than it may cost.
+    decode_cpu_seconds: float = 0.0
+    decode_longest_ms: float = 0.0
+    decode_pauses: int = 0
 
 
 class CallStats:
