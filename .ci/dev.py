@@ -191,6 +191,9 @@ SECOND_PASS_TESTS = (
     "tests/test_supervision.py",
     "tests/test_wire.py",
     "tests/test_perf_paths.py",
+    "tests/test_pipelined_start.py",
+    "tests/test_worker_reliability.py",
+    "tests/test_large_payloads.py",
 )
 
 
