@@ -30,6 +30,19 @@ CANCEL_DEADLINE: Final = 20
 
 pytestmark = pytest.mark.anyio
 
+#: A legacy-era client's first request, written by hand (a raw stdio client, or a page's
+#: script posting to the HTTP transport).
+INITIALIZE: Final = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
+
 
 def write_config(tmp_path: Path) -> Path:
     """Both test plugins; mcpother's call timeout and memory are small (its ``slow`` and

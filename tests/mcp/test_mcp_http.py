@@ -15,7 +15,15 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from .conftest import CANCEL_DEADLINE, CORDON, DEADLINE, gone, http_bridge, text_of
+from .conftest import (
+    CANCEL_DEADLINE,
+    CORDON,
+    DEADLINE,
+    INITIALIZE,
+    gone,
+    http_bridge,
+    text_of,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -101,24 +109,13 @@ async def test_the_plugin_filter_holds_over_http(bridge_config: Path) -> None:
     assert names and all(n.startswith("mcpdemo.") for n in names)
 
 
-#: A legacy-era client's first request, as a page's script could post it.
-_INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "page", "version": "1"},
-    },
-}
 _HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 async def test_a_request_naming_another_host_or_origin_is_refused(bridge_config: Path) -> None:
     """A page on evil.example that resolves its name to 127.0.0.1 (DNS rebinding), or any
     page's script posting to localhost, must not reach the tools."""
-    body, headers = _INITIALIZE, _HEADERS
+    body, headers = INITIALIZE, _HEADERS
     with anyio.fail_after(DEADLINE):
         async with http_bridge(bridge_config) as url, httpx2.AsyncClient() as http:
             port = url.rsplit(":", 1)[1].split("/")[0]
@@ -169,7 +166,7 @@ async def test_allow_remote_serves_on_every_address_and_leaves_host_checks_to_th
             async with httpx2.AsyncClient() as http:
                 named = await http.post(
                     local,
-                    content=json.dumps(_INITIALIZE),
+                    content=json.dumps(INITIALIZE),
                     headers={**_HEADERS, "host": f"bridge.example:{port}"},
                 )
             listening = {

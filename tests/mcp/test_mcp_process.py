@@ -21,20 +21,10 @@ import pytest
 
 from cordon.runtime._mcp._stdio import MAX_LINE
 
-from .conftest import CORDON, DEADLINE, EXIT_DEADLINE, gone
+from .conftest import CORDON, DEADLINE, EXIT_DEADLINE, INITIALIZE, gone
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
 
