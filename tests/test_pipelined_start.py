@@ -339,10 +339,10 @@ def _withhold_activate(monkeypatch: pytest.MonkeyPatch) -> None:
     believes them sent): an activation that never answers."""
     put = WorkerProcess._put
 
-    def put_but_activate(self: WorkerProcess, frame: bytes) -> bool:
+    def put_but_activate(self: WorkerProcess, frame: bytes, *, newline: bool = False) -> bool:
         if b'"method":"activate"' in bytes(frame):
             return True
-        return put(self, frame)
+        return put(self, frame, newline=newline)
 
     monkeypatch.setattr(WorkerProcess, "_put", put_but_activate)
 

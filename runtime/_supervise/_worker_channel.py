@@ -123,11 +123,14 @@ class _WorkerChannel(_WorkerState):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _put(self, frame: bytes) -> bool:
+    def _put(self, frame: bytes, *, newline: bool = False) -> bool:
         """Hand a frame to the channel without waiting. On an idle channel with no other
         call in flight it is written at once (a sequential caller waits on exactly this
         frame); otherwise it is queued and the writer task sends everything queued in one
-        write. False: the queue is full or stdin is closing; nothing was taken."""
+        write. ``newline``: ``frame`` is a request's body, and its newline is written with
+        it in one ``writev`` (or queued behind it), so a large request is never copied to
+        add one (45 us a MiB). False: the queue is full or stdin is closing; nothing was
+        taken."""
         if self._broken:
             return True  # the worker is gone; _reap fails the calls waiting on it
         out = self._out
@@ -135,47 +138,23 @@ class _WorkerChannel(_WorkerState):
             return False
         if not out and len(self._pending) <= 1:
             try:
-                n = os.write(self._wfd, frame)
+                wfd = self._wfd
+                n = os.writev(wfd, (frame, _NL)) if newline else os.write(wfd, frame)
             except BlockingIOError:
                 n = 0
             except OSError:
                 self._broken = True
                 return True
-            if n == len(frame):
-                return True
-            frame = frame[n:]
-        if not out:
-            self._writer_wake.set()
-        out += frame
-        return True
-
-    def _put_body(self, body: bytes) -> bool:
-        """:meth:`_put` for a frame without its newline (a request, see :meth:`_call`): written
-        at once with it in one ``writev``, or queued with it; never copied to add it (a
-        1 MiB request was, 45 us). The rest of a partial write is queued as ``_put`` does."""
-        if self._broken:
-            return True
-        out = self._out
-        if self._stdin_closing or len(out) >= SEND_BUFFER:
-            return False
-        if not out and len(self._pending) <= 1:
-            try:
-                n = os.writev(self._wfd, (body, _NL))
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self._broken = True
-                return True
-            if n > len(body):
+            if n == len(frame) + newline:
                 return True
             self._writer_wake.set()
-            out += memoryview(body)[n:]
+            out += memoryview(frame)[n:]
+        else:
+            if not out:
+                self._writer_wake.set()
+            out += frame
+        if newline:
             out += _NL
-            return True
-        if not out:
-            self._writer_wake.set()
-        out += body
-        out += _NL
         return True
 
     async def _writer(self) -> None:
@@ -538,9 +517,9 @@ class _WorkerChannel(_WorkerState):
             pending = _Pending(on_progress)
         self._pending[ident] = pending
         try:
-            # Without its newline, which _put_body adds without copying the request.
+            # Without its newline, which _put adds without copying the request.
             body = encode_request_body(ident, method, params)
-            if len(body) + 1 > self.max_frame or not self._put_body(body):
+            if len(body) + 1 > self.max_frame or not self._put(body, newline=True):
                 await self._send(body + _NL)
             if timeout is not None:
                 # anyio's clock is the loop's: read it directly on asyncio (no backend lookup).

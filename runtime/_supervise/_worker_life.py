@@ -169,7 +169,7 @@ class _WorkerLife(_WorkerHandshake):
                         # A warm spare: ready to be claimed; the rest starts on claim().
                         task_status.started(cast("WorkerProcess", self))
                         started = True
-                        await self._wait_or_exit(self._claimed)
+                        await self._claimed.wait()  # set by claim(), or by the exit (_reap)
                     if not placing:
                         tg.start_soon(self._run_place, process.pid)
                     if self.params.limits.cpu_seconds is not None:
@@ -317,17 +317,6 @@ class _WorkerLife(_WorkerHandshake):
         result.sandbox = dict(self.lockdown_report)
         self.init_result = result
 
-    async def _wait_or_exit(self, event: anyio.Event) -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def watch_exit() -> None:
-                await self.exited.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(watch_exit)
-            await event.wait()
-            tg.cancel_scope.cancel()
-
     def _startup_error(self, what: str) -> CordonError:
         if self.exit is not None:
             return self.exit.error(self.plugin_id)
@@ -403,9 +392,11 @@ class _WorkerLife(_WorkerHandshake):
                     log.exception("exit_listener_failed", plugin=self.plugin_id)
             self._fail_all(self.exit.error(self.plugin_id))
             self.exited.set()
-            # What the start waits for (the hello, the move) will not come: wake it.
+            # What the start waits for (the hello, the move, a spare's claim) will not
+            # come: wake it.
             self._hello_event.set()
             self._placed.set()
+            self._claimed.set()
 
     def _fail_all(self, exc: CordonError) -> None:
         pending, self._pending = self._pending, {}
