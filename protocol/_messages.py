@@ -146,19 +146,29 @@ def encode_request_body(id: Id, method: str, params: Any = None) -> bytes:
     return _encoder.encode(_OutRequest(JSONRPC, id, method, params))
 
 
-def encode_result_body(id: Id, result: Any) -> bytes:
+#: Results encoded to ``bytes`` (see :func:`encode_result_body`): too small for a failed
+#: allocation growing their frame to be likely.
+_SMALL: Final = frozenset({type(None), bool, int, float})
+_SHORT: Final = 4096
+
+
+def encode_result_body(id: Id, result: Any) -> bytes | bytearray:
     """:func:`encode_result` without its newline (see :func:`encode_request_body`). Raises
-    as ``encode_result`` does."""
-    return _encoder.encode(_OutResult(JSONRPC, id, result))
+    as ``encode_result`` does, and ``MemoryError`` when the frame does not fit in memory.
+
+    A result that may be large (anything but a scalar or a short string) is encoded into a
+    ``bytearray`` (:func:`encode_result_body_into`): when growing its output fails (a
+    worker's RLIMIT_AS reached), msgspec's ``bytes`` encoder dereferences the buffer
+    ``_PyBytes_Resize`` freed, and the process dies of SIGSEGV (msgspec 0.22-0.23, tested in
+    tests/test_worker_reliability.py), where a ``bytearray`` encode raises ``MemoryError``.
+    Small results keep the cheaper ``bytes`` path (~30 % fewer instructions a frame)."""
+    if type(result) in _SMALL or (type(result) is str and len(result) < _SHORT):
+        return _encoder.encode(_OutResult(JSONRPC, id, result))
+    return encode_result_body_into(id, result)
 
 
 def encode_result_body_into(id: Id, result: Any) -> bytearray:
-    """:func:`encode_result_body` into a ``bytearray`` of its own, for a result that may be
-    large. Why not always the ``bytes`` path: when growing its output fails (a worker's
-    RLIMIT_AS reached), msgspec's ``bytes`` encoder dereferences the buffer
-    ``_PyBytes_Resize`` freed, and the process dies of SIGSEGV (msgspec 0.22-0.23, tested in
-    tests/test_worker_reliability.py) where a ``bytearray`` encode raises ``MemoryError``.
-    Small results keep the cheaper ``bytes`` path (~30 % fewer instructions a frame)."""
+    """:func:`encode_result_body`'s path for a result that may be large."""
     out = bytearray()
     _encoder.encode_into(_OutResult(JSONRPC, id, result), out)
     return out

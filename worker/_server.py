@@ -50,11 +50,7 @@ from cordon.protocol import (
     error_from_wire,
     error_to_wire,
 )
-from cordon.protocol._messages import (
-    decode_request,
-    encode_result_body,
-    encode_result_body_into,
-)
+from cordon.protocol._messages import decode_request, encode_result_body
 from cordon.protocol._methods import FAULT
 
 from ._context import Context
@@ -78,11 +74,6 @@ LARGE_READ_SIZE: Final = 1024 * 1024
 #: (see :meth:`Server.send_body`); a smaller one is queued, so a burst leaves in one write.
 DIRECT_WRITE: Final = 64 * 1024
 _NL: Final = b"\n"
-#: Results encoded the cheap way (msgspec's ``bytes`` output): too small for a failed
-#: allocation growing their frame to be likely. Anything else may be large, and is encoded
-#: the way that raises MemoryError rather than crashing (``encode_result_body_into``).
-_SMALL: Final = frozenset({type(None), bool, int, float})
-_SHORT: Final = 4096
 #: Traceback text sent to the host is for humans; cap it so a deep recursion cannot bloat a frame.
 MAX_TRACEBACK: Final = 16 * 1024
 
@@ -605,12 +596,7 @@ class Server:
                 # Encoded inside this try: a result too big to encode under the memory
                 # limit raises MemoryError here, and is answered like any other.
                 try:
-                    if type(result) in _SMALL or (type(result) is str and len(result) < _SHORT):
-                        body = encode_result_body(ident, result)
-                    else:
-                        # Maybe large: only this path turns running out of memory while
-                        # encoding into MemoryError (see encode_result_body_into).
-                        body = encode_result_body_into(ident, result)
+                    body = encode_result_body(ident, result)
                 except (TypeError, msgspec.EncodeError, OverflowError) as exc:
                     out = self._not_json(ident, handler, exc)
                 result = None
