@@ -109,10 +109,11 @@ class Handler:
     def __repr__(self) -> str:
         return f"Handler({self.kind} {self.name!r})"
 
-    def prepare(self) -> None:
-        """Make the decoder now rather than on the first call."""
+    def prepare(self) -> msgspec.json.Decoder[Any]:
+        """The arguments' decoder, made now if it was not yet (else on the first call)."""
         if self._decoder is None:
             self._decoder = msgspec.json.Decoder(self.params_type | list[Any])
+        return self._decoder
 
     @property
     def params_type(self) -> type[msgspec.Struct]:
@@ -135,11 +136,7 @@ class Handler:
     def decode_arguments(self, raw: msgspec.Raw) -> dict[str, Any]:
         """Validate JSON arguments against the signature; :class:`InvalidParams` names the
         field. Arrays are accepted as positional arguments, as JSON-RPC allows."""
-        decoder = self._decoder
-        if decoder is None:
-            self.prepare()
-            decoder = self._decoder
-            assert decoder is not None
+        decoder = self._decoder or self.prepare()
         try:
             value = decoder.decode(raw or b"{}")
             if type(value) is list:
