@@ -110,7 +110,7 @@ def _order(order: str) -> Iterator[None]:
         await run(self, **kwargs)
 
     async def serial_initialize(self: WorkerProcess) -> None:
-        await self._wait_or_exit(self._placed)
+        await self._placed.wait()  # set by the move, or by the exit
         await initialize(self)
 
     setattr(WorkerProcess, "run", serial_run)  # noqa: B010 - a method swapped for the run
